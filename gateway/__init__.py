@@ -1,0 +1,6 @@
+"""compose-agent: an MCP gateway for Docker Compose stacks."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

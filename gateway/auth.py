@@ -1,0 +1,124 @@
+"""Who may call which tool: bearer tokens mapped to a caller identity and its scopes.
+
+Token *sources* (env, a generated file, Vault) live in :mod:`gateway.tokens`; this module only
+holds the current tokens and answers "whose token is this?" in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mcp.server.auth.provider import AccessToken
+
+__all__ = [
+    "COMPOSE_AGENT",
+    "STATUS_PANEL",
+    "LOCAL",
+    "Principal",
+    "TokenStore",
+    "GatewayTokenVerifier",
+    "READ_TOOLS",
+    "WRITE_TOOLS",
+    "scope_for",
+]
+
+# Tool families. A scope is "tool:<name>"; a principal holds the scopes of the tools it may call.
+READ_TOOLS = frozenset({"list_stacks", "ps", "logs", "config"})
+WRITE_TOOLS = frozenset({"up", "down", "restart", "start", "stop"})
+ALL_TOOLS = READ_TOOLS | WRITE_TOOLS
+# The panel's buttons and log viewer, and nothing added later (deploying a new compose file, say).
+PANEL_TOOLS = frozenset({"list_stacks", "ps", "logs", "up", "down", "restart", "start", "stop"})
+
+
+def scope_for(tool: str) -> str:
+    return f"tool:{tool}"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A caller identity (never the token itself) and the tools it may call."""
+
+    name: str
+    tools: frozenset[str]
+
+    def may_call(self, tool: str) -> bool:
+        return tool in self.tools
+
+
+# The token keys are the Vault keys and the caller identities in the audit log.
+COMPOSE_AGENT = Principal("compose_agent_token", ALL_TOOLS)
+STATUS_PANEL = Principal("status_panel_token", PANEL_TOOLS)
+# stdio has no token: the caller is whoever started the process, with its own user's rights.
+LOCAL = Principal("local", ALL_TOOLS)
+
+PRINCIPALS: dict[str, Principal] = {p.name: p for p in (COMPOSE_AGENT, STATUS_PANEL)}
+
+
+class TokenStore:
+    """The tokens currently accepted, keyed by principal name (``compose_agent_token``, ``status_panel_token``).
+
+    ``replace`` swaps the whole set at once, so a rotation never leaves a moment with neither the
+    old nor the new token, and an old token stops working the moment the new set lands.
+    """
+
+    def __init__(self, tokens: Mapping[str, str] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._tokens: dict[str, bytes] = {}
+        if tokens:
+            self.replace(tokens)
+
+    def replace(self, tokens: Mapping[str, str]) -> None:
+        unknown = set(tokens) - set(PRINCIPALS)
+        if unknown:
+            raise ValueError(f"unknown token key(s): {', '.join(sorted(unknown))}")
+        encoded = {key: value.encode() for key, value in tokens.items() if value}
+        with self._lock:
+            self._tokens = encoded
+
+    @property
+    def configured(self) -> bool:
+        with self._lock:
+            return bool(self._tokens)
+
+    def keys(self) -> set[str]:
+        with self._lock:
+            return set(self._tokens)
+
+    def identify(self, token: str) -> Principal | None:
+        """The principal whose token this is, or None. Every stored token is compared, in constant time."""
+        candidate = token.encode()
+        with self._lock:
+            tokens = list(self._tokens.items())
+        found: Principal | None = None
+        for key, secret in tokens:
+            # No early exit: the time taken does not say which token matched, or how much of one.
+            if hmac.compare_digest(candidate, secret):
+                found = PRINCIPALS[key]
+        return found
+
+
+class GatewayTokenVerifier:
+    """The MCP SDK's ``TokenVerifier``: bearer token -> ``AccessToken`` with the principal's scopes."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self.store = store
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        principal = self.store.identify(token)
+        if principal is None:
+            return None
+        # The token field is required by the SDK's model; it never leaves this process.
+        return AccessToken(
+            token=token, client_id=principal.name, scopes=sorted(scope_for(t) for t in principal.tools)
+        )
+
+
+def principal_from_access_token(access: AccessToken | None) -> Principal:
+    """The principal behind a verified request; ``LOCAL`` when the transport has no auth (stdio)."""
+    if access is None:
+        return LOCAL
+    # An identity we did not issue gets no tools at all rather than a default.
+    return PRINCIPALS.get(access.client_id, Principal(access.client_id, frozenset()))

@@ -1,0 +1,164 @@
+"""Configuration, read once at the entry point into pydantic models.
+
+Library code never reads ``os.environ``; entry points call :func:`load_settings` with the
+environment and pass the result down. The environment wins over ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .metrics import ControlPlane
+
+__all__ = ["Settings", "load_settings", "default_state_dir"]
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """Where generated tokens and the audit log live when nothing else is configured."""
+    if "COMPOSE_AGENT_STATE_DIR" in environ:
+        return Path(environ["COMPOSE_AGENT_STATE_DIR"])
+    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "/tmp")) / ".local" / "state")
+    return Path(base) / "compose-agent"
+
+
+class Settings(BaseModel):
+    """Everything the three entry points of the gateway and the panel need to know."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # The seed's switches (config.json or env).
+    compose_agent_enabled: bool = True
+    control_plane: ControlPlane = ControlPlane.COMPOSE_AGENT
+
+    stacks_dir: Path = Path("stacks")
+    state_dir: Path = Path("/tmp/compose-agent")
+    audit_log: Path | None = None
+    compose_bin: str | None = None
+    docker_host: str | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)
+    self_project: str | None = Field(None, description="The compose project the gateway runs in, if known")
+    docker_timeout: float = 10.0
+
+    # Tokens without Vault.
+    compose_agent_token: str | None = Field(None, repr=False)
+    status_panel_token: str | None = Field(None, repr=False)
+
+    # Vault (KV v2).
+    vault_address: str | None = None
+    vault_token: str | None = Field(None, repr=False)
+    vault_agent_path_prefix: str = "agent"
+    vault_token_key: str | None = None
+    vault_refresh_secs: float = Field(60.0, gt=0)
+    vault_startup_timeout: float = Field(30.0, gt=0)
+    deployment_hash: str | None = None
+
+    # The status panel.
+    compose_agent_url: str = "http://127.0.0.1:8765/mcp"
+    watchdog_url: str | None = None
+    panel_username: str | None = None
+    panel_password: str | None = Field(None, repr=False)
+    session_secret: str | None = Field(None, repr=False)
+
+    @field_validator("control_plane", mode="before")
+    @classmethod
+    def _known_plane(cls, value: Any) -> Any:
+        allowed = [p.value for p in ControlPlane]
+        if isinstance(value, str) and value not in allowed:
+            raise ValueError(f"unknown control_plane {value!r}; allowed values: {', '.join(allowed)}")
+        return value
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log or self.state_dir / "audit.log"
+
+
+# env var -> Settings field. Only these are read; everything else in the environment is ignored.
+_ENV_FIELDS: dict[str, str] = {
+    "COMPOSE_AGENT_ENABLED": "compose_agent_enabled",
+    "CONTROL_PLANE": "control_plane",
+    "STACKS_DIR": "stacks_dir",
+    "AUDIT_LOG": "audit_log",
+    "COMPOSE_BIN": "compose_bin",
+    "DOCKER_HOST": "docker_host",
+    "COMPOSE_AGENT_SELF_PROJECT": "self_project",
+    "COMPOSE_AGENT_TOKEN": "compose_agent_token",
+    "STATUS_PANEL_TOKEN": "status_panel_token",
+    "VAULT_ADDRESS": "vault_address",
+    "VAULT_TOKEN": "vault_token",
+    "VAULT_AGENT_PATH_PREFIX": "vault_agent_path_prefix",
+    "VAULT_TOKEN_KEY": "vault_token_key",
+    "VAULT_REFRESH_SECS": "vault_refresh_secs",
+    "VAULT_STARTUP_TIMEOUT": "vault_startup_timeout",
+    "DEPLOYMENT_HASH": "deployment_hash",
+    "COMPOSE_AGENT_URL": "compose_agent_url",
+    "WATCHDOG_URL": "watchdog_url",
+    "STATUS_PANEL_USERNAME": "panel_username",
+    "STATUS_PANEL_PASSWORD": "panel_password",
+    "STATUS_PANEL_SESSION_SECRET": "session_secret",
+}
+_FILE_FIELDS = {"compose_agent_enabled", "control_plane"}
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    unknown = sorted(set(data) - _FILE_FIELDS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_FILE_FIELDS))}")
+    return data
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from ``config.json`` (``CONFIG_PATH``), then the environment, then ``overrides``.
+
+    ``overrides`` are CLI flags; ``None`` values are ignored so an unset flag never masks the env.
+
+    Raises:
+        ConfigError: a malformed file or value, with where it is and what is allowed.
+    """
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {"state_dir": default_state_dir(env)}
+    config_path = Path(env.get("CONFIG_PATH", "config.json"))
+    values.update(_read_config_file(config_path))
+    for name, field in _ENV_FIELDS.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        values[field] = _parse_bool(name, raw) if field == "compose_agent_enabled" else raw
+    if env.get("COMPOSE_AGENT_ALLOWED_HOSTS"):
+        values["allowed_hosts"] = [h.strip() for h in env["COMPOSE_AGENT_ALLOWED_HOSTS"].split(",") if h.strip()]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid configuration ({config_path} and environment): {problems}") from exc

@@ -1,0 +1,60 @@
+"""The gateway's error hierarchy.
+
+Every error carries a message a person (or an agent) can act on. Library errors from docker-py,
+the Compose CLI and hvac are translated into these at the boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GatewayError",
+    "InvalidInput",
+    "StackNotFound",
+    "ComposeFailed",
+    "ComposeNotFound",
+    "EngineUnavailable",
+    "PolicyViolation",
+    "ConfigError",
+    "VaultError",
+]
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class InvalidInput(GatewayError):
+    """An argument failed validation; nothing was changed."""
+
+
+class StackNotFound(GatewayError):
+    """The named stack is neither a folder under the stacks dir nor a running compose project."""
+
+
+class ComposeFailed(GatewayError):
+    """The Compose CLI exited non-zero. The message holds the tail of its stderr."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, stderr_tail: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class ComposeNotFound(GatewayError):
+    """No usable Compose v2 CLI was found (or only the end-of-life v1 was)."""
+
+
+class EngineUnavailable(GatewayError):
+    """The Docker engine could not be reached."""
+
+
+class PolicyViolation(GatewayError):
+    """The call is well-formed but not allowed: out of scope, read-only mode, or the gateway's own stack."""
+
+
+class ConfigError(GatewayError):
+    """The configuration is invalid. Raised at start-up only."""
+
+
+class VaultError(GatewayError):
+    """Vault could not give or take a token. The message names the address and path, never the token."""

@@ -1,0 +1,144 @@
+"""Fixtures shared by every test package: a real Docker engine, busybox images, throwaway stacks.
+
+Everything is named with a random suffix and removed afterwards, so two runs can share one engine.
+A missing engine is an error, not a skip: deselect with ``-m 'not docker'`` on purpose instead.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+BUSYBOX_IMAGE = "compose-agent-test-busybox:latest"
+_BUSYBOX_DOCKERFILE = 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox","--install","-s","/bin"]\n'
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def random_name(prefix: str = "t") -> str:
+    """A compose-project-safe name, unique enough for concurrent runs on one engine."""
+    return f"{prefix}{secrets.token_hex(4)}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def docker_client():  # type: ignore[no-untyped-def]
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure here means the same thing
+        pytest.fail(f"these tests need a running Docker engine (start dockerd, see .ci/run): {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client) -> str:  # type: ignore[no-untyped-def]
+    """A tiny image built FROM scratch with the static busybox: no registry needed."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    if not Path(busybox).exists():
+        pytest.fail("install busybox-static (apt-get install busybox-static): the test images are built from it")
+    with tempfile.TemporaryDirectory() as ctx:
+        shutil.copy(busybox, Path(ctx) / "busybox")
+        (Path(ctx) / "Dockerfile").write_text(_BUSYBOX_DOCKERFILE)
+        subprocess.run(["docker", "build", "-q", "-t", BUSYBOX_IMAGE, ctx], check=True, capture_output=True)
+    return BUSYBOX_IMAGE
+
+
+def _remove_project(project: str) -> None:
+    """Remove every container, network and volume of a compose project, whatever state it is in."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        label = f"com.docker.compose.project={project}"
+        for container in client.containers.list(all=True, filters={"label": label}):
+            container.remove(force=True, v=True)
+        for network in client.networks.list(filters={"label": label}):
+            network.remove()
+        for volume in client.volumes.list(filters={"label": label}):
+            volume.remove(force=True)
+    finally:
+        client.close()
+
+
+class StackFactory:
+    """Writes stacks into a temporary stacks dir and tears every project down afterwards."""
+
+    def __init__(self, root: Path, image: str) -> None:
+        self.root = root
+        self.image = image
+        self.projects: list[str] = []
+
+    def make(self, compose_yaml: str, name: str | None = None, files: dict[str, str] | None = None) -> str:
+        """Create a stack folder; ``{image}`` in the YAML becomes the busybox test image."""
+        name = name or random_name("s")
+        folder = self.root / name
+        folder.mkdir(parents=True)
+        (folder / "compose.yaml").write_text(compose_yaml.replace("{image}", self.image))
+        for rel, text in (files or {}).items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text(text)
+        self.track(name)
+        return name
+
+    def track(self, project: str) -> None:
+        self.projects.append(project)
+
+    def cleanup(self) -> None:
+        for project in self.projects:
+            _remove_project(project)
+
+
+@pytest.fixture
+def stacks(tmp_path: Path, busybox_image: str) -> Iterator[StackFactory]:
+    root = tmp_path / "stacks"
+    root.mkdir()
+    factory = StackFactory(root, busybox_image)
+    yield factory
+    factory.cleanup()
+
+
+# A two-service stack that starts in under a second and stops at once on SIGTERM.
+WEB_WORKER = """
+services:
+  web:
+    image: {image}
+    init: true
+    command: ["httpd", "-f", "-p", "8080", "-h", "/srv"]
+    volumes:
+      - ./site:/srv:ro
+      - data:/data
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/"]
+      interval: 1s
+      timeout: 2s
+      retries: 5
+  worker:
+    image: {image}
+    init: true
+    command: ["sh", "-c", "i=0; while true; do i=$$((i+1)); echo tick $$i; sleep 0.2; done"]
+volumes:
+  data:
+"""
+
+STACK_FILES = {"site/index.html": "hello from the test stack\n"}
+
+MakeStack = Callable[..., str]
