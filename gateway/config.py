@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigError
 from .metrics import ControlPlane
 
-__all__ = ["Settings", "load_settings", "default_state_dir"]
+__all__ = ["Settings", "load_settings", "default_state_dir", "NAME_PATTERN", "check_name"]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+# One segment of a Vault path (deployment hash, token key, prefix part): no "/", so no traversal.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """``value`` if it is safe as one Vault path segment, else ``ValueError`` naming ``kind``.
+
+    The characters are ``A-Za-z0-9_.-``; names made only of dots (``.``, ``..``) are refused too.
+    """
+    if not NAME_PATTERN.fullmatch(value) or set(value) == {"."}:
+        raise ValueError(f"{kind} {value!r} is not allowed; use letters, digits, '_', '.' and '-' (not only dots)")
+    return value
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:
@@ -76,6 +90,33 @@ class Settings(BaseModel):
         if isinstance(value, str) and value not in allowed:
             raise ValueError(f"unknown control_plane {value!r}; allowed values: {', '.join(allowed)}")
         return value
+
+    @field_validator("vault_address")
+    @classmethod
+    def _vault_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("deployment_hash")
+    @classmethod
+    def _safe_hash(cls, value: str | None) -> str | None:
+        return None if value is None else check_name("deployment hash", value)
+
+    @field_validator("vault_token_key")
+    @classmethod
+    def _safe_key(cls, value: str | None) -> str | None:
+        return None if value is None else check_name("token key", value)
+
+    @field_validator("vault_agent_path_prefix")
+    @classmethod
+    def _safe_prefix(cls, value: str) -> str:
+        # A prefix may have several segments ("teams/agent"), each as safe as a single name.
+        for part in value.strip("/").split("/"):
+            check_name("path prefix segment", part)
+        return value.strip("/")
 
     @property
     def audit_path(self) -> Path:
@@ -143,22 +184,38 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     ``overrides`` are CLI flags; ``None`` values are ignored so an unset flag never masks the env.
 
     Raises:
-        ConfigError: a malformed file or value, with where it is and what is allowed.
+        ConfigError: a malformed file or value, naming where it came from (the file, the env var or
+            the CLI flag) and what is allowed. The offending value is not repeated, as it may be a secret.
     """
     env = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = {"state_dir": default_state_dir(env)}
+    # field -> where its value came from, so an error points at the thing to fix.
+    origin: dict[str, str] = {}
     config_path = Path(env.get("CONFIG_PATH", "config.json"))
-    values.update(_read_config_file(config_path))
+    for field, value in _read_config_file(config_path).items():
+        values[field] = value
+        origin[field] = str(config_path)
     for name, field in _ENV_FIELDS.items():
         raw = env.get(name)
         if raw is None or raw == "":
             continue
         values[field] = _parse_bool(name, raw) if field == "compose_agent_enabled" else raw
+        origin[field] = f"environment variable {name}"
     if env.get("COMPOSE_AGENT_ALLOWED_HOSTS"):
         values["allowed_hosts"] = [h.strip() for h in env["COMPOSE_AGENT_ALLOWED_HOSTS"].split(",") if h.strip()]
-    values.update({k: v for k, v in overrides.items() if v is not None})
+        origin["allowed_hosts"] = "environment variable COMPOSE_AGENT_ALLOWED_HOSTS"
+    for field, value in overrides.items():
+        if value is not None:
+            values[field] = value
+            origin[field] = "command line"
     try:
         return Settings(**values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid configuration ({config_path} and environment): {problems}") from exc
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            where = origin.get(field, "defaults")
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{field} (from {where}): {msg}")
+        # "from None": pydantic's own text repeats input values, and one of them may be a token.
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
