@@ -111,9 +111,7 @@ class GatewayTokenVerifier:
         if principal is None:
             return None
         # The token field is required by the SDK's model; it never leaves this process.
-        return AccessToken(
-            token=token, client_id=principal.name, scopes=sorted(scope_for(t) for t in principal.tools)
-        )
+        return AccessToken(token=token, client_id=principal.name, scopes=sorted(scope_for(t) for t in principal.tools))
 
 
 def principal_from_access_token(access: AccessToken | None) -> Principal:

@@ -68,7 +68,9 @@ class CommandExecutionMetrics:
             "# TYPE compose_agent_commands_total counter",
         ]
         for plane in ControlPlane:
-            lines.append(f'compose_agent_commands_total{{control_plane="{plane.value}"}} {snap[plane.value + "_count"]}')
+            lines.append(
+                f'compose_agent_commands_total{{control_plane="{plane.value}"}} {snap[plane.value + "_count"]}'
+            )
         lines += [
             "# HELP compose_agent_command_outcomes_total Commands executed, by outcome.",
             "# TYPE compose_agent_command_outcomes_total counter",

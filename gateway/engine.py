@@ -1,0 +1,222 @@
+"""Reads through the Docker Engine API: fast, structured, one list call per ``ps``.
+
+Everything here is blocking (docker-py); the operations layer calls it from worker threads.
+Errors from docker-py and requests are translated into :mod:`gateway.errors` at this boundary.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from .errors import EngineUnavailable, GatewayError
+from .models import ServiceStatus
+
+__all__ = ["Engine", "PROJECT_LABEL", "SERVICE_LABEL", "container_to_status", "parse_status"]
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+NUMBER_LABEL = "com.docker.compose.container-number"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+_HEALTH_RE = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+_EXIT_RE = re.compile(r"^Exited \((-?\d+)\)")
+# "Up 5 seconds", "Up About a minute", "Up Less than a second (healthy)", "Up 3 hours (Paused)"
+_UP_RE = re.compile(
+    r"^Up (Less than a second|About an? (minute|hour)|(\d+) (second|minute|hour|day|week|month|year)s?)"
+)
+_UNIT_SECONDS = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+    "week": 604800,
+    "month": 2678400,
+    "year": 31622400,
+}
+
+
+def parse_status(status: str) -> tuple[str | None, int | None]:
+    """Health and exit code from the list endpoint's human ``Status`` string, which saves an inspect."""
+    health_match = _HEALTH_RE.search(status)
+    health = None
+    if health_match:
+        health = "starting" if health_match.group(1) == "health: starting" else health_match.group(1)
+    exit_match = _EXIT_RE.match(status)
+    return health, int(exit_match.group(1)) if exit_match else None
+
+
+def uptime_upper_bound(status: str) -> float | None:
+    """The longest uptime a ``Status`` of "Up ..." can stand for, in seconds; None if not running."""
+    match = _UP_RE.match(status)
+    if not match:
+        return None
+    if match.group(1) == "Less than a second":
+        return 1.0
+    if match.group(2):
+        return 2.0 * _UNIT_SECONDS[match.group(2)]
+    return (int(match.group(3)) + 1) * _UNIT_SECONDS[match.group(4)]
+
+
+def _format_ports(ports: list[dict[str, Any]]) -> list[str]:
+    seen: list[str] = []
+    for port in ports:
+        private, proto = port.get("PrivatePort"), port.get("Type", "tcp")
+        public = port.get("PublicPort")
+        if public:
+            ip = port.get("IP") or "0.0.0.0"
+            # The engine lists a port once per address family; one line per binding is enough.
+            ip = "0.0.0.0" if ip == "::" else ip
+            text = f"{ip}:{public}->{private}/{proto}"
+        else:
+            text = f"{private}/{proto}"
+        if text not in seen:
+            seen.append(text)
+    return seen
+
+
+def container_to_status(container: dict[str, Any], started_at: str | None = None) -> ServiceStatus:
+    """One entry of the Engine's container list as a :class:`ServiceStatus`."""
+    labels = container.get("Labels") or {}
+    status = container.get("Status", "")
+    health, exit_code = parse_status(status)
+    names = container.get("Names") or [""]
+    state = container.get("State", "unknown")
+    return ServiceStatus(
+        service=labels.get(SERVICE_LABEL, "?"),
+        container=names[0].lstrip("/") or container.get("Id", "")[:12],
+        state=state,
+        health=health,
+        exit_code=exit_code if state in ("exited", "dead") else None,
+        ports=_format_ports(container.get("Ports") or []),
+        image=container.get("Image"),
+        started_at=started_at,
+    )
+
+
+class Engine:
+    """A thin, thread-safe wrapper over docker-py's low-level client."""
+
+    def __init__(self, docker_host: str | None = None, *, timeout: float = 10.0) -> None:
+        self.docker_host = docker_host or DEFAULT_DOCKER_HOST
+        self._timeout = timeout
+        self._client: docker.APIClient | None = None
+        self._client_lock = threading.Lock()
+        # container id -> (StartedAt as given, as epoch seconds); see started_at().
+        self._started: dict[str, tuple[str, float]] = {}
+
+    @property
+    def client(self) -> docker.APIClient:
+        # Created on first use, so an engine that is down at start-up is reported per call, not fatally.
+        with self._client_lock:
+            if self._client is None:
+                with self._translate():
+                    self._client = docker.APIClient(base_url=self.docker_host, timeout=self._timeout, version="auto")
+            return self._client
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except GatewayError:
+            raise
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise EngineUnavailable(self._unreachable(exc)) from exc
+        except docker.errors.DockerException as exc:
+            text = str(exc)
+            if "Connection" in text or "No such file" in text or "Error while fetching server API version" in text:
+                raise EngineUnavailable(self._unreachable(exc)) from exc
+            raise GatewayError(f"Docker engine error: {text}") from exc
+
+    def _unreachable(self, exc: BaseException) -> str:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return (
+            f"cannot reach the Docker engine at DOCKER_HOST={self.docker_host} ({reason}); "
+            "check that dockerd is running and that this process may open its socket"
+        )
+
+    def ping(self) -> None:
+        with self._translate():
+            self.client.ping()
+
+    def project_containers(self, project: str | None = None) -> list[dict[str, Any]]:
+        """All containers of one compose project (or of every project), one-off ``run`` containers excluded."""
+        label = f"{PROJECT_LABEL}={project}" if project else PROJECT_LABEL
+        with self._translate():
+            containers = self.client.containers(all=True, filters={"label": label})
+        return [c for c in containers if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
+
+    def started_at(self, container: dict[str, Any]) -> str | None:
+        """When a running container started, inspecting it only when the cached value may be stale.
+
+        The list endpoint has no start time, only "Up 5 minutes". A cached start time is reused while
+        it fits that string; a restart makes the uptime shorter than the cache implies, which forces
+        one inspect. So a steady stack costs no inspects at all.
+        """
+        bound = uptime_upper_bound(container.get("Status", ""))
+        if bound is None:
+            return None
+        cid = container["Id"]
+        cached = self._started.get(cid)
+        if cached is not None and time.time() - cached[1] <= bound + 1.0:
+            return cached[0]
+        with self._translate():
+            try:
+                raw = self.client.inspect_container(cid)["State"]["StartedAt"]
+            except docker.errors.NotFound:
+                return None
+        self._started[cid] = (raw, _parse_time(raw))
+        if len(self._started) > 4096:
+            self._started.clear()
+        return raw
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        with self._translate():
+            result: dict[str, Any] = self.client.inspect_container(container_id)
+            return result
+
+    def logs(self, container_id: str, *, tail: int, since: float | None) -> bytes:
+        """A container's stdout and stderr, with timestamps, the last ``tail`` lines."""
+        with self._translate():
+            try:
+                data: bytes = self.client.logs(
+                    container_id, stdout=True, stderr=True, timestamps=True, tail=tail, since=since
+                )
+            except docker.errors.NotFound:
+                return b""
+        return data
+
+    def own_project(self, hostname: str) -> str | None:
+        """The compose project of the container this process runs in, if it runs in one."""
+        try:
+            labels = self.inspect(hostname).get("Config", {}).get("Labels") or {}
+        except GatewayError:
+            return None
+        project = labels.get(PROJECT_LABEL)
+        return str(project) if project else None
+
+
+def _parse_time(raw: str) -> float:
+    # RFC 3339 with nanoseconds; Python wants at most microseconds.
+    base, _, frac = raw.rstrip("Z").partition(".")
+    try:
+        parsed = datetime.fromisoformat(base).replace(tzinfo=UTC)
+    except ValueError:
+        return 0.0
+    return parsed.timestamp() + (float("0." + frac[:6]) if frac else 0.0)
