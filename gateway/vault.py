@@ -23,7 +23,7 @@ import requests.exceptions
 from .config import Settings, check_name
 from .errors import ConfigError, VaultError
 
-__all__ = ["VaultClient", "TOKEN_KEYS", "DEFAULT_MOUNT", "DEFAULT_PREFIX", "check_token_value"]
+__all__ = ["VaultClient", "SecretMissing", "TOKEN_KEYS", "DEFAULT_MOUNT", "DEFAULT_PREFIX", "check_token_value"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ TOKEN_KEYS = ("compose_agent_token", "status_panel_token")
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")
 
 T = TypeVar("T")
+
+
+class SecretMissing(VaultError):
+    """No secret at the path, or its latest version is deleted: the token is not configured (or revoked)."""
 
 
 def check_token_value(token: str) -> str:
@@ -197,7 +201,7 @@ class VaultClient:
         if isinstance(exc, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
             return VaultError(f"permission denied by {where} to {verb} {path}; check VAULT_TOKEN and its policy")
         if isinstance(exc, hvac.exceptions.InvalidPath):
-            return VaultError(f"no secret at {path} in {where} (never written, or its latest version is deleted)")
+            return SecretMissing(f"no secret at {path} in {where} (never written, or its latest version is deleted)")
         if isinstance(exc, hvac.exceptions.VaultDown):
             return VaultError(f"{where} is sealed or unavailable; could not {verb} {path}")
         # Vault's own error strings name paths, not tokens, but take no chances with what we echo.
