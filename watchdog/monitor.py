@@ -1,0 +1,320 @@
+"""The supervisor: watches the target through events and periodic inspects, and restarts it.
+
+Decisions belong to :class:`~watchdog.scheduler.RestartScheduler`; this module does the I/O:
+docker-py calls (in worker threads), the events follower, the status endpoint, and the log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import anyio
+import anyio.abc
+import docker
+import docker.errors
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .config import WatchdogConfig
+from .errors import DockerUnavailable
+from .events import EventStream
+from .health import Health, State, advice, classify
+from .scheduler import Change, RestartScheduler, Status
+from .status import bind_socket, create_app, serve_status
+
+__all__ = ["ComposeAgentWatchdog", "kv"]
+
+logger = logging.getLogger(__name__)
+
+_LEVELS = {
+    State.HEALTHY: logging.INFO,
+    State.UNHEALTHY: logging.WARNING,
+    State.GLIBC_MISMATCH: logging.WARNING,
+    State.NOT_FOUND: logging.WARNING,
+    State.GAVE_UP: logging.ERROR,
+}
+
+
+def kv(**fields: object) -> str:
+    """One ``key=value`` log line; values with spaces, quotes or ``=`` are JSON-quoted."""
+    parts = []
+    for key, value in fields.items():
+        if value is None:
+            text = "null"
+        elif isinstance(value, float):
+            text = f"{value:g}"
+        else:
+            text = str(value)
+        if not text or any(c in text for c in ' "=\n\t'):
+            text = json.dumps(text)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def _started_at(attrs: dict[str, Any]) -> float | None:
+    """State.StartedAt as a Unix time, or None for a container that never started."""
+    raw = str((attrs.get("State") or {}).get("StartedAt") or "")
+    if not raw or raw.startswith("0001-"):
+        return None
+    head, _, frac = raw.rstrip("Z").partition(".")
+    try:
+        stamp = datetime.fromisoformat(head + "+00:00").timestamp()
+    except ValueError:
+        return None
+    digits = "".join(c for c in frac if c.isdigit())[:6]
+    return stamp + (int(digits) / 10 ** len(digits) if digits else 0.0)
+
+
+class ComposeAgentWatchdog:
+    """Keeps one container alive: detect (events + periodic inspect), classify, restart with backoff.
+
+    ``client`` is a docker-py ``DockerClient``; without one, :meth:`run` makes one from the
+    environment and closes it afterwards. ``now``/``wall`` are the clocks handed to the scheduler.
+    ``on_change`` is called with every :class:`Change` (after it is logged).
+    """
+
+    def __init__(
+        self,
+        config: WatchdogConfig,
+        client: Any = None,
+        *,
+        now: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        on_change: Callable[[Change], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.scheduler = RestartScheduler(config, now=now, wall=wall)
+        self._now = now
+        self._client = client
+        self._on_change = on_change
+        self.events: EventStream | None = None
+        #: How many inspects completed, and how many restarts the watchdog issued (for tests and the bench).
+        self.checks = 0
+        self.restarts = 0
+        self.status_port: int | None = None
+        self._started = anyio.Event()
+
+    def status(self) -> Status:
+        """The current view of the target, as ``GET /status`` reports it."""
+        return self.scheduler.status()
+
+    async def wait_started(self) -> None:
+        """Wait until the first check is done and the status endpoint (if any) listens."""
+        await self._started.wait()
+
+    async def run(self) -> None:
+        """Supervise until cancelled. Closes the docker client it made, so the events read returns.
+
+        Raises:
+            DockerUnavailable: no docker client could be made from the environment.
+            StatusServerError: the status endpoint cannot listen.
+        """
+        own_client = self._client is None
+        if own_client:
+            try:
+                self._client = docker.from_env()
+            except docker.errors.DockerException as exc:
+                raise DockerUnavailable(f"cannot set up a Docker client: {exc}") from exc
+        sock = None
+        if self.config.status_port is not None:
+            sock = bind_socket(self.config.status_host, self.config.status_port)
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](max_buffer_size=256)
+        logger.info(
+            "%s",
+            kv(
+                event="watchdog_started",
+                target=self.config.target_container,
+                check_interval_s=self.config.check_interval_secs,
+                initial_delay_s=self.config.initial_delay_secs,
+                backoff_multiplier=self.config.restart_backoff_multiplier,
+                max_restart_attempts=self.config.max_restart_attempts,
+                stable_period_s=self.config.stable_period,
+                events=self.config.watch_events,
+            ),
+        )
+        try:
+            async with receive, anyio.create_task_group() as tg:
+                if self.config.watch_events:
+                    self.events = EventStream(
+                        self._client, self.config.target_container, self.config.events_reconnect_delay_secs
+                    )
+                    tg.start_soon(self._follow_events, self.events, send)
+                else:
+                    send.close()
+                await self._check_and_act()
+                if sock is not None:
+                    app = create_app(self.status)
+                    self.status_port = await tg.start(serve_status, app, sock)
+                    sock = None
+                self._started.set()
+                await self._supervise(receive)
+        finally:
+            send.close()
+            if sock is not None:
+                sock.close()
+            if self.events is not None:
+                self.events.close()
+            if own_client:
+                self._client.close()
+                self._client = None
+            logger.info("%s", kv(event="watchdog_stopped", target=self.config.target_container))
+
+    async def _follow_events(self, events: EventStream, send: MemoryObjectSendStream[dict[str, Any]]) -> None:
+        def deliver(event: dict[str, Any]) -> None:
+            anyio.from_thread.run(send.send, event)
+
+        try:
+            async with send:
+                await anyio.to_thread.run_sync(events.follow, deliver, abandon_on_cancel=True)
+        finally:
+            events.close()
+
+    async def _supervise(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+        interval = self.config.check_interval_secs
+        next_check = self._now() + interval
+        stream_open = self.config.watch_events
+        while True:
+            wakeup = self.scheduler.next_wakeup()
+            deadline = next_check if wakeup is None else min(next_check, wakeup)
+            delay = max(0.0, deadline - self._now())
+            with anyio.move_on_after(delay):
+                if stream_open:
+                    try:
+                        event = await receive.receive()
+                        self._log_event(event)
+                        while True:  # several events usually come together: one inspect covers them all
+                            self._log_event(receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        pass
+                    except anyio.EndOfStream:
+                        stream_open = False
+                        logger.warning("%s", kv(event="events_stopped", target=self.config.target_container))
+                else:
+                    await anyio.sleep(math.inf)
+            await self._check_and_act()
+            next_check = self._now() + interval
+
+    def _log_event(self, event: dict[str, Any]) -> None:
+        logger.debug(
+            "%s",
+            kv(event="docker_event", target=self.config.target_container, action=event.get("Action")),
+        )
+
+    async def _check_and_act(self) -> None:
+        """Inspect, classify, feed the scheduler; restart while one is due (then look again)."""
+        while True:
+            try:
+                health = await self._inspect()
+            except DockerUnavailable as exc:
+                logger.warning("%s", kv(event="check_failed", target=self.config.target_container, error=str(exc)))
+                return
+            self.checks += 1
+            for change in self.scheduler.observe(health):
+                self._report(change, health)
+            if not self.scheduler.restart_due():
+                return
+            await self._restart()
+
+    async def _inspect(self) -> Health:
+        attrs = await anyio.to_thread.run_sync(self._inspect_sync)
+        health = classify(attrs)
+        if attrs is not None and health.failing:
+            logs = await anyio.to_thread.run_sync(self._logs_sync, _started_at(attrs))
+            health = classify(attrs, logs)
+        return health
+
+    def _inspect_sync(self) -> dict[str, Any] | None:
+        try:
+            attrs: dict[str, Any] = self._client.api.inspect_container(self.config.target_container)
+        except docker.errors.NotFound:
+            return None
+        except Exception as exc:  # noqa: BLE001 - requests' connection errors reach us unwrapped
+            raise DockerUnavailable(f"inspect failed: {exc}") from exc
+        return attrs
+
+    def _logs_sync(self, since: float | None) -> str:
+        try:
+            raw = self._client.api.logs(
+                self.config.target_container,
+                stdout=True,
+                stderr=True,
+                tail=self.config.log_tail_lines,
+                since=since,
+            )
+        except Exception as exc:  # noqa: BLE001 - the logs only refine a diagnosis; missing them is not fatal
+            logger.debug("%s", kv(event="logs_failed", target=self.config.target_container, error=str(exc)))
+            return ""
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+    async def _restart(self) -> None:
+        attempt = self.scheduler.record_restart()
+        self.restarts += 1
+        target = self.config.target_container
+        logger.warning(
+            "%s",
+            kv(
+                event="restart",
+                target=target,
+                attempt=attempt,
+                max_restart_attempts=self.config.max_restart_attempts,
+                state=self.scheduler.state,
+                reason=self.scheduler.reason,
+            ),
+        )
+        try:
+            await anyio.to_thread.run_sync(self._restart_sync)
+        except Exception as exc:  # noqa: BLE001 - a failed attempt still counts; the next inspect tells the rest
+            logger.warning("%s", kv(event="restart_failed", target=target, attempt=attempt, error=str(exc)))
+
+    def _restart_sync(self) -> None:
+        self._client.api.restart(self.config.target_container, timeout=self.config.restart_stop_timeout_secs)
+
+    def _report(self, change: Change, health: Health) -> None:
+        target = self.config.target_container
+        if change.kind == "counter_reset":
+            logger.info(
+                "%s",
+                kv(
+                    event="counter_reset",
+                    target=target,
+                    state=change.state,
+                    stable_period_s=self.config.stable_period,
+                ),
+            )
+        elif change.state is State.GAVE_UP:
+            diagnosis = change.diagnosis or State.UNHEALTHY
+            logger.error(
+                "%s",
+                kv(
+                    event="transition",
+                    target=target,
+                    previous=change.previous,
+                    state=change.state,
+                    diagnosis=diagnosis,
+                    reason=change.reason,
+                    restart_attempts=change.restart_attempts,
+                    action=f"stopped restarting; {advice(diagnosis, change.reason)}",
+                ),
+            )
+        else:
+            logger.log(
+                _LEVELS.get(change.state, logging.INFO),
+                "%s",
+                kv(
+                    event="transition",
+                    target=target,
+                    previous=change.previous,
+                    state=change.state,
+                    reason=change.reason,
+                    restart_attempts=change.restart_attempts,
+                    next_restart_in_s=change.next_restart_in_s,
+                    engine_restart_count=health.restart_count,
+                ),
+            )
+        if self._on_change is not None:
+            self._on_change(change)
