@@ -1,0 +1,233 @@
+"""``compose-agent``: serve the MCP gateway, or manage its tokens in Vault.
+
+The only place that reads the environment and the only place that exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import anyio
+
+from . import __version__
+from .app import LOOPBACK_HOSTS, build_http_app
+from .audit import AuditLog
+from .auth import TokenStore
+from .compose import ComposeCli
+from .config import Settings, load_settings
+from .errors import ComposeNotFound, GatewayError
+from .metrics import ControlPlane
+from .operations import ComposeOperations
+from .server import build_server
+from .tokens import (
+    GeneratedTokenSource,
+    TokenSource,
+    load_initial_tokens,
+    refresh_tokens_forever,
+    token_source_from_settings,
+)
+from .vault_cli import add_vault_parser, run_vault_command
+
+logger = logging.getLogger("gateway")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compose-agent",
+        description="An MCP gateway that lets AI agents run Docker Compose stacks safely.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,vault}")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the MCP tools over stdio, or over HTTP (Streamable HTTP at /mcp, SSE at /sse)",
+        description=(
+            "Serve the compose tools (list_stacks, ps, logs, up, down, restart, start, stop, config). "
+            "HTTP needs a bearer token: from Vault (VAULT_ADDRESS), from COMPOSE_AGENT_TOKEN / "
+            "STATUS_PANEL_TOKEN, or generated on first start and saved under the state dir."
+        ),
+    )
+    serve.add_argument("--transport", choices=["stdio", "http"], default="http", help="default: http")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address to bind (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
+    serve.add_argument("--stacks-dir", type=Path, help="folder of stack folders (default: $STACKS_DIR or ./stacks)")
+    serve.add_argument("--read-only", action="store_true", help="offer only list_stacks, ps, logs and config")
+    serve.add_argument("--compose-bin", help="Compose v2 CLI to run (default: $COMPOSE_BIN, then auto-detect)")
+    serve.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host headers to accept, e.g. 'compose-agent:*,localhost:*' "
+        "(default: $COMPOSE_AGENT_ALLOWED_HOSTS, else loopback names)",
+    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_vault_parser(commands)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    # Before MCPServer() exists: it would otherwise install its own handler. Always stderr: on stdio,
+    # stdout is the protocol.
+    logging.basicConfig(
+        level=getattr(logging, level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpx2", "mcp", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
+
+
+def _self_project(settings: Settings, ops: ComposeOperations) -> str | None:
+    """The compose project this gateway runs in, from its own container's labels."""
+    if settings.self_project:
+        return settings.self_project
+    if not Path("/.dockerenv").exists():
+        return None
+    return ops.engine.own_project(socket.gethostname())
+
+
+def _client_config(settings: Settings, args: argparse.Namespace, token: str) -> str:
+    stacks = str(settings.stacks_dir.resolve())
+    stdio = {
+        "mcpServers": {
+            "compose-agent": {
+                "command": "compose-agent",
+                "args": ["serve", "--transport", "stdio", "--stacks-dir", stacks],
+            }
+        }
+    }
+    http = {
+        "mcpServers": {
+            "compose-agent": {
+                "type": "http",
+                "url": f"http://{args.host}:{args.port}/mcp",
+                "headers": {"Authorization": f"Bearer {token}"},
+            }
+        }
+    }
+    return (
+        "MCP client configuration (stdio):\n"
+        + json.dumps(stdio, indent=2)
+        + "\nMCP client configuration (Streamable HTTP):\n"
+        + json.dumps(http, indent=2)
+    )
+
+
+def _announce(settings: Settings, args: argparse.Namespace, source: TokenSource, store: TokenStore) -> None:
+    """Tell the operator where to connect. Tokens are shown only right after they were generated."""
+    base = f"http://{args.host}:{args.port}"
+    lines = [
+        f"compose-agent {__version__}: stacks from {settings.stacks_dir.resolve()}",
+        f"  Streamable HTTP  {base}/mcp",
+        f"  SSE              {base}/sse",
+        f"  health, metrics  {base}/health  {base}/api/v1/metrics  {base}/metrics",
+    ]
+    token = "<your compose_agent_token>"
+    if isinstance(source, GeneratedTokenSource):
+        if source.created:
+            tokens = source.tokens()
+            token = tokens["compose_agent_token"]
+            lines += [
+                f"Generated tokens, saved in {source.path} (mode 0600); shown this once:",
+                f"  compose_agent_token  {tokens['compose_agent_token']}",
+                f"  status_panel_token   {tokens['status_panel_token']}",
+            ]
+        else:
+            lines.append(f"Tokens: {source.path} (generated earlier; `cat` it to see them)")
+    else:
+        lines.append(f"Tokens: from {source.description}")
+    lines.append(_client_config(settings, args, token))
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def _serve_http(settings: Settings, args: argparse.Namespace, ops: ComposeOperations) -> int:
+    import uvicorn
+
+    from .auth import GatewayTokenVerifier
+
+    store = TokenStore()
+    source = token_source_from_settings(settings)
+    await load_initial_tokens(source, store, timeout=settings.vault_startup_timeout)
+    if args.host not in LOOPBACK_HOSTS and not store.configured:
+        logger.error("refusing to listen on %s with no token configured", args.host)
+        return 2
+    server = build_server(
+        ops,
+        read_only=args.read_only,
+        token_verifier=GatewayTokenVerifier(store),
+        issuer_url=f"http://{args.host}:{args.port}",
+    )
+
+    async def refresh() -> None:
+        await refresh_tokens_forever(source, store, interval=settings.vault_refresh_secs)
+
+    app = build_http_app(server, ops, host=args.host, allowed_hosts=settings.allowed_hosts, background=[refresh])
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on", server_header=False
+    )
+    uv = uvicorn.Server(config)
+    _announce(settings, args, source, store)
+    await uv.serve()
+    return 0 if uv.started else 1
+
+
+async def _serve_stdio(settings: Settings, args: argparse.Namespace, ops: ComposeOperations) -> int:
+    server = build_server(ops, read_only=args.read_only)
+    await server.run_stdio_async()
+    return 0
+
+
+def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    _configure_logging(args.log_level)
+    overrides: dict[str, object] = {"stacks_dir": args.stacks_dir, "compose_bin": args.compose_bin}
+    if args.allowed_hosts:
+        overrides["allowed_hosts"] = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+    settings = load_settings(environ, **overrides)
+    if settings.control_plane is not ControlPlane.COMPOSE_AGENT:
+        logger.warning(
+            "CONTROL_PLANE=%s is ignored: the gateway's executions are compose_agent", settings.control_plane
+        )
+    audit = AuditLog(settings.audit_path)
+    ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
+    try:
+        ops.self_project = _self_project(settings, ops)
+        if ops.self_project:
+            logger.info("running in compose project %s: mutating tools will refuse it", ops.self_project)
+        try:
+            ops._cli = ComposeCli.locate(
+                settings.compose_bin,
+                {**environ, **({"DOCKER_HOST": settings.docker_host} if settings.docker_host else {})},
+            )
+        except ComposeNotFound as exc:
+            # Reads still work through the Engine API; lifecycle calls will report this again.
+            logger.error("%s", exc)
+        if args.transport == "stdio":
+            return anyio.run(_serve_stdio, settings, args, ops)
+        return anyio.run(_serve_http, settings, args, ops)
+    finally:
+        ops.close()
+        audit.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        if args.command == "vault":
+            return run_vault_command(args, environ)
+        return serve(args, environ)
+    except GatewayError as exc:
+        print(f"compose-agent: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
