@@ -1,0 +1,116 @@
+"""``status-panel serve``: read the configuration once, pick the backend, run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from gateway.config import Settings, load_settings
+from gateway.errors import GatewayError
+from gateway.metrics import ControlPlane
+
+from . import __version__
+from .auth import Authenticator
+from .backend import Backend, GatewayBackend, LegacyBackend
+from .client import GatewayClient
+
+__all__ = ["main", "build_backend", "is_loopback"]
+
+logger = logging.getLogger("statuspanel")
+
+LEGACY_WARNING = "compose_agent=false - running in legacy mode"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def build_backend(settings: Settings, environ: Mapping[str, str]) -> Backend:
+    """The gateway proxy, or (``compose_agent_enabled`` false) the operations in this process."""
+    if settings.compose_agent_enabled:
+        return GatewayBackend(GatewayClient(settings.compose_agent_url, settings.status_panel_token))
+    logger.warning(LEGACY_WARNING)
+    # Imported only here: normal mode must run without docker-py touching a socket.
+    from gateway.audit import AuditLog
+    from gateway.operations import ComposeOperations
+
+    audit = AuditLog(settings.audit_path)
+    operations = ComposeOperations.from_settings(
+        settings, plane=ControlPlane.STATUS_PANEL, audit=audit, environ=environ
+    )
+    return LegacyBackend(operations, audit=audit)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="status-panel", description="Web UI and JSON API for compose stacks.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the panel over HTTP")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5001, help="port to listen on (default 5001)")
+    serve.add_argument("--gateway-url", default=None, help="the compose-agent's MCP URL (overrides COMPOSE_AGENT_URL)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx2 logs every request at INFO: one line per proxied call would drown the panel's own log.
+    logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        settings = load_settings(os.environ, compose_agent_url=args.gateway_url)
+    except GatewayError as exc:
+        logger.error("%s", exc)
+        return 2
+    if not settings.status_panel_token and not is_loopback(args.host):
+        logger.error(
+            "refusing to listen on %s without STATUS_PANEL_TOKEN: set a token, or listen on 127.0.0.1", args.host
+        )
+        return 2
+    authenticator = Authenticator(settings.status_panel_token, settings.panel_username, settings.panel_password)
+    if authenticator.open:
+        logger.warning("no STATUS_PANEL_TOKEN and no login configured: anyone on this machine can use the panel")
+    try:
+        backend = build_backend(settings, os.environ)
+    except GatewayError as exc:
+        logger.error("cannot start legacy mode: %s", exc)
+        return 2
+
+    import uvicorn
+
+    from .app import create_app
+
+    app = create_app(
+        backend,
+        authenticator,
+        watchdog_url=settings.watchdog_url,
+        session_secret=settings.session_secret,
+    )
+    logger.info(
+        "status panel %s on http://%s:%d (%s)",
+        __version__,
+        args.host,
+        args.port,
+        "legacy mode" if backend.legacy else f"compose-agent at {settings.compose_agent_url}",
+    )
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
+    uvicorn.Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

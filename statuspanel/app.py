@@ -1,0 +1,301 @@
+"""The status panel's Starlette app: the JSON API, the web UI and the lifespan that owns the backend."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import httpx2
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from gateway.models import Action
+
+from . import __version__
+from .auth import Authenticator, AuthMiddleware, LoginRateLimiter
+from .backend import Backend
+from .errors import BadRequest, NotFound, PanelError
+
+__all__ = ["create_app", "PanelState", "FEATURES", "validate_project"]
+
+HERE = Path(__file__).parent
+ACTIONS: tuple[Action, ...] = ("up", "down", "restart", "start", "stop")
+FEATURES = ["stacks", "ps", "logs", "actions", "metrics", "login", "csrf", "watchdog"]
+
+_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+# Unix seconds, a relative duration (10m, 1h30m) or an RFC 3339 time: what the engine's `since` understands.
+_SINCE_RE = re.compile(
+    r"^(\d{1,12}(\.\d{1,9})?"  # unix seconds
+    r"|(\d+d)?(\d+h)?(\d+m)?(\d+s)?"  # relative
+    r"|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)$"  # RFC 3339
+)
+_UNIX_RE = re.compile(r"^\d{1,12}(\.\d{1,9})?$")
+MAX_TAIL = 10_000
+MAX_NAME = 63
+
+
+@dataclass
+class PanelState:
+    """What the routes share, kept on ``app.state.panel``."""
+
+    backend: Backend
+    authenticator: Authenticator
+    limiter: LoginRateLimiter
+    templates: Jinja2Templates
+    watchdog_url: str | None
+    http: httpx2.AsyncClient | None = None
+
+
+def panel(request: Request) -> PanelState:
+    return cast(PanelState, request.app.state.panel)
+
+
+# --- validation at the edge -------------------------------------------------------------------
+
+
+def validate_project(project: str) -> str:
+    if len(project) > MAX_NAME or not _PROJECT_RE.match(project):
+        raise BadRequest(
+            f"invalid stack name {project[:80]!r}: use lowercase letters, digits, '-' and '_', "
+            f"starting with a letter or digit (at most {MAX_NAME} characters)"
+        )
+    return project
+
+
+def validate_services(raw: object) -> list[str] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = [s for s in raw.split(",") if s.strip()]
+    if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
+        raise BadRequest('"services" must be a list of service names, e.g. {"services": ["web"]}')
+    services = [s.strip() for s in raw]
+    for name in services:
+        if len(name) > MAX_NAME or not _SERVICE_RE.match(name):
+            raise BadRequest(f"invalid service name {name[:80]!r}: use letters, digits, '.', '-' and '_'")
+    return services or None
+
+
+def validate_tail(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return 200
+    try:
+        tail = int(raw)
+    except ValueError:
+        raise BadRequest(f"tail must be a whole number from 1 to {MAX_TAIL}, not {raw[:40]!r}") from None
+    if not 1 <= tail <= MAX_TAIL:
+        raise BadRequest(f"tail must be from 1 to {MAX_TAIL}, not {tail}")
+    return tail
+
+
+def validate_since(raw: str | None) -> str | None:
+    """``since`` for the gateway: RFC 3339 or relative; unix seconds are turned into RFC 3339 here."""
+    if not raw:
+        return None
+    if len(raw) > 40 or not _SINCE_RE.match(raw):
+        raise BadRequest(
+            f"since {raw[:40]!r} is not understood: use a duration (30s, 10m, 2h, 1d), "
+            "an RFC 3339 time (2026-11-26T21:00:00Z) or unix seconds (1764190800.5)"
+        )
+    if _UNIX_RE.match(raw):
+        return rfc3339(float(raw))
+    return raw
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def validate_grep(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    if len(raw) > 200:
+        raise BadRequest("grep is limited to 200 characters")
+    try:
+        re.compile(raw)
+    except re.error as exc:
+        raise BadRequest(f"grep is not a valid regular expression: {exc}") from None
+    return raw
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise BadRequest('the body must be JSON, e.g. {"services": ["web"]}, or empty') from None
+    if not isinstance(data, dict):
+        raise BadRequest('the body must be a JSON object, e.g. {"services": ["web"]}')
+    return data
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def api(handler: Handler) -> Handler:
+    """Answer panel errors as JSON with their status code."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except PanelError as exc:
+            return JSONResponse(exc.to_json(), status_code=exc.status_code)
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+async def health(request: Request) -> Response:
+    """Always 200: the panel is up. ``compose_agent`` says whether the gateway is."""
+    status = await panel(request).backend.compose_agent_status()
+    return JSONResponse({"status": "ok", "compose_agent": status, "version": __version__})
+
+
+async def capabilities(request: Request) -> Response:
+    backend = panel(request).backend
+    return JSONResponse(
+        {
+            "compose_agent": not backend.legacy,
+            "control_plane": backend.control_plane.value,
+            "legacy_mode": backend.legacy,
+            "version": __version__,
+            "features": FEATURES + ([] if backend.legacy else ["mcp_proxy"]),
+        }
+    )
+
+
+async def metrics(request: Request) -> Response:
+    return JSONResponse(await panel(request).backend.metrics())
+
+
+@api
+async def list_stacks(request: Request) -> Response:
+    result = await panel(request).backend.list_stacks()
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+@api
+async def stack_ps(request: Request) -> Response:
+    project = validate_project(request.path_params["project"])
+    result = await panel(request).backend.ps(project)
+    return JSONResponse(result.model_dump(mode="json"))
+
+
+@api
+async def stack_logs(request: Request) -> Response:
+    project = validate_project(request.path_params["project"])
+    q = request.query_params
+    unknown = sorted(set(q) - {"services", "tail", "since", "grep"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)}; use services, tail, since, grep")
+    services = validate_services(",".join(q.getlist("services")) if "services" in q else None)
+    tail, since, grep = validate_tail(q.get("tail")), validate_since(q.get("since")), validate_grep(q.get("grep"))
+    # Taken before the call: a follower passing it back as `since` misses no line written meanwhile.
+    asked_at = time.time()
+    result = await panel(request).backend.logs(project, services=services, tail=tail, since=since, grep=grep)
+    return JSONResponse(result.model_dump(mode="json"), headers={"X-Panel-Time": rfc3339(asked_at)})
+
+
+@api
+async def stack_action(request: Request) -> Response:
+    project = validate_project(request.path_params["project"])
+    action = request.path_params["action"]
+    if action not in ACTIONS:
+        raise NotFound(f"unknown action {action[:40]!r}; use one of: {', '.join(ACTIONS)}")
+    body = await _json_body(request)
+    allowed = {"volumes"} if action == "down" else {"services"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(unknown)} for {action}; allowed: {', '.join(sorted(allowed))}")
+    volumes = body.get("volumes", False)
+    if not isinstance(volumes, bool):
+        raise BadRequest('"volumes" must be true or false')
+    services = validate_services(body.get("services"))
+    result = await panel(request).backend.action(project, cast(Action, action), services=services, volumes=volumes)
+    payload = result.model_dump(mode="json")
+    if not result.ok:
+        payload["error"] = result.message or f"{action} failed"
+    return JSONResponse(payload, status_code=200 if result.ok else 502)
+
+
+def _routes() -> list[BaseRoute]:
+    from . import pages  # the UI's routes; imported here so pages may use this module's validators
+
+    return [
+        Route("/health", health),
+        Route("/capabilities", capabilities),
+        Route("/api/v1/metrics", metrics),
+        Route("/api/v1/stacks", list_stacks),
+        Route("/api/v1/stacks/{project}", stack_ps),
+        Route("/api/v1/stacks/{project}/logs", stack_logs),
+        Route("/api/v1/stacks/{project}/{action}", stack_action, methods=["POST"]),
+        *pages.routes(),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+
+
+def create_app(
+    backend: Backend,
+    authenticator: Authenticator,
+    *,
+    watchdog_url: str | None = None,
+    session_secret: str | None = None,
+    limiter: LoginRateLimiter | None = None,
+    https_only: bool = False,
+) -> Starlette:
+    """Build the panel. ``session_secret`` signs the login cookie; without one it is generated per process."""
+    templates = Jinja2Templates(directory=HERE / "templates")
+    state = PanelState(
+        backend=backend,
+        authenticator=authenticator,
+        limiter=limiter or LoginRateLimiter(),
+        templates=templates,
+        watchdog_url=watchdog_url.rstrip("/") if watchdog_url else None,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with httpx2.AsyncClient(timeout=1.5) as http, backend.lifespan():
+            state.http = http
+            try:
+                yield
+            finally:
+                state.http = None
+
+    app = Starlette(
+        routes=_routes(),
+        middleware=[
+            Middleware(
+                SessionMiddleware,
+                secret_key=session_secret or secrets.token_urlsafe(32),
+                session_cookie="status_panel_session",
+                same_site="strict",
+                https_only=https_only,
+                max_age=12 * 60 * 60,
+            ),
+            Middleware(AuthMiddleware, authenticator=authenticator),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.panel = state
+    return app

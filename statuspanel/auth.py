@@ -1,0 +1,217 @@
+"""Who may use the panel: bearer tokens for the API, login sessions for the browser, CSRF, login limits.
+
+The session itself is Starlette's ``SessionMiddleware`` (a cookie signed with itsdangerous). This
+module decides what a request may do given its ``Authorization`` header and that session.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, MutableMapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = [
+    "Authenticator",
+    "LoginRateLimiter",
+    "AuthMiddleware",
+    "csrf_token",
+    "csrf_ok",
+    "PUBLIC_PATHS",
+    "CSRF_HEADER",
+]
+
+logger = logging.getLogger(__name__)
+
+# Answer without any credentials: probes, the login form, and the assets the login page needs.
+PUBLIC_PATHS = frozenset({"/health", "/capabilities", "/api/v1/metrics", "/login"})
+PUBLIC_PREFIXES = ("/static/",)
+CSRF_HEADER = "x-csrf-token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+class Authenticator:
+    """Checks credentials: the panel token, and an optional username and password from config.
+
+    With neither configured the panel is *open*: every request counts as authenticated. The entry
+    point allows that only on a loopback address.
+    """
+
+    def __init__(self, token: str | None = None, username: str | None = None, password: str | None = None) -> None:
+        self._token = token or None
+        self._username = username or None
+        self._password = password or None
+
+    @property
+    def open(self) -> bool:
+        return self._token is None and not self.password_login
+
+    @property
+    def password_login(self) -> bool:
+        return self._username is not None and self._password is not None
+
+    @property
+    def token_login(self) -> bool:
+        return self._token is not None
+
+    def check_token(self, candidate: str) -> bool:
+        if self._token is None or not candidate:
+            return False
+        return _same(candidate, self._token)
+
+    def check_bearer(self, authorization: str | None) -> bool:
+        """True for ``Authorization: Bearer <panel token>``."""
+        if not authorization:
+            return False
+        scheme, _, value = authorization.partition(" ")
+        return scheme.lower() == "bearer" and self.check_token(value.strip())
+
+    def check_password(self, username: str, password: str) -> bool:
+        if self._username is None or self._password is None:
+            return False
+        # Both compared every time, so the timing says nothing about which one was wrong.
+        user_ok = _same(username, self._username)
+        pass_ok = _same(password, self._password)
+        return user_ok and pass_ok
+
+
+class LoginRateLimiter:
+    """At most ``max_failures`` failed logins per client per ``window`` seconds.
+
+    A success does not clear earlier failures: that would let a guesser who also holds one valid
+    account reset the counter at will.
+    """
+
+    def __init__(
+        self, max_failures: int = 5, window: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, deque[float]] = {}
+
+    def _prune(self, client: str, now: float) -> deque[float]:
+        times = self._failures.setdefault(client, deque())
+        while times and now - times[0] >= self.window:
+            times.popleft()
+        return times
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until the client may try again, or None if it may try now."""
+        now = self._clock()
+        with self._lock:
+            times = self._prune(client, now)
+            if len(times) < self.max_failures:
+                if not times:
+                    self._failures.pop(client, None)
+                return None
+            return max(1, int(times[0] + self.window - now + 0.999))
+
+    def record_failure(self, client: str) -> None:
+        now = self._clock()
+        with self._lock:
+            self._prune(client, now).append(now)
+
+
+def csrf_token(session: MutableMapping[str, Any]) -> str:
+    """The session's CSRF token, created on first use."""
+    token = session.get("csrf")
+    if not isinstance(token, str) or not token:
+        token = secrets.token_urlsafe(32)
+        session["csrf"] = token
+    return token
+
+
+def csrf_ok(session: MutableMapping[str, Any], presented: str | None) -> bool:
+    expected = session.get("csrf")
+    if not isinstance(expected, str) or not expected or not presented:
+        return False
+    return _same(presented, expected)
+
+
+def _origin_matches(headers: Headers) -> bool:
+    """False when a browser says the request comes from another site (``Origin`` is not this host)."""
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    if origin == "null":
+        return False
+    return urlsplit(origin).netloc == headers.get("host", "")
+
+
+class AuthMiddleware:
+    """Lets a request through only with a valid bearer token or login session (or in open mode).
+
+    - Public paths answer to anyone.
+    - API paths without credentials get 401 JSON; pages get a redirect to ``/login``.
+    - Unsafe methods authenticated by the session cookie must carry the session's CSRF token in
+      the ``X-CSRF-Token`` header. A bearer token is never sent by a browser on its own, so
+      bearer requests need none.
+
+    Sits inside ``SessionMiddleware`` so ``scope["session"]`` is set.
+    """
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        method: str = scope["method"]
+        session: MutableMapping[str, Any] = scope.get("session", {})
+        api = path.startswith("/api/")
+
+        if self.authenticator.check_bearer(headers.get("authorization")):
+            scope["panel_user"] = "token"
+            await self.app(scope, receive, send)
+            return
+
+        user = session.get("user")
+        if not user and self.authenticator.open:
+            user = "local"
+        if not user:
+            response: Response
+            if api:
+                response = JSONResponse(
+                    {"error": "authentication required: send 'Authorization: Bearer <status panel token>' or log in"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="status-panel"'},
+                )
+            else:
+                target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+                response = RedirectResponse("/login?next=" + quote(target, safe=""), status_code=303)
+            await response(scope, receive, send)
+            return
+
+        if method not in _SAFE_METHODS:
+            # A cookie rides along on any request the browser makes, so the session alone proves nothing.
+            if not _origin_matches(headers) or not csrf_ok(session, headers.get(CSRF_HEADER)):
+                if session.get("user") or headers.get("origin") is not None or headers.get("cookie"):
+                    response = JSONResponse(
+                        {"error": "missing or wrong CSRF token: reload the page and try again"}, status_code=403
+                    )
+                    await response(scope, receive, send)
+                    return
+        scope["panel_user"] = user
+        await self.app(scope, receive, send)

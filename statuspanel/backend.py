@@ -1,0 +1,252 @@
+"""Where the panel's operations run: the compose-agent over MCP, or in-process in legacy mode.
+
+Routes talk to a :class:`Backend` and never know which one they have. Both return the gateway's
+result models and raise :mod:`statuspanel.errors` only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import httpx2
+
+from gateway.errors import (
+    ComposeFailed,
+    ComposeNotFound,
+    EngineUnavailable,
+    GatewayError,
+    InvalidInput,
+    PolicyViolation,
+    StackNotFound,
+)
+from gateway.metrics import CommandExecutionMetrics, ControlPlane
+from gateway.models import Action, ActionResult, LogsResult, PsResult, StackList
+
+from .client import GatewayClient
+from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, NotFound, PanelError
+
+if TYPE_CHECKING:  # importing the operations pulls in docker-py, which normal mode must not need
+    from gateway.audit import AuditLog
+    from gateway.operations import ComposeOperations
+
+__all__ = ["Backend", "GatewayBackend", "LegacyBackend", "merge_metrics"]
+
+logger = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """The operations behind the panel's routes."""
+
+    control_plane: ControlPlane
+    legacy: bool
+
+    def lifespan(self) -> AbstractAsyncContextManager[None]:
+        """Background work and resources for as long as the app runs."""
+        ...
+
+    async def list_stacks(self) -> StackList: ...
+
+    async def ps(self, project: str) -> PsResult: ...
+
+    async def logs(
+        self, project: str, *, services: list[str] | None, tail: int, since: str | None, grep: str | None
+    ) -> LogsResult: ...
+
+    async def action(
+        self, project: str, action: Action, *, services: list[str] | None = None, volumes: bool = False
+    ) -> ActionResult: ...
+
+    async def compose_agent_status(self) -> str:
+        """``up``, ``down`` or ``disabled``."""
+        ...
+
+    async def metrics(self) -> dict[str, Any]:
+        """The panel's own executions merged with the gateway's."""
+        ...
+
+
+def merge_metrics(*snapshots: dict[str, Any]) -> dict[str, Any]:
+    """Add up metrics snapshots; the last control plane is the one of the newest command."""
+    merged: dict[str, Any] = {
+        "status_panel_count": 0,
+        "compose_agent_count": 0,
+        "total_count": 0,
+        "success_count": 0,
+        "failure_count": 0,
+        "last_control_plane": None,
+        "last_command_timestamp_ms": None,
+        "by_tool": {},
+    }
+    for snap in snapshots:
+        for key in ("status_panel_count", "compose_agent_count", "total_count", "success_count", "failure_count"):
+            merged[key] += int(snap.get(key) or 0)
+        for tool, count in (snap.get("by_tool") or {}).items():
+            merged["by_tool"][tool] = merged["by_tool"].get(tool, 0) + int(count)
+        stamp = snap.get("last_command_timestamp_ms")
+        newest = merged["last_command_timestamp_ms"]
+        if stamp is not None and (newest is None or stamp >= newest):
+            merged["last_command_timestamp_ms"] = stamp
+            merged["last_control_plane"] = snap.get("last_control_plane")
+    return merged
+
+
+def _action_args(project: str, action: Action, services: list[str] | None, volumes: bool) -> dict[str, Any]:
+    if action == "down":
+        return {"project": project, "volumes": volumes}
+    return {"project": project, "services": services or None}
+
+
+class GatewayBackend:
+    """Every operation is a tool call on the compose-agent, which records it as ``compose_agent``."""
+
+    control_plane = ControlPlane.COMPOSE_AGENT
+    legacy = False
+
+    def __init__(self, client: GatewayClient, *, probe_timeout: float = 1.5) -> None:
+        self.client = client
+        self.probe_timeout = probe_timeout
+        # The panel runs nothing itself in this mode; kept so the metrics shape is the same in both modes.
+        self.own_metrics = CommandExecutionMetrics()
+        self._http: httpx2.AsyncClient | None = None
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        async with httpx2.AsyncClient(timeout=self.probe_timeout) as http, anyio.create_task_group() as tg:
+            self._http = http
+            await tg.start(self.client.run)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+                self._http = None
+
+    async def list_stacks(self) -> StackList:
+        return StackList.model_validate(await self.client.call("list_stacks"))
+
+    async def ps(self, project: str) -> PsResult:
+        return PsResult.model_validate(await self.client.call("ps", {"project": project}))
+
+    async def logs(
+        self, project: str, *, services: list[str] | None, tail: int, since: str | None, grep: str | None
+    ) -> LogsResult:
+        args = {"project": project, "services": services or None, "tail": tail, "since": since, "grep": grep}
+        return LogsResult.model_validate(await self.client.call("logs", args))
+
+    async def action(
+        self, project: str, action: Action, *, services: list[str] | None = None, volumes: bool = False
+    ) -> ActionResult:
+        payload = await self.client.call(action, _action_args(project, action, services, volumes))
+        return ActionResult.model_validate(payload)
+
+    async def _get(self, path: str) -> httpx2.Response | None:
+        if self._http is None:
+            return None
+        try:
+            return await self._http.get(self.client.base_url + path)
+        except httpx2.HTTPError as exc:
+            logger.debug("GET %s%s failed: %s", self.client.base_url, path, exc)
+            return None
+
+    async def compose_agent_status(self) -> str:
+        response = await self._get("/health")
+        return "up" if response is not None and response.status_code == 200 else "down"
+
+    async def metrics(self) -> dict[str, Any]:
+        own = self.own_metrics.snapshot()
+        response = await self._get("/api/v1/metrics")
+        if response is None or response.status_code != 200:
+            merged = merge_metrics(own)
+            merged["compose_agent_reachable"] = False
+            return merged
+        try:
+            remote = response.json()
+        except ValueError:
+            remote = {}
+        merged = merge_metrics(own, remote if isinstance(remote, dict) else {})
+        merged["compose_agent_reachable"] = True
+        return merged
+
+
+def translate(exc: GatewayError) -> PanelError:
+    """Map the gateway's error hierarchy onto HTTP-shaped panel errors."""
+    message = str(exc)
+    if isinstance(exc, StackNotFound):
+        return NotFound(message)
+    if isinstance(exc, InvalidInput):
+        return BadRequest(message)
+    if isinstance(exc, PolicyViolation):
+        return Forbidden(message)
+    if isinstance(exc, EngineUnavailable | ComposeNotFound):
+        return EngineDown(message)
+    if isinstance(exc, ComposeFailed):
+        return ActionFailed(message)
+    return ActionFailed(message)
+
+
+class LegacyBackend:
+    """The same operations, run in this process with the Docker socket; counted as ``status_panel``."""
+
+    control_plane = ControlPlane.STATUS_PANEL
+    legacy = True
+
+    def __init__(
+        self, operations: ComposeOperations, *, audit: AuditLog | None = None, caller: str = "status_panel"
+    ) -> None:
+        self.operations = operations
+        self.audit = audit
+        self.caller = caller
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            self.operations.close()
+            if self.audit is not None:
+                self.audit.close()
+
+    async def list_stacks(self) -> StackList:
+        try:
+            return await self.operations.list_stacks()
+        except GatewayError as exc:
+            raise translate(exc) from exc
+
+    async def ps(self, project: str) -> PsResult:
+        try:
+            return await self.operations.ps(project)
+        except GatewayError as exc:
+            raise translate(exc) from exc
+
+    async def logs(
+        self, project: str, *, services: list[str] | None, tail: int, since: str | None, grep: str | None
+    ) -> LogsResult:
+        try:
+            return await self.operations.logs(project, services=services or None, tail=tail, since=since, grep=grep)
+        except GatewayError as exc:
+            raise translate(exc) from exc
+
+    async def action(
+        self, project: str, action: Action, *, services: list[str] | None = None, volumes: bool = False
+    ) -> ActionResult:
+        ops = self.operations
+        try:
+            if action == "down":
+                return await ops.down(project, volumes=volumes, caller=self.caller)
+            if action == "up":
+                return await ops.up(project, services=services or None, caller=self.caller)
+            method = {"restart": ops.restart, "start": ops.start, "stop": ops.stop}[action]
+            return await method(project, services=services or None, caller=self.caller)
+        except GatewayError as exc:
+            raise translate(exc) from exc
+
+    async def compose_agent_status(self) -> str:
+        return "disabled"
+
+    async def metrics(self) -> dict[str, Any]:
+        merged = merge_metrics(self.operations.metrics.snapshot())
+        merged["compose_agent_reachable"] = None
+        return merged

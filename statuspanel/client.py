@@ -1,0 +1,267 @@
+"""The panel's one long-lived MCP session to the compose-agent, over Streamable HTTP.
+
+A background task (:meth:`GatewayClient.run`, started in the app's lifespan) owns the session: it
+connects, waits until a call finds the connection broken, and reconnects with backoff. Calls never
+wait longer than a few seconds for a connection, so a dead gateway turns into a quick
+:class:`~statuspanel.errors.GatewayUnavailable` (503) instead of a hung request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Any
+
+import anyio
+import httpx2
+from anyio.abc import TaskStatus
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, TextContent
+
+from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, GatewayUnavailable, NotFound, PanelError
+
+__all__ = ["GatewayClient", "gateway_base_url", "classify_tool_error"]
+
+logger = logging.getLogger(__name__)
+
+READ_TOOLS = frozenset({"list_stacks", "ps", "logs", "config"})
+
+
+def gateway_base_url(mcp_url: str) -> str:
+    """``http://host:8765/mcp`` -> ``http://host:8765``: where ``/health`` and ``/api/v1/metrics`` live."""
+    url = mcp_url.rstrip("/")
+    if url.endswith("/mcp"):
+        url = url[: -len("/mcp")]
+    return url
+
+
+def classify_tool_error(message: str) -> PanelError:
+    """Turn a tool's ``is_error`` text into the panel error with the right HTTP status.
+
+    The gateway reports every failure as text a person can act on, without a machine-readable kind;
+    the wording of each kind is stable (see ``gateway/operations.py``), so it is matched here.
+    Compose's own output is checked first: its stderr may contain any of the other phrases.
+    """
+    message = _TOOL_PREFIX_RE.sub("", message, count=1)
+    lowered = message.lower()
+    if lowered.startswith("docker compose "):
+        return ActionFailed(message)
+    if lowered.startswith("docker engine error"):
+        return EngineDown(message)
+    if "refusing to" in lowered or "may not call" in lowered:
+        return Forbidden(message)
+    if "not found; known stacks" in lowered:
+        return NotFound(message)
+    if any(phrase in lowered for phrase in _BAD_INPUT_PHRASES):
+        return BadRequest(message)
+    return ActionFailed(message)
+
+
+# The SDK wraps a ToolError's text as "Error executing tool <name>: <text>"; the text is what a person needs.
+_TOOL_PREFIX_RE = re.compile(r"^Error executing tool [\w.-]+: ")
+_BAD_INPUT_PHRASES = (
+    "invalid ",
+    "must be",
+    "is neither",
+    "at most",
+    "not a valid",
+    "has no container for service",
+    "is external",
+    "simplify the pattern",
+)
+
+
+def _error_text(result: CallToolResult) -> str:
+    texts = [block.text for block in result.content if isinstance(block, TextContent)]
+    return "\n".join(texts).strip() or "the compose-agent reported an error without a message"
+
+
+class _SessionLost(Exception):
+    """The request never reached a live session (e.g. the gateway restarted and forgot it)."""
+
+
+class GatewayClient:
+    """Calls the compose-agent's MCP tools with the status panel's token.
+
+    Args:
+        url: The gateway's full MCP URL (``COMPOSE_AGENT_URL``).
+        token: The status panel token, sent as ``Authorization: Bearer``.
+        connect_wait: How long a call waits for a (re)connection before answering 503.
+        read_timeout: Deadline for read tools (list_stacks, ps, logs).
+        action_timeout: Deadline for lifecycle tools (up, down, ...), which run Compose.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        *,
+        connect_wait: float = 3.0,
+        read_timeout: float = 10.0,
+        action_timeout: float = 300.0,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.base_url = gateway_base_url(url)
+        self._token = token
+        self.connect_wait = connect_wait
+        self.read_timeout = read_timeout
+        self.action_timeout = action_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._client: Client | None = None
+        self._changed = anyio.Event()
+        self._failed_attempts = 0
+        self._lost = anyio.Event()
+        self._kick = anyio.Event()
+        self.last_error: str | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Own the MCP session for as long as the app runs: connect, serve, reconnect with backoff."""
+        task_status.started()
+        delay = self.backoff_initial
+        while True:
+            try:
+                await self._serve_one_session()
+                delay = self.backoff_initial  # it was up; a fresh failure starts the backoff over
+            except Exception as exc:  # noqa: BLE001 - every failure means "reconnect later"
+                first = self.last_error is None
+                self.last_error = _describe(exc)
+                self._failed_attempts += 1
+                # One warning per outage, not one per retry.
+                logger.log(
+                    logging.WARNING if first else logging.DEBUG,
+                    "compose-agent at %s unreachable: %s; retrying with backoff (up to %.0fs)",
+                    self.url,
+                    self.last_error,
+                    self.backoff_max,
+                )
+            finally:
+                self._client = None
+                self._notify()
+            # A call that finds no connection kicks us, so a gateway that came back is used at once.
+            with anyio.move_on_after(delay):
+                await self._kick.wait()
+            self._kick = anyio.Event()
+            delay = min(self.backoff_max, delay * 2)
+
+    def _notify(self) -> None:
+        """Wake callers waiting for the connection state to change."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _serve_one_session(self) -> None:
+        # Generous socket read timeout: a long `up --wait` answers late. Calls carry their own deadlines.
+        timeout = httpx2.Timeout(5.0, read=self.action_timeout + 30)
+        async with httpx2.AsyncClient(headers=self._headers(), timeout=timeout) as http:
+            client = Client(
+                streamable_http_client(self.url, http_client=http),
+                read_timeout_seconds=self.read_timeout,
+            )
+            async with client:
+                self._lost = anyio.Event()
+                self._client = client
+                if self.last_error is not None:
+                    logger.warning("reconnected to the compose-agent at %s", self.url)
+                else:
+                    logger.info("connected to the compose-agent at %s", self.url)
+                self.last_error = None
+                self._notify()
+                await self._lost.wait()
+                logger.info("MCP session to %s lost; reconnecting", self.url)
+
+    def _mark_lost(self, client: Client) -> None:
+        if self._client is client:
+            self._client = None
+            self._lost.set()
+
+    async def _wait_connected(self) -> Client:
+        """The live session; else kick the owner task and wait for its next attempt (bounded).
+
+        A refused connection fails that attempt at once, so a dead gateway answers 503 in
+        milliseconds; a slow one gets up to ``connect_wait`` seconds.
+        """
+        client = self._client
+        if client is not None:
+            return client
+        attempts = self._failed_attempts
+        self._kick.set()
+        with anyio.move_on_after(self.connect_wait):
+            while self._client is None and self._failed_attempts == attempts:
+                await self._changed.wait()
+        if self._client is None:
+            detail = f"cannot reach the compose-agent at {self.url}"
+            if self.last_error:
+                detail += f" ({self.last_error})"
+            raise GatewayUnavailable(detail + "; is it running? The panel reconnects on its own.")
+        return self._client
+
+    async def call(self, tool: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Call one tool and return its structured content.
+
+        Raises:
+            GatewayUnavailable: no session within ``connect_wait``, or no answer before the deadline.
+            NotFound, BadRequest, Forbidden, ActionFailed: the tool reported an error.
+        """
+        timeout = self.read_timeout if tool in READ_TOOLS else self.action_timeout
+        args = {k: v for k, v in (arguments or {}).items() if v is not None}
+        for attempt in range(2):
+            client = await self._wait_connected()
+            try:
+                result = await self._call_once(client, tool, args, timeout)
+            except _SessionLost:
+                if attempt == 0:
+                    continue
+                raise GatewayUnavailable(f"the compose-agent at {self.url} keeps dropping the session") from None
+            if result.is_error:
+                raise classify_tool_error(_error_text(result))
+            if result.structured_content is None:
+                raise ActionFailed(f"the compose-agent's {tool} tool returned no structured result")
+            return dict(result.structured_content)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call_once(self, client: Client, tool: str, args: dict[str, Any], timeout: float) -> CallToolResult:
+        try:
+            with anyio.fail_after(timeout + 1):
+                return await client.call_tool(tool, args, read_timeout_seconds=timeout)
+        except TimeoutError:
+            # A hung gateway looks like this; start over with a fresh session for the next call.
+            self._mark_lost(client)
+            raise GatewayUnavailable(f"the compose-agent did not answer {tool} within {math.ceil(timeout)}s") from None
+        except MCPError as exc:
+            if exc.code == INVALID_PARAMS:
+                raise BadRequest(f"the compose-agent rejected the arguments of {tool}: {exc.error.message}") from None
+            if "session terminated" in exc.error.message.lower():
+                # The gateway restarted and forgot our session: the request did not run, so retrying is safe.
+                self._mark_lost(client)
+                raise _SessionLost() from None
+            if exc.code == CONNECTION_CLOSED or "error response" in exc.error.message.lower():
+                self._mark_lost(client)
+                if tool in READ_TOOLS and exc.code == CONNECTION_CLOSED:
+                    raise _SessionLost() from None
+                raise GatewayUnavailable(f"lost the compose-agent during {tool}: {exc.error.message}") from None
+            raise ActionFailed(f"the compose-agent failed {tool}: {exc.error.message}") from None
+        except (httpx2.TransportError, anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError) as exc:
+            self._mark_lost(client)
+            raise GatewayUnavailable(f"lost the compose-agent during {tool}: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    """One line about a connection failure, digging the first cause out of exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, MCPError):
+        return exc.error.message
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,79 @@
+"""The status panel's errors: each one knows the HTTP status it answers with.
+
+Gateway errors (in-process in legacy mode, or tool errors over MCP) are translated into these at
+the backend boundary, so routes only ever see this hierarchy.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PanelError",
+    "BadRequest",
+    "NotAuthorized",
+    "Forbidden",
+    "NotFound",
+    "ActionFailed",
+    "GatewayUnavailable",
+    "EngineDown",
+]
+
+
+class PanelError(Exception):
+    """Base of every error the panel answers with on purpose."""
+
+    status_code = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": self.message}
+
+
+class BadRequest(PanelError):
+    """The request is malformed; nothing was sent to the compose-agent."""
+
+    status_code = 400
+
+
+class NotAuthorized(PanelError):
+    """No valid bearer token or login session."""
+
+    status_code = 401
+
+
+class Forbidden(PanelError):
+    """Well-formed but not allowed: a policy of the gateway, or a missing CSRF token."""
+
+    status_code = 403
+
+
+class NotFound(PanelError):
+    """The stack does not exist."""
+
+    status_code = 404
+
+
+class ActionFailed(PanelError):
+    """Compose (or the engine) ran and failed. The message says what it printed."""
+
+    status_code = 502
+
+
+class GatewayUnavailable(PanelError):
+    """The compose-agent cannot be reached or did not answer in time."""
+
+    status_code = 503
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": "compose-agent unavailable", "detail": self.message}
+
+
+class EngineDown(PanelError):
+    """The Docker engine behind the operations cannot be reached."""
+
+    status_code = 503
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": "docker engine unavailable", "detail": self.message}

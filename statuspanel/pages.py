@@ -1,0 +1,254 @@
+"""The web UI: server-rendered pages, the dashboard fragment the page polls, and the login form."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx2
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gateway.models import PsResult, StackInfo
+
+from . import __version__
+from .app import ACTIONS, PanelState, panel, validate_project
+from .auth import csrf_token
+from .errors import BadRequest, GatewayUnavailable, PanelError
+
+__all__ = ["routes", "humanize_uptime"]
+
+_FRACTION_RE = re.compile(r"(\.\d{1,6})\d*")
+
+
+def humanize_uptime(started_at: str | None, now: datetime | None = None) -> str:
+    """``2026-11-26T21:00:00.123456789Z`` -> ``3h 12m``; empty when unknown."""
+    if not started_at or started_at.startswith("0001-"):
+        return ""
+    try:
+        # The engine gives nanoseconds; datetime takes at most microseconds.
+        started = datetime.fromisoformat(_FRACTION_RE.sub(r"\1", started_at).replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    seconds = int(((now or datetime.now(UTC)) - started).total_seconds())
+    if seconds < 0:
+        return "just now"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+async def _watchdog_status(state: PanelState) -> dict[str, Any] | None:
+    if not state.watchdog_url:
+        return None
+    http = state.http
+    if http is None:
+        return {"state": "unreachable", "reason": "the panel is starting"}
+    try:
+        response = await http.get(state.watchdog_url + "/status")
+        data = response.json()
+        if response.status_code == 200 and isinstance(data, dict):
+            return data
+        return {"state": "unreachable", "reason": f"status endpoint answered {response.status_code}"}
+    except (httpx2.HTTPError, ValueError) as exc:
+        return {"state": "unreachable", "reason": str(exc) or type(exc).__name__}
+
+
+async def _dashboard_context(request: Request) -> dict[str, Any]:
+    state = panel(request)
+    backend = state.backend
+    out: dict[str, Any] = {"stacks": [], "error": None, "unavailable": None}
+
+    async def load_stacks() -> None:
+        try:
+            listing = await backend.list_stacks()
+        except GatewayUnavailable as exc:
+            out["unavailable"] = exc.message
+            return
+        except PanelError as exc:
+            out["error"] = exc.message
+            return
+        cards: list[dict[str, Any]] = [{"info": info, "ps": None, "error": None} for info in listing.stacks]
+
+        async def load_ps(card: dict[str, Any]) -> None:
+            info: StackInfo = card["info"]
+            try:
+                card["ps"] = await backend.ps(info.name)
+            except GatewayUnavailable as exc:
+                out["unavailable"] = exc.message
+            except PanelError as exc:
+                card["error"] = exc.message
+
+        async with anyio.create_task_group() as tg:
+            for card in cards:
+                tg.start_soon(load_ps, card)
+        out["stacks"] = [_card_view(card) for card in cards]
+
+    async def load_agent() -> None:
+        out["agent"] = await backend.compose_agent_status()
+
+    async def load_metrics() -> None:
+        out["metrics"] = await backend.metrics()
+
+    async def load_watchdog() -> None:
+        out["watchdog"] = await _watchdog_status(state)
+
+    async with anyio.create_task_group() as tg:
+        for job in (load_stacks, load_agent, load_metrics, load_watchdog):
+            tg.start_soon(job)
+    if out["agent"] == "down" and not out["unavailable"]:
+        out["unavailable"] = "the compose-agent does not answer its health check"
+    out["legacy"] = backend.legacy
+    out["control_plane"] = backend.control_plane.value
+    return out
+
+
+def _card_view(card: dict[str, Any]) -> dict[str, Any]:
+    info: StackInfo = card["info"]
+    ps: PsResult | None = card["ps"]
+    services = []
+    for svc in ps.services if ps else []:
+        services.append(
+            {
+                "service": svc.service,
+                "container": svc.container,
+                "state": svc.state,
+                "health": svc.health,
+                "exit_code": svc.exit_code,
+                "ports": svc.ports,
+                "image": svc.image,
+                "uptime": humanize_uptime(svc.started_at) if svc.state == "running" else "",
+            }
+        )
+    running = sum(1 for s in services if s["state"] == "running")
+    total = len(services) if ps else info.containers
+    if ps is None:
+        overall = "unknown"
+    elif total and running == total:
+        overall = "running"
+    elif running:
+        overall = "partial"
+    else:
+        overall = "stopped"
+    return {
+        "name": info.name,
+        "external": info.external,
+        "services": services,
+        "running": running if ps else info.running,
+        "total": total,
+        "overall": overall,
+        "error": card["error"],
+    }
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+    state = panel(request)
+    base = {
+        "csrf": csrf_token(request.session),
+        "user": request.session.get("user") or ("local" if state.authenticator.open else None),
+        "open_mode": state.authenticator.open,
+        "version": __version__,
+        "actions": ACTIONS,
+    }
+    response = state.templates.TemplateResponse(request, name, {**base, **context}, status_code=status_code)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+async def dashboard(request: Request) -> Response:
+    return _page(request, "dashboard.html", await _dashboard_context(request))
+
+
+async def dashboard_fragment(request: Request) -> Response:
+    """The dashboard's live part, which the page fetches every few seconds and after each action."""
+    return _page(request, "_dashboard.html", await _dashboard_context(request))
+
+
+async def logs_page(request: Request) -> Response:
+    try:
+        project = validate_project(request.path_params["project"])
+    except BadRequest as exc:
+        return _page(request, "error.html", {"message": exc.message}, status_code=400)
+    services: list[str] = []
+    problem = None
+    try:
+        services = sorted({s.service for s in (await panel(request).backend.ps(project)).services})
+    except PanelError as exc:
+        problem = exc.message
+    return _page(request, "logs.html", {"project": project, "services": services, "problem": problem})
+
+
+def _safe_next(raw: str | None) -> str:
+    # Only paths on this site: "//evil.example" and "https://..." would be open redirects.
+    if raw and raw.startswith("/") and not raw.startswith("//") and "\\" not in raw:
+        return raw
+    return "/"
+
+
+async def login(request: Request) -> Response:
+    state = panel(request)
+    auth = state.authenticator
+    next_url = _safe_next(request.query_params.get("next"))
+    if auth.open or request.session.get("user"):
+        return RedirectResponse(next_url, status_code=303)
+    context: dict[str, Any] = {"next": next_url, "error": None, "token_login": auth.token_login}
+    context["password_login"] = auth.password_login
+    if request.method == "GET":
+        return _page(request, "login.html", context)
+
+    client = request.client.host if request.client else "unknown"
+    wait = state.limiter.retry_after(client)
+    if wait is not None:
+        context["error"] = f"Too many failed logins. Try again in {wait} seconds."
+        response = _page(request, "login.html", context, status_code=429)
+        response.headers["Retry-After"] = str(wait)
+        return response
+    form = await request.form()
+    token, username, password = (str(form.get(k) or "") for k in ("token", "username", "password"))
+    presented_csrf = str(form.get("csrf") or "")
+    expected = request.session.get("csrf")
+    if not expected or not secrets.compare_digest(presented_csrf.encode(), str(expected).encode()):
+        context["error"] = "The login form expired. Please try again."
+        return _page(request, "login.html", context, status_code=400)
+    user: str | None = None
+    if token and auth.check_token(token):
+        user = "token"
+    elif username and auth.check_password(username, password):
+        user = username
+    if user is None:
+        state.limiter.record_failure(client)
+        context["error"] = "Wrong token or username and password."
+        return _page(request, "login.html", context, status_code=401)
+    # A fresh session (and CSRF token) at login: nothing set before authentication carries over.
+    request.session.clear()
+    request.session["user"] = user
+    request.session["csrf"] = secrets.token_urlsafe(32)
+    return RedirectResponse(next_url, status_code=303)
+
+
+async def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", dashboard),
+        Route("/ui/dashboard", dashboard_fragment),
+        Route("/stacks/{project}/logs", logs_page),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/logout", logout, methods=["POST"]),
+    ]
