@@ -1,0 +1,282 @@
+"""Status panel fixtures: a real gateway process, the panel as a real process, and an in-memory backend.
+
+The in-memory backend isolates the panel's own pieces (auth, validation, pages) in fast tests; every
+behaviour that involves the gateway is also tested through a real ``compose-agent serve``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from gateway.metrics import CommandExecutionMetrics, ControlPlane
+from gateway.models import Action, ActionResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
+from statuspanel.errors import GatewayUnavailable, NotFound
+from tests.conftest import StackFactory, free_port
+
+STARTUP_TIMEOUT = 30.0
+
+
+def poll(condition: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Call ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling; reported on timeout
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"{what} not met within {timeout}s (last error: {last_exc})")
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    # A stray token or legacy switch from the developer's shell must not leak into a test process.
+    drop = {
+        "COMPOSE_AGENT_TOKEN",
+        "STATUS_PANEL_TOKEN",
+        "COMPOSE_AGENT_ENABLED",
+        "COMPOSE_AGENT_URL",
+        "CONTROL_PLANE",
+        "CONFIG_PATH",
+        "STATUS_PANEL_USERNAME",
+        "STATUS_PANEL_PASSWORD",
+        "WATCHDOG_URL",
+        "VAULT_ADDRESS",
+        "VAULT_TOKEN",
+    }
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Process:
+    """A child process with its output in a file, stopped on teardown."""
+
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    base: str
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+
+    def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        def healthy() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.args[:3]} exited with {self.process.returncode}:\n{self.output()}")
+            return httpx2.get(self.base + "/health", timeout=1).status_code == 200
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if healthy():
+                    return
+            except httpx2.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.args[:3]} did not answer /health within {timeout}s:\n{self.output()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Gateway(Process):
+    port: int = 0
+    agent_token: str = ""
+    panel_token: str = ""
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.base}/mcp"
+
+
+@dataclass
+class Panel(Process):
+    token: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, token: str | None = "default") -> httpx2.Client:
+        headers = {}
+        bearer = self.token if token == "default" else token
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        return httpx2.Client(base_url=self.base, headers=headers, timeout=60)
+
+
+@pytest.fixture
+def gateway(stacks: StackFactory, tmp_path: Path) -> Iterator[Gateway]:
+    """A real ``compose-agent serve`` over the ``stacks`` dir, with both tokens set."""
+    port = free_port()
+    agent_token, panel_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    env = _clean_env(
+        COMPOSE_AGENT_TOKEN=agent_token,
+        STATUS_PANEL_TOKEN=panel_token,
+        COMPOSE_AGENT_STATE_DIR=str(tmp_path / "gateway-state"),
+        CONFIG_PATH=str(tmp_path / "no-config.json"),
+    )
+    args = ["compose-agent", "serve", "--port", str(port), "--stacks-dir", str(stacks.root)]
+    gw = Gateway(
+        args=args,
+        env=env,
+        log=tmp_path / "gateway.log",
+        base=f"http://127.0.0.1:{port}",
+        port=port,
+        agent_token=agent_token,
+        panel_token=panel_token,
+    )
+    gw.start()
+    try:
+        gw.wait_healthy()
+        yield gw
+    finally:
+        gw.stop()
+
+
+def start_panel(tmp_path: Path, *, env: dict[str, str], token: str | None, name: str = "panel") -> Panel:
+    port = free_port()
+    full_env = _clean_env(
+        COMPOSE_AGENT_STATE_DIR=str(tmp_path / f"{name}-state"),
+        CONFIG_PATH=str(tmp_path / "no-config.json"),
+        **env,
+    )
+    if token:
+        full_env["STATUS_PANEL_TOKEN"] = token
+    args = [sys.executable, "-m", "statuspanel", "serve", "--port", str(port)]
+    panel = Panel(args=args, env=full_env, log=tmp_path / f"{name}.log", base=f"http://127.0.0.1:{port}", token=token)
+    panel.start()
+    try:
+        panel.wait_healthy()
+    except BaseException:
+        panel.stop()
+        raise
+    return panel
+
+
+@pytest.fixture
+def panel(gateway: Gateway, tmp_path: Path) -> Iterator[Panel]:
+    """``python -m statuspanel serve`` pointed at the ``gateway`` fixture, with the panel's token."""
+    p = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": gateway.mcp_url}, token=gateway.panel_token)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+# --- an in-memory backend for the panel's own unit tests ------------------------------------------
+
+
+class MemoryBackend:
+    """Two stacks in memory; records every call. ``unavailable`` makes every call answer 503."""
+
+    control_plane = ControlPlane.COMPOSE_AGENT
+    legacy = False
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.unavailable = False
+        self.metrics_data = CommandExecutionMetrics()
+        self.state = {"shop": {"web": "running", "db": "running"}, "blog": {"app": "exited"}}
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        yield
+
+    def _check(self, project: str | None = None) -> None:
+        if self.unavailable:
+            raise GatewayUnavailable("cannot reach the compose-agent at memory://")
+        if project is not None and project not in self.state:
+            raise NotFound(f"stack '{project}' not found; known stacks: {', '.join(sorted(self.state))}")
+
+    async def list_stacks(self) -> StackList:
+        self.calls.append(("list_stacks", {}))
+        self._check()
+        return StackList(
+            stacks=[
+                StackInfo(
+                    name=name,
+                    external=False,
+                    containers=len(svcs),
+                    running=sum(s == "running" for s in svcs.values()),
+                )
+                for name, svcs in sorted(self.state.items())
+            ]
+        )
+
+    async def ps(self, project: str) -> PsResult:
+        self.calls.append(("ps", {"project": project}))
+        self._check(project)
+        return PsResult(
+            project=project,
+            services=[
+                ServiceStatus(
+                    service=svc,
+                    container=f"{project}-{svc}-1",
+                    state=state,
+                    health="healthy" if state == "running" else None,
+                    exit_code=0 if state == "exited" else None,
+                    ports=["127.0.0.1:8080->80/tcp"] if svc == "web" else [],
+                    image="busybox:latest",
+                    started_at="2026-11-26T20:00:00.123456789Z" if state == "running" else None,
+                )
+                for svc, state in sorted(self.state[project].items())
+            ],
+        )
+
+    async def logs(
+        self, project: str, *, services: list[str] | None, tail: int, since: str | None, grep: str | None
+    ) -> LogsResult:
+        args = {"project": project, "services": services, "tail": tail, "since": since, "grep": grep}
+        self.calls.append(("logs", args))
+        self._check(project)
+        lines = [f"web | line {i}" for i in range(tail)]
+        return LogsResult(project=project, text="\n".join(lines), lines=len(lines), truncated=False)
+
+    async def action(
+        self, project: str, action: Action, *, services: list[str] | None = None, volumes: bool = False
+    ) -> ActionResult:
+        self.calls.append((action, {"project": project, "services": services, "volumes": volumes}))
+        self._check(project)
+        self.metrics_data.record_execution(ControlPlane.COMPOSE_AGENT, action)
+        return ActionResult(project=project, action=action, ok=True, services=services, duration_ms=1.0)
+
+    async def compose_agent_status(self) -> str:
+        return "down" if self.unavailable else "up"
+
+    async def metrics(self) -> dict[str, Any]:
+        return self.metrics_data.snapshot()

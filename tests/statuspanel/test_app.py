@@ -1,0 +1,276 @@
+"""The panel's own pieces through Starlette's TestClient, over an in-memory backend: routes, auth, validation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from statuspanel.app import create_app
+from statuspanel.auth import Authenticator, LoginRateLimiter
+from tests.statuspanel.conftest import MemoryBackend
+
+TOKEN = "panel-token-for-tests"
+
+
+@pytest.fixture
+def backend() -> MemoryBackend:
+    return MemoryBackend()
+
+
+@pytest.fixture
+def client(backend: MemoryBackend) -> Iterator[TestClient]:
+    app = create_app(backend, Authenticator(TOKEN, "admin", "s3cret-pass"), session_secret="x" * 32)
+    with TestClient(app, follow_redirects=False) as c:
+        yield c
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def login(client: TestClient, **fields: str) -> tuple[int, str]:
+    """Log in through the form, like a browser; returns the status and the CSRF token of the new session."""
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf, page.text
+    response = client.post("/login", data={"csrf": csrf.group(1), **fields})
+    if response.status_code != 303:
+        return response.status_code, ""
+    dashboard = client.get("/")
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', dashboard.text)
+    assert token
+    return 303, token.group(1)
+
+
+def test_health_capabilities_and_metrics_answer_without_a_token(client: TestClient) -> None:
+    health = client.get("/health")
+    assert health.status_code == 200
+    assert health.json()["compose_agent"] == "up"
+    caps = client.get("/capabilities").json()
+    assert caps["compose_agent"] is True
+    assert caps["legacy_mode"] is False
+    assert caps["control_plane"] == "compose_agent"
+    assert caps["version"]
+    assert "logs" in caps["features"]
+    metrics = client.get("/api/v1/metrics").json()
+    for key in ("status_panel_count", "compose_agent_count", "total_count", "last_control_plane"):
+        assert key in metrics
+
+
+def test_health_stays_200_when_the_gateway_is_down(client: TestClient, backend: MemoryBackend) -> None:
+    backend.unavailable = True
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json()["compose_agent"] == "down"
+
+
+def test_the_api_needs_a_bearer_token(client: TestClient) -> None:
+    response = client.get("/api/v1/stacks")
+    assert response.status_code == 401
+    assert "Bearer" in response.headers["www-authenticate"]
+    assert "error" in response.json()
+    assert client.get("/api/v1/stacks", headers=bearer("wrong")).status_code == 401
+    assert client.get("/api/v1/stacks", headers={"Authorization": "Basic " + TOKEN}).status_code == 401
+    assert client.get("/api/v1/stacks", headers=bearer()).status_code == 200
+
+
+def test_pages_redirect_to_login_without_a_session(client: TestClient) -> None:
+    response = client.get("/stacks/shop/logs")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login?next=%2Fstacks%2Fshop%2Flogs"
+    assert client.get("/static/panel.css").status_code == 200
+
+
+def test_stack_route_returns_exactly_the_ps_result(client: TestClient) -> None:
+    data = client.get("/api/v1/stacks/shop", headers=bearer()).json()
+    assert set(data) == {"project", "services"}
+    assert data["project"] == "shop"
+    assert {s["service"] for s in data["services"]} == {"web", "db"}
+
+
+@pytest.mark.parametrize(
+    ("path", "fragment"),
+    [
+        ("/api/v1/stacks/Shop", "invalid stack name"),
+        ("/api/v1/stacks/-shop", "invalid stack name"),
+        ("/api/v1/stacks/shop/logs?tail=0", "tail must be from 1 to 10000"),
+        ("/api/v1/stacks/shop/logs?tail=10001", "tail must be from 1 to 10000"),
+        ("/api/v1/stacks/shop/logs?tail=many", "whole number"),
+        ("/api/v1/stacks/shop/logs?grep=(", "not a valid regular expression"),
+        ("/api/v1/stacks/shop/logs?since=yesterday", "since"),
+        ("/api/v1/stacks/shop/logs?services=../etc", "invalid service name"),
+        ("/api/v1/stacks/shop/logs?colour=red", "unknown query parameter"),
+    ],
+)
+def test_bad_input_is_refused_at_the_edge_with_a_hint(
+    client: TestClient, backend: MemoryBackend, path: str, fragment: str
+) -> None:
+    response = client.get(path, headers=bearer())
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]
+    assert backend.calls == []
+
+
+def test_unknown_stack_is_404_with_the_known_ones(client: TestClient) -> None:
+    response = client.get("/api/v1/stacks/nope", headers=bearer())
+    assert response.status_code == 404
+    assert "known stacks: blog, shop" in response.json()["error"]
+
+
+def test_gateway_unavailable_is_503(client: TestClient, backend: MemoryBackend) -> None:
+    backend.unavailable = True
+    response = client.get("/api/v1/stacks", headers=bearer())
+    assert response.status_code == 503
+    assert response.json()["error"] == "compose-agent unavailable"
+
+
+def test_logs_pass_filters_and_unix_since_becomes_rfc3339(client: TestClient, backend: MemoryBackend) -> None:
+    response = client.get("/api/v1/stacks/shop/logs?services=web&tail=5&grep=line&since=1764190800", headers=bearer())
+    assert response.status_code == 200
+    assert response.json()["lines"] == 5
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", response.headers["x-panel-time"])
+    assert backend.calls[-1] == (
+        "logs",
+        {"project": "shop", "services": ["web"], "tail": 5, "since": "2025-11-26T21:00:00.000Z", "grep": "line"},
+    )
+
+
+def test_actions_take_services_and_down_takes_volumes(client: TestClient, backend: MemoryBackend) -> None:
+    assert client.post("/api/v1/stacks/shop/restart", json={"services": ["web"]}, headers=bearer()).json()["ok"]
+    assert client.post("/api/v1/stacks/shop/down", json={"volumes": True}, headers=bearer()).status_code == 200
+    assert client.post("/api/v1/stacks/shop/up", headers=bearer()).status_code == 200
+    assert backend.calls == [
+        ("restart", {"project": "shop", "services": ["web"], "volumes": False}),
+        ("down", {"project": "shop", "services": None, "volumes": True}),
+        ("up", {"project": "shop", "services": None, "volumes": False}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "fragment"),
+    [
+        ("down", {"services": ["web"]}, "unknown field(s) services for down"),
+        ("down", {"volumes": "yes"}, '"volumes" must be true or false'),
+        ("restart", {"services": "web;rm"}, "invalid service name"),
+        ("restart", [1, 2], "must be a JSON object"),
+    ],
+)
+def test_bad_action_bodies_are_400(client: TestClient, action: str, body: object, fragment: str) -> None:
+    response = client.post(f"/api/v1/stacks/shop/{action}", json=body, headers=bearer())
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]
+
+
+def test_an_unknown_action_is_404_and_names_the_real_ones(client: TestClient) -> None:
+    response = client.post("/api/v1/stacks/shop/explode", headers=bearer())
+    assert response.status_code == 404
+    assert "up, down, restart, start, stop" in response.json()["error"]
+
+
+def test_login_with_the_token_sets_a_strict_httponly_cookie(client: TestClient) -> None:
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf
+    response = client.post("/login?next=/stacks/shop/logs", data={"csrf": csrf.group(1), "token": TOKEN})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/stacks/shop/logs"
+    cookie = response.headers["set-cookie"].lower()
+    assert "httponly" in cookie
+    assert "samesite=strict" in cookie
+    assert client.get("/api/v1/stacks").status_code == 200
+
+
+def test_login_with_username_and_password(client: TestClient) -> None:
+    status, _ = login(client, username="admin", password="s3cret-pass")
+    assert status == 303
+    assert client.get("/").status_code == 200
+
+
+def test_login_never_redirects_off_site(client: TestClient) -> None:
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf
+    response = client.post("/login?next=//evil.example/", data={"csrf": csrf.group(1), "token": TOKEN})
+    assert response.headers["location"] == "/"
+
+
+def test_a_session_post_needs_the_csrf_header(client: TestClient, backend: MemoryBackend) -> None:
+    status, csrf = login(client, token=TOKEN)
+    assert status == 303
+    refused = client.post("/api/v1/stacks/shop/restart")
+    assert refused.status_code == 403
+    assert "CSRF" in refused.json()["error"]
+    wrong = client.post("/api/v1/stacks/shop/restart", headers={"X-CSRF-Token": "nope"})
+    assert wrong.status_code == 403
+    assert not [call for call in backend.calls if call[0] == "restart"]
+    ok = client.post("/api/v1/stacks/shop/restart", headers={"X-CSRF-Token": csrf})
+    assert ok.status_code == 200
+
+
+def test_a_cross_site_post_is_refused_even_with_the_token(client: TestClient) -> None:
+    _, csrf = login(client, token=TOKEN)
+    response = client.post(
+        "/api/v1/stacks/shop/restart", headers={"X-CSRF-Token": csrf, "Origin": "https://evil.example"}
+    )
+    assert response.status_code == 403
+
+
+def test_wrong_logins_are_rate_limited_with_retry_after(backend: MemoryBackend) -> None:
+    app = create_app(backend, Authenticator(TOKEN), session_secret="y" * 32, limiter=LoginRateLimiter(5, 60))
+    with TestClient(app, follow_redirects=False) as client:
+        for _ in range(5):
+            assert login(client, token="guess")[0] == 401
+        limited = client.post("/login", data={"token": TOKEN})
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        # Even the right token waits: the limit is checked before the credentials.
+        assert login(client, token=TOKEN)[0] == 429
+
+
+def test_rate_limiter_forgets_failures_after_the_window() -> None:
+    now = [1000.0]
+    limiter = LoginRateLimiter(max_failures=2, window=60, clock=lambda: now[0])
+    limiter.record_failure("10.0.0.1")
+    limiter.record_failure("10.0.0.1")
+    assert limiter.retry_after("10.0.0.1") == 60
+    assert limiter.retry_after("10.0.0.2") is None
+    now[0] += 30
+    assert limiter.retry_after("10.0.0.1") == 30
+    now[0] += 30
+    assert limiter.retry_after("10.0.0.1") is None
+
+
+def test_logout_ends_the_session(client: TestClient) -> None:
+    _, csrf = login(client, token=TOKEN)
+    assert client.post("/logout", headers={"X-CSRF-Token": csrf}).status_code == 303
+    assert client.get("/api/v1/stacks").status_code == 401
+
+
+def test_dashboard_shows_stacks_services_and_counts(client: TestClient) -> None:
+    login(client, token=TOKEN)
+    html = client.get("/").text
+    assert 'data-testid="stack-shop"' in html
+    assert 'data-testid="state-shop-web"' in html
+    assert "127.0.0.1:8080-&gt;80/tcp" in html
+    assert 'data-testid="metric-compose-agent"' in html
+    assert 'data-testid="gateway-banner"' not in html
+
+
+def test_dashboard_shows_a_banner_when_the_gateway_is_unreachable(client: TestClient, backend: MemoryBackend) -> None:
+    login(client, token=TOKEN)
+    backend.unavailable = True
+    html = client.get("/ui/dashboard").text
+    assert 'data-testid="gateway-banner"' in html
+    assert "unreachable" in html
+
+
+def test_open_mode_lets_local_api_clients_in_but_not_cross_site_posts(backend: MemoryBackend) -> None:
+    app = create_app(backend, Authenticator(), session_secret="z" * 32)
+    with TestClient(app, follow_redirects=False) as client:
+        assert client.get("/api/v1/stacks").status_code == 200
+        assert client.post("/api/v1/stacks/shop/restart").status_code == 200
+        cross = client.post("/api/v1/stacks/shop/restart", headers={"Origin": "https://evil.example"})
+        assert cross.status_code == 403
