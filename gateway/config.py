@@ -60,28 +60,28 @@ class Settings(BaseModel):
     compose_bin: str | None = None
     docker_host: str | None = None
     allowed_hosts: list[str] = Field(default_factory=list)
-    self_project: str | None = Field(None, description="The compose project the gateway runs in, if known")
+    self_project: str | None = Field(default=None, description="The compose project the gateway runs in, if known")
     docker_timeout: float = 10.0
 
     # Tokens without Vault.
-    compose_agent_token: str | None = Field(None, repr=False)
-    status_panel_token: str | None = Field(None, repr=False)
+    compose_agent_token: str | None = Field(default=None, repr=False)
+    status_panel_token: str | None = Field(default=None, repr=False)
 
     # Vault (KV v2).
     vault_address: str | None = None
-    vault_token: str | None = Field(None, repr=False)
+    vault_token: str | None = Field(default=None, repr=False)
     vault_agent_path_prefix: str = "agent"
     vault_token_key: str | None = None
-    vault_refresh_secs: float = Field(60.0, gt=0)
-    vault_startup_timeout: float = Field(30.0, gt=0)
+    vault_refresh_secs: float = Field(default=60.0, gt=0)
+    vault_startup_timeout: float = Field(default=30.0, gt=0)
     deployment_hash: str | None = None
 
     # The status panel.
     compose_agent_url: str = "http://127.0.0.1:8765/mcp"
     watchdog_url: str | None = None
     panel_username: str | None = None
-    panel_password: str | None = Field(None, repr=False)
-    session_secret: str | None = Field(None, repr=False)
+    panel_password: str | None = Field(default=None, repr=False)
+    session_secret: str | None = Field(default=None, repr=False)
 
     @field_validator("control_plane", mode="before")
     @classmethod

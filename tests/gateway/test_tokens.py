@@ -6,13 +6,13 @@ import json
 import logging
 import secrets
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from gateway import tokens as tokens_module
 from gateway.auth import COMPOSE_AGENT, STATUS_PANEL, TokenStore
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError, VaultError
@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.vault]
 openbao = vault_fixtures.openbao
 
 
-Background = Callable[[Callable[[], Awaitable[None]]], None]
+Background = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
 
 def _settings(tmp_path: Path, **env: str) -> Settings:
@@ -61,7 +61,7 @@ async def background() -> AsyncIterator[Background]:
     """Run coroutines in a task group that is cancelled when the test ends."""
     async with anyio.create_task_group() as tg:
 
-        def start(func: Callable[[], Awaitable[None]]) -> None:
+        def start(func: Callable[[], Coroutine[Any, Any, None]]) -> None:
             tg.start_soon(func)
 
         yield start
@@ -337,7 +337,8 @@ async def _waits(monkeypatch: pytest.MonkeyPatch, fetch: Fetch, n: int) -> list[
         async def fetch(self) -> dict[str, str]:
             return await fetch()
 
-    monkeypatch.setattr(tokens_module.anyio, "sleep", fake_sleep)
+    # tokens.py calls anyio.sleep through the module, so this reaches it (and is undone after the test).
+    monkeypatch.setattr(anyio, "sleep", fake_sleep)
     with pytest.raises(_StopLoop):
         await refresh_tokens_forever(Source(), TokenStore(), interval=60)
     return waits[:n]
