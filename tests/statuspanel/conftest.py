@@ -170,11 +170,11 @@ def gateway(stacks: StackFactory, tmp_path: Path) -> Iterator[Gateway]:
 
 def start_panel(tmp_path: Path, *, env: dict[str, str], token: str | None, name: str = "panel") -> Panel:
     port = free_port()
-    full_env = _clean_env(
-        COMPOSE_AGENT_STATE_DIR=str(tmp_path / f"{name}-state"),
-        CONFIG_PATH=str(tmp_path / "no-config.json"),
-        **env,
-    )
+    defaults = {
+        "COMPOSE_AGENT_STATE_DIR": str(tmp_path / f"{name}-state"),
+        "CONFIG_PATH": str(tmp_path / "no-config.json"),
+    }
+    full_env = _clean_env(**{**defaults, **env})
     if token:
         full_env["STATUS_PANEL_TOKEN"] = token
     args = [sys.executable, "-m", "statuspanel", "serve", "--port", str(port)]
