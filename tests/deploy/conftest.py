@@ -117,6 +117,8 @@ def _make_deployment(stacks_dir: Path, workdir: Path, *, suffix: str = "") -> De
         "WATCHDOG_INITIAL_DELAY": "2",
         "WATCHDOG_BACKOFF_MULTIPLIER": "1.5",
         "WATCHDOG_MAX_RESTART_ATTEMPTS": "5",
+        # `up --wait` and the watchdog test wait for the first passing probe.
+        "HEALTHCHECK_INTERVAL": "2s",
     }
     # Written out as well as passed in the environment: --env-file keeps a developer's own .env out,
     # and the file shows what a failed run used.

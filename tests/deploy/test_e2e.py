@@ -233,7 +233,7 @@ async def test_in_legacy_mode_the_panel_runs_actions_itself_with_the_socket(
     dep = legacy_deployment
     panel_container = dep.containers["statuspanel"]
     assert mounts_socket(panel_container)
-    running = {c["Name"].lstrip("/") for c in _project_containers(dep.project)}
+    running = {c["Names"][0].lstrip("/") for c in _project_containers(dep.project)}
     assert running == {panel_container}, "the gateway and watchdog stay out in legacy mode"
     assert "compose_agent=false - running in legacy mode" in dep.logs("statuspanel")
 
