@@ -6,6 +6,7 @@ Errors from docker-py and requests are translated into :mod:`gateway.errors` at 
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -28,6 +29,9 @@ SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# Engine 20.10 speaks 1.41 and every later engine still accepts it. A fixed version spares the
+# /version round trip docker-py makes for "auto" (and the socket it leaks when that fails).
+API_VERSION = "1.41"
 
 _HEALTH_RE = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 _EXIT_RE = re.compile(r"^Exited \((-?\d+)\)")
@@ -121,7 +125,9 @@ class Engine:
         with self._client_lock:
             if self._client is None:
                 with self._translate():
-                    self._client = docker.APIClient(base_url=self.docker_host, timeout=self._timeout, version="auto")
+                    self._client = docker.APIClient(
+                        base_url=self.docker_host, timeout=self._timeout, version=API_VERSION
+                    )
             return self._client
 
     def close(self) -> None:
@@ -132,6 +138,9 @@ class Engine:
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
+        if self.docker_host.startswith("unix://") and not os.path.exists(self.docker_host[len("unix://") :]):
+            # Said up front: clearer than a connection error, and docker-py would leak the socket it tried.
+            raise EngineUnavailable(self._unreachable(FileNotFoundError("the socket file does not exist")))
         try:
             yield
         except GatewayError:
@@ -167,14 +176,16 @@ class Engine:
 
         The list endpoint has no start time, only "Up 5 minutes". A cached start time is reused while
         it fits that string; a restart makes the uptime shorter than the cache implies, which forces
-        one inspect. So a steady stack costs no inspects at all.
+        one inspect. So a steady stack costs no inspects at all. A restart by someone else within the
+        string's granularity can show the previous start time until the uptime outgrows the cache;
+        the gateway's own actions clear the cache.
         """
         bound = uptime_upper_bound(container.get("Status", ""))
         if bound is None:
             return None
         cid = container["Id"]
         cached = self._started.get(cid)
-        if cached is not None and time.time() - cached[1] <= bound + 1.0:
+        if cached is not None and time.time() - cached[1] <= bound + 0.5:
             return cached[0]
         with self._translate():
             try:
@@ -185,6 +196,10 @@ class Engine:
         if len(self._started) > 4096:
             self._started.clear()
         return raw
+
+    def forget_start_times(self) -> None:
+        """Drop cached start times: after a lifecycle action they may all be stale."""
+        self._started.clear()
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         with self._translate():

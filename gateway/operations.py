@@ -436,6 +436,7 @@ class ComposeOperations:
         finally:
             duration = (time.perf_counter() - started) * 1000
             self._defined.pop(project, None)
+            self.engine.forget_start_times()
             self.metrics.record_execution(self.plane, action, ok=outcome == "ok")
             if self.audit is not None:
                 self.audit.write(

@@ -1,0 +1,132 @@
+"""Gateway fixtures: operations over a throwaway stacks dir, and a real `compose-agent serve` process."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditLog
+from gateway.config import load_settings
+from gateway.metrics import ControlPlane
+from gateway.operations import ComposeOperations
+from tests.conftest import StackFactory, free_port
+
+
+@pytest.fixture
+def audit_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.log"
+
+
+@pytest.fixture
+def ops(stacks: StackFactory, audit_path: Path) -> Iterator[ComposeOperations]:
+    settings = load_settings(
+        {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}, stacks_dir=stacks.root
+    )
+    audit = AuditLog(audit_path)
+    operations = ComposeOperations.from_settings(
+        settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=dict(os.environ)
+    )
+    yield operations
+    operations.close()
+    audit.close()
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    base: str
+    agent_token: str
+    panel_token: str
+    audit: Path
+    stderr: Path
+    process: subprocess.Popen[bytes]
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.agent_token}"}
+
+    def stderr_text(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+
+def wait_for_health(base: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {process.returncode} before answering /health")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the gateway did not answer {base}/health within {timeout}s")
+
+
+def start_gateway(
+    tmp_path: Path, stacks_dir: Path, *extra_args: str, env: dict[str, str] | None = None
+) -> GatewayProcess:
+    port = free_port()
+    agent_token, panel_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    state = tmp_path / f"state-{port}"
+    full_env = {
+        **os.environ,
+        "COMPOSE_AGENT_TOKEN": agent_token,
+        "STATUS_PANEL_TOKEN": panel_token,
+        "COMPOSE_AGENT_STATE_DIR": str(state),
+        "AUDIT_LOG": str(state / "audit.log"),
+        **(env or {}),
+    }
+    stderr = tmp_path / f"gateway-{port}.err"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--stacks-dir", str(stacks_dir), *extra_args],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr.open("wb"),
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(base, process)
+    except RuntimeError:
+        process.kill()
+        process.wait()
+        raise RuntimeError(stderr.read_text(errors="replace")) from None
+    return GatewayProcess(f"{base}/mcp", base, agent_token, panel_token, state / "audit.log", stderr, process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, stacks: StackFactory) -> Iterator[GatewayProcess]:
+    """A real `compose-agent serve` on a free port, over the test's stacks dir, with known tokens."""
+    proc = start_gateway(tmp_path, stacks.root)
+    yield proc
+    stop_process(proc.process)
+
+
+def inspector_path() -> str:
+    """The pinned MCP Inspector CLI; .ci/run installs it and exports MCP_INSPECTOR."""
+    candidates = [os.environ.get("MCP_INSPECTOR", ""), "/tmp/setup/npm/node_modules/.bin/mcp-inspector"]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return candidate
+    pytest.fail(
+        "the MCP Inspector CLI is missing: run .ci/run, or "
+        "`npm install @modelcontextprotocol/inspector@2.12.0` and set MCP_INSPECTOR"
+    )

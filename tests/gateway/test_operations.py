@@ -1,0 +1,361 @@
+"""The operations API against a real engine and the real Compose v2 CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import anyio
+import docker
+import pytest
+
+from gateway.config import load_settings
+from gateway.errors import ComposeFailed, EngineUnavailable, InvalidInput, PolicyViolation, StackNotFound
+from gateway.metrics import ControlPlane
+from gateway.operations import ComposeOperations
+from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, random_name
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    with anyio.fail_after(timeout):
+        while True:
+            result = await predicate()
+            if result:
+                return result
+            await anyio.sleep(interval)
+
+
+async def test_up_ps_logs_and_down_on_a_two_service_stack(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    listed = {s.name: s for s in (await ops.list_stacks()).stacks}
+    assert listed[name].external is False and listed[name].containers == 0
+
+    result = await ops.up(name, wait=True)
+    assert result.ok and any("Started" in e or "Healthy" in e for e in result.events)
+
+    ps = await ops.ps(name)
+    by_service = {s.service: s for s in ps.services}
+    assert set(by_service) == {"web", "worker"}
+    assert by_service["web"].state == "running" and by_service["web"].health == "healthy"
+    assert by_service["worker"].health is None
+    assert by_service["web"].container == f"{name}-web-1"
+    assert by_service["web"].started_at and by_service["web"].started_at.startswith("20")
+    assert by_service["web"].image == stacks.image
+
+    async def ticked() -> bool:
+        return "tick 5" in (await ops.logs(name, services=["worker"], tail=50)).text
+
+    await wait_until(ticked)
+    logs = await ops.logs(name, tail=50)
+    assert all(line.split(" | ", 1)[0] in {"web", "worker"} for line in logs.text.splitlines())
+    grepped = await ops.logs(name, grep=r"tick [0-9]*5$", tail=100)
+    assert grepped.lines >= 1 and all(line.endswith("5") for line in grepped.text.splitlines())
+
+    await ops.down(name)
+    assert (await ops.ps(name)).services[0].state == "missing"
+
+
+async def test_ps_lists_defined_services_without_a_container_as_missing(
+    ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    await ops.up(name, services=["worker"])
+    states = {s.service: s.state for s in (await ops.ps(name)).services}
+    assert states == {"web": "missing", "worker": "running"}
+
+
+async def test_stop_start_and_restart_change_the_state_engine_reports(
+    ops: ComposeOperations, stacks: StackFactory, docker_client: docker.DockerClient
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    await ops.up(name)
+    await ops.stop(name, services=["worker"])
+    worker = docker_client.containers.get(f"{name}-worker-1")
+    assert worker.status == "exited"
+    ps = {s.service: s for s in (await ops.ps(name)).services}
+    assert ps["worker"].state == "exited" and ps["worker"].exit_code is not None
+
+    await ops.start(name, services=["worker"])
+    worker.reload()
+    assert worker.status == "running"
+    before = worker.attrs["State"]["StartedAt"]
+    first = {s.service: s.started_at for s in (await ops.ps(name)).services}
+
+    await ops.restart(name, services=["worker"])
+    worker.reload()
+    assert worker.attrs["State"]["StartedAt"] != before
+    # The cached start time must not survive a restart.
+    second = {s.service: s.started_at for s in (await ops.ps(name)).services}
+    assert second["worker"] != first["worker"] and second["web"] == first["web"]
+
+
+async def test_down_keeps_named_volumes_unless_asked(
+    ops: ComposeOperations, stacks: StackFactory, docker_client: docker.DockerClient
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    await ops.up(name)
+    volume = f"{name}_data"
+    await ops.down(name)
+    assert docker_client.volumes.get(volume)
+    await ops.up(name)
+    await ops.down(name, volumes=True)
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.volumes.get(volume)
+
+
+async def test_up_waits_for_a_healthy_dependency(ops: ComposeOperations, stacks: StackFactory) -> None:
+    compose = """
+services:
+  db:
+    image: {image}
+    init: true
+    command: ["sh", "-c", "sleep 1; touch /ready; sleep 3600"]
+    healthcheck:
+      test: ["CMD", "test", "-f", "/ready"]
+      interval: 500ms
+      retries: 20
+  app:
+    image: {image}
+    init: true
+    command: ["sleep", "3600"]
+    depends_on:
+      db:
+        condition: service_healthy
+"""
+    name = stacks.make(compose)
+    events: list[str] = []
+
+    async def on_event(text: str) -> None:
+        events.append(text)
+
+    await ops.up(name, progress=on_event)
+    healthy_at = next(i for i, e in enumerate(events) if "db-1" in e and "Healthy" in e)
+    app_started_at = next(i for i, e in enumerate(events) if "app-1" in e and e.endswith("Started"))
+    assert healthy_at < app_started_at
+    states = {s.service: (s.state, s.health) for s in (await ops.ps(name)).services}
+    assert states == {"db": ("running", "healthy"), "app": ("running", None)}
+
+
+async def test_writes_on_one_stack_are_serialised(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    order: list[str] = []
+
+    async def run(action: str) -> None:
+        async def on_event(text: str) -> None:
+            order.append(action)
+
+        if action == "up":
+            await ops.up(name, progress=on_event)
+        else:
+            await ops.down(name, progress=on_event)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "up")
+        await anyio.sleep(0)  # let up take the lock first
+        tg.start_soon(run, "down")
+    # Events of the two runs never interleave: one whole run, then the other.
+    switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
+    assert order[0] == "up" and switches == 1
+    assert (await ops.ps(name)).services[0].state == "missing"
+
+
+async def test_reads_do_not_wait_for_a_write(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    await ops.up(name)
+    write_running = anyio.Event()
+    read_done = anyio.Event()
+
+    async def on_event(text: str) -> None:
+        # The writer holds the project's lock here until the read has finished; a read that waited
+        # for the lock would never finish, and fail_after would fail the test.
+        if not write_running.is_set():
+            write_running.set()
+            with anyio.fail_after(15):
+                await read_done.wait()
+
+    async def reader() -> None:
+        await write_running.wait()
+        assert ops._lock(name).locked()
+        assert {s.service for s in (await ops.ps(name)).services} == {"web", "worker"}
+        await ops.logs(name, tail=5)
+        read_done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await ops.restart(name, progress=on_event)
+    assert read_done.is_set()
+
+
+async def test_cancelling_an_up_stops_the_compose_process(ops: ComposeOperations, stacks: StackFactory) -> None:
+    compose = """
+services:
+  slow:
+    image: {image}
+    init: true
+    command: ["sleep", "3600"]
+    healthcheck:
+      test: ["CMD", "false"]
+      interval: 1s
+      retries: 100
+"""
+    name = stacks.make(compose)
+    started = anyio.Event()
+
+    async def on_event(text: str) -> None:
+        if "Started" in text:
+            started.set()
+
+    def compose_processes() -> list[str]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--project-name" in args and name.encode() in args:
+                found.append(cmdline.parent.name)
+        return found
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: ops.up(name, wait=True, progress=on_event))
+        with anyio.fail_after(30):
+            await started.wait()
+        assert compose_processes(), "the compose process should be running while up --wait waits"
+        tg.cancel_scope.cancel()
+    assert compose_processes() == []
+    assert json.loads(ops.audit.path.read_text().splitlines()[-1])["outcome"] == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_folderless_projects_are_listed_as_external_and_can_be_restarted_and_brought_down(
+    ops: ComposeOperations, stacks: StackFactory, tmp_path: Path
+) -> None:
+    name = random_name("ext")
+    elsewhere = tmp_path / "elsewhere" / name
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "compose.yaml").write_text(WEB_WORKER.replace("{image}", stacks.image))
+    (elsewhere / "site").mkdir()
+    (elsewhere / "site" / "index.html").write_text("x")
+    stacks.track(name)
+    subprocess.run(["docker", "compose", "up", "-d"], cwd=elsewhere, check=True, capture_output=True)
+
+    info = {s.name: s for s in (await ops.list_stacks()).stacks}[name]
+    assert info.external and info.running == 2
+    assert {s.service for s in (await ops.ps(name)).services} == {"web", "worker"}
+    await ops.restart(name, services=["worker"])
+    with pytest.raises(InvalidInput, match="external"):
+        await ops.up(name)
+    with pytest.raises(InvalidInput, match="external"):
+        await ops.config(name)
+    await ops.down(name)
+    assert name not in {s.name for s in (await ops.list_stacks()).stacks}
+
+
+async def test_bad_input_is_refused_before_anything_runs(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    for bad in ("../etc", "/etc/passwd", "Shop", "a/b", "", "-x", "x" * 64):
+        with pytest.raises(InvalidInput, match=r"\^\[a-z0-9\]"):
+            await ops.up(bad)
+    with pytest.raises(StackNotFound, match=f"known stacks: .*{name}"):
+        await ops.ps("no-such-stack")
+    with pytest.raises(InvalidInput, match="service names"):
+        await ops.restart(name, services=["../x"])
+    await ops.up(name)
+    with pytest.raises(InvalidInput, match="tail must be"):
+        await ops.logs(name, tail=10_001)
+    with pytest.raises(InvalidInput, match="regular expression"):
+        await ops.logs(name, grep="(unclosed")
+    with pytest.raises(InvalidInput, match="since"):
+        await ops.logs(name, since="yesterday")
+    with pytest.raises(InvalidInput, match="no container for service"):
+        await ops.logs(name, services=["nope"])
+    assert ops.metrics.snapshot()["by_tool"].get("restart") is None
+
+
+async def test_a_malformed_compose_file_gives_composes_own_error(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = stacks.make("services:\n  web: [unclosed\n")
+    with pytest.raises(ComposeFailed, match="yaml"):
+        await ops.config(name)
+    with pytest.raises(ComposeFailed, match="yaml"):
+        await ops.up(name)
+    assert (await ops.ps(name)).services == []
+    assert ops.metrics.snapshot()["failure_count"] >= 2
+
+
+async def test_logs_keep_the_newest_lines_within_the_byte_cap(ops: ComposeOperations, stacks: StackFactory) -> None:
+    compose = """
+services:
+  talker:
+    image: {image}
+    init: true
+    command: ["sh", "-c", "seq 1 3000; sleep 3600"]
+"""
+    name = stacks.make(compose)
+    await ops.up(name)
+
+    async def all_written() -> bool:
+        return (await ops.logs(name, tail=1)).text.endswith("3000")
+
+    await wait_until(all_written)
+    logs = await ops.logs(name, tail=3000, max_bytes=2048)
+    assert logs.truncated and logs.dropped_lines > 0
+    assert logs.text.splitlines()[-1] == "talker | 3000"
+    assert logs.lines + logs.dropped_lines == 3000
+    assert len(logs.text.encode()) <= 2048
+
+
+async def test_logs_since_excludes_older_lines(ops: ComposeOperations, stacks: StackFactory) -> None:
+    compose = """
+services:
+  once:
+    image: {image}
+    init: true
+    command: ["sh", "-c", "echo early; sleep 3600"]
+"""
+    name = stacks.make(compose)
+    await ops.up(name)
+
+    async def early_written() -> bool:
+        return "early" in (await ops.logs(name)).text
+
+    await wait_until(early_written)
+    assert (await ops.logs(name, since="2000-01-01T00:00:00Z")).lines == 1
+    assert (await ops.logs(name, since="2099-01-01T00:00:00Z")).lines == 0
+
+
+async def test_the_gateway_refuses_to_change_its_own_project(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    ops.self_project = name
+    with pytest.raises(PolicyViolation, match="supervisor"):
+        await ops.down(name)
+    assert (await ops.ps(name)).project == name  # reads stay allowed
+    refusal = json.loads(ops.audit.path.read_text().splitlines()[-1])  # type: ignore[union-attr]
+    assert refusal["outcome"] == "refused" and refusal["tool"] == "down"
+
+
+async def test_an_unreachable_engine_names_the_docker_host_it_tried(stacks: StackFactory, tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/nothing.sock"
+    settings = load_settings({"PATH": os.environ["PATH"]}, stacks_dir=stacks.root, docker_host=host)
+    unreachable = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=dict(os.environ))
+    with pytest.raises(EngineUnavailable, match=f"DOCKER_HOST={host}"):
+        await unreachable.list_stacks()
+    with pytest.raises(EngineUnavailable, match="dockerd"):
+        await unreachable.ps("anything")
+    assert unreachable.metrics.snapshot()["failure_count"] == 2
+    unreachable.close()
+
+
+async def test_every_mutation_is_audited_without_secrets(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    await ops.up(name, caller="compose_agent_token")
+    await ops.stop(name, services=["web"], caller="status_panel_token")
+    records = [json.loads(line) for line in ops.audit.path.read_text().splitlines()]  # type: ignore[union-attr]
+    assert [(r["tool"], r["caller"], r["outcome"]) for r in records] == [
+        ("up", "compose_agent_token", "ok"),
+        ("stop", "status_panel_token", "ok"),
+    ]
+    assert records[1]["arguments"] == {"project": name, "services": ["web"]}
+    assert all(r["control_plane"] == "compose_agent" and r["duration_ms"] > 0 for r in records)
