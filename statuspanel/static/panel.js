@@ -77,7 +77,27 @@
     return [button.dataset.project, button.dataset.service || "", button.dataset.action].join("|");
   }
 
+  var filter = document.getElementById("stack-filter");
+
+  function applyFilter() {
+    if (!dashboard || !filter) return;
+    var needle = filter.value.trim().toLowerCase();
+    dashboard.querySelectorAll("[data-stack]").forEach(function (card) {
+      card.hidden = !!needle && card.dataset.stack.toLowerCase().indexOf(needle) === -1;
+    });
+  }
+
+  if (filter) {
+    filter.addEventListener("input", function () {
+      applyFilter();
+      var url = new URL(window.location.href);
+      if (filter.value) url.searchParams.set("q", filter.value); else url.searchParams.delete("q");
+      history.replaceState(null, "", url);
+    });
+  }
+
   function applyPending() {
+    applyFilter();
     if (!dashboard) return;
     dashboard.querySelectorAll("[data-action]").forEach(function (button) {
       var busy = !!pending[keyOf(button)];
@@ -171,6 +191,7 @@
       }
       runAction(button, null);
     });
+    applyFilter();
     setInterval(function () { if (!document.hidden) refreshDashboard(); }, REFRESH_MS);
     document.addEventListener("visibilitychange", function () { if (!document.hidden) refreshDashboard(); });
   }
@@ -199,7 +220,7 @@
     function highlight(text, pattern) {
       var fragment = document.createDocumentFragment();
       var re = null;
-      if (pattern) { try { re = new RegExp(pattern, "g"); } catch (e) { re = null; } }
+      if (pattern) { try { re = new RegExp(pattern, "gm"); } catch (e) { re = null; } }
       if (!re) { fragment.appendChild(document.createTextNode(text)); return fragment; }
       var last = 0;
       text.replace(re, function (match) {
