@@ -86,12 +86,23 @@ def start_gateway(
         **(env or {}),
     }
     stderr = tmp_path / f"gateway-{port}.err"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--stacks-dir", str(stacks_dir), *extra_args],
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr.open("wb"),
-    )
+    with stderr.open("wb") as err:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--port",
+                str(port),
+                "--stacks-dir",
+                str(stacks_dir),
+                *extra_args,
+            ],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(base, process)

@@ -1,0 +1,132 @@
+"""The MCP server through the SDK's in-memory client: schemas, annotations, progress, scopes, errors."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+from mcp import Client
+
+from gateway.operations import ComposeOperations
+from gateway.server import build_server
+from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+ALL_TOOLS = {"list_stacks", "ps", "logs", "up", "down", "restart", "start", "stop", "config"}
+
+
+async def test_every_tool_has_schemas_and_truthful_annotations(ops: ComposeOperations) -> None:
+    async with Client(build_server(ops)) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == ALL_TOOLS
+    for name, tool in tools.items():
+        assert tool.output_schema is not None, name
+        assert tool.description and len(tool.description) > 40, name
+        assert tool.annotations is not None
+        assert tool.annotations.read_only_hint is (name in {"list_stacks", "ps", "logs", "config"}), name
+        assert tool.annotations.destructive_hint is (name == "down"), name
+        if name != "list_stacks":
+            assert "project" in tool.input_schema["required"], name
+    assert tools["restart"].annotations.idempotent_hint is False  # type: ignore[union-attr]
+    assert tools["up"].annotations.idempotent_hint is True  # type: ignore[union-attr]
+    for name in ("up", "restart", "start", "stop", "logs"):
+        assert "services" in tools[name].input_schema["properties"], name
+    for name in ("tail", "since", "grep"):
+        assert name in tools["logs"].input_schema["properties"]
+    assert tools["logs"].input_schema["properties"]["tail"]["maximum"] == 10_000
+
+
+async def test_read_only_mode_offers_only_the_read_tools(ops: ComposeOperations) -> None:
+    async with Client(build_server(ops, read_only=True)) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+        result = await client.call_tool("down", {"project": "anything"})
+    assert names == {"list_stacks", "ps", "logs", "config"}
+    assert result.is_error
+
+
+async def test_up_sends_progress_notifications_while_it_runs(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    updates: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        updates.append((progress, message))
+
+    async with Client(build_server(ops)) as client:
+        result = await client.call_tool("up", {"project": name}, progress_callback=on_progress)
+        assert not result.is_error, result.content
+        ps = await client.call_tool("ps", {"project": name})
+    messages = [m for _, m in updates]
+    assert any(m and m.endswith(f"{name}-web-1: Started") for m in messages)
+    assert [p for p, _ in updates] == sorted(p for p, _ in updates)  # monotonic, as the spec requires
+    assert result.structured_content is not None and result.structured_content["events"] == messages
+    assert {s["service"]: s["state"] for s in ps.structured_content["services"]} == {  # type: ignore[index]
+        "web": "running",
+        "worker": "running",
+    }
+
+
+async def test_ps_structured_content_has_the_contract_fields(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    async with Client(build_server(ops)) as client:
+        await client.call_tool("up", {"project": name, "wait": True})
+        result = await client.call_tool("ps", {"project": name})
+    content = result.structured_content
+    assert content is not None and content["project"] == name
+    for service in content["services"]:
+        assert {"service", "container", "state", "health", "exit_code", "ports", "image"} <= set(service)
+    assert json.loads(result.content[0].text) == content  # type: ignore[union-attr]
+
+
+async def test_failures_are_tool_results_that_say_what_to_do(ops: ComposeOperations, stacks: StackFactory) -> None:
+    known = stacks.make(WEB_WORKER, files=STACK_FILES)
+    async with Client(build_server(ops)) as client:
+        unknown = await client.call_tool("ps", {"project": "nope"})
+        path_like = await client.call_tool("up", {"project": "../../etc"})
+        too_much = await client.call_tool("logs", {"project": known, "tail": 50_000})
+        bad_regex = await client.call_tool("logs", {"project": known, "grep": "[a-"})
+    assert unknown.is_error and "known stacks: " in unknown.content[0].text  # type: ignore[union-attr]
+    assert known in unknown.content[0].text.split("known stacks: ")[1].split(", ")  # type: ignore[union-attr]
+    assert path_like.is_error and "paths are not accepted" in path_like.content[0].text  # type: ignore[union-attr]
+    assert too_much.is_error and "10000" in too_much.content[0].text  # type: ignore[union-attr]
+    assert bad_regex.is_error and "regular expression" in bad_regex.content[0].text  # type: ignore[union-attr]
+
+
+async def test_cancelling_a_call_stops_its_compose_process(ops: ComposeOperations, stacks: StackFactory) -> None:
+    compose = """
+services:
+  never-healthy:
+    image: {image}
+    init: true
+    command: ["sleep", "3600"]
+    healthcheck:
+      test: ["CMD", "false"]
+      interval: 1s
+      retries: 1000
+"""
+    name = stacks.make(compose)
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message and message.endswith("Started"):
+            started.set()
+
+    async with Client(build_server(ops)) as client:
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                await client.call_tool("up", {"project": name, "wait": True}, progress_callback=on_progress)
+
+            tg.start_soon(call)
+            with anyio.fail_after(30):
+                await started.wait()
+            tg.cancel_scope.cancel()
+        with anyio.fail_after(15):
+            while True:
+                records = [json.loads(line) for line in ops.audit.path.read_text().splitlines()]  # type: ignore[union-attr]
+                if records and records[-1]["outcome"] == "cancelled":
+                    break
+                await anyio.sleep(0.1)
+        # The server is still usable after the cancellation.
+        assert not (await client.call_tool("ps", {"project": name})).is_error
