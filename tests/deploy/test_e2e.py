@@ -222,7 +222,7 @@ def docker_exec(container: str, python_code: str) -> str:
         code, output = client.containers.get(container).exec_run(["python", "-c", python_code])
     finally:
         client.close()
-    text = output.decode(errors="replace")
+    text = str(output.decode(errors="replace"))
     assert code == 0, text
     return text
 
