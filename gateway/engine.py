@@ -192,10 +192,11 @@ class Engine:
                 raw = self.client.inspect_container(cid)["State"]["StartedAt"]
             except docker.errors.NotFound:
                 return None
-        self._started[cid] = (raw, _parse_time(raw))
+        started = str(raw)
+        self._started[cid] = (started, _parse_time(started))
         if len(self._started) > 4096:
             self._started.clear()
-        return raw
+        return started
 
     def forget_start_times(self) -> None:
         """Drop cached start times: after a lifecycle action they may all be stale."""

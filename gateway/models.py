@@ -28,13 +28,13 @@ class ServiceStatus(BaseModel):
     """One container of a service, or a defined service with no container (state ``missing``)."""
 
     service: str
-    container: str | None = Field(None, description="Container name; null when the service has no container")
+    container: str | None = Field(default=None, description="Container name; null when the service has no container")
     state: str = Field(description="running, exited, created, restarting, paused, dead, or missing")
-    health: str | None = Field(None, description="healthy, unhealthy or starting; null without a healthcheck")
-    exit_code: int | None = Field(None, description="Exit code of an exited container")
+    health: str | None = Field(default=None, description="healthy, unhealthy or starting; null without a healthcheck")
+    exit_code: int | None = Field(default=None, description="Exit code of an exited container")
     ports: list[str] = Field(default_factory=list, description="Published ports as host_ip:host_port->port/proto")
     image: str | None = None
-    started_at: str | None = Field(None, description="RFC 3339 start time of a running container")
+    started_at: str | None = Field(default=None, description="RFC 3339 start time of a running container")
 
 
 class PsResult(BaseModel):
@@ -64,7 +64,7 @@ class LogsResult(BaseModel):
     text: str
     lines: int = Field(description="Lines returned")
     truncated: bool = Field(description="True when older lines were dropped to fit the byte cap")
-    dropped_lines: int = Field(0, description="How many of the oldest matching lines were dropped")
+    dropped_lines: int = Field(default=0, description="How many of the oldest matching lines were dropped")
 
 
 class ActionResult(BaseModel):

@@ -17,7 +17,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import AnyHttpUrl, Field
 
 from . import __version__
 from .auth import GatewayTokenVerifier, Principal, principal_from_access_token
@@ -78,7 +78,7 @@ def build_server(
     With ``token_verifier``, HTTP transports require a bearer token and every call is checked against
     the token's scopes. Without one (stdio), the caller is the local user who started the process.
     """
-    auth = AuthSettings(issuer_url=issuer_url, resource_server_url=None) if token_verifier else None
+    auth = AuthSettings(issuer_url=AnyHttpUrl(issuer_url), resource_server_url=None) if token_verifier else None
     mcp: MCPServer = MCPServer(
         "compose-agent",
         instructions=INSTRUCTIONS,

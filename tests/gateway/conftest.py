@@ -133,7 +133,11 @@ def gateway(tmp_path: Path, stacks: StackFactory) -> Iterator[GatewayProcess]:
 
 def inspector_path() -> str:
     """The pinned MCP Inspector CLI; .ci/run installs it and exports MCP_INSPECTOR."""
-    candidates = [os.environ.get("MCP_INSPECTOR", ""), "/tmp/setup/npm/node_modules/.bin/mcp-inspector"]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    candidates = [
+        os.environ.get("MCP_INSPECTOR", ""),
+        str(cache / "compose-agent" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"),
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             return candidate
