@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from mcp.server.auth.provider import AccessToken
@@ -67,6 +67,7 @@ class TokenStore:
     def __init__(self, tokens: Mapping[str, str] | None = None) -> None:
         self._lock = threading.Lock()
         self._tokens: dict[str, bytes] = {}
+        self._listeners: list[Callable[[TokenStore], None]] = []
         if tokens:
             self.replace(tokens)
 
@@ -76,7 +77,22 @@ class TokenStore:
             raise ValueError(f"unknown token key(s): {', '.join(sorted(unknown))}")
         encoded = {key: value.encode() for key, value in tokens.items() if value}
         with self._lock:
+            changed = encoded != self._tokens
             self._tokens = encoded
+            listeners = list(self._listeners) if changed else []
+        for listener in listeners:
+            listener(self)
+
+    def on_change(self, listener: Callable[[TokenStore], None]) -> None:
+        """Call ``listener(store)`` after every replace that changes the tokens (a rotation)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def get(self, key: str) -> str | None:
+        """The current token for ``key``, for a component that must *present* it (the status panel)."""
+        with self._lock:
+            value = self._tokens.get(key)
+        return value.decode() if value is not None else None
 
     @property
     def configured(self) -> bool:

@@ -92,11 +92,12 @@ class GeneratedTokenSource:
     A file deleted mid-run is not silently regenerated: the last good tokens stay in force.
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, create: bool = True) -> None:
         self.path = Path(state_dir) / TOKENS_FILE
         self.description = f"the generated token file {self.path}"
         self.created = False
-        self._first = True
+        # A reader (the status panel) never generates: a token only it knew would let no one in.
+        self._first = create
 
     async def fetch(self) -> dict[str, str]:
         may_create, self._first = self._first, False

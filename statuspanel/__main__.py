@@ -9,9 +9,20 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
+import anyio
+
+from gateway.auth import STATUS_PANEL, TokenStore
 from gateway.config import Settings, load_settings
 from gateway.errors import GatewayError
 from gateway.metrics import ControlPlane
+from gateway.tokens import (
+    EnvTokenSource,
+    GeneratedTokenSource,
+    TokenSource,
+    load_initial_tokens,
+    refresh_tokens_forever,
+    token_source_from_settings,
+)
 
 from . import __version__
 from .auth import Authenticator
@@ -34,10 +45,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def build_backend(settings: Settings, environ: Mapping[str, str]) -> Backend:
+def panel_token_source(settings: Settings) -> tuple[TokenSource, TokenStore]:
+    """Where the panel's own token comes from: the same sources, in the same order, as the gateway's.
+
+    Vault (``status_panel_token`` under the deployment's path), else ``STATUS_PANEL_TOKEN``, else the
+    token file the gateway generated, when both use one state dir. The panel never generates one.
+    """
+    source = token_source_from_settings(settings)
+    if isinstance(source, GeneratedTokenSource):
+        source = GeneratedTokenSource(settings.state_dir, create=False)
+    return source, TokenStore()
+
+
+def build_backend(settings: Settings, environ: Mapping[str, str], token: str | None = None) -> Backend:
     """The gateway proxy, or (``compose_agent_enabled`` false) the operations in this process."""
     if settings.compose_agent_enabled:
-        return GatewayBackend(GatewayClient(settings.compose_agent_url, settings.status_panel_token))
+        return GatewayBackend(GatewayClient(settings.compose_agent_url, token or settings.status_panel_token))
     logger.warning(LEGACY_WARNING)
     # Imported only here: normal mode must run without docker-py touching a socket.
     from gateway.audit import AuditLog
@@ -76,16 +99,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         logger.error("%s", exc)
         return 2
-    if not settings.status_panel_token and not is_loopback(args.host):
+    source, store = panel_token_source(settings)
+    refreshing = not isinstance(source, EnvTokenSource)
+    try:
+        if isinstance(source, EnvTokenSource) and not settings.status_panel_token:
+            pass  # only the gateway's own token is in the environment: the panel has none
+        elif isinstance(source, GeneratedTokenSource) and not source.path.exists():
+            pass  # no gateway has generated tokens in this state dir: the panel has none
+        else:
+            anyio.run(lambda: load_initial_tokens(source, store, timeout=settings.vault_startup_timeout))
+    except GatewayError as exc:
+        logger.error("no status panel token: %s", exc)
+        return 2
+    token = store.get(STATUS_PANEL.name)
+    if not token and not is_loopback(args.host):
         logger.error(
             "refusing to listen on %s without STATUS_PANEL_TOKEN: set a token, or listen on 127.0.0.1", args.host
         )
         return 2
-    authenticator = Authenticator(settings.status_panel_token, settings.panel_username, settings.panel_password)
+    logger.info("status panel token from %s", source.description if token else "nowhere (open on loopback)")
+    authenticator = Authenticator(token, settings.panel_username, settings.panel_password)
     if authenticator.open:
         logger.warning("no STATUS_PANEL_TOKEN and no login configured: anyone on this machine can use the panel")
     try:
-        backend = build_backend(settings, os.environ)
+        backend = build_backend(settings, os.environ, token)
     except GatewayError as exc:
         logger.error("cannot start legacy mode: %s", exc)
         return 2
@@ -94,11 +131,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .app import create_app
 
+    def rotate(current: TokenStore) -> None:
+        # A rotated token is accepted from callers, and presented to the gateway, at once.
+        new = current.get(STATUS_PANEL.name)
+        authenticator.set_token(new)
+        if isinstance(backend, GatewayBackend):
+            backend.client.set_token(new)
+
+    store.on_change(rotate)
+
+    async def refresh() -> None:
+        await refresh_tokens_forever(source, store, interval=settings.vault_refresh_secs)
+
     app = create_app(
         backend,
         authenticator,
         watchdog_url=settings.watchdog_url,
         session_secret=settings.session_secret,
+        background=[refresh] if refreshing and token else [],
     )
     logger.info(
         "status panel %s on http://%s:%d (%s)",

@@ -6,13 +6,14 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import anyio
 import httpx2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -262,8 +263,12 @@ def create_app(
     session_secret: str | None = None,
     limiter: LoginRateLimiter | None = None,
     https_only: bool = False,
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> Starlette:
-    """Build the panel. ``session_secret`` signs the login cookie; without one it is generated per process."""
+    """Build the panel. ``session_secret`` signs the login cookie; without one it is generated per process.
+
+    ``background`` tasks (the token refresh) run for the app's lifetime.
+    """
     templates = Jinja2Templates(directory=HERE / "templates")
     state = PanelState(
         backend=backend,
@@ -275,12 +280,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with httpx2.AsyncClient(timeout=1.5) as http, backend.lifespan():
+        async with httpx2.AsyncClient(timeout=1.5) as http, backend.lifespan(), anyio.create_task_group() as tg:
+            for task in background:
+                tg.start_soon(task)
             state.http = http
             try:
                 yield
             finally:
                 state.http = None
+                tg.cancel_scope.cancel()
 
     app = Starlette(
         routes=_routes(),

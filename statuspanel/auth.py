@@ -55,6 +55,10 @@ class Authenticator:
         self._username = username or None
         self._password = password or None
 
+    def set_token(self, token: str | None) -> None:
+        """Accept a rotated panel token (and refuse the old one) from now on."""
+        self._token = token or None
+
     @property
     def open(self) -> bool:
         return self._token is None and not self.password_login

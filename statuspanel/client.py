@@ -124,6 +124,15 @@ class GatewayClient:
     def connected(self) -> bool:
         return self._client is not None
 
+    def set_token(self, token: str | None) -> None:
+        """Present a rotated token from now on; the live session is dropped and reopened with it."""
+        if token == self._token:
+            return
+        self._token = token
+        client = self._client
+        if client is not None:
+            self._mark_lost(client)
+
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
