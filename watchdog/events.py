@@ -25,6 +25,14 @@ def _event_key(event: dict[str, Any]) -> tuple[object, ...]:
     return (event.get("timeNano"), event.get("id"), event.get("Action") or event.get("status"))
 
 
+def _shut(stream: Any) -> None:
+    """Shut the stream's socket so that a read blocked on it returns; harmless if already shut."""
+    try:
+        stream.close()
+    except OSError:
+        pass
+
+
 class EventStream:
     """Follows the engine's container events for ``target`` (a name or an ID) until closed."""
 
@@ -66,7 +74,7 @@ class EventStream:
             with self._lock:
                 self._stream = stream
                 if self._closed.is_set():
-                    stream.close()
+                    _shut(stream)
             self.connections += 1
             self.connected.set()
             logger.debug("event=events_connected target=%s since=%s", self._target, self.since)
@@ -81,7 +89,11 @@ class EventStream:
                 self.connected.clear()
                 with self._lock:
                     self._stream = None
-                stream.close()
+                    _shut(stream)
+                    # The socket's file descriptor is only released once the response lets go of it.
+                    response = getattr(stream, "_response", None)
+                    if response is not None:
+                        response.close()
             if not self._closed.is_set():
                 logger.info("event=events_reconnecting target=%s since=%s", self._target, self.since)
                 self._closed.wait(self._reconnect_delay)
@@ -105,7 +117,7 @@ class EventStream:
         """Close the current HTTP stream without stopping: the follower reconnects with ``since``."""
         with self._lock:
             if self._stream is not None:
-                self._stream.close()
+                _shut(self._stream)
 
     def close(self) -> None:
         """Stop following; makes a blocked :meth:`follow` return. Safe from any thread."""

@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import anyio
@@ -54,20 +53,6 @@ def kv(**fields: object) -> str:
             text = json.dumps(text)
         parts.append(f"{key}={text}")
     return " ".join(parts)
-
-
-def _started_at(attrs: dict[str, Any]) -> float | None:
-    """State.StartedAt as a Unix time, or None for a container that never started."""
-    raw = str((attrs.get("State") or {}).get("StartedAt") or "")
-    if not raw or raw.startswith("0001-"):
-        return None
-    head, _, frac = raw.rstrip("Z").partition(".")
-    try:
-        stamp = datetime.fromisoformat(head + "+00:00").timestamp()
-    except ValueError:
-        return None
-    digits = "".join(c for c in frac if c.isdigit())[:6]
-    return stamp + (int(digits) / 10 ** len(digits) if digits else 0.0)
 
 
 class ComposeAgentWatchdog:
@@ -165,14 +150,27 @@ class ComposeAgentWatchdog:
             logger.info("%s", kv(event="watchdog_stopped", target=self.config.target_container))
 
     async def _follow_events(self, events: EventStream, send: MemoryObjectSendStream[dict[str, Any]]) -> None:
-        def deliver(event: dict[str, Any]) -> None:
-            anyio.from_thread.run(send.send, event)
+        def offer(event: dict[str, Any]) -> None:
+            # Events only wake the supervisor up: when the buffer is full a check is pending anyway.
+            try:
+                send.send_nowait(event)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
 
-        try:
-            async with send:
-                await anyio.to_thread.run_sync(events.follow, deliver, abandon_on_cancel=True)
-        finally:
-            events.close()
+        def deliver(event: dict[str, Any]) -> None:
+            anyio.from_thread.run_sync(offer, event)
+
+        async def close_on_cancel() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                events.close()  # makes the blocked read return, so the thread below ends
+
+        async with send, anyio.create_task_group() as tg:
+            tg.start_soon(close_on_cancel)
+            # Not abandoned on cancel: the thread is waited for, so no socket outlives the watchdog.
+            await anyio.to_thread.run_sync(events.follow, deliver)
+            tg.cancel_scope.cancel()
 
     async def _supervise(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
         interval = self.config.check_interval_secs
@@ -224,7 +222,7 @@ class ComposeAgentWatchdog:
         attrs = await anyio.to_thread.run_sync(self._inspect_sync)
         health = classify(attrs)
         if attrs is not None and health.failing:
-            logs = await anyio.to_thread.run_sync(self._logs_sync, _started_at(attrs))
+            logs = await anyio.to_thread.run_sync(self._logs_sync)
             health = classify(attrs, logs)
         return health
 
@@ -237,14 +235,16 @@ class ComposeAgentWatchdog:
             raise DockerUnavailable(f"inspect failed: {exc}") from exc
         return attrs
 
-    def _logs_sync(self, since: float | None) -> str:
+    def _logs_sync(self) -> str:
+        # The whole tail, not only the last run: the engine may not have written a run's last
+        # lines yet when its exit is seen, and a container restarted with the same image fails
+        # the same way, so older runs' lines are evidence too.
         try:
             raw = self._client.api.logs(
                 self.config.target_container,
                 stdout=True,
                 stderr=True,
                 tail=self.config.log_tail_lines,
-                since=since,
             )
         except Exception as exc:  # noqa: BLE001 - the logs only refine a diagnosis; missing them is not fatal
             logger.debug("%s", kv(event="logs_failed", target=self.config.target_container, error=str(exc)))

@@ -87,6 +87,9 @@ class RestartScheduler:
         self.last_transition_at: float | None = None
         #: The failing state that led to GaveUp: it picks the advice in the give-up line.
         self.diagnosis: State | None = None
+        # A GLIBC diagnosis seen since the counter was last zero: a later observation that missed
+        # the log line (not yet written when the exit was seen) must not hide it in the give-up line.
+        self._glibc: Health | None = None
 
     def delay(self, attempt: int) -> float:
         """The delay before restart attempt ``attempt`` (1-based)."""
@@ -98,21 +101,22 @@ class RestartScheduler:
         previous = self.state
         changes: list[Change] = []
 
+        if health.state is State.GLIBC_MISMATCH:
+            self._glibc = health
         if health.state is State.NOT_FOUND:
             self.next_restart_at = None
             self.healthy_since = None
-            self.attempts = 0
+            self._reset()
             self._set(State.NOT_FOUND, health.reason)
         elif health.state is State.HEALTHY:
             self.next_restart_at = None
             if previous is State.GAVE_UP:
-                self.attempts = 0
-                self.diagnosis = None
+                self._reset()
             if previous is not State.HEALTHY or self.healthy_since is None:
                 self.healthy_since = now
             self._set(State.HEALTHY, health.reason)
             if self.attempts and now - self.healthy_since >= self.config.stable_period:
-                self.attempts = 0
+                self._reset()
                 changes.append(self._change("counter_reset", previous))
         elif previous is State.GAVE_UP:
             # Keep observing, restart nothing; the give-up line already carried the diagnosis.
@@ -125,8 +129,9 @@ class RestartScheduler:
                 self.next_restart_at = None
             elif self.next_restart_at is None:
                 if self.attempts >= self.config.max_restart_attempts:
-                    self.diagnosis = health.state
-                    self._set(State.GAVE_UP, health.reason)
+                    worst = self._glibc or health
+                    self.diagnosis = worst.state
+                    self._set(State.GAVE_UP, worst.reason)
                 else:
                     self.next_restart_at = now + self.delay(self.attempts + 1)
 
@@ -169,6 +174,11 @@ class RestartScheduler:
             next_restart_in_s=self.next_restart_in(),
             last_transition_at=None if at is None else datetime.fromtimestamp(at, UTC).isoformat(),
         )
+
+    def _reset(self) -> None:
+        self.attempts = 0
+        self.diagnosis = None
+        self._glibc = None
 
     def _set(self, state: State, reason: str) -> None:
         self.state = state
