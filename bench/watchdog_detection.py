@@ -1,0 +1,98 @@
+"""Detection latency of the watchdog: Docker events against periodic inspects.
+
+Kills a busybox target repeatedly and measures the time from the kill to the watchdog noticing
+(its state leaving Healthy), once following the events stream and once polling only. The
+watchdog restarts the target between repetitions. Prints a p50/max table; asserts nothing.
+
+    python bench/watchdog_detection.py [--reps 10] [--check-interval 2]
+
+Needs a running Docker engine; builds the busybox test image from /bin/busybox if it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import time
+from typing import Any
+
+import anyio
+import docker
+from _common import BUSYBOX_IMAGE, Sample, ensure_busybox_image, machine_context, random_name
+
+from watchdog import Change, ComposeAgentWatchdog, State, WatchdogConfig
+
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]
+
+
+async def measure(client: Any, *, events: bool, check_interval: float, reps: int) -> list[float]:
+    """Latencies in seconds from kill to the watchdog's first non-Healthy transition."""
+    name = random_name("wdbench")
+    client.containers.run(BUSYBOX_IMAGE, SLEEPER, name=name, detach=True)
+    noticed = anyio.Event()
+    noticed_at: list[float] = []
+
+    def on_change(change: Change) -> None:
+        if change.kind == "transition" and change.state is not State.HEALTHY and change.previous is State.HEALTHY:
+            noticed_at.append(time.perf_counter())
+            noticed.set()
+
+    config = WatchdogConfig(
+        target_container=name,
+        check_interval_secs=check_interval,
+        initial_delay_secs=0.2,
+        max_restart_attempts=reps + 1,
+        stable_period_secs=0.5,
+        restart_stop_timeout_secs=1,
+        watch_events=events,
+    )
+    watchdog = ComposeAgentWatchdog(config, on_change=on_change)
+    latencies = []
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watchdog.run)
+            await watchdog.wait_started()
+            for _ in range(reps):
+                while watchdog.status().state != "Healthy":
+                    await anyio.sleep(0.05)
+                # Kill at a random phase of the polling cycle, as a real crash would.
+                await anyio.sleep(random.uniform(0.1, check_interval + 0.1))
+                noticed = anyio.Event()
+                start = time.perf_counter()
+                await anyio.to_thread.run_sync(lambda: client.api.kill(name))
+                with anyio.fail_after(check_interval + 10):
+                    await noticed.wait()
+                latencies.append(noticed_at[-1] - start)
+            tg.cancel_scope.cancel()
+    finally:
+        client.api.remove_container(name, force=True)
+    return latencies
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--check-interval", type=float, default=2.0, help="polling interval of both modes")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # the watchdog's transition lines would drown the table
+    ensure_busybox_image()
+    before = machine_context()
+    client = docker.from_env()
+    try:
+        rows = []
+        for events in (True, False):
+            latencies = await measure(client, events=events, check_interval=args.check_interval, reps=args.reps)
+            rows.append((events, latencies))
+    finally:
+        client.close()
+    print(f"kill -> noticed, {args.reps} repetitions, check_interval {args.check_interval:g} s")
+    print(f"{'mode':<18} {'p50 ms':>8} {'max ms':>8} {'min ms':>8}")
+    for events, latencies in rows:
+        sample = Sample("events + polling" if events else "polling only", [x * 1000 for x in latencies])
+        print(f"{sample.name:<18} {sample.p50:>8.1f} {max(sample.values):>8.1f} {min(sample.values):>8.1f}")
+    print(f"machine before: {before}; after: {machine_context()}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
