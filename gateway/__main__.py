@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,9 +21,8 @@ from . import __version__
 from .app import LOOPBACK_HOSTS, build_http_app
 from .audit import AuditLog
 from .auth import TokenStore
-from .compose import ComposeCli
 from .config import Settings, load_settings
-from .errors import ComposeNotFound, GatewayError
+from .errors import GatewayError
 from .metrics import ControlPlane
 from .operations import ComposeOperations
 from .server import build_server
@@ -199,14 +199,8 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         ops.self_project = _self_project(settings, ops)
         if ops.self_project:
             logger.info("running in compose project %s: mutating tools will refuse it", ops.self_project)
-        try:
-            ops._cli = ComposeCli.locate(
-                settings.compose_bin,
-                {**environ, **({"DOCKER_HOST": settings.docker_host} if settings.docker_host else {})},
-            )
-        except ComposeNotFound as exc:
-            # Reads still work through the Engine API; lifecycle calls will report this again.
-            logger.error("%s", exc)
+        # Off the start-up path: finding and asking the CLI for its version takes ~50 ms.
+        threading.Thread(target=ops.locate_cli, name="locate-compose", daemon=True).start()
         if args.transport == "stdio":
             return anyio.run(_serve_stdio, settings, args, ops)
         return anyio.run(_serve_http, settings, args, ops)

@@ -13,14 +13,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
-
-import docker
-import docker.errors
-import requests
+from typing import TYPE_CHECKING, Any
 
 from .errors import EngineUnavailable, GatewayError
 from .models import ServiceStatus
+
+if TYPE_CHECKING:
+    import docker
 
 __all__ = ["Engine", "PROJECT_LABEL", "SERVICE_LABEL", "container_to_status", "parse_status"]
 
@@ -124,6 +123,9 @@ class Engine:
         # Created on first use, so an engine that is down at start-up is reported per call, not fatally.
         with self._client_lock:
             if self._client is None:
+                # Imported on first use: docker-py (with requests) is a tenth of the start-up time.
+                import docker
+
                 with self._translate():
                     self._client = docker.APIClient(
                         base_url=self.docker_host, timeout=self._timeout, version=API_VERSION
@@ -138,6 +140,9 @@ class Engine:
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
+        import docker.errors
+        import requests.exceptions
+
         if self.docker_host.startswith("unix://") and not os.path.exists(self.docker_host[len("unix://") :]):
             # Said up front: clearer than a connection error, and docker-py would leak the socket it tried.
             raise EngineUnavailable(self._unreachable(FileNotFoundError("the socket file does not exist")))
@@ -190,7 +195,7 @@ class Engine:
         with self._translate():
             try:
                 raw = self.client.inspect_container(cid)["State"]["StartedAt"]
-            except docker.errors.NotFound:
+            except _not_found():
                 return None
         started = str(raw)
         self._started[cid] = (started, _parse_time(started))
@@ -214,7 +219,7 @@ class Engine:
                 data: bytes = self.client.logs(
                     container_id, stdout=True, stderr=True, timestamps=True, tail=tail, since=since
                 )
-            except docker.errors.NotFound:
+            except _not_found():
                 return b""
         return data
 
@@ -236,3 +241,9 @@ def _parse_time(raw: str) -> float:
     except ValueError:
         return 0.0
     return parsed.timestamp() + (float("0." + frac[:6]) if frac else 0.0)
+
+
+def _not_found() -> type[Exception]:
+    import docker.errors
+
+    return docker.errors.NotFound  # type: ignore[no-any-return]

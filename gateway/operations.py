@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from .logs import (
 )
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import ActionResult, ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
-from .stacks import Stack, discover_stacks, validate_project_name, validate_services
+from .stacks import Stack, discover_stacks, find_stack, validate_project_name, validate_services
 
 __all__ = ["ComposeOperations"]
 
@@ -69,7 +70,8 @@ class ComposeOperations:
         audit: AuditLog | None = None,
         self_project: str | None = None,
     ) -> None:
-        self.stacks_dir = stacks_dir
+        # Absolute, because the Compose CLI runs with the stack's folder as its working directory.
+        self.stacks_dir = stacks_dir.resolve()
         self.engine = engine
         self._cli = cli
         self.plane = plane
@@ -77,6 +79,7 @@ class ComposeOperations:
         self.audit = audit
         self.self_project = self_project
         self._locks: dict[str, anyio.Lock] = {}
+        self._cli_lock = threading.Lock()
         self._defined: dict[str, _Defined] = {}
 
     @classmethod
@@ -109,9 +112,23 @@ class ComposeOperations:
 
     @property
     def cli(self) -> ComposeCli:
-        if not isinstance(self._cli, ComposeCli):
-            self._cli = self._cli()
-        return self._cli
+        """The Compose CLI, located on first use (once, even when two threads ask together).
+
+        Raises:
+            ComposeNotFound: no usable Compose v2 CLI.
+        """
+        with self._cli_lock:
+            if not isinstance(self._cli, ComposeCli):
+                self._cli = self._cli()
+            return self._cli
+
+    def locate_cli(self) -> None:
+        """Find the Compose CLI now, logging instead of raising: for a background warm-up at start."""
+        try:
+            _ = self.cli
+        except GatewayError as exc:
+            # Reads still work through the Engine API; lifecycle calls will report this again.
+            logger.error("%s", exc)
 
     def close(self) -> None:
         self.engine.close()
@@ -125,9 +142,9 @@ class ComposeOperations:
             InvalidInput: a bad name. StackNotFound: naming the known stacks.
         """
         validate_project_name(project)
-        stacks = discover_stacks(self.stacks_dir)
-        if project in stacks:
-            return stacks[project]
+        stack = find_stack(self.stacks_dir, project)
+        if stack is not None:
+            return stack
         containers = await to_thread.run_sync(self.engine.project_containers, project)
         if containers:
             if need_folder:
@@ -136,7 +153,7 @@ class ComposeOperations:
                     f"this needs its compose file: add a folder '{project}' with a compose.yaml"
                 )
             return Stack(project)
-        known = await self._known_names(stacks)
+        known = await self._known_names(discover_stacks(self.stacks_dir))
         listing = ", ".join(known) if known else "none"
         raise StackNotFound(f"stack '{project}' not found; known stacks: {listing}")
 
@@ -183,8 +200,7 @@ class ComposeOperations:
     async def ps(self, project: str) -> PsResult:
         """Every container of the stack, plus defined services that have none (state ``missing``)."""
         validate_project_name(project)
-        stacks = discover_stacks(self.stacks_dir)
-        stack = stacks.get(project)
+        stack = find_stack(self.stacks_dir, project)
         containers = await self._read("ps", self._ps_rows, project)
         if stack is None and not containers:
             await self._resolve(project)  # raises StackNotFound naming the known stacks

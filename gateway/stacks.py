@@ -20,6 +20,7 @@ __all__ = [
     "PROJECT_NAME_RULE",
     "Stack",
     "discover_stacks",
+    "find_stack",
     "validate_project_name",
     "validate_services",
 ]
@@ -82,6 +83,13 @@ def _compose_file(folder: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def find_stack(stacks_dir: Path, name: str) -> Stack | None:
+    """The stack folder called ``name`` (already validated), without listing the whole stacks dir."""
+    folder = stacks_dir / name
+    compose_file = _compose_file(folder)
+    return Stack(name, folder, compose_file) if compose_file is not None else None
 
 
 def discover_stacks(stacks_dir: Path) -> dict[str, Stack]:

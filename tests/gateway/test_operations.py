@@ -359,3 +359,21 @@ async def test_every_mutation_is_audited_without_secrets(ops: ComposeOperations,
     ]
     assert records[1]["arguments"] == {"project": name, "services": ["web"]}
     assert all(r["control_plane"] == "compose_agent" and r["duration_ms"] > 0 for r in records)
+
+
+async def test_a_relative_stacks_dir_works_like_an_absolute_one(
+    stacks: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    monkeypatch.chdir(stacks.root.parent)
+    settings = load_settings({"PATH": os.environ["PATH"]}, stacks_dir=Path(stacks.root.name))
+    relative = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=dict(os.environ))
+    try:
+        assert (await relative.config(name)).config["services"]
+        await relative.up(name, services=["worker"])
+        assert {s.service: s.state for s in (await relative.ps(name)).services} == {
+            "web": "missing",
+            "worker": "running",
+        }
+    finally:
+        relative.close()
