@@ -1,14 +1,13 @@
 """Benchmark the compose-agent gateway against the Engine API floor and the bare Compose CLI.
 
-    python bench/gateway.py [--iterations 200] [--slow-iterations 15] [--startups 5] [--json out.json]
+    python bench/gateway_latency.py [--iterations 200] [--slow-iterations 15] [--startups 5] [--json out.json]
 
 It makes its own 10-service busybox stack (random project name, temporary stacks dir), brings it
 up with ``docker compose``, measures every figure in one run, prints a Markdown table with p50/p95
 and the targets, and removes everything again, also on Ctrl-C or failure. Nothing here asserts on
 time: a bench reports, and the reader judges (see docs/performance.md).
 
-This file is named like the package it measures, and its folder comes first on ``sys.path`` when
-it runs, so it must not import ``gateway``: it drives the real entry point as a subprocess only.
+It drives the real entry point as a subprocess only, so what it times is what a client sees.
 """
 
 from __future__ import annotations
