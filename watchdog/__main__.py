@@ -6,6 +6,7 @@ Flags win over environment variables, which win over the defaults of :class:`Wat
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -157,19 +158,28 @@ def configure_logging(level: str) -> None:
     )
 
 
-async def _run(config: WatchdogConfig) -> None:
+async def _run(config: WatchdogConfig) -> int:
+    """Supervise until a signal; returns the exit code."""
     watchdog = ComposeAgentWatchdog(config)
+    code = 0
+
+    async def stop_on_signal(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                logger.info("event=signal signal=%s", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
     async with anyio.create_task_group() as tg:
-
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    logger.info("event=signal signal=%s", signal.Signals(signum).name)
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(stop_on_signal)
-        await watchdog.run()
+        tg.start_soon(stop_on_signal, tg.cancel_scope)
+        try:
+            await watchdog.run()
+        except* WatchdogError as group:
+            for exc in group.exceptions:
+                logger.error("event=fatal error=%s", json.dumps(str(exc)))
+            code = 1
+        tg.cancel_scope.cancel()
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,13 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))  # exits with code 2
     configure_logging(level)
     try:
-        anyio.run(_run, config)
-    except WatchdogError as exc:
-        logger.error("event=fatal error=%r", str(exc))
-        return 1
+        return anyio.run(_run, config)
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -151,3 +152,17 @@ async def test_status_answers_over_http_and_sigterm_stops_cleanly(targets: Targe
     assert "event=transition" in text and "state=Unhealthy" in text and "event=restart" in text
     assert "event=watchdog_stopped" in text
     assert "Traceback" not in text
+
+
+def test_a_taken_status_port_is_a_clear_error_with_exit_code_1() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*cli(), "run", "--target", "nothing-here", "--status-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} for the status endpoint" in result.stderr
+    assert "Traceback" not in result.stderr
