@@ -130,7 +130,9 @@ def _announce(settings: Settings, args: argparse.Namespace, source: TokenSource,
     ]
     token = "<your compose_agent_token>"
     if isinstance(source, GeneratedTokenSource):
-        if source.created:
+        # Only a person at a terminal sees them: under a supervisor or in a container, stderr is a log
+        # that outlives this moment, and tokens are never logged.
+        if source.created and sys.stderr.isatty():
             tokens = source.tokens()
             token = tokens["compose_agent_token"]
             lines += [
@@ -138,6 +140,8 @@ def _announce(settings: Settings, args: argparse.Namespace, source: TokenSource,
                 f"  compose_agent_token  {tokens['compose_agent_token']}",
                 f"  status_panel_token   {tokens['status_panel_token']}",
             ]
+        elif source.created:
+            lines.append(f"Tokens: generated in {source.path} (mode 0600); not printed, since stderr is not a terminal")
         else:
             lines.append(f"Tokens: {source.path} (generated earlier; `cat` it to see them)")
     else:

@@ -99,7 +99,7 @@ class Deployment:
             _remove_project(self.project)
 
 
-def _make_deployment(stacks_dir: Path, workdir: Path, *, suffix: str = "") -> Deployment:
+def _make_deployment(stacks_dir: Path, workdir: Path, *, suffix: str = "", tokens: bool = True) -> Deployment:
     project = random_name("e2e") + suffix
     settings = {
         "BASE_IMAGE": BASE_IMAGE,
@@ -120,6 +120,8 @@ def _make_deployment(stacks_dir: Path, workdir: Path, *, suffix: str = "") -> De
         # `up --wait` and the watchdog test wait for the first passing probe.
         "HEALTHCHECK_INTERVAL": "2s",
     }
+    if not tokens:
+        del settings["COMPOSE_AGENT_TOKEN"], settings["STATUS_PANEL_TOKEN"]
     # Written out as well as passed in the environment: --env-file keeps a developer's own .env out,
     # and the file shows what a failed run used.
     env_file = workdir / f"{project}.env"
@@ -169,6 +171,17 @@ def deployment(deploy_images: str, e2e_workdir: Path) -> Iterator[Deployment]:
         for service in dep.containers:
             print(f"--- logs of {service}\n{dep.logs(service)[-3000:]}")
         raise
+    finally:
+        dep.teardown()
+
+
+@pytest.fixture
+def tokenless_deployment(deploy_images: str, e2e_workdir: Path) -> Iterator[Deployment]:
+    """A copy with no tokens configured at all: the gateway generates them in its state volume."""
+    dep = _make_deployment(e2e_workdir / "stacks", e2e_workdir, suffix="notok", tokens=False)
+    try:
+        dep.compose("up", "--detach", "--wait", "--wait-timeout", str(UP_TIMEOUT_S), timeout=UP_TIMEOUT_S + 30)
+        yield dep
     finally:
         dep.teardown()
 

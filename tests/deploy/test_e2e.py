@@ -265,3 +265,25 @@ def _project_containers(project: str) -> list[dict[str, Any]]:
         return list(client.api.containers(all=True, filters={"label": f"com.docker.compose.project={project}"}))
     finally:
         client.close()
+
+
+async def test_without_configured_tokens_the_gateway_generates_them_and_the_panel_presents_its_own(
+    tokenless_deployment: Deployment,
+) -> None:
+    dep = tokenless_deployment
+    tokens = json.loads(
+        docker_exec(dep.containers["compose-agent"], "print(open('/var/lib/compose-agent/tokens.json').read())")
+    )
+    async with mcp_client(dep, tokens["compose_agent_token"]) as client:
+        listed = await call(client, "list_stacks")
+    assert dep.project in {s["name"] for s in listed["stacks"]}
+    async with httpx2.AsyncClient(base_url=dep.panel_url, timeout=10) as http:
+        bearer = {"Authorization": f"Bearer {tokens['status_panel_token']}"}
+
+        async def panel_reaches_gateway() -> bool:
+            return (await http.get("/api/v1/stacks", headers=bearer)).status_code == 200
+
+        await eventually(panel_reaches_gateway, 30, "the panel serving stacks with the generated token")
+        assert (await http.get("/api/v1/stacks")).status_code == 401
+    for secret in tokens.values():
+        assert secret not in dep.logs("statuspanel") and secret not in dep.logs("compose-agent")
