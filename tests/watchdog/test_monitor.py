@@ -16,16 +16,16 @@ from .conftest import GLIBC_LINE, Targets, config, supervising, wait_until
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 
-async def test_a_killed_target_runs_again_within_one_initial_delay_plus_a_second(targets: Targets) -> None:
+async def test_a_killed_target_is_restarted_once(targets: Targets) -> None:
+    # How fast (within one initial delay plus a second) is measured by bench/watchdog_detection.py;
+    # the bound here only keeps a broken watchdog from hanging the suite.
     target = targets.run().name
     before = targets.started_at(target)
     watchdog = ComposeAgentWatchdog(config(target, initial_delay_secs=0.2))
     async with supervising(watchdog):
         assert watchdog.status().state == "Healthy"
         await anyio.to_thread.run_sync(lambda: targets.client.api.kill(target))
-        await wait_until(
-            lambda: targets.running(target) and targets.started_at(target) != before, 0.2 + 1.0, "the restart"
-        )
+        await wait_until(lambda: targets.running(target) and targets.started_at(target) != before, 15, "the restart")
         await wait_until(lambda: watchdog.status().state == "Healthy", 5, "Healthy again")
         assert watchdog.restarts == 1
         assert watchdog.status().restart_attempts == 1
