@@ -186,6 +186,15 @@ class Bench:
             done = self.compose("down", "-v", "--remove-orphans", "-t", "2", check=False)
             if done.returncode != 0:
                 print(f"warning: compose down failed: {done.stderr.decode()[-500:]}", file=sys.stderr)
+        # Whatever a failed or interrupted run left (up may have made the network and then stopped),
+        # the project's label finds it.
+        label = {"label": f"com.docker.compose.project={self.project}"}
+        for container in self.api.containers(all=True, filters=label):
+            self.api.remove_container(container["Id"], force=True, v=True)
+        for network in self.api.networks(filters=label):
+            self.api.remove_network(network["Id"])
+        for volume in (self.api.volumes(filters=label) or {}).get("Volumes") or []:
+            self.api.remove_volume(volume["Name"], force=True)
         self.api.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
