@@ -368,10 +368,8 @@ class ComposeOperations:
         caller: str = "local",
         progress: ProgressCallback | None = None,
     ) -> ActionResult:
-        wanted = validate_services(services)
-        return await self._mutate(
-            "restart", project, ["restart", *(wanted or [])], {"services": wanted}, caller, progress
-        )
+        """Restart the stack's containers, or only those of ``services``."""
+        return await self._service_action("restart", project, services, caller, progress)
 
     async def start(
         self,
@@ -381,8 +379,8 @@ class ComposeOperations:
         caller: str = "local",
         progress: ProgressCallback | None = None,
     ) -> ActionResult:
-        wanted = validate_services(services)
-        return await self._mutate("start", project, ["start", *(wanted or [])], {"services": wanted}, caller, progress)
+        """Start the stack's existing, stopped containers; creates nothing (that is ``up``)."""
+        return await self._service_action("start", project, services, caller, progress)
 
     async def stop(
         self,
@@ -392,8 +390,19 @@ class ComposeOperations:
         caller: str = "local",
         progress: ProgressCallback | None = None,
     ) -> ActionResult:
+        """Stop the stack's running containers without removing them."""
+        return await self._service_action("stop", project, services, caller, progress)
+
+    async def _service_action(
+        self,
+        action: str,
+        project: str,
+        services: list[str] | None,
+        caller: str,
+        progress: ProgressCallback | None,
+    ) -> ActionResult:
         wanted = validate_services(services)
-        return await self._mutate("stop", project, ["stop", *(wanted or [])], {"services": wanted}, caller, progress)
+        return await self._mutate(action, project, [action, *(wanted or [])], {"services": wanted}, caller, progress)
 
     def audit_refusal(self, tool: str, arguments: dict[str, Any], caller: str, reason: str) -> None:
         """Record a call that was refused before it ran (scope, read-only, policy)."""
