@@ -20,19 +20,30 @@ __all__ = [
 
 
 class GatewayError(Exception):
-    """Base of every error the gateway raises on purpose."""
+    """Base of every error the gateway raises on purpose.
+
+    ``kind`` is the machine-readable name a tool result carries beside the message.
+    """
+
+    kind = "gateway_error"
 
 
 class InvalidInput(GatewayError):
     """An argument failed validation; nothing was changed."""
 
+    kind = "invalid_input"
+
 
 class StackNotFound(GatewayError):
     """The named stack is neither a folder under the stacks dir nor a running compose project."""
 
+    kind = "stack_not_found"
+
 
 class ComposeFailed(GatewayError):
     """The Compose CLI exited non-zero. The message holds the tail of its stderr."""
+
+    kind = "compose_failed"
 
     def __init__(self, message: str, *, returncode: int | None = None, stderr_tail: str = "") -> None:
         super().__init__(message)
@@ -43,18 +54,28 @@ class ComposeFailed(GatewayError):
 class ComposeNotFound(GatewayError):
     """No usable Compose v2 CLI was found (or only the end-of-life v1 was)."""
 
+    kind = "compose_not_found"
+
 
 class EngineUnavailable(GatewayError):
     """The Docker engine could not be reached."""
+
+    kind = "engine_unavailable"
 
 
 class PolicyViolation(GatewayError):
     """The call is well-formed but not allowed: out of scope, read-only mode, or the gateway's own stack."""
 
+    kind = "policy_violation"
+
 
 class ConfigError(GatewayError):
     """The configuration is invalid. Raised at start-up only."""
 
+    kind = "config_error"
+
 
 class VaultError(GatewayError):
     """Vault could not give or take a token. The message names the address and path, never the token."""
+
+    kind = "vault_error"

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import AnyHttpUrl, Field
 
 from . import __version__
 from .auth import GatewayTokenVerifier, Principal, principal_from_access_token
-from .errors import GatewayError
+from .errors import GatewayError, PolicyViolation
 from .logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
 from .models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from .operations import ComposeOperations
@@ -94,15 +93,19 @@ def build_server(
         if not principal.may_call(tool):
             reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
             ops.audit_refusal(tool, arguments, principal.name, reason)
-            raise ToolError(reason)
+            raise PolicyViolation(reason)
         return principal
 
-    async def call(coro: Awaitable[T]) -> T:
+    async def run(
+        ctx: Context, tool: str, arguments: dict[str, Any], operation: Callable[[Principal], Awaitable[T]]
+    ) -> T:
+        """Check the caller's scope, run the operation, and turn a failure into an error result."""
         try:
-            return await coro
+            return await operation(authorize(ctx, tool, arguments))
         except GatewayError as exc:
             # A failed operation is a tool result the agent can read and act on, not a protocol error.
-            raise ToolError(str(exc)) from exc
+            # The SDK passes a returned CallToolResult through untouched, whatever the tool's return type.
+            return cast(T, error_result(exc))
 
     def progress_reporter(ctx: Context) -> Callable[[str], Awaitable[None]]:
         count = 0
@@ -124,8 +127,7 @@ def build_server(
         ),
     )
     async def list_stacks(ctx: Context) -> StackList:
-        authorize(ctx, "list_stacks", {})
-        return await call(ops.list_stacks())
+        return await run(ctx, "list_stacks", {}, lambda _: ops.list_stacks())
 
     @mcp.tool(
         title="Service status",
@@ -137,8 +139,7 @@ def build_server(
         ),
     )
     async def ps(project: Project, ctx: Context) -> PsResult:
-        authorize(ctx, "ps", {"project": project})
-        return await call(ops.ps(project))
+        return await run(ctx, "ps", {"project": project}, lambda _: ops.ps(project))
 
     @mcp.tool(
         title="Read logs",
@@ -165,9 +166,11 @@ def build_server(
             int, Field(ge=1024, le=MAX_BYTES, description="Cap on the answer's size; newest lines are kept")
         ] = DEFAULT_BYTES,
     ) -> LogsResult:
-        authorize(ctx, "logs", {"project": project})
-        return await call(
-            ops.logs(
+        return await run(
+            ctx,
+            "logs",
+            {"project": project},
+            lambda _: ops.logs(
                 project,
                 services=services,
                 tail=tail,
@@ -175,7 +178,7 @@ def build_server(
                 grep=grep,
                 timestamps=timestamps,
                 max_bytes=max_bytes,
-            )
+            ),
         )
 
     @mcp.tool(
@@ -188,8 +191,7 @@ def build_server(
         ),
     )
     async def config(project: Project, ctx: Context) -> ConfigResult:
-        authorize(ctx, "config", {"project": project})
-        return await call(ops.config(project))
+        return await run(ctx, "config", {"project": project}, lambda _: ops.config(project))
 
     if read_only:
         return _flatten_output_schemas(mcp)
@@ -209,9 +211,11 @@ def build_server(
         services: Services = None,
         wait: Annotated[bool, Field(description="Wait until services are running/healthy before returning")] = False,
     ) -> ActionResult:
-        principal = authorize(ctx, "up", {"project": project, "services": services})
-        return await call(
-            ops.up(project, services=services, wait=wait, caller=principal.name, progress=progress_reporter(ctx))
+        return await run(
+            ctx,
+            "up",
+            {"project": project, "services": services},
+            lambda who: ops.up(project, services=services, wait=wait, caller=who.name, progress=progress_reporter(ctx)),
         )
 
     @mcp.tool(
@@ -227,8 +231,12 @@ def build_server(
         ctx: Context,
         volumes: Annotated[bool, Field(description="Also delete the stack's named volumes and their data")] = False,
     ) -> ActionResult:
-        principal = authorize(ctx, "down", {"project": project, "volumes": volumes})
-        return await call(ops.down(project, volumes=volumes, caller=principal.name, progress=progress_reporter(ctx)))
+        return await run(
+            ctx,
+            "down",
+            {"project": project, "volumes": volumes},
+            lambda who: ops.down(project, volumes=volumes, caller=who.name, progress=progress_reporter(ctx)),
+        )
 
     @mcp.tool(
         title="Restart",
@@ -236,9 +244,11 @@ def build_server(
         description="Restart a stack's running containers, or only the given services (docker compose restart).",
     )
     async def restart(project: Project, ctx: Context, services: Services = None) -> ActionResult:
-        principal = authorize(ctx, "restart", {"project": project, "services": services})
-        return await call(
-            ops.restart(project, services=services, caller=principal.name, progress=progress_reporter(ctx))
+        return await run(
+            ctx,
+            "restart",
+            {"project": project, "services": services},
+            lambda who: ops.restart(project, services=services, caller=who.name, progress=progress_reporter(ctx)),
         )
 
     @mcp.tool(
@@ -247,8 +257,12 @@ def build_server(
         description="Start a stack's existing, stopped containers (docker compose start). Creates nothing: use up.",
     )
     async def start(project: Project, ctx: Context, services: Services = None) -> ActionResult:
-        principal = authorize(ctx, "start", {"project": project, "services": services})
-        return await call(ops.start(project, services=services, caller=principal.name, progress=progress_reporter(ctx)))
+        return await run(
+            ctx,
+            "start",
+            {"project": project, "services": services},
+            lambda who: ops.start(project, services=services, caller=who.name, progress=progress_reporter(ctx)),
+        )
 
     @mcp.tool(
         title="Stop",
@@ -256,10 +270,28 @@ def build_server(
         description="Stop a stack's running containers without removing them (docker compose stop).",
     )
     async def stop(project: Project, ctx: Context, services: Services = None) -> ActionResult:
-        principal = authorize(ctx, "stop", {"project": project, "services": services})
-        return await call(ops.stop(project, services=services, caller=principal.name, progress=progress_reporter(ctx)))
+        return await run(
+            ctx,
+            "stop",
+            {"project": project, "services": services},
+            lambda who: ops.stop(project, services=services, caller=who.name, progress=progress_reporter(ctx)),
+        )
 
     return _flatten_output_schemas(mcp)
+
+
+def error_result(exc: GatewayError) -> CallToolResult:
+    """A failed call: the message for people and agents, and its kind for programs (the status panel).
+
+    Clients do not check error results against the output schema, so ``structured_content`` may
+    carry ``{"error": kind, "message": ...}`` here.
+    """
+    message = str(exc)
+    return CallToolResult(
+        content=[TextContent(type="text", text=message)],
+        structured_content={"error": exc.kind, "message": message},
+        is_error=True,
+    )
 
 
 def _flatten_output_schemas(mcp: MCPServer) -> MCPServer:

@@ -23,7 +23,7 @@ from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, TextCon
 
 from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, GatewayUnavailable, NotFound, PanelError
 
-__all__ = ["GatewayClient", "gateway_base_url", "classify_tool_error"]
+__all__ = ["GatewayClient", "gateway_base_url", "classify_tool_error", "classify_tool_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,32 @@ def gateway_base_url(mcp_url: str) -> str:
     return url
 
 
-def classify_tool_error(message: str) -> PanelError:
-    """Turn a tool's ``is_error`` text into the panel error with the right HTTP status.
+# The gateway's error kinds (``GatewayError.kind``), carried as ``structured_content["error"]``.
+_KINDS: dict[str, type[PanelError]] = {
+    "invalid_input": BadRequest,
+    "stack_not_found": NotFound,
+    "policy_violation": Forbidden,
+    "compose_failed": ActionFailed,
+    "compose_not_found": ActionFailed,
+    "engine_unavailable": EngineDown,
+}
 
-    The gateway reports every failure as text a person can act on, without a machine-readable kind;
-    the wording of each kind is stable (see ``gateway/operations.py``), so it is matched here.
+
+def classify_tool_result(result: CallToolResult) -> PanelError:
+    """The panel error, with the right HTTP status, for a tool's error result."""
+    message = _error_text(result)
+    content = result.structured_content
+    kind = content.get("error") if isinstance(content, dict) else None
+    if isinstance(kind, str):
+        return _KINDS.get(kind, ActionFailed)(message)
+    return classify_tool_error(message)
+
+
+def classify_tool_error(message: str) -> PanelError:
+    """Turn an error result's text into the panel error with the right HTTP status.
+
+    Used when the result carries no kind: the SDK's own argument checks, or an older gateway. The
+    wording of each kind is stable (see ``gateway/operations.py``), so it is matched here.
     Compose's own output is checked first: its stderr may contain any of the other phrases.
     """
     message = _TOOL_PREFIX_RE.sub("", message, count=1)
@@ -234,7 +255,7 @@ class GatewayClient:
                     continue
                 raise GatewayUnavailable(f"the compose-agent at {self.url} keeps dropping the session") from None
             if result.is_error:
-                raise classify_tool_error(_error_text(result))
+                raise classify_tool_result(result)
             if result.structured_content is None:
                 raise ActionFailed(f"the compose-agent's {tool} tool returned no structured result")
             return dict(result.structured_content)

@@ -91,6 +91,10 @@ async def test_failures_are_tool_results_that_say_what_to_do(ops: ComposeOperati
     assert path_like.is_error and "paths are not accepted" in path_like.content[0].text  # type: ignore[union-attr]
     assert too_much.is_error and "10000" in too_much.content[0].text  # type: ignore[union-attr]
     assert bad_regex.is_error and "regular expression" in bad_regex.content[0].text  # type: ignore[union-attr]
+    # Programs get the kind beside the message; the SDK's own argument checks (tail) have none.
+    assert unknown.structured_content == {"error": "stack_not_found", "message": unknown.content[0].text}  # type: ignore[union-attr]
+    assert path_like.structured_content is not None and path_like.structured_content["error"] == "invalid_input"
+    assert bad_regex.structured_content is not None and bad_regex.structured_content["error"] == "invalid_input"
 
 
 async def test_cancelling_a_call_stops_its_compose_process(ops: ComposeOperations, stacks: StackFactory) -> None:

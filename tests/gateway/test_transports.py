@@ -164,6 +164,7 @@ async def test_the_panel_token_works_within_its_scope_only(gateway: GatewayProce
                 assert not (await session.call_tool("ps", {"project": project})).is_error
                 refused = await session.call_tool("config", {"project": project})
     assert refused.is_error and "may not call 'config'" in refused.content[0].text  # type: ignore[union-attr]
+    assert refused.structured_content is not None and refused.structured_content["error"] == "policy_violation"
     refusal = [json.loads(line) for line in gateway.audit.read_text().splitlines()][-1]
     assert (refusal["caller"], refusal["tool"], refusal["outcome"]) == ("status_panel_token", "config", "refused")
 
