@@ -204,6 +204,8 @@
     var followTimer = null;
     var since = null;
     var loading = false;
+    // A request made while one is in flight runs after it; a full reload wins over an append.
+    var pending = null;
 
     function query(extra) {
       var data = new FormData(logForm);
@@ -246,7 +248,10 @@
     }
 
     async function load(append) {
-      if (loading) return;
+      if (loading) {
+        pending = pending === false ? false : append;
+        return;
+      }
       loading = true;
       var url = append && since ? query({ since: since }) : query();
       try {
@@ -277,6 +282,11 @@
         status.textContent = "The status panel did not answer: " + e.message;
       } finally {
         loading = false;
+        if (pending !== null) {
+          var next = pending;
+          pending = null;
+          load(next);
+        }
       }
     }
 
