@@ -39,6 +39,13 @@ SECRET_ENV = frozenset(
         "STATUS_PANEL_SESSION_SECRET",
     }
 )
+# They would make Compose load some other model than the stack's own: never inherited by the CLI.
+STEERING_ENV = frozenset(
+    {"COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_ENV_FILES", "COMPOSE_PROJECT_NAME", "COMPOSE_PATH_SEPARATOR"}
+)
+# A folder-less project runs here: Compose looks for a compose file in the working directory and
+# its parents, and "/" has none, so it falls back to the project's containers.
+NEUTRAL_CWD = Path("/")
 _PLUGIN_DIRS = (
     "~/.docker/cli-plugins",
     "/usr/local/lib/docker/cli-plugins",
@@ -139,7 +146,7 @@ class ComposeCli:
     def __init__(self, argv: Sequence[str], version: str, env: Mapping[str, str], *, timeout: float = 900.0) -> None:
         self.argv = list(argv)
         self.version = version
-        self.env = {k: v for k, v in env.items() if k not in SECRET_ENV}
+        self.env = {k: v for k, v in env.items() if k not in SECRET_ENV and k not in STEERING_ENV}
         self.timeout = timeout
 
     @classmethod
@@ -174,7 +181,7 @@ class ComposeCli:
         tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         stdout_chunks: list[bytes] = []
         process = await anyio.open_process(
-            argv, cwd=str(cwd) if cwd else None, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True
+            argv, cwd=str(cwd or NEUTRAL_CWD), env=self.env, stdin=subprocess.DEVNULL, start_new_session=True
         )
         try:
             with anyio.fail_after(self.timeout):

@@ -1,0 +1,32 @@
+"""The Compose CLI wrapper's pure parts: what reaches the child's environment, how events read."""
+
+from __future__ import annotations
+
+from gateway.compose import ComposeCli, describe_event
+
+
+def test_secrets_and_compose_steering_variables_never_reach_the_cli() -> None:
+    env = {
+        "PATH": "/usr/bin",
+        "DOCKER_HOST": "unix:///run/docker.sock",
+        "COMPOSE_AGENT_TOKEN": "a",
+        "STATUS_PANEL_TOKEN": "b",
+        "VAULT_TOKEN": "c",
+        "COMPOSE_FILE": "/elsewhere/compose.yaml",
+        "COMPOSE_PROFILES": "debug",
+        "COMPOSE_PROJECT_NAME": "other",
+    }
+    cli = ComposeCli(["docker-compose"], "2.40.3", env)
+    assert cli.env == {"PATH": "/usr/bin", "DOCKER_HOST": "unix:///run/docker.sock"}
+
+
+def test_events_read_as_short_lines() -> None:
+    assert describe_event({"id": "Container s-web-1", "status": "Started"}) == "Container s-web-1: Started"
+    assert describe_event({"error": True, "message": "no such image"}) == "error: no such image"
+    assert describe_event({"level": "warning", "msg": "orphans"}) == "warning: orphans"
+    assert describe_event({"unrelated": 1}) is None
+
+
+def test_every_command_names_its_project_and_asks_for_json_progress() -> None:
+    argv = ComposeCli(["docker-compose"], "2.40.3", {}).command("shop", None, ["restart", "web"])
+    assert argv == ["docker-compose", "--progress", "json", "--project-name", "shop", "restart", "web"]
