@@ -37,15 +37,16 @@ HERE = Path(__file__).parent
 ACTIONS: tuple[Action, ...] = ("up", "down", "restart", "start", "stop")
 FEATURES = ["stacks", "ps", "logs", "actions", "metrics", "login", "csrf", "watchdog"]
 
-_PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_SERVICE_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+# Used with fullmatch: with match, "$" would also accept a name followed by a newline.
+_PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_SERVICE_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 # Unix seconds, a relative duration (10m, 1h30m) or an RFC 3339 time: what the engine's `since` understands.
 _SINCE_RE = re.compile(
-    r"^(\d{1,12}(\.\d{1,9})?"  # unix seconds
+    r"(\d{1,12}(\.\d{1,9})?"  # unix seconds
     r"|(\d+d)?(\d+h)?(\d+m)?(\d+s)?"  # relative
-    r"|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)$"  # RFC 3339
+    r"|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)"  # RFC 3339
 )
-_UNIX_RE = re.compile(r"^\d{1,12}(\.\d{1,9})?$")
+_UNIX_RE = re.compile(r"\d{1,12}(\.\d{1,9})?")
 MAX_TAIL = 10_000
 MAX_NAME = 63
 
@@ -70,7 +71,7 @@ def panel(request: Request) -> PanelState:
 
 
 def validate_project(project: str) -> str:
-    if len(project) > MAX_NAME or not _PROJECT_RE.match(project):
+    if len(project) > MAX_NAME or not _PROJECT_RE.fullmatch(project):
         raise BadRequest(
             f"invalid stack name {project[:80]!r}: use lowercase letters, digits, '-' and '_', "
             f"starting with a letter or digit (at most {MAX_NAME} characters)"
@@ -87,7 +88,7 @@ def validate_services(raw: object) -> list[str] | None:
         raise BadRequest('"services" must be a list of service names, e.g. {"services": ["web"]}')
     services = [s.strip() for s in raw]
     for name in services:
-        if len(name) > MAX_NAME or not _SERVICE_RE.match(name):
+        if len(name) > MAX_NAME or not _SERVICE_RE.fullmatch(name):
             raise BadRequest(f"invalid service name {name[:80]!r}: use letters, digits, '.', '-' and '_'")
     return services or None
 
@@ -108,12 +109,12 @@ def validate_since(raw: str | None) -> str | None:
     """``since`` for the gateway: RFC 3339 or relative; unix seconds are turned into RFC 3339 here."""
     if not raw:
         return None
-    if len(raw) > 40 or not _SINCE_RE.match(raw):
+    if len(raw) > 40 or not _SINCE_RE.fullmatch(raw):
         raise BadRequest(
             f"since {raw[:40]!r} is not understood: use a duration (30s, 10m, 2h, 1d), "
             "an RFC 3339 time (2026-11-26T21:00:00Z) or unix seconds (1764190800.5)"
         )
-    if _UNIX_RE.match(raw):
+    if _UNIX_RE.fullmatch(raw):
         return rfc3339(float(raw))
     return raw
 
