@@ -47,6 +47,13 @@ _SINCE_RE = re.compile(
     r"|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)"  # RFC 3339
 )
 _UNIX_RE = re.compile(r"\d{1,12}(\.\d{1,9})?")
+MAX_SINCE = 64
+# Unix seconds may lead the server's clock a little (a client's skew), not by years: datetime stops at year 9999.
+MAX_SINCE_AHEAD = 24 * 60 * 60
+_SINCE_HINT = (
+    "use a duration (30s, 10m, 2h, 1d), an RFC 3339 time (2026-11-26T21:00:00Z) "
+    "or unix seconds from 0 to a day from now (1764190800.5)"
+)
 MAX_TAIL = 10_000
 MAX_NAME = 63
 
@@ -105,17 +112,28 @@ def validate_tail(raw: str | None) -> int:
     return tail
 
 
-def validate_since(raw: str | None) -> str | None:
-    """``since`` for the gateway: RFC 3339 or relative; unix seconds are turned into RFC 3339 here."""
+def validate_since(raw: str | None, *, now: float | None = None) -> str | None:
+    """``since`` for the gateway: RFC 3339 or relative; unix seconds are turned into RFC 3339 here.
+
+    Raises:
+        BadRequest: the value is too long, not one of the three forms, not a real date, or unix
+            seconds outside 0 to a day from now.
+    """
     if not raw:
         return None
-    if len(raw) > 40 or not _SINCE_RE.fullmatch(raw):
-        raise BadRequest(
-            f"since {raw[:40]!r} is not understood: use a duration (30s, 10m, 2h, 1d), "
-            "an RFC 3339 time (2026-11-26T21:00:00Z) or unix seconds (1764190800.5)"
-        )
+    if len(raw) > MAX_SINCE or not _SINCE_RE.fullmatch(raw):
+        raise BadRequest(f"since {raw[:MAX_SINCE]!r} is not understood: {_SINCE_HINT}")
     if _UNIX_RE.fullmatch(raw):
-        return rfc3339(float(raw))
+        timestamp = float(raw)
+        latest = (time.time() if now is None else now) + MAX_SINCE_AHEAD
+        if timestamp > latest:
+            raise BadRequest(f"since {raw!r} is more than a day in the future as unix seconds: {_SINCE_HINT}")
+        return rfc3339(timestamp)
+    if "T" in raw:
+        try:
+            datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(f"since {raw!r} is not a real date and time: {_SINCE_HINT}") from None
     return raw
 
 
