@@ -39,8 +39,9 @@ class AuditLog:
         duration_ms: float,
         error: str | None = None,
     ) -> None:
+        now = time.time()  # one reading: seconds and milliseconds of the same moment
         record: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z",
             "caller": caller,
             "control_plane": control_plane,
             "tool": tool,

@@ -22,7 +22,8 @@ MAX_GREP_LENGTH = 512
 # A catastrophic pattern must not pin a worker thread; the regex module can give up in time.
 GREP_TIMEOUT_S = 2.0
 
-_RELATIVE_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_RELATIVE_RE = re.compile(r"(?:(\d{1,6})d)?(?:(\d{1,7})h)?(?:(\d{1,9})m)?(?:(\d{1,10})s)?")
+_SINCE_HELP = "RFC 3339 (2026-01-02T15:04:05Z) or relative (30s, 10m, 2h, 1d)"
 
 
 def validate_tail(tail: int) -> int:
@@ -36,20 +37,24 @@ def parse_since(since: str | None, *, now: float | None = None) -> float | None:
     if since is None or since == "":
         return None
     text = since.strip()
+    if len(text) > 64:
+        raise InvalidInput(f"since is {len(text)} characters long; give {_SINCE_HELP}")
+    current = time.time() if now is None else now
     match = _RELATIVE_RE.fullmatch(text)
     if match and any(match.groups()):
         days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-        delta = days * 86400 + hours * 3600 + minutes * 60 + seconds
-        return (time.time() if now is None else now) - delta
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(
-            f"since={since[:60]!r} is neither RFC 3339 (2026-01-02T15:04:05Z) nor relative (30s, 10m, 2h, 1d)"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        stamp = current - (days * 86400 + hours * 3600 + minutes * 60 + seconds)
+    else:
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise InvalidInput(f"since={since[:60]!r} is not {_SINCE_HELP}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        stamp = parsed.timestamp()
+    if stamp < 0:
+        raise InvalidInput(f"since={since[:60]!r} reaches back before 1970; the engine keeps no older logs")
+    return stamp
 
 
 def compile_grep(pattern: str | None) -> regex.Pattern[str] | None:

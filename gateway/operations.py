@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # How long a stack's defined services are trusted without re-checking its files' mtimes.
 _DEFINED_TTL_S = 30.0
+# How long a failed search for the Compose CLI stands before the next call searches again.
+_LOCATE_RETRY_S = 30.0
 
 
 @dataclass
@@ -80,6 +82,7 @@ class ComposeOperations:
         self.self_project = self_project
         self._locks: dict[str, anyio.Lock] = {}
         self._cli_lock = threading.Lock()
+        self._cli_failure: tuple[float, GatewayError] | None = None
         self._defined: dict[str, _Defined] = {}
 
     @classmethod
@@ -114,13 +117,29 @@ class ComposeOperations:
     def cli(self) -> ComposeCli:
         """The Compose CLI, located on first use (once, even when two threads ask together).
 
+        Locating runs subprocesses, so async code awaits :meth:`_compose` instead. A failure is
+        remembered for a while rather than retried (and waited for) on every call.
+
         Raises:
             ComposeNotFound: no usable Compose v2 CLI.
         """
         with self._cli_lock:
-            if not isinstance(self._cli, ComposeCli):
+            if isinstance(self._cli, ComposeCli):
+                return self._cli
+            failed = self._cli_failure
+            if failed is not None and time.monotonic() - failed[0] < _LOCATE_RETRY_S:
+                raise failed[1]
+            try:
                 self._cli = self._cli()
+            except GatewayError as exc:
+                self._cli_failure = (time.monotonic(), exc)
+                raise
             return self._cli
+
+    async def _compose(self) -> ComposeCli:
+        if isinstance(self._cli, ComposeCli):
+            return self._cli
+        return await to_thread.run_sync(lambda: self.cli)
 
     def locate_cli(self) -> None:
         """Find the Compose CLI now, logging instead of raising: for a background warm-up at start."""
@@ -317,7 +336,7 @@ class ComposeOperations:
         return ConfigResult(project=project, config=model)
 
     async def _config_model(self, stack: Stack) -> dict[str, Any]:
-        output = await self.cli.run(
+        output = await (await self._compose()).run(
             stack.name, ["config", "--format", "json"], compose_file=stack.compose_file, cwd=stack.folder
         )
         try:
@@ -347,7 +366,7 @@ class ComposeOperations:
         progress: ProgressCallback | None = None,
     ) -> ActionResult:
         """Create and start the stack's services, detached; with ``wait``, until they are running/healthy."""
-        wanted = validate_services(services)
+        wanted = self._validated_services("up", project, services, caller)
         args = ["up", "--detach", "--remove-orphans"] + (["--wait"] if wait else []) + (wanted or [])
         return await self._mutate(
             "up", project, args, {"services": wanted, "wait": wait}, caller, progress, need_folder=True
@@ -401,8 +420,19 @@ class ComposeOperations:
         caller: str,
         progress: ProgressCallback | None,
     ) -> ActionResult:
-        wanted = validate_services(services)
+        wanted = self._validated_services(action, project, services, caller)
         return await self._mutate(action, project, [action, *(wanted or [])], {"services": wanted}, caller, progress)
+
+    def _validated_services(
+        self, action: str, project: str, services: list[str] | None, caller: str
+    ) -> list[str] | None:
+        """Valid service names, or an audited refusal: every mutating call leaves an audit line."""
+        try:
+            return validate_services(services)
+        except GatewayError as exc:
+            shown = [str(s)[:100] for s in services or []][:100]
+            self.audit_refusal(action, {"project": str(project)[:100], "services": shown}, caller, str(exc))
+            raise
 
     def audit_refusal(self, tool: str, arguments: dict[str, Any], caller: str, reason: str) -> None:
         """Record a call that was refused before it ran (scope, read-only, policy)."""
@@ -450,7 +480,8 @@ class ComposeOperations:
         outcome, error = "error", None
         try:
             async with self._lock(project):
-                await self.cli.run(project, args, compose_file=stack.compose_file, cwd=stack.folder, progress=on_event)
+                cli = await self._compose()
+                await cli.run(project, args, compose_file=stack.compose_file, cwd=stack.folder, progress=on_event)
             outcome = "ok"
         except anyio.get_cancelled_exc_class():
             outcome, error = "cancelled", "the call was cancelled; the compose process was stopped"

@@ -103,8 +103,15 @@ class StackFactory:
         self.projects.append(project)
 
     def cleanup(self) -> None:
+        # Every project is swept even when one fails; the first failure is reported afterwards.
+        errors: list[Exception] = []
         for project in self.projects:
-            _remove_project(project)
+            try:
+                _remove_project(project)
+            except Exception as exc:  # noqa: BLE001 - collected and re-raised below
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture

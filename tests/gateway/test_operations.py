@@ -12,7 +12,14 @@ import docker
 import pytest
 
 from gateway.config import load_settings
-from gateway.errors import ComposeFailed, EngineUnavailable, InvalidInput, PolicyViolation, StackNotFound
+from gateway.errors import (
+    ComposeFailed,
+    ComposeNotFound,
+    EngineUnavailable,
+    InvalidInput,
+    PolicyViolation,
+    StackNotFound,
+)
 from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, random_name
@@ -377,3 +384,54 @@ async def test_a_relative_stacks_dir_works_like_an_absolute_one(
         }
     finally:
         relative.close()
+
+
+async def test_locating_a_slow_compose_cli_does_not_block_other_calls_and_a_failure_is_remembered(
+    stacks: StackFactory, tmp_path: Path
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    calls = tmp_path / "calls"
+    fake = tmp_path / "fake-compose"
+    fake.write_text(f"#!/bin/sh\necho call >> {calls}\nsleep 1\nexit 1\n")
+    fake.chmod(0o755)
+    settings = load_settings({"PATH": os.environ["PATH"]}, stacks_dir=stacks.root, compose_bin=str(fake))
+    slow = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=dict(os.environ))
+    ticks = 0
+    done = anyio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.sleep(0.01)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            with pytest.raises(ComposeNotFound, match="COMPOSE_BIN"):
+                await slow.config(name)
+            done.set()
+        # The event loop went on while the CLI was asked for its version (a second, at least).
+        assert ticks >= 10
+        with pytest.raises(ComposeNotFound):
+            await slow.up(name)
+        assert calls.read_text().count("call") == 1  # the failure was remembered, not retried
+    finally:
+        slow.close()
+
+
+async def test_a_mutation_refused_for_a_bad_service_name_is_audited(
+    ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    with pytest.raises(InvalidInput, match="service names"):
+        await ops.up(name, services=["--remove-orphans"], caller="compose_agent_token")
+    with pytest.raises(InvalidInput, match="service names"):
+        await ops.stop(name, services=["web", "../x"], caller="status_panel_token")
+    records = [json.loads(line) for line in ops.audit.path.read_text().splitlines()]  # type: ignore[union-attr]
+    assert [(r["tool"], r["caller"], r["outcome"]) for r in records] == [
+        ("up", "compose_agent_token", "refused"),
+        ("stop", "status_panel_token", "refused"),
+    ]
+    assert records[1]["arguments"] == {"project": name, "services": ["web", "../x"]}
+    assert ops.metrics.snapshot()["total_count"] == 0  # nothing reached Docker
