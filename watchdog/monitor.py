@@ -30,6 +30,9 @@ __all__ = ["ComposeAgentWatchdog", "kv"]
 
 logger = logging.getLogger(__name__)
 
+#: The first pause after the engine stops answering; it doubles on each failed try, up to the check interval.
+FIRST_RETRY_SECS = 1.0
+
 _LEVELS = {
     State.HEALTHY: logging.INFO,
     State.UNHEALTHY: logging.WARNING,
@@ -83,6 +86,12 @@ class ComposeAgentWatchdog:
         self.restarts = 0
         self.status_port: int | None = None
         self._started = anyio.Event()
+        self._events_open = config.watch_events
+        # The engine outage in progress, if any: when it began, how many checks failed, and when to try again.
+        self._outage_since: float | None = None
+        self._failed_checks = 0
+        self._retry_delay = 0.0
+        self._retry_at: float | None = None
 
     def status(self) -> Status:
         """The current view of the target, as ``GET /status`` reports it."""
@@ -175,27 +184,40 @@ class ComposeAgentWatchdog:
     async def _supervise(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
         interval = self.config.check_interval_secs
         next_check = self._now() + interval
-        stream_open = self.config.watch_events
         while True:
-            wakeup = self.scheduler.next_wakeup()
-            deadline = next_check if wakeup is None else min(next_check, wakeup)
-            delay = max(0.0, deadline - self._now())
-            with anyio.move_on_after(delay):
-                if stream_open:
-                    try:
-                        event = await receive.receive()
-                        self._log_event(event)
-                        while True:  # several events usually come together: one inspect covers them all
-                            self._log_event(receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        pass
-                    except anyio.EndOfStream:
-                        stream_open = False
-                        logger.warning("%s", kv(event="events_stopped", target=self.config.target_container))
-                else:
-                    await anyio.sleep(math.inf)
+            delay = max(0.0, self._next_deadline(next_check) - self._now())
+            await self._wait_for_wakeup(receive, delay)
             await self._check_and_act()
             next_check = self._now() + interval
+
+    def _next_deadline(self, next_check: float) -> float:
+        """When to look next: the periodic check, or sooner when the schedule needs attention.
+
+        While the engine is unreachable, only the retry time counts. The schedule's wake-up is then
+        usually in the past (a restart that fell due, the end of a stable period), and heeding it
+        would inspect again at once, in a tight loop, for as long as the outage lasts.
+        """
+        if self._retry_at is not None:
+            return self._retry_at
+        wakeup = self.scheduler.next_wakeup()
+        return next_check if wakeup is None else min(next_check, wakeup)
+
+    async def _wait_for_wakeup(self, receive: MemoryObjectReceiveStream[dict[str, Any]], delay: float) -> None:
+        """Sleep for ``delay`` seconds, or less if a Docker event for the target arrives first."""
+        with anyio.move_on_after(delay):
+            if self._events_open:
+                try:
+                    event = await receive.receive()
+                    self._log_event(event)
+                    while True:  # several events usually come together: one inspect covers them all
+                        self._log_event(receive.receive_nowait())
+                except anyio.WouldBlock:
+                    pass
+                except anyio.EndOfStream:
+                    self._events_open = False
+                    logger.warning("%s", kv(event="events_stopped", target=self.config.target_container))
+            else:
+                await anyio.sleep(math.inf)
 
     def _log_event(self, event: dict[str, Any]) -> None:
         logger.debug(
@@ -209,14 +231,55 @@ class ComposeAgentWatchdog:
             try:
                 health = await self._inspect()
             except DockerUnavailable as exc:
-                logger.warning("%s", kv(event="check_failed", target=self.config.target_container, error=str(exc)))
+                self._check_failed(exc)
                 return
+            self._check_answered()
             self.checks += 1
             for change in self.scheduler.observe(health):
                 self._report(change, health)
             if not self.scheduler.restart_due():
                 return
             await self._restart()
+
+    def _check_failed(self, exc: DockerUnavailable) -> None:
+        """Back off before the next try, and log the outage once, not once per try."""
+        target = self.config.target_container
+        self._failed_checks += 1
+        if self._outage_since is None:
+            self._outage_since = self._now()
+            self._retry_delay = min(FIRST_RETRY_SECS, self.config.check_interval_secs)
+        else:
+            self._retry_delay = min(self._retry_delay * 2, self.config.check_interval_secs)
+        self._retry_at = self._now() + self._retry_delay
+        logger.log(
+            logging.WARNING if self._failed_checks == 1 else logging.DEBUG,
+            "%s",
+            kv(
+                event="check_failed",
+                target=target,
+                error=str(exc),
+                failed_checks=self._failed_checks,
+                retry_in_s=self._retry_delay,
+            ),
+        )
+
+    def _check_answered(self) -> None:
+        """End the outage, if there was one, with one line."""
+        if self._outage_since is None:
+            return
+        logger.info(
+            "%s",
+            kv(
+                event="check_recovered",
+                target=self.config.target_container,
+                outage_s=round(self._now() - self._outage_since, 3),
+                failed_checks=self._failed_checks,
+            ),
+        )
+        self._outage_since = None
+        self._failed_checks = 0
+        self._retry_delay = 0.0
+        self._retry_at = None
 
     async def _inspect(self) -> Health:
         attrs = await anyio.to_thread.run_sync(self._inspect_sync)
