@@ -25,15 +25,16 @@ from gateway.tokens import (
 )
 
 from . import __version__
-from .auth import Authenticator
+from .auth import LOOPBACK_HOSTS, AllowedHosts, Authenticator
 from .backend import Backend, GatewayBackend, LegacyBackend
 from .client import GatewayClient
 
-__all__ = ["main", "build_backend", "is_loopback"]
+__all__ = ["main", "build_backend", "is_loopback", "allowed_hosts"]
 
 logger = logging.getLogger("statuspanel")
 
 LEGACY_WARNING = "compose_agent=false - running in legacy mode"
+ALLOWED_HOSTS_ENV = "STATUS_PANEL_ALLOWED_HOSTS"
 
 
 def is_loopback(host: str) -> bool:
@@ -43,6 +44,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_hosts(environ: Mapping[str, str], listen_host: str) -> AllowedHosts:
+    """``STATUS_PANEL_ALLOWED_HOSTS`` if set; else, on loopback, the loopback names; else any host.
+
+    Off loopback a token is required, and operators reach the panel by whatever IP or name they
+    have, so any ``Host`` is accepted unless the variable narrows it.
+
+    Raises:
+        ValueError: the variable holds something that is not a host name.
+    """
+    raw = environ.get(ALLOWED_HOSTS_ENV, "")
+    if raw.strip():
+        return AllowedHosts.parse(raw)
+    if is_loopback(listen_host):
+        return AllowedHosts([*LOOPBACK_HOSTS, listen_host])
+    return AllowedHosts(["*"])
 
 
 def panel_token_source(settings: Settings) -> tuple[TokenSource, TokenStore]:
@@ -99,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         logger.error("%s", exc)
         return 2
+    try:
+        hosts = allowed_hosts(os.environ, args.host)
+    except ValueError as exc:
+        logger.error("%s: %s", ALLOWED_HOSTS_ENV, exc)
+        return 2
     source, store = panel_token_source(settings)
     refreshing = not isinstance(source, EnvTokenSource)
     try:
@@ -148,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         authenticator,
         watchdog_url=settings.watchdog_url,
         session_secret=settings.session_secret,
+        allowed_hosts=hosts,
         background=[refresh] if refreshing and token else [],
     )
     logger.info(
@@ -157,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.port,
         "legacy mode" if backend.legacy else f"compose-agent at {settings.compose_agent_url}",
     )
+    logger.info("answering to hosts: %s", hosts)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
     uvicorn.Server(config).run()
     return 0

@@ -6,7 +6,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +27,7 @@ from starlette.templating import Jinja2Templates
 from gateway.models import Action
 
 from . import __version__
-from .auth import Authenticator, AuthMiddleware, LoginRateLimiter
+from .auth import LOOPBACK_HOSTS, AllowedHosts, Authenticator, AuthMiddleware, HostCheckMiddleware, LoginRateLimiter
 from .backend import Backend
 from .errors import BadRequest, NotFound, PanelError
 
@@ -282,12 +282,19 @@ def create_app(
     session_secret: str | None = None,
     limiter: LoginRateLimiter | None = None,
     https_only: bool = False,
+    allowed_hosts: AllowedHosts | Iterable[str] = LOOPBACK_HOSTS,
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> Starlette:
     """Build the panel. ``session_secret`` signs the login cookie; without one it is generated per process.
 
-    ``background`` tasks (the token refresh) run for the app's lifetime.
+    ``allowed_hosts`` are the names the panel answers to (``Host``, and ``Origin`` on POSTs); the
+    default suits a panel on a loopback address. ``background`` tasks (the token refresh) run for
+    the app's lifetime.
+
+    Raises:
+        ValueError: ``allowed_hosts`` holds something that is not a host name.
     """
+    hosts = allowed_hosts if isinstance(allowed_hosts, AllowedHosts) else AllowedHosts(allowed_hosts)
     templates = Jinja2Templates(directory=HERE / "templates")
     state = PanelState(
         backend=backend,
@@ -312,6 +319,7 @@ def create_app(
     app = Starlette(
         routes=_routes(),
         middleware=[
+            Middleware(HostCheckMiddleware, allowed=hosts),
             Middleware(
                 SessionMiddleware,
                 secret_key=session_secret or secrets.token_urlsafe(32),
@@ -320,7 +328,7 @@ def create_app(
                 https_only=https_only,
                 max_age=12 * 60 * 60,
             ),
-            Middleware(AuthMiddleware, authenticator=authenticator),
+            Middleware(AuthMiddleware, authenticator=authenticator, allowed_hosts=hosts),
         ],
         lifespan=lifespan,
     )

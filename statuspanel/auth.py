@@ -7,20 +7,26 @@ module decides what a request may do given its ``Authorization`` header and that
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
+import re
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 __all__ = [
+    "AllowedHosts",
+    "HostCheckMiddleware",
+    "LOOPBACK_HOSTS",
+    "split_host",
     "Authenticator",
     "LoginRateLimiter",
     "AuthMiddleware",
@@ -37,6 +43,106 @@ PUBLIC_PATHS = frozenset({"/health", "/capabilities", "/api/v1/metrics", "/login
 PUBLIC_PREFIXES = ("/static/",)
 CSRF_HEADER = "x-csrf-token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+# What the panel answers to by default on a loopback address. Any other name in Host may be a
+# DNS-rebinding page: a site whose name now resolves to 127.0.0.1, and so same-origin with the panel.
+LOOPBACK_HOSTS: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+_HOST_RE = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
+def split_host(value: str | None) -> tuple[str, str | None] | None:
+    """A ``Host`` header or an origin's netloc as ``(host, port)``; None when malformed.
+
+    The host is lowercased, and an IPv6 literal loses its brackets and takes its short form, so
+    ``[0:0::1]:5001`` gives ``("::1", "5001")``. (Starlette's ``TrustedHostMiddleware`` keeps the
+    brackets, so an allowed ``::1`` would never match there.)
+    """
+    if not value:
+        return None
+    match = _HOST_RE.fullmatch(value)
+    if match is None:
+        return None
+    if match["ipv6"] is not None:
+        try:
+            host = ipaddress.IPv6Address(match["ipv6"]).compressed
+        except ValueError:
+            return None
+    else:
+        host = match["name"].lower()
+    return host, match["port"]
+
+
+class AllowedHosts:
+    """The host names the panel answers to, compared without the port; ``*`` allows any.
+
+    Raises:
+        ValueError: an entry is not a bare host name or address (a scheme, a port, a path), or
+            there is no entry at all.
+    """
+
+    def __init__(self, hosts: Iterable[str]) -> None:
+        names: set[str] = set()
+        self.any = False
+        for raw in hosts:
+            entry = raw.strip()
+            if not entry:
+                continue
+            if entry == "*":
+                self.any = True
+                continue
+            # A bare IPv6 address (::1) has colons that would read as a port.
+            parsed = split_host(f"[{entry}]" if ":" in entry and not entry.startswith("[") else entry)
+            if parsed is None or parsed[1] is not None:
+                raise ValueError(
+                    f"{entry[:80]!r} is not a host name: list names or addresses without scheme or port, "
+                    "e.g. 127.0.0.1,localhost,::1,panel.example (or * for any)"
+                )
+            names.add(parsed[0])
+        if not names and not self.any:
+            raise ValueError("no allowed hosts: list at least one name, or * for any")
+        self.names = frozenset(names)
+
+    @classmethod
+    def parse(cls, raw: str) -> AllowedHosts:
+        """From a comma-separated list, e.g. ``"127.0.0.1,localhost,::1"``."""
+        return cls(raw.split(","))
+
+    def allows(self, host: str) -> bool:
+        return self.any or host in self.names
+
+    def __str__(self) -> str:
+        return "*" if self.any else ", ".join(sorted(self.names))
+
+
+class HostCheckMiddleware:
+    """Answers 400 to a request whose ``Host`` is not an allowed host, before anything else runs."""
+
+    def __init__(self, app: ASGIApp, allowed: AllowedHosts) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allowed.any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        value = Headers(scope=scope).get("host")
+        parsed = split_host(value)
+        if parsed is not None and self.allowed.allows(parsed[0]):
+            await self.app(scope, receive, send)
+            return
+        shown = repr(value[:100]) if value is not None else "(none)"
+        message = (
+            f"Host header {shown} is not allowed: this panel answers to {self.allowed}. "
+            "To reach it by another name, add that name to STATUS_PANEL_ALLOWED_HOSTS."
+        )
+        logger.warning("refused a request for host %s", shown)
+        response: Response
+        if str(scope.get("path", "")).startswith("/api/"):
+            response = JSONResponse({"error": message}, status_code=400)
+        else:
+            response = PlainTextResponse(message, status_code=400)
+        await response(scope, receive, send)
 
 
 def _same(a: str, b: str) -> bool:
@@ -147,14 +253,25 @@ def csrf_ok(session: MutableMapping[str, Any], presented: str | None) -> bool:
     return _same(presented, expected)
 
 
-def _origin_matches(headers: Headers) -> bool:
-    """False when a browser says the request comes from another site (``Origin`` is not this host)."""
+def _origin_allowed(headers: Headers, allowed: AllowedHosts) -> bool:
+    """False when a browser says the request comes from a site the panel does not answer to.
+
+    ``Host`` is no proof (a DNS-rebinding page sends its own name), so the origin must be an allowed
+    host. Only when any host is allowed is ``Host`` the reference: the origin must then be the
+    panel's own (same host and port).
+    """
     origin = headers.get("origin")
     if origin is None:
         return True
-    if origin == "null":
+    parts = urlsplit(origin)  # "null" (a sandboxed or file: page) has no scheme and fails here
+    if parts.scheme not in ("http", "https"):
         return False
-    return urlsplit(origin).netloc == headers.get("host", "")
+    source = split_host(parts.netloc)
+    if source is None:
+        return False
+    if allowed.any:
+        return source == split_host(headers.get("host"))
+    return allowed.allows(source[0])
 
 
 class AuthMiddleware:
@@ -169,9 +286,10 @@ class AuthMiddleware:
     Sits inside ``SessionMiddleware`` so ``scope["session"]`` is set.
     """
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, allowed_hosts: AllowedHosts) -> None:
         self.app = app
         self.authenticator = authenticator
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -210,7 +328,7 @@ class AuthMiddleware:
 
         if method not in _SAFE_METHODS:
             # A cookie rides along on any request the browser makes, so the session alone proves nothing.
-            if not _origin_matches(headers) or not csrf_ok(session, headers.get(CSRF_HEADER)):
+            if not _origin_allowed(headers, self.allowed_hosts) or not csrf_ok(session, headers.get(CSRF_HEADER)):
                 if session.get("user") or headers.get("origin") is not None or headers.get("cookie"):
                     response = JSONResponse(
                         {"error": "missing or wrong CSRF token: reload the page and try again"}, status_code=403

@@ -13,6 +13,8 @@ from statuspanel.auth import Authenticator, LoginRateLimiter
 from tests.statuspanel.conftest import MemoryBackend
 
 TOKEN = "panel-token-for-tests"
+# The panel answers only to loopback names by default, and TestClient's own "testserver" is not one.
+BASE = "http://127.0.0.1:5001"
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def backend() -> MemoryBackend:
 @pytest.fixture
 def client(backend: MemoryBackend) -> Iterator[TestClient]:
     app = create_app(backend, Authenticator(TOKEN, "admin", "s3cret-pass"), session_secret="x" * 32)
-    with TestClient(app, follow_redirects=False) as c:
+    with TestClient(app, base_url=BASE, follow_redirects=False) as c:
         yield c
 
 
@@ -220,7 +222,7 @@ def test_a_cross_site_post_is_refused_even_with_the_token(client: TestClient) ->
 
 def test_wrong_logins_are_rate_limited_with_retry_after(backend: MemoryBackend) -> None:
     app = create_app(backend, Authenticator(TOKEN), session_secret="y" * 32, limiter=LoginRateLimiter(5, 60))
-    with TestClient(app, follow_redirects=False) as client:
+    with TestClient(app, base_url=BASE, follow_redirects=False) as client:
         for _ in range(5):
             assert login(client, token="guess")[0] == 401
         limited = client.post("/login", data={"token": TOKEN})
@@ -269,7 +271,7 @@ def test_dashboard_shows_a_banner_when_the_gateway_is_unreachable(client: TestCl
 
 def test_open_mode_lets_local_api_clients_in_but_not_cross_site_posts(backend: MemoryBackend) -> None:
     app = create_app(backend, Authenticator(), session_secret="z" * 32)
-    with TestClient(app, follow_redirects=False) as client:
+    with TestClient(app, base_url=BASE, follow_redirects=False) as client:
         assert client.get("/api/v1/stacks").status_code == 200
         assert client.post("/api/v1/stacks/shop/restart").status_code == 200
         cross = client.post("/api/v1/stacks/shop/restart", headers={"Origin": "https://evil.example"})

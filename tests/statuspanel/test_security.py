@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx2
 import pytest
 from starlette.testclient import TestClient
 
+from statuspanel.__main__ import allowed_hosts
 from statuspanel.app import create_app, validate_since
-from statuspanel.auth import Authenticator
+from statuspanel.auth import AllowedHosts, Authenticator
 from statuspanel.errors import BadRequest
-from tests.statuspanel.conftest import MemoryBackend
+from tests.conftest import free_port
+from tests.statuspanel.conftest import MemoryBackend, start_panel
 
 TOKEN = "panel-token-for-security-tests"
 BASE = "http://127.0.0.1:5001"
@@ -105,3 +110,125 @@ def test_unix_since_may_lead_the_clock_by_a_day_but_no_more() -> None:
     assert validate_since(str(int(now + 86_000)), now=now)
     with pytest.raises(BadRequest):
         validate_since(str(int(now + 86_401)), now=now)
+
+
+# --- Host and Origin: DNS rebinding --------------------------------------------------------------
+
+
+def open_client(backend: MemoryBackend, base: str = BASE, **options: object) -> TestClient:
+    """Open mode (no token, no password), as on loopback or in legacy mode without credentials."""
+    app = create_app(backend, Authenticator(), session_secret="o" * 32, **options)  # type: ignore[arg-type]
+    return TestClient(app, base_url=base, follow_redirects=False)
+
+
+def test_a_rebound_name_cannot_read_the_page_or_bring_a_stack_down_in_open_mode(backend: MemoryBackend) -> None:
+    # attacker.example now resolves to 127.0.0.1: to the browser, its page and the panel are one origin.
+    with open_client(backend, "http://attacker.example:5001") as attacker:
+        page = attacker.get("/")
+        assert page.status_code == 400
+        assert "csrf-token" not in page.text
+        assert "STATUS_PANEL_ALLOWED_HOSTS" in page.text
+        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text)
+        down = attacker.post(
+            "/api/v1/stacks/shop/down",
+            json={"volumes": True},
+            headers={"Origin": "http://attacker.example:5001", "X-CSRF-Token": csrf.group(1) if csrf else ""},
+        )
+        assert down.status_code == 400
+        assert "is not allowed" in down.json()["error"]
+        for path in ("/health", "/login", "/static/panel.css", "/api/v1/stacks"):
+            assert attacker.get(path).status_code == 400, path
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:5001", "localhost:5001", "LocalHost", "[::1]:5001", "[0:0::1]", "[::1]"])
+def test_loopback_names_are_allowed_by_default_ipv6_included(backend: MemoryBackend, host: str) -> None:
+    with open_client(backend) as client:
+        assert client.get("/api/v1/stacks", headers={"Host": host}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "host", ["", "::1", "127.0.0.1:port", "[::1", "[::g]:5001", "a b", "user@127.0.0.1", "127.0.0.2"]
+)
+def test_malformed_or_other_hosts_are_refused(backend: MemoryBackend, host: str) -> None:
+    with open_client(backend) as client:
+        assert client.get("/api/v1/stacks", headers={"Host": host}).status_code == 400
+
+
+def test_configured_hosts_replace_the_loopback_names(backend: MemoryBackend) -> None:
+    with open_client(backend, allowed_hosts=["panel.example", "10.0.0.5"]) as client:
+        assert client.get("/api/v1/stacks", headers={"Host": "panel.example:5001"}).status_code == 200
+        assert client.get("/api/v1/stacks", headers={"Host": "10.0.0.5"}).status_code == 200
+        assert client.get("/api/v1/stacks", headers={"Host": "127.0.0.1:5001"}).status_code == 400
+
+
+def test_origin_is_checked_against_the_allowed_hosts_not_against_host(backend: MemoryBackend) -> None:
+    with open_client(backend) as client:
+        page = client.get("/")
+        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text)
+        assert csrf
+        headers = {"X-CSRF-Token": csrf.group(1)}
+        # A page on another name refused even when it sends that name as Host too (as a rebinding page does).
+        for origin in ("http://attacker.example:5001", "null", "file://", "http://127.0.0.1@attacker.example"):
+            refused = client.post("/api/v1/stacks/shop/restart", headers={**headers, "Origin": origin})
+            assert refused.status_code == 403, origin
+        # Another allowed name for the same panel is fine: Host alone proves nothing either way.
+        for origin in ("http://127.0.0.1:5001", "http://localhost:5001", "http://[::1]:5001"):
+            ok = client.post("/api/v1/stacks/shop/restart", headers={**headers, "Origin": origin})
+            assert ok.status_code == 200, origin
+    assert [call[0] for call in backend.calls].count("restart") == 3
+
+
+def test_with_any_host_allowed_the_origin_must_be_the_panel_itself(backend: MemoryBackend) -> None:
+    with open_client(backend, "http://10.1.2.3:5001", allowed_hosts=["*"]) as client:
+        assert client.get("/api/v1/stacks", headers={"Host": "whatever.example"}).status_code == 200
+        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', client.get("/").text)
+        assert csrf
+        headers = {"X-CSRF-Token": csrf.group(1)}
+        cross = client.post("/api/v1/stacks/shop/restart", headers={**headers, "Origin": "http://evil.example"})
+        assert cross.status_code == 403
+        other_port = client.post("/api/v1/stacks/shop/restart", headers={**headers, "Origin": "http://10.1.2.3:8080"})
+        assert other_port.status_code == 403
+        same = client.post("/api/v1/stacks/shop/restart", headers={**headers, "Origin": "http://10.1.2.3:5001"})
+        assert same.status_code == 200
+
+
+@pytest.mark.parametrize("raw", ["http://panel.example", "panel.example:5001", "panel.example/", "*.example", ",", " "])
+def test_allowed_hosts_must_be_bare_names(raw: str) -> None:
+    with pytest.raises(ValueError, match="host"):
+        AllowedHosts.parse(raw)
+
+
+def test_allowed_hosts_default_to_loopback_names_on_loopback_and_any_elsewhere() -> None:
+    on_loopback = allowed_hosts({}, "127.0.0.1")
+    assert not on_loopback.any
+    assert on_loopback.names == {"127.0.0.1", "localhost", "::1"}
+    assert allowed_hosts({}, "127.0.0.2").names == {"127.0.0.1", "localhost", "::1", "127.0.0.2"}
+    assert allowed_hosts({}, "0.0.0.0").any
+    assert allowed_hosts({}, "::").any
+    narrowed = allowed_hosts({"STATUS_PANEL_ALLOWED_HOSTS": " panel.example , 192.0.2.7,[::1]"}, "0.0.0.0")
+    assert narrowed.names == {"panel.example", "192.0.2.7", "::1"}
+    assert allowed_hosts({"STATUS_PANEL_ALLOWED_HOSTS": "*"}, "127.0.0.1").any
+
+
+def _nowhere() -> str:
+    return f"http://127.0.0.1:{free_port()}/mcp"
+
+
+def test_the_served_panel_refuses_other_hosts_and_honours_the_variable(tmp_path: Path) -> None:
+    default = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere()}, token=None, name="default")
+    try:
+        with httpx2.Client(base_url=default.base, timeout=10) as http:
+            assert http.get("/api/v1/stacks/shop", headers={"Host": "attacker.example"}).status_code == 400
+            assert http.get("/health", headers={"Host": "[::1]:5001"}).status_code == 200
+    finally:
+        default.stop()
+    env = {"COMPOSE_AGENT_URL": _nowhere(), "STATUS_PANEL_ALLOWED_HOSTS": "127.0.0.1,panel.example"}
+    narrowed = start_panel(tmp_path, env=env, token=None, name="narrowed")
+    try:
+        with httpx2.Client(base_url=narrowed.base, timeout=10) as http:
+            assert http.get("/health", headers={"Host": "panel.example"}).status_code == 200
+            assert http.get("/health", headers={"Host": "localhost"}).status_code == 400
+    finally:
+        narrowed.stop()
+    assert "answering to hosts: 127.0.0.1, panel.example" in narrowed.output()
