@@ -20,7 +20,7 @@ import anyio
 from . import __version__
 from .app import LOOPBACK_HOSTS, build_http_app
 from .audit import AuditLog
-from .auth import TokenStore
+from .auth import STATUS_PANEL, TokenStore
 from .config import Settings, load_settings
 from .errors import GatewayError
 from .metrics import ControlPlane
@@ -31,6 +31,7 @@ from .tokens import (
     TokenSource,
     load_initial_tokens,
     refresh_tokens_forever,
+    share_panel_token,
     token_source_from_settings,
 )
 from .vault_cli import add_vault_parser, run_vault_command
@@ -161,6 +162,13 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, ops: Compose
     if args.host not in LOOPBACK_HOSTS and not store.configured:
         logger.error("refusing to listen on %s with no token configured", args.host)
         return 2
+    if isinstance(source, GeneratedTokenSource):
+        # The panel container reads its token from this folder alone, never the full-scope one.
+        def share(current: TokenStore) -> None:
+            share_panel_token(settings.state_dir, current.get(STATUS_PANEL.name))
+
+        share(store)
+        store.on_change(share)
     server = build_server(
         ops,
         read_only=args.read_only,

@@ -33,6 +33,8 @@ from .vault import TOKEN_KEYS, SecretMissing, VaultClient
 
 __all__ = [
     "TOKEN_KEYS",
+    "PANEL_SHARE_DIR",
+    "share_panel_token",
     "TokenSource",
     "EnvTokenSource",
     "GeneratedTokenSource",
@@ -163,6 +165,34 @@ class GeneratedTokenSource:
         if not tokens:
             raise ConfigError(f"the token file {self.path} holds no token; delete it to generate new tokens")
         return tokens
+
+
+# Beside the state dir's own token file: a folder holding only the status panel's token, for a
+# panel that must not read the gateway's full-scope token (the deployment mounts just this folder).
+PANEL_SHARE_DIR = "panel"
+
+
+def share_panel_token(state_dir: Path, token: str | None) -> Path:
+    """Write ``<state_dir>/panel/tokens.json`` holding only ``status_panel_token`` (0600, atomically).
+
+    With no token the file is removed, so a revoked token is not left behind for the panel.
+    """
+    directory = Path(state_dir) / PANEL_SHARE_DIR
+    path = directory / TOKENS_FILE
+    if not token:
+        path.unlink(missing_ok=True)
+        return path
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=directory)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump({"status_panel_token": token}, fh)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class VaultTokenSource:

@@ -274,6 +274,14 @@ async def test_without_configured_tokens_the_gateway_generates_them_and_the_pane
     tokens = json.loads(
         docker_exec(dep.containers["compose-agent"], "print(open('/var/lib/compose-agent/tokens.json').read())")
     )
+    # The panel's container can read its own token, and not the gateway's full-scope one.
+    seen_by_panel = docker_exec(
+        dep.containers["statuspanel"],
+        "import glob, json; print(json.dumps({p: open(p).read() for p in glob.glob('/var/lib/compose-agent*/**', "
+        "recursive=True) if p.endswith('.json')}))",
+    )
+    assert tokens["status_panel_token"] in seen_by_panel
+    assert tokens["compose_agent_token"] not in seen_by_panel
     async with mcp_client(dep, tokens["compose_agent_token"]) as client:
         listed = await call(client, "list_stacks")
     assert dep.project in {s["name"] for s in listed["stacks"]}

@@ -75,6 +75,10 @@ def test_generated_tokens_stay_out_of_a_non_terminal_stderr(tmp_path: Path) -> N
     text = log.read_text()
     assert str(token_file) in text and "not printed" in text
     assert all(secret not in text for secret in tokens.values())
+    # The panel's copy holds its own token and nothing else.
+    shared = token_file.parent / "panel" / "tokens.json"
+    assert json.loads(shared.read_text()) == {"status_panel_token": tokens["status_panel_token"]}
+    assert shared.stat().st_mode & 0o777 == 0o600
 
 
 def test_help_names_the_commands_and_flags() -> None:
