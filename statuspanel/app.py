@@ -27,7 +27,16 @@ from starlette.templating import Jinja2Templates
 from gateway.models import Action
 
 from . import __version__
-from .auth import LOOPBACK_HOSTS, AllowedHosts, Authenticator, AuthMiddleware, HostCheckMiddleware, LoginRateLimiter
+from .auth import (
+    LOOPBACK_HOSTS,
+    SESSION_LIFETIME,
+    AllowedHosts,
+    Authenticator,
+    AuthMiddleware,
+    HostCheckMiddleware,
+    LoginRateLimiter,
+    SessionGuard,
+)
 from .backend import Backend
 from .errors import BadRequest, NotFound, PanelError
 
@@ -64,6 +73,7 @@ class PanelState:
 
     backend: Backend
     authenticator: Authenticator
+    sessions: SessionGuard
     limiter: LoginRateLimiter
     templates: Jinja2Templates
     watchdog_url: str | None
@@ -284,21 +294,25 @@ def create_app(
     https_only: bool = False,
     allowed_hosts: AllowedHosts | Iterable[str] = LOOPBACK_HOSTS,
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+    clock: Callable[[], float] = time.time,
 ) -> Starlette:
     """Build the panel. ``session_secret`` signs the login cookie; without one it is generated per process.
 
     ``allowed_hosts`` are the names the panel answers to (``Host``, and ``Origin`` on POSTs); the
     default suits a panel on a loopback address. ``background`` tasks (the token refresh) run for
-    the app's lifetime.
+    the app's lifetime. ``clock`` is the wall clock that login lifetimes are measured with.
 
     Raises:
         ValueError: ``allowed_hosts`` holds something that is not a host name.
     """
     hosts = allowed_hosts if isinstance(allowed_hosts, AllowedHosts) else AllowedHosts(allowed_hosts)
+    secret = session_secret or secrets.token_urlsafe(32)
+    sessions = SessionGuard(authenticator, secret, lifetime=SESSION_LIFETIME, clock=clock)
     templates = Jinja2Templates(directory=HERE / "templates")
     state = PanelState(
         backend=backend,
         authenticator=authenticator,
+        sessions=sessions,
         limiter=limiter or LoginRateLimiter(),
         templates=templates,
         watchdog_url=watchdog_url.rstrip("/") if watchdog_url else None,
@@ -322,13 +336,13 @@ def create_app(
             Middleware(HostCheckMiddleware, allowed=hosts),
             Middleware(
                 SessionMiddleware,
-                secret_key=session_secret or secrets.token_urlsafe(32),
+                secret_key=secret,
                 session_cookie="status_panel_session",
                 same_site="strict",
                 https_only=https_only,
-                max_age=12 * 60 * 60,
+                max_age=SESSION_LIFETIME,
             ),
-            Middleware(AuthMiddleware, authenticator=authenticator, allowed_hosts=hosts),
+            Middleware(AuthMiddleware, authenticator=authenticator, allowed_hosts=hosts, sessions=sessions),
         ],
         lifespan=lifespan,
     )

@@ -6,8 +6,10 @@ module decides what a request may do given its ``Authorization`` header and that
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import re
 import secrets
@@ -15,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, MutableMapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 from starlette.datastructures import Headers
@@ -28,6 +30,9 @@ __all__ = [
     "LOOPBACK_HOSTS",
     "split_host",
     "Authenticator",
+    "SessionGuard",
+    "SESSION_LIFETIME",
+    "LoginMethod",
     "LoginRateLimiter",
     "AuthMiddleware",
     "csrf_token",
@@ -43,6 +48,12 @@ PUBLIC_PATHS = frozenset({"/health", "/capabilities", "/api/v1/metrics", "/login
 PUBLIC_PREFIXES = ("/static/",)
 CSRF_HEADER = "x-csrf-token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A login counts for this long from the moment it happened, however often the cookie is re-signed.
+SESSION_LIFETIME = 12 * 60 * 60
+# A session stamped a little in the future is one from before the clock was set back, not a forgery.
+_CLOCK_SLACK = 300
+
+LoginMethod = Literal["token", "password"]
 
 
 # What the panel answers to by default on a loopback address. Any other name in Host may be a
@@ -197,6 +208,115 @@ class Authenticator:
         pass_ok = _same(password, self._password)
         return user_ok and pass_ok
 
+    def fingerprint(self, method: str, user: str, key: bytes) -> str | None:
+        """An HMAC of the credential a session logged in with, as configured now; None if it is gone.
+
+        The credential itself never goes into the cookie: itsdangerous signs it, but does not
+        encrypt it.
+        """
+        material: list[str]
+        if method == "token":
+            if self._token is None:
+                return None
+            material = ["token", self._token]
+        elif method == "password":
+            if self._username is None or self._password is None or not _same(user, self._username):
+                return None
+            material = ["password", self._username, self._password]
+        else:
+            return None
+        return hmac.new(key, json.dumps(material).encode(), hashlib.sha256).hexdigest()
+
+
+class SessionGuard:
+    """Login sessions bound to the credential that opened them, for a fixed time from login.
+
+    The session (a signed cookie) holds the user, how they logged in, an HMAC of that credential,
+    the login time and a random id. It stops counting when:
+
+    - the credential is no longer the configured one (a rotated token, a changed password);
+    - ``lifetime`` seconds have passed since login (Starlette's ``max_age`` restarts with every
+      response, so on its own a busy tab would stay logged in for ever);
+    - it was logged out: its id is remembered, in this process, until its lifetime would have
+      ended, so a copy of the cookie is refused too.
+
+    The HMAC key is derived from the session secret, so with ``STATUS_PANEL_SESSION_SECRET`` set,
+    sessions survive a restart as long as their credential is unchanged.
+    """
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        secret: str,
+        *,
+        lifetime: float = SESSION_LIFETIME,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.authenticator = authenticator
+        self.lifetime = lifetime
+        self.clock = clock  # wall time: login times in cookies outlive the process
+        self._key = hmac.new(secret.encode(), b"status-panel session credential fingerprint", hashlib.sha256).digest()
+        self._lock = threading.Lock()
+        self._ended: dict[str, float] = {}  # session id -> when it would have expired anyway
+
+    def start(self, session: MutableMapping[str, Any], user: str, method: LoginMethod) -> None:
+        """Replace ``session`` with a fresh login (and a fresh CSRF token) for ``user``."""
+        fingerprint = self.authenticator.fingerprint(method, user, self._key)
+        if fingerprint is None:
+            raise ValueError(f"no {method} credential is configured for this login")
+        session.clear()
+        session.update(
+            {
+                "user": user,
+                "auth": method,
+                "fp": fingerprint,
+                "iat": int(self.clock()),
+                "sid": secrets.token_urlsafe(16),
+                "csrf": secrets.token_urlsafe(32),
+            }
+        )
+
+    def user(self, session: MutableMapping[str, Any]) -> str | None:
+        """The session's user if its login still counts; a login that does not is cleared away."""
+        if "user" not in session:
+            return None
+        user = self._valid_user(session)
+        if user is None:
+            session.clear()
+        return user
+
+    def _valid_user(self, session: MutableMapping[str, Any]) -> str | None:
+        user, method, fingerprint = session.get("user"), session.get("auth"), session.get("fp")
+        issued, sid = session.get("iat"), session.get("sid")
+        if not (
+            isinstance(user, str)
+            and isinstance(method, str)
+            and isinstance(fingerprint, str)
+            and isinstance(issued, int)
+            and isinstance(sid, str)
+        ):
+            return None  # also every session from before sessions were bound to a credential
+        now = self.clock()
+        if not issued - _CLOCK_SLACK <= now < issued + self.lifetime:
+            return None
+        with self._lock:
+            if sid in self._ended:
+                return None
+        expected = self.authenticator.fingerprint(method, user, self._key)
+        if expected is None or not _same(fingerprint, expected):
+            return None
+        return user
+
+    def end(self, session: MutableMapping[str, Any]) -> None:
+        """Log out: clear ``session``, and refuse any copy of it from now on."""
+        sid, issued = session.get("sid"), session.get("iat")
+        if isinstance(sid, str) and isinstance(issued, int):
+            now = self.clock()
+            with self._lock:
+                self._ended = {k: until for k, until in self._ended.items() if until > now}
+                self._ended[sid] = issued + self.lifetime
+        session.clear()
+
 
 class LoginRateLimiter:
     """At most ``max_failures`` failed logins per client per ``window`` seconds.
@@ -286,22 +406,27 @@ class AuthMiddleware:
     Sits inside ``SessionMiddleware`` so ``scope["session"]`` is set.
     """
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, allowed_hosts: AllowedHosts) -> None:
+    def __init__(
+        self, app: ASGIApp, authenticator: Authenticator, allowed_hosts: AllowedHosts, sessions: SessionGuard
+    ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.allowed_hosts = allowed_hosts
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        session: MutableMapping[str, Any] = scope.get("session", {})
+        # First, on every path: a stale login is cleared, so the pages (login included) never see one.
+        session_user = self.sessions.user(session)
         if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
         method: str = scope["method"]
-        session: MutableMapping[str, Any] = scope.get("session", {})
         api = path.startswith("/api/")
 
         if self.authenticator.check_bearer(headers.get("authorization")):
@@ -309,7 +434,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
 
-        user = session.get("user")
+        user = session_user
         if not user and self.authenticator.open:
             user = "local"
         if not user:
@@ -329,7 +454,7 @@ class AuthMiddleware:
         if method not in _SAFE_METHODS:
             # A cookie rides along on any request the browser makes, so the session alone proves nothing.
             if not _origin_allowed(headers, self.allowed_hosts) or not csrf_ok(session, headers.get(CSRF_HEADER)):
-                if session.get("user") or headers.get("origin") is not None or headers.get("cookie"):
+                if session_user or headers.get("origin") is not None or headers.get("cookie"):
                     response = JSONResponse(
                         {"error": "missing or wrong CSRF token: reload the page and try again"}, status_code=403
                     )

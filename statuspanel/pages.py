@@ -17,7 +17,7 @@ from gateway.models import PsResult, StackInfo
 
 from . import __version__
 from .app import ACTIONS, PanelState, panel, validate_project
-from .auth import csrf_token
+from .auth import LoginMethod, csrf_token
 from .errors import BadRequest, GatewayUnavailable, PanelError
 
 __all__ = ["routes", "humanize_uptime"]
@@ -202,7 +202,7 @@ async def login(request: Request) -> Response:
     state = panel(request)
     auth = state.authenticator
     next_url = _safe_next(request.query_params.get("next"))
-    if auth.open or request.session.get("user"):
+    if auth.open or state.sessions.user(request.session):
         return RedirectResponse(next_url, status_code=303)
     context: dict[str, Any] = {"next": next_url, "error": None, "token_login": auth.token_login}
     context["password_login"] = auth.password_login
@@ -223,24 +223,22 @@ async def login(request: Request) -> Response:
     if not expected or not secrets.compare_digest(presented_csrf.encode(), str(expected).encode()):
         context["error"] = "The login form expired. Please try again."
         return _page(request, "login.html", context, status_code=400)
-    user: str | None = None
+    login: tuple[str, LoginMethod] | None = None
     if token and auth.check_token(token):
-        user = "token"
+        login = ("token", "token")
     elif username and auth.check_password(username, password):
-        user = username
-    if user is None:
+        login = (username, "password")
+    if login is None:
         state.limiter.record_failure(client)
         context["error"] = "Wrong token or username and password."
         return _page(request, "login.html", context, status_code=401)
     # A fresh session (and CSRF token) at login: nothing set before authentication carries over.
-    request.session.clear()
-    request.session["user"] = user
-    request.session["csrf"] = secrets.token_urlsafe(32)
+    state.sessions.start(request.session, *login)
     return RedirectResponse(next_url, status_code=303)
 
 
 async def logout(request: Request) -> Response:
-    request.session.clear()
+    panel(request).sessions.end(request.session)
     return RedirectResponse("/login", status_code=303)
 
 

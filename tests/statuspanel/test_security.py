@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
+from itsdangerous import TimestampSigner
 from starlette.testclient import TestClient
 
 from statuspanel.__main__ import allowed_hosts
@@ -232,3 +235,107 @@ def test_the_served_panel_refuses_other_hosts_and_honours_the_variable(tmp_path:
     finally:
         narrowed.stop()
     assert "answering to hosts: 127.0.0.1, panel.example" in narrowed.output()
+
+
+# --- sessions: bound to the credential, a fixed lifetime, logout ---------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def log_in(client: TestClient, **fields: str) -> str:
+    """Log in through the form like a browser; returns the new session's CSRF token."""
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf, page.text
+    assert client.post("/login", data={"csrf": csrf.group(1), **fields}).status_code == 303
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', client.get("/").text)
+    assert token
+    return token.group(1)
+
+
+def session_payload(client: TestClient) -> dict[str, object]:
+    cookie = client.cookies["status_panel_session"]
+    data = cookie.split(".", 1)[0]
+    return dict(json.loads(base64.b64decode(data + "=" * (-len(data) % 4))))
+
+
+def test_a_rotated_token_ends_the_sessions_it_logged_in(backend: MemoryBackend) -> None:
+    authenticator = Authenticator(TOKEN)
+    app = create_app(backend, authenticator, session_secret="r" * 32)
+    with TestClient(app, base_url=BASE, follow_redirects=False) as browser:
+        log_in(browser, token=TOKEN)
+        assert browser.get("/api/v1/stacks").status_code == 200
+        authenticator.set_token("the-new-token")  # what the Vault refresh does after a rotation
+        assert browser.get("/api/v1/stacks").status_code == 401
+        assert browser.get("/").headers["location"] == "/login?next=%2F"
+        log_in(browser, token="the-new-token")
+        assert browser.get("/api/v1/stacks").status_code == 200
+
+
+def test_a_changed_password_ends_its_sessions_but_a_restart_with_the_same_secret_does_not(
+    backend: MemoryBackend,
+) -> None:
+    first = create_app(backend, Authenticator(None, "admin", "old-pass"), session_secret="p" * 32)
+    with TestClient(first, base_url=BASE, follow_redirects=False) as browser:
+        log_in(browser, username="admin", password="old-pass")
+        cookies = dict(browser.cookies)
+    same = create_app(backend, Authenticator(None, "admin", "old-pass"), session_secret="p" * 32)
+    with TestClient(same, base_url=BASE, follow_redirects=False, cookies=cookies) as browser:
+        assert browser.get("/api/v1/stacks").status_code == 200
+    changed = create_app(backend, Authenticator(None, "admin", "new-pass"), session_secret="p" * 32)
+    with TestClient(changed, base_url=BASE, follow_redirects=False, cookies=cookies) as browser:
+        assert browser.get("/api/v1/stacks").status_code == 401
+
+
+def test_the_session_holds_a_fingerprint_never_the_credential(client: TestClient) -> None:
+    log_in(client, token=TOKEN)
+    by_token = session_payload(client)
+    assert by_token["user"] == "token"
+    assert re.fullmatch(r"[0-9a-f]{64}", str(by_token["fp"]))
+    assert TOKEN not in json.dumps(by_token)
+    client.cookies.clear()
+    log_in(client, username="admin", password="s3cret-pass")
+    by_password = session_payload(client)
+    assert by_password["user"] == "admin"
+    assert "s3cret-pass" not in json.dumps(by_password)
+
+
+def test_a_login_lasts_twelve_hours_from_login_however_often_it_is_used(backend: MemoryBackend) -> None:
+    clock = Clock()
+    app = create_app(backend, Authenticator(TOKEN), session_secret="l" * 32, clock=clock)
+    with TestClient(app, base_url=BASE, follow_redirects=False) as browser:
+        log_in(browser, token=TOKEN)
+        for _ in range(11):
+            clock.now += 3600  # each answer re-signs the cookie: Starlette's own max_age slides
+            assert browser.get("/api/v1/stacks").status_code == 200
+        clock.now += 3599
+        assert browser.get("/api/v1/stacks").status_code == 200
+        clock.now += 1
+        assert browser.get("/api/v1/stacks").status_code == 401
+        assert "status_panel_session" not in browser.cookies  # the stale session was cleared
+
+
+def test_logout_ends_the_session_and_every_copy_of_its_cookie(client: TestClient) -> None:
+    csrf = log_in(client, token=TOKEN)
+    copy = dict(client.cookies)
+    assert client.post("/logout", headers={"X-CSRF-Token": csrf}).status_code == 303
+    assert client.get("/api/v1/stacks").status_code == 401
+    client.cookies.clear()
+    client.cookies.update(copy)
+    assert client.get("/api/v1/stacks").status_code == 401
+    assert client.get("/").status_code == 303
+
+
+def test_a_session_from_before_fingerprints_is_refused(backend: MemoryBackend) -> None:
+    # Signed with the right secret but without the binding: what every cookie issued before looked like.
+    legacy = base64.b64encode(json.dumps({"user": "token", "csrf": "x"}).encode())
+    cookie = TimestampSigner("q" * 32).sign(legacy).decode()
+    app = create_app(backend, Authenticator(TOKEN), session_secret="q" * 32)
+    with TestClient(app, base_url=BASE, follow_redirects=False, cookies={"status_panel_session": cookie}) as c:
+        assert c.get("/api/v1/stacks").status_code == 401
