@@ -29,12 +29,14 @@ from .auth import LOOPBACK_HOSTS, AllowedHosts, Authenticator
 from .backend import Backend, GatewayBackend, LegacyBackend
 from .client import GatewayClient
 
-__all__ = ["main", "build_backend", "is_loopback", "allowed_hosts"]
+__all__ = ["main", "build_backend", "is_loopback", "allowed_hosts", "https_only"]
 
 logger = logging.getLogger("statuspanel")
 
 LEGACY_WARNING = "compose_agent=false - running in legacy mode"
 ALLOWED_HOSTS_ENV = "STATUS_PANEL_ALLOWED_HOSTS"
+HTTPS_ONLY_ENV = "STATUS_PANEL_HTTPS_ONLY"
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
 
 
 def is_loopback(host: str) -> bool:
@@ -61,6 +63,20 @@ def allowed_hosts(environ: Mapping[str, str], listen_host: str) -> AllowedHosts:
     if is_loopback(listen_host):
         return AllowedHosts([*LOOPBACK_HOSTS, listen_host])
     return AllowedHosts(["*"])
+
+
+def https_only(environ: Mapping[str, str]) -> bool:
+    """``STATUS_PANEL_HTTPS_ONLY``: mark the session cookie ``Secure`` (the panel is served over HTTPS).
+
+    Raises:
+        ValueError: the value is neither true nor false.
+    """
+    raw = environ.get(HTTPS_ONLY_ENV, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"{raw[:40]!r} is neither true nor false")
 
 
 def panel_token_source(settings: Settings) -> tuple[TokenSource, TokenStore]:
@@ -122,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         logger.error("%s: %s", ALLOWED_HOSTS_ENV, exc)
         return 2
+    try:
+        secure_cookie = https_only(os.environ)
+    except ValueError as exc:
+        logger.error("%s: %s", HTTPS_ONLY_ENV, exc)
+        return 2
     source, store = panel_token_source(settings)
     refreshing = not isinstance(source, EnvTokenSource)
     try:
@@ -172,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         watchdog_url=settings.watchdog_url,
         session_secret=settings.session_secret,
         allowed_hosts=hosts,
+        https_only=secure_cookie,
         background=[refresh] if refreshing and token else [],
     )
     logger.info(

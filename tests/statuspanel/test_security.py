@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,12 +15,12 @@ import pytest
 from itsdangerous import TimestampSigner
 from starlette.testclient import TestClient
 
-from statuspanel.__main__ import allowed_hosts
+from statuspanel.__main__ import allowed_hosts, https_only
 from statuspanel.app import create_app, validate_since
 from statuspanel.auth import AllowedHosts, Authenticator
 from statuspanel.errors import BadRequest
 from tests.conftest import free_port
-from tests.statuspanel.conftest import MemoryBackend, start_panel
+from tests.statuspanel.conftest import MemoryBackend, _clean_env, start_panel
 
 TOKEN = "panel-token-for-security-tests"
 BASE = "http://127.0.0.1:5001"
@@ -339,3 +341,41 @@ def test_a_session_from_before_fingerprints_is_refused(backend: MemoryBackend) -
     app = create_app(backend, Authenticator(TOKEN), session_secret="q" * 32)
     with TestClient(app, base_url=BASE, follow_redirects=False, cookies={"status_panel_session": cookie}) as c:
         assert c.get("/api/v1/stacks").status_code == 401
+
+
+# --- the Secure cookie flag ----------------------------------------------------------------------
+
+
+def test_https_only_reads_true_and_false_and_refuses_anything_else() -> None:
+    assert https_only({}) is False
+    assert https_only({"STATUS_PANEL_HTTPS_ONLY": "false"}) is False
+    assert https_only({"STATUS_PANEL_HTTPS_ONLY": " True "}) is True
+    assert https_only({"STATUS_PANEL_HTTPS_ONLY": "1"}) is True
+    with pytest.raises(ValueError, match="neither true nor false"):
+        https_only({"STATUS_PANEL_HTTPS_ONLY": "sometimes"})
+
+
+def test_the_served_panel_marks_its_cookie_secure_only_when_told(tmp_path: Path) -> None:
+    def cookie_of(name: str, **env: str) -> str:
+        panel = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere(), **env}, token="t" * 24, name=name)
+        try:
+            return httpx2.get(panel.base + "/login", timeout=10).headers["set-cookie"].lower()
+        finally:
+            panel.stop()
+
+    assert "; secure" not in cookie_of("plain")
+    assert "; secure" in cookie_of("secure", STATUS_PANEL_HTTPS_ONLY="true")
+
+
+def test_the_panel_will_not_start_with_a_bad_setting(tmp_path: Path) -> None:
+    for name, value in (("STATUS_PANEL_HTTPS_ONLY", "maybe"), ("STATUS_PANEL_ALLOWED_HOSTS", "http://x.example")):
+        env = _clean_env(CONFIG_PATH=str(tmp_path / "none.json"), COMPOSE_AGENT_URL=_nowhere(), **{name: value})
+        result = subprocess.run(
+            [sys.executable, "-m", "statuspanel", "serve", "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2
+        assert name in result.stderr
