@@ -58,6 +58,8 @@ def _clean_env(**extra: str) -> dict[str, str]:
         "WATCHDOG_URL",
         "VAULT_ADDRESS",
         "VAULT_TOKEN",
+        "STATUS_PANEL_ALLOWED_HOSTS",
+        "STATUS_PANEL_HTTPS_ONLY",
     }
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(extra)
