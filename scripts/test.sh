@@ -5,7 +5,8 @@
 #   bash scripts/test.sh [pytest args]     e.g. -m 'not e2e' or tests/gateway
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bash "$here/scripts/setup.sh"
+# .ci/run sets this after running setup itself.
+[ "${COMPOSE_AGENT_SETUP_DONE:-}" = 1 ] || bash "$here/scripts/setup.sh"
 cd "$here"
 export MCP_INSPECTOR="${MCP_INSPECTOR:-${XDG_CACHE_HOME:-$HOME/.cache}/compose-agent/inspector/node_modules/.bin/mcp-inspector}"
 echo "[test] lint" >&2
