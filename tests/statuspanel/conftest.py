@@ -20,9 +20,12 @@ from typing import Any
 
 import httpx2
 import pytest
+from starlette.testclient import TestClient
 
 from gateway.metrics import CommandExecutionMetrics, ControlPlane
 from gateway.models import Action, ActionResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
+from statuspanel.app import create_app
+from statuspanel.auth import Authenticator
 from statuspanel.errors import GatewayUnavailable, NotFound
 from tests.conftest import StackFactory, free_port
 
@@ -282,3 +285,27 @@ class MemoryBackend:
 
     async def metrics(self) -> dict[str, Any]:
         return self.metrics_data.snapshot()
+
+
+# -- the app alone, over the in-memory backend (test_app.py, test_security.py) ----------------------
+
+APP_TOKEN = "panel-token-for-tests"
+# The panel answers only to loopback names by default, and TestClient's own "testserver" is not one.
+APP_BASE = "http://127.0.0.1:5001"
+
+
+@pytest.fixture
+def backend() -> MemoryBackend:
+    return MemoryBackend()
+
+
+@pytest.fixture
+def client(backend: MemoryBackend) -> Iterator[TestClient]:
+    """The panel with a token and a username/password login, over ``backend``."""
+    app = create_app(backend, Authenticator(APP_TOKEN, "admin", "s3cret-pass"), session_secret="x" * 32)
+    with TestClient(app, base_url=APP_BASE, follow_redirects=False) as c:
+        yield c
+
+
+def bearer(token: str = APP_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -3,34 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from starlette.testclient import TestClient
 
 from statuspanel.app import create_app
 from statuspanel.auth import Authenticator, LoginRateLimiter
-from tests.statuspanel.conftest import MemoryBackend
+from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, bearer
 
-TOKEN = "panel-token-for-tests"
-# The panel answers only to loopback names by default, and TestClient's own "testserver" is not one.
-BASE = "http://127.0.0.1:5001"
-
-
-@pytest.fixture
-def backend() -> MemoryBackend:
-    return MemoryBackend()
-
-
-@pytest.fixture
-def client(backend: MemoryBackend) -> Iterator[TestClient]:
-    app = create_app(backend, Authenticator(TOKEN, "admin", "s3cret-pass"), session_secret="x" * 32)
-    with TestClient(app, base_url=BASE, follow_redirects=False) as c:
-        yield c
-
-
-def bearer(token: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+TOKEN = APP_TOKEN
+BASE = APP_BASE
 
 
 def login(client: TestClient, **fields: str) -> tuple[int, str]:

@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -20,26 +19,10 @@ from statuspanel.app import create_app, validate_since
 from statuspanel.auth import AllowedHosts, Authenticator
 from statuspanel.errors import BadRequest
 from tests.conftest import free_port
-from tests.statuspanel.conftest import MemoryBackend, _clean_env, start_panel
+from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, _clean_env, bearer, start_panel
 
-TOKEN = "panel-token-for-security-tests"
-BASE = "http://127.0.0.1:5001"
-
-
-@pytest.fixture
-def backend() -> MemoryBackend:
-    return MemoryBackend()
-
-
-@pytest.fixture
-def client(backend: MemoryBackend) -> Iterator[TestClient]:
-    app = create_app(backend, Authenticator(TOKEN, "admin", "s3cret-pass"), session_secret="s" * 32)
-    with TestClient(app, base_url=BASE, follow_redirects=False) as c:
-        yield c
-
-
-def bearer(token: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+TOKEN = APP_TOKEN
+BASE = APP_BASE
 
 
 # --- names are matched whole ---------------------------------------------------------------------
