@@ -20,7 +20,8 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 # -- Debian packages ------------------------------------------------------------------------
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
+# grep reads the whole list (no -q): an early exit would SIGPIPE busybox and fail under pipefail.
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -x httpd >/dev/null || need+=(busybox-static)
 if [ "$minimal" = 0 ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   command -v debootstrap >/dev/null || need+=(debootstrap)
