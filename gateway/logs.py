@@ -28,7 +28,9 @@ _SINCE_HELP = "RFC 3339 (2026-01-02T15:04:05Z) or relative (30s, 10m, 2h, 1d)"
 
 def validate_tail(tail: int) -> int:
     if not isinstance(tail, int) or isinstance(tail, bool) or not 1 <= tail <= MAX_TAIL:
-        raise InvalidInput(f"tail must be a whole number from 1 to {MAX_TAIL}, got {tail!r}; narrow with since or grep")
+        raise InvalidInput(
+            f"tail must be from 1 to {MAX_TAIL} (a whole number), got {tail!r}; narrow with since or grep"
+        )
     return tail
 
 
