@@ -15,19 +15,13 @@ import anyio
 import httpx2
 
 from gateway.errors import (
-    ComposeFailed,
-    ComposeNotFound,
-    EngineUnavailable,
     GatewayError,
-    InvalidInput,
-    PolicyViolation,
-    StackNotFound,
 )
 from gateway.metrics import CommandExecutionMetrics, ControlPlane
 from gateway.models import Action, ActionResult, LogsResult, PsResult, StackList
 
 from .client import GatewayClient
-from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, NotFound, PanelError
+from .errors import PanelError, for_kind
 
 if TYPE_CHECKING:  # importing the operations pulls in docker-py, which normal mode must not need
     from gateway.audit import AuditLog
@@ -172,19 +166,8 @@ class GatewayBackend:
 
 
 def translate(exc: GatewayError) -> PanelError:
-    """Map the gateway's error hierarchy onto HTTP-shaped panel errors."""
-    message = str(exc)
-    if isinstance(exc, StackNotFound):
-        return NotFound(message)
-    if isinstance(exc, InvalidInput):
-        return BadRequest(message)
-    if isinstance(exc, PolicyViolation):
-        return Forbidden(message)
-    if isinstance(exc, EngineUnavailable | ComposeNotFound):
-        return EngineDown(message)
-    if isinstance(exc, ComposeFailed):
-        return ActionFailed(message)
-    return ActionFailed(message)
+    """Map the gateway's error hierarchy onto HTTP-shaped panel errors, by the error's kind."""
+    return for_kind(exc.kind, str(exc))
 
 
 class LegacyBackend:

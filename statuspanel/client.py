@@ -21,7 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, TextContent
 
-from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, GatewayUnavailable, NotFound, PanelError
+from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, GatewayUnavailable, NotFound, PanelError, for_kind
 
 __all__ = ["GatewayClient", "gateway_base_url", "classify_tool_error", "classify_tool_result"]
 
@@ -38,24 +38,13 @@ def gateway_base_url(mcp_url: str) -> str:
     return url
 
 
-# The gateway's error kinds (``GatewayError.kind``), carried as ``structured_content["error"]``.
-_KINDS: dict[str, type[PanelError]] = {
-    "invalid_input": BadRequest,
-    "stack_not_found": NotFound,
-    "policy_violation": Forbidden,
-    "compose_failed": ActionFailed,
-    "compose_not_found": ActionFailed,
-    "engine_unavailable": EngineDown,
-}
-
-
 def classify_tool_result(result: CallToolResult) -> PanelError:
     """The panel error, with the right HTTP status, for a tool's error result."""
     message = _error_text(result)
     content = result.structured_content
     kind = content.get("error") if isinstance(content, dict) else None
     if isinstance(kind, str):
-        return _KINDS.get(kind, ActionFailed)(message)
+        return for_kind(kind, message)
     return classify_tool_error(message)
 
 

@@ -7,6 +7,7 @@ the backend boundary, so routes only ever see this hierarchy.
 from __future__ import annotations
 
 __all__ = [
+    "for_kind",
     "PanelError",
     "BadRequest",
     "NotAuthorized",
@@ -77,3 +78,20 @@ class EngineDown(PanelError):
 
     def to_json(self) -> dict[str, object]:
         return {"error": "docker engine unavailable", "detail": self.message}
+
+
+# The gateway's error kinds (``GatewayError.kind``). A tool result carries the kind as
+# ``structured_content["error"]``; legacy mode reads it off the exception. One table for both.
+_BY_KIND: dict[str, type[PanelError]] = {
+    "invalid_input": BadRequest,
+    "stack_not_found": NotFound,
+    "policy_violation": Forbidden,
+    "compose_failed": ActionFailed,
+    "compose_not_found": EngineDown,
+    "engine_unavailable": EngineDown,
+}
+
+
+def for_kind(kind: str, message: str) -> PanelError:
+    """The panel error, with its HTTP status, for a gateway error of this kind."""
+    return _BY_KIND.get(kind, ActionFailed)(message)
