@@ -148,4 +148,17 @@ volumes:
 
 STACK_FILES = {"site/index.html": "hello from the test stack\n"}
 
+# Starts at once and never becomes healthy, so `up --wait` waits until it is cancelled.
+NEVER_HEALTHY = """
+services:
+  never-healthy:
+    image: {image}
+    init: true
+    command: ["sleep", "3600"]
+    healthcheck:
+      test: ["CMD", "false"]
+      interval: 1s
+      retries: 1000
+"""
+
 MakeStack = Callable[..., str]

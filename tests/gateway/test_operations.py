@@ -22,7 +22,7 @@ from gateway.errors import (
 )
 from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
-from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, random_name
+from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory, random_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -198,18 +198,7 @@ async def test_reads_do_not_wait_for_a_write(ops: ComposeOperations, stacks: Sta
 
 
 async def test_cancelling_an_up_stops_the_compose_process(ops: ComposeOperations, stacks: StackFactory) -> None:
-    compose = """
-services:
-  slow:
-    image: {image}
-    init: true
-    command: ["sleep", "3600"]
-    healthcheck:
-      test: ["CMD", "false"]
-      interval: 1s
-      retries: 100
-"""
-    name = stacks.make(compose)
+    name = stacks.make(NEVER_HEALTHY)
     started = anyio.Event()
 
     async def on_event(text: str) -> None:

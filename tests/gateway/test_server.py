@@ -10,7 +10,7 @@ from mcp import Client
 
 from gateway.operations import ComposeOperations
 from gateway.server import build_server
-from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
+from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -98,18 +98,7 @@ async def test_failures_are_tool_results_that_say_what_to_do(ops: ComposeOperati
 
 
 async def test_cancelling_a_call_stops_its_compose_process(ops: ComposeOperations, stacks: StackFactory) -> None:
-    compose = """
-services:
-  never-healthy:
-    image: {image}
-    init: true
-    command: ["sleep", "3600"]
-    healthcheck:
-      test: ["CMD", "false"]
-      interval: 1s
-      retries: 1000
-"""
-    name = stacks.make(compose)
+    name = stacks.make(NEVER_HEALTHY)
     started = anyio.Event()
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:

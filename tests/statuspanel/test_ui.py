@@ -55,16 +55,20 @@ async def log_in(page: Page, panel: Panel) -> None:
     await expect(page.get_by_test_id("dashboard")).to_be_visible()
 
 
+def running_stack(stacks: StackFactory, panel: Panel) -> str:
+    """A fresh two-service stack, brought up through the panel's API."""
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    response = httpx2.post(
+        f"{panel.base}/api/v1/stacks/{name}/up", headers={"Authorization": f"Bearer {panel.token}"}, timeout=120
+    )
+    assert response.status_code == 200, response.text
+    return name
+
+
 async def test_a_person_manages_a_stack_from_the_browser(
     stacks: StackFactory, gateway: Gateway, panel: Panel, browser: Browser
 ) -> None:
-    name = stacks.make(WEB_WORKER, files=STACK_FILES)
-    assert (
-        httpx2.post(
-            f"{panel.base}/api/v1/stacks/{name}/up", headers={"Authorization": f"Bearer {panel.token}"}, timeout=120
-        ).status_code
-        == 200
-    )
+    name = running_stack(stacks, panel)
     context = await browser.new_context(viewport=DESKTOP)
     page = await context.new_page()
     await log_in(page, panel)
@@ -127,13 +131,7 @@ async def test_a_person_manages_a_stack_from_the_browser(
 async def test_the_dashboard_works_at_phone_width_and_shows_a_banner_when_the_gateway_dies(
     stacks: StackFactory, gateway: Gateway, panel: Panel, browser: Browser
 ) -> None:
-    name = stacks.make(WEB_WORKER, files=STACK_FILES)
-    assert (
-        httpx2.post(
-            f"{panel.base}/api/v1/stacks/{name}/up", headers={"Authorization": f"Bearer {panel.token}"}, timeout=120
-        ).status_code
-        == 200
-    )
+    name = running_stack(stacks, panel)
     context = await browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     page = await context.new_page()
     await log_in(page, panel)
