@@ -59,6 +59,7 @@ class EventStream:
     def follow(self, deliver: Callable[[dict[str, Any]], None]) -> None:
         """Block, delivering every event for the target, until :meth:`close` is called."""
         delay = self._reconnect_delay
+        failures = 0  # in a row: one WARNING per outage, not one per try
         while not self._closed.is_set():
             try:
                 stream = self._client.api.events(
@@ -67,7 +68,15 @@ class EventStream:
                     decode=True,
                 )
             except Exception as exc:  # noqa: BLE001 - docker-py lets requests' errors through unwrapped
-                logger.warning("event=events_unavailable target=%s error=%r retry_in_s=%.1f", self._target, exc, delay)
+                failures += 1
+                logger.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "event=events_unavailable target=%s error=%r retry_in_s=%.1f failures=%d",
+                    self._target,
+                    exc,
+                    delay,
+                    failures,
+                )
                 self._closed.wait(delay)
                 delay = min(max(delay * 2, 0.1), _MAX_RECONNECT_DELAY)
                 continue
@@ -77,6 +86,9 @@ class EventStream:
                     _shut(stream)
             self.connections += 1
             self.connected.set()
+            if failures:
+                logger.info("event=events_recovered target=%s failures=%d", self._target, failures)
+                failures = 0
             logger.debug("event=events_connected target=%s since=%s", self._target, self.since)
             try:
                 for event in stream:
