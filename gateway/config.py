@@ -7,6 +7,7 @@ environment and pass the result down. The environment wins over ``config.json``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from .errors import ConfigError
 from .metrics import ControlPlane
 
 __all__ = ["Settings", "load_settings", "default_state_dir", "NAME_PATTERN", "check_name"]
+
+logger = logging.getLogger(__name__)
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -192,6 +195,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     # field -> where its value came from, so an error points at the thing to fix.
     origin: dict[str, str] = {}
     config_path = Path(env.get("CONFIG_PATH", "config.json"))
+    if "CONFIG_PATH" in env and not config_path.exists():
+        # Optional by design (images point it at a mount that may not be there), but a typo should show.
+        logger.info("CONFIG_PATH=%s does not exist; using the environment and defaults", config_path)
     for field, value in _read_config_file(config_path).items():
         values[field] = value
         origin[field] = str(config_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,10 @@ def test_the_state_dir_follows_compose_agent_state_dir_then_xdg() -> None:
 
 def test_settings_can_be_built_directly_for_tests() -> None:
     assert Settings(vault_address="https://vault.example:8200").vault_address == "https://vault.example:8200"
+
+
+def test_a_named_config_file_that_is_missing_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    missing = tmp_path / "cnofig.json"
+    with caplog.at_level(logging.INFO, logger="gateway.config"):
+        load_settings({"CONFIG_PATH": str(missing)})
+    assert any(str(missing) in r.getMessage() and "does not exist" in r.getMessage() for r in caplog.records)
