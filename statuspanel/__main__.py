@@ -25,9 +25,10 @@ from gateway.tokens import (
 )
 
 from . import __version__
-from .auth import LOOPBACK_HOSTS, AllowedHosts, Authenticator
 from .backend import Backend, GatewayBackend, LegacyBackend
 from .client import GatewayClient
+from .credentials import Authenticator
+from .hosts import LOOPBACK_HOSTS, AllowedHosts
 
 __all__ = ["main", "build_backend", "is_loopback", "allowed_hosts", "https_only"]
 

@@ -32,18 +32,13 @@ from gateway.stacks import validate_project_name
 from gateway.stacks import validate_services as check_services
 
 from . import __version__
-from .auth import (
-    LOOPBACK_HOSTS,
-    SESSION_LIFETIME,
-    AllowedHosts,
-    Authenticator,
-    AuthMiddleware,
-    HostCheckMiddleware,
-    LoginRateLimiter,
-    SessionGuard,
-)
+from .auth import AuthMiddleware
 from .backend import Backend
+from .credentials import Authenticator
 from .errors import BadRequest, NotFound, PanelError
+from .hosts import LOOPBACK_HOSTS, AllowedHosts, HostCheckMiddleware
+from .ratelimit import LoginRateLimiter
+from .sessions import SESSION_LIFETIME, SessionGuard
 
 __all__ = ["create_app", "PanelState", "FEATURES", "validate_project"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,8 +16,9 @@ from gateway.models import PsResult, StackInfo
 
 from . import __version__
 from .app import ACTIONS, PanelState, panel, validate_project
-from .auth import LoginMethod, csrf_token
+from .csrf import csrf_ok, csrf_token
 from .errors import BadRequest, GatewayUnavailable, PanelError
+from .sessions import LoginMethod
 
 __all__ = ["routes", "humanize_uptime"]
 
@@ -218,9 +218,7 @@ async def login(request: Request) -> Response:
         return response
     form = await request.form()
     token, username, password = (str(form.get(k) or "") for k in ("token", "username", "password"))
-    presented_csrf = str(form.get("csrf") or "")
-    expected = request.session.get("csrf")
-    if not expected or not secrets.compare_digest(presented_csrf.encode(), str(expected).encode()):
+    if not csrf_ok(request.session, str(form.get("csrf") or "")):
         context["error"] = "The login form expired. Please try again."
         return _page(request, "login.html", context, status_code=400)
     login: tuple[str, LoginMethod] | None = None

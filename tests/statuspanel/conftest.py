@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 from gateway.metrics import CommandExecutionMetrics, ControlPlane
 from gateway.models import Action, ActionResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
 from statuspanel.app import create_app
-from statuspanel.auth import Authenticator
+from statuspanel.credentials import Authenticator
 from statuspanel.errors import GatewayUnavailable, NotFound
 from tests.conftest import StackFactory, free_port
 

@@ -8,7 +8,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from statuspanel.app import create_app
-from statuspanel.auth import Authenticator, LoginRateLimiter
+from statuspanel.credentials import Authenticator
+from statuspanel.ratelimit import LoginRateLimiter
 from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, bearer
 
 TOKEN = APP_TOKEN

@@ -16,8 +16,9 @@ from starlette.testclient import TestClient
 
 from statuspanel.__main__ import allowed_hosts, https_only
 from statuspanel.app import create_app, validate_since
-from statuspanel.auth import AllowedHosts, Authenticator
+from statuspanel.credentials import Authenticator
 from statuspanel.errors import BadRequest
+from statuspanel.hosts import AllowedHosts
 from tests.conftest import free_port
 from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, _clean_env, bearer, start_panel
 
