@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -18,13 +19,14 @@ from pathlib import Path
 import anyio
 
 from . import __version__
-from .app import LOOPBACK_HOSTS, build_http_app
+from .app import LOOPBACK_HOSTS, Limits, build_http_app
 from .audit import AuditLog
 from .auth import STATUS_PANEL, TokenStore
 from .config import Settings, load_settings
 from .errors import GatewayError
 from .metrics import ControlPlane
 from .operations import ComposeOperations
+from .ratelimit import FailureLimiter, SessionCounter, TokenBucket
 from .server import build_server
 from .tokens import (
     GeneratedTokenSource,
@@ -66,6 +68,38 @@ def _parser() -> argparse.ArgumentParser:
         "--allowed-hosts",
         help="comma-separated Host headers to accept, e.g. 'compose-agent:*,localhost:*' "
         "(default: $COMPOSE_AGENT_ALLOWED_HOSTS, else loopback names)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        help="comma-separated proxy addresses or networks whose X-Forwarded-For/-Proto is believed "
+        "(default: $COMPOSE_AGENT_FORWARDED_ALLOW_IPS, else none: the peer address is the client)",
+    )
+    serve.add_argument(
+        "--max-sessions-per-token",
+        type=int,
+        help="open MCP sessions allowed per token (default: $COMPOSE_AGENT_MAX_SESSIONS_PER_TOKEN, else 200)",
+    )
+    serve.add_argument(
+        "--session-idle-timeout",
+        type=float,
+        help="seconds after which an idle MCP session is closed "
+        "(default: $COMPOSE_AGENT_SESSION_IDLE_TIMEOUT, else 300)",
+    )
+    serve.add_argument(
+        "--token-rate",
+        type=float,
+        help="HTTP requests a second allowed per token, on average (default: $COMPOSE_AGENT_TOKEN_RATE, else 20)",
+    )
+    serve.add_argument(
+        "--token-burst",
+        type=int,
+        help="requests a token may send at once above its rate (default: $COMPOSE_AGENT_TOKEN_BURST, else 100)",
+    )
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        help="seconds SIGTERM waits for running compose commands before ending them "
+        "(default: $COMPOSE_AGENT_SHUTDOWN_TIMEOUT, else 8)",
     )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_vault_parser(commands)
@@ -179,9 +213,33 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, ops: Compose
     async def refresh() -> None:
         await refresh_tokens_forever(source, store, interval=settings.vault_refresh_secs)
 
-    app = build_http_app(server, ops, host=args.host, allowed_hosts=settings.allowed_hosts, background=[refresh])
+    def identify(token: str) -> str | None:
+        principal = store.identify(token)
+        return None if principal is None else principal.name
+
+    limits = Limits(
+        identify=identify,
+        failures=FailureLimiter(),
+        rate=TokenBucket(rate=settings.token_rate, burst=settings.token_burst),
+        sessions=SessionCounter(limit=settings.max_sessions_per_token, idle_timeout=settings.session_idle_timeout),
+    )
+    app = build_http_app(
+        server, ops, host=args.host, allowed_hosts=settings.allowed_hosts, background=[refresh], limits=limits
+    )
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", access_log=False, lifespan="on", server_header=False
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+        # Explicit, whatever uvicorn's defaults or its FORWARDED_ALLOW_IPS variable say: a spoofed
+        # X-Forwarded-For must not pick the address that failed logins are counted against.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or [],
+        # A backstop only: the app's own drain waits for running commands and then ends the sessions.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) + 10,
     )
     uv = uvicorn.Server(config)
     _announce(settings, args, source, store)
@@ -200,6 +258,10 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     overrides: dict[str, object] = {"stacks_dir": args.stacks_dir, "compose_bin": args.compose_bin}
     if args.allowed_hosts:
         overrides["allowed_hosts"] = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
+    if args.forwarded_allow_ips:
+        overrides["forwarded_allow_ips"] = [ip.strip() for ip in args.forwarded_allow_ips.split(",") if ip.strip()]
+    for name in ("max_sessions_per_token", "session_idle_timeout", "token_rate", "token_burst", "shutdown_timeout"):
+        overrides[name] = getattr(args, name)
     settings = load_settings(environ, **overrides)
     if settings.control_plane is not ControlPlane.COMPOSE_AGENT:
         logger.warning(

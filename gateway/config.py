@@ -6,6 +6,7 @@ environment and pass the result down. The environment wins over ``config.json``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -66,6 +67,16 @@ class Settings(BaseModel):
     self_project: str | None = Field(default=None, description="The compose project the gateway runs in, if known")
     docker_timeout: float = 10.0
 
+    # Limits at the HTTP edge (gateway/ratelimit.py), per token, so that no caller starves another.
+    forwarded_allow_ips: list[str] = Field(
+        default_factory=list, description="Proxies whose X-Forwarded-For is believed; none by default"
+    )
+    max_sessions_per_token: int = Field(default=200, ge=1)
+    session_idle_timeout: float = Field(default=300.0, gt=0)
+    token_rate: float = Field(default=20.0, gt=0, description="Requests a second per token, on average")
+    token_burst: int = Field(default=100, ge=1)
+    shutdown_timeout: float = Field(default=8.0, ge=0, description="How long SIGTERM waits for running commands")
+
     # Tokens without Vault.
     compose_agent_token: str | None = Field(default=None, repr=False)
     status_panel_token: str | None = Field(default=None, repr=False)
@@ -92,6 +103,20 @@ class Settings(BaseModel):
         allowed = [p.value for p in ControlPlane]
         if isinstance(value, str) and value not in allowed:
             raise ValueError(f"unknown control_plane {value!r}; allowed values: {', '.join(allowed)}")
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5, 172.18.0.0/16, *)"
+                ) from None
         return value
 
     @field_validator("vault_address")
@@ -149,6 +174,11 @@ _ENV_FIELDS: dict[str, str] = {
     "STATUS_PANEL_USERNAME": "panel_username",
     "STATUS_PANEL_PASSWORD": "panel_password",
     "STATUS_PANEL_SESSION_SECRET": "session_secret",
+    "COMPOSE_AGENT_MAX_SESSIONS_PER_TOKEN": "max_sessions_per_token",
+    "COMPOSE_AGENT_SESSION_IDLE_TIMEOUT": "session_idle_timeout",
+    "COMPOSE_AGENT_TOKEN_RATE": "token_rate",
+    "COMPOSE_AGENT_TOKEN_BURST": "token_burst",
+    "COMPOSE_AGENT_SHUTDOWN_TIMEOUT": "shutdown_timeout",
 }
 _FILE_FIELDS = {"compose_agent_enabled", "control_plane"}
 
@@ -207,6 +237,10 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             continue
         values[field] = _parse_bool(name, raw) if field == "compose_agent_enabled" else raw
         origin[field] = f"environment variable {name}"
+    if env.get("COMPOSE_AGENT_FORWARDED_ALLOW_IPS"):
+        raw_ips = env["COMPOSE_AGENT_FORWARDED_ALLOW_IPS"]
+        values["forwarded_allow_ips"] = [ip.strip() for ip in raw_ips.split(",") if ip.strip()]
+        origin["forwarded_allow_ips"] = "environment variable COMPOSE_AGENT_FORWARDED_ALLOW_IPS"
     if env.get("COMPOSE_AGENT_ALLOWED_HOSTS"):
         values["allowed_hosts"] = [h.strip() for h in env["COMPOSE_AGENT_ALLOWED_HOSTS"].split(",") if h.strip()]
         origin["allowed_hosts"] = "environment variable COMPOSE_AGENT_ALLOWED_HOSTS"
