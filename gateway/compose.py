@@ -13,17 +13,20 @@ import os
 import re
 import shutil
 import subprocess
+import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+from anyio import to_thread
 from anyio.abc import Process
 
-from .errors import ComposeFailed, ComposeNotFound
+from .errors import ComposeFailed, ComposeNotFound, GatewayError
 
-__all__ = ["ComposeCli", "ComposeOutput", "ProgressCallback", "locate_compose", "SECRET_ENV"]
+__all__ = ["ComposeCli", "ComposeLocator", "ComposeOutput", "ProgressCallback", "locate_compose", "SECRET_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -259,3 +262,54 @@ async def _stop(process: Process) -> None:
         if process.returncode is None:
             process.kill()
         await process.aclose()
+
+
+# How long a failed search for the Compose CLI stands before the next call searches again.
+_LOCATE_RETRY_S = 30.0
+
+
+class ComposeLocator:
+    """The Compose CLI, located on first use: once, even when two threads ask together.
+
+    Locating runs subprocesses, so async code awaits :meth:`get` (which runs the search in a
+    worker thread). A failure is remembered for a while rather than retried, and waited for, on
+    every call.
+    """
+
+    def __init__(self, find: ComposeCli | Callable[[], ComposeCli]) -> None:
+        self._cli = find
+        self._lock = threading.Lock()
+        self._failure: tuple[float, GatewayError] | None = None
+
+    def located(self) -> ComposeCli:
+        """The CLI, searching for it now if needed (blocking).
+
+        Raises:
+            ComposeNotFound: no usable Compose v2 CLI.
+        """
+        with self._lock:
+            if isinstance(self._cli, ComposeCli):
+                return self._cli
+            failed = self._failure
+            if failed is not None and time.monotonic() - failed[0] < _LOCATE_RETRY_S:
+                raise failed[1]
+            try:
+                self._cli = self._cli()
+            except GatewayError as exc:
+                self._failure = (time.monotonic(), exc)
+                raise
+            return self._cli
+
+    async def get(self) -> ComposeCli:
+        """The CLI, without blocking the event loop while it is searched for."""
+        if isinstance(self._cli, ComposeCli):
+            return self._cli
+        return await to_thread.run_sync(self.located)
+
+    def warm(self) -> None:
+        """Search now, logging instead of raising: for a background warm-up at start."""
+        try:
+            self.located()
+        except GatewayError as exc:
+            # Reads still work through the Engine API; lifecycle calls will report this again.
+            logger.error("%s", exc)

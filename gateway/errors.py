@@ -7,6 +7,7 @@ the Compose CLI and hvac are translated into these at the boundary.
 from __future__ import annotations
 
 __all__ = [
+    "ERROR_META_KEY",
     "GatewayError",
     "InvalidInput",
     "StackNotFound",
@@ -19,10 +20,14 @@ __all__ = [
 ]
 
 
+# The key under which an error result's ``_meta`` carries the error's kind, e.g. ``stack_not_found``.
+ERROR_META_KEY = "compose-agent/error"
+
+
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose.
 
-    ``kind`` is the machine-readable name a tool result carries beside the message.
+    ``kind`` is the machine-readable name an error result carries in its ``_meta``, beside the message.
     """
 
     kind = "gateway_error"

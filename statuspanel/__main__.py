@@ -11,15 +11,17 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 
-from gateway.auth import STATUS_PANEL, TokenStore
-from gateway.config import Settings, load_settings
-from gateway.errors import GatewayError
-from gateway.metrics import ControlPlane
-from gateway.tokens import (
+from gateway.api import (
+    STATUS_PANEL,
+    ControlPlane,
     EnvTokenSource,
+    GatewayError,
     GeneratedTokenSource,
+    Settings,
     TokenSource,
+    TokenStore,
     load_initial_tokens,
+    load_settings,
     refresh_tokens_forever,
     token_source_from_settings,
 )
@@ -98,8 +100,7 @@ def build_backend(settings: Settings, environ: Mapping[str, str], token: str | N
         return GatewayBackend(GatewayClient(settings.compose_agent_url, token or settings.status_panel_token))
     logger.warning(LEGACY_WARNING)
     # Imported only here: normal mode must run without docker-py touching a socket.
-    from gateway.audit import AuditLog
-    from gateway.operations import ComposeOperations
+    from gateway.api import AuditLog, ComposeOperations
 
     audit = AuditLog(settings.audit_path)
     operations = ComposeOperations.from_settings(

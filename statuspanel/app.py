@@ -24,12 +24,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from gateway.errors import InvalidInput
-from gateway.logs import DEFAULT_TAIL, MAX_TAIL, compile_grep
-from gateway.logs import validate_tail as check_tail
-from gateway.models import Action
-from gateway.stacks import validate_project_name
-from gateway.stacks import validate_services as check_services
+from gateway.api import DEFAULT_TAIL, MAX_TAIL, Action, InvalidInput, compile_grep, validate_project_name
+from gateway.api import validate_services as check_services
+from gateway.api import validate_tail as check_tail
 
 from . import __version__
 from .auth import AuthMiddleware

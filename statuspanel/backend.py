@@ -14,18 +14,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import httpx2
 
-from gateway.errors import (
+from gateway.api import (
+    Action,
+    ActionResult,
+    CommandExecutionMetrics,
+    ControlPlane,
     GatewayError,
+    LogsResult,
+    PsResult,
+    StackList,
 )
-from gateway.metrics import CommandExecutionMetrics, ControlPlane
-from gateway.models import Action, ActionResult, LogsResult, PsResult, StackList
 
 from .client import GatewayClient
 from .errors import PanelError, for_kind
 
 if TYPE_CHECKING:  # importing the operations pulls in docker-py, which normal mode must not need
-    from gateway.audit import AuditLog
-    from gateway.operations import ComposeOperations
+    from gateway.api import AuditLog, ComposeOperations
 
 __all__ = ["Backend", "GatewayBackend", "LegacyBackend", "merge_metrics"]
 
@@ -221,8 +225,7 @@ class LegacyBackend:
                 return await ops.down(project, volumes=volumes, caller=self.caller)
             if action == "up":
                 return await ops.up(project, services=services or None, caller=self.caller)
-            method = {"restart": ops.restart, "start": ops.start, "stop": ops.stop}[action]
-            return await method(project, services=services or None, caller=self.caller)
+            return await ops.service_action(action, project, services=services or None, caller=self.caller)
         except GatewayError as exc:
             raise translate(exc) from exc
 

@@ -21,6 +21,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, TextContent
 
+from gateway.api import ERROR_META_KEY
+
 from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, GatewayUnavailable, NotFound, PanelError, for_kind
 
 __all__ = ["GatewayClient", "gateway_base_url", "classify_tool_error", "classify_tool_result"]
@@ -41,8 +43,7 @@ def gateway_base_url(mcp_url: str) -> str:
 def classify_tool_result(result: CallToolResult) -> PanelError:
     """The panel error, with the right HTTP status, for a tool's error result."""
     message = _error_text(result)
-    content = result.structured_content
-    kind = content.get("error") if isinstance(content, dict) else None
+    kind = (result.meta or {}).get(ERROR_META_KEY)
     if isinstance(kind, str):
         return for_kind(kind, message)
     return classify_tool_error(message)
@@ -52,7 +53,7 @@ def classify_tool_error(message: str) -> PanelError:
     """Turn an error result's text into the panel error with the right HTTP status.
 
     Used when the result carries no kind: the SDK's own argument checks, or an older gateway. The
-    wording of each kind is stable (see ``gateway/operations.py``), so it is matched here.
+    wording of each kind is stable (see ``gateway/catalog.py`` and ``gateway/stacks.py``), so it is matched here.
     Compose's own output is checked first: its stderr may contain any of the other phrases.
     """
     message = _TOOL_PREFIX_RE.sub("", message, count=1)

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.models import PsResult, StackInfo
+from gateway.api import PsResult, StackInfo
 
 from . import __version__
 from .app import ACTIONS, PanelState, panel, validate_project

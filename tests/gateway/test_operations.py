@@ -80,19 +80,19 @@ async def test_stop_start_and_restart_change_the_state_engine_reports(
 ) -> None:
     name = stacks.make(WEB_WORKER, files=STACK_FILES)
     await ops.up(name)
-    await ops.stop(name, services=["worker"])
+    await ops.service_action("stop", name, services=["worker"])
     worker = docker_client.containers.get(f"{name}-worker-1")
     assert worker.status == "exited"
     ps = {s.service: s for s in (await ops.ps(name)).services}
     assert ps["worker"].state == "exited" and ps["worker"].exit_code is not None
 
-    await ops.start(name, services=["worker"])
+    await ops.service_action("start", name, services=["worker"])
     worker.reload()
     assert worker.status == "running"
     before = worker.attrs["State"]["StartedAt"]
     first = {s.service: s.started_at for s in (await ops.ps(name)).services}
 
-    await ops.restart(name, services=["worker"])
+    await ops.service_action("restart", name, services=["worker"])
     worker.reload()
     assert worker.attrs["State"]["StartedAt"] != before
     # The cached start time must not survive a restart.
@@ -186,14 +186,14 @@ async def test_reads_do_not_wait_for_a_write(ops: ComposeOperations, stacks: Sta
 
     async def reader() -> None:
         await write_running.wait()
-        assert ops._lock(name).locked()
+        assert ops.lifecycle.lock(name).locked()
         assert {s.service for s in (await ops.ps(name)).services} == {"web", "worker"}
         await ops.logs(name, tail=5)
         read_done.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
-        await ops.restart(name, progress=on_event)
+        await ops.service_action("restart", name, progress=on_event)
     assert read_done.is_set()
 
 
@@ -241,7 +241,7 @@ async def test_folderless_projects_are_listed_as_external_and_can_be_restarted_a
     info = {s.name: s for s in (await ops.list_stacks()).stacks}[name]
     assert info.external and info.running == 2
     assert {s.service for s in (await ops.ps(name)).services} == {"web", "worker"}
-    await ops.restart(name, services=["worker"])
+    await ops.service_action("restart", name, services=["worker"])
     with pytest.raises(InvalidInput, match="external"):
         await ops.up(name)
     with pytest.raises(InvalidInput, match="external"):
@@ -258,7 +258,7 @@ async def test_bad_input_is_refused_before_anything_runs(ops: ComposeOperations,
     with pytest.raises(StackNotFound, match=f"known stacks: .*{name}"):
         await ops.ps("no-such-stack")
     with pytest.raises(InvalidInput, match="service names"):
-        await ops.restart(name, services=["../x"])
+        await ops.service_action("restart", name, services=["../x"])
     await ops.up(name)
     with pytest.raises(InvalidInput, match="tail must be"):
         await ops.logs(name, tail=10_001)
@@ -347,7 +347,7 @@ async def test_an_unreachable_engine_names_the_docker_host_it_tried(stacks: Stac
 async def test_every_mutation_is_audited_without_secrets(ops: ComposeOperations, stacks: StackFactory) -> None:
     name = stacks.make(WEB_WORKER, files=STACK_FILES)
     await ops.up(name, caller="compose_agent_token")
-    await ops.stop(name, services=["web"], caller="status_panel_token")
+    await ops.service_action("stop", name, services=["web"], caller="status_panel_token")
     records = [json.loads(line) for line in ops.audit.path.read_text().splitlines()]  # type: ignore[union-attr]
     assert [(r["tool"], r["caller"], r["outcome"]) for r in records] == [
         ("up", "compose_agent_token", "ok"),
@@ -416,7 +416,7 @@ async def test_a_mutation_refused_for_a_bad_service_name_is_audited(
     with pytest.raises(InvalidInput, match="service names"):
         await ops.up(name, services=["--remove-orphans"], caller="compose_agent_token")
     with pytest.raises(InvalidInput, match="service names"):
-        await ops.stop(name, services=["web", "../x"], caller="status_panel_token")
+        await ops.service_action("stop", name, services=["web", "../x"], caller="status_panel_token")
     records = [json.loads(line) for line in ops.audit.path.read_text().splitlines()]  # type: ignore[union-attr]
     assert [(r["tool"], r["caller"], r["outcome"]) for r in records] == [
         ("up", "compose_agent_token", "refused"),
@@ -424,3 +424,24 @@ async def test_a_mutation_refused_for_a_bad_service_name_is_audited(
     ]
     assert records[1]["arguments"] == {"project": name, "services": ["web", "../x"]}
     assert ops.metrics.snapshot()["total_count"] == 0  # nothing reached Docker
+
+
+async def test_a_stack_whose_file_broke_can_still_be_stopped_restarted_and_brought_down(
+    ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    await ops.up(name)
+    (stacks.root / name / "compose.yaml").write_text("services:\n  web: [this is not a service\n")
+
+    stopped = await ops.service_action("stop", name)
+    assert "could not be loaded" in stopped.message and "project label" in stopped.message
+    assert {s.state for s in (await ops.ps(name)).services} == {"exited"}
+    restarted = await ops.service_action("restart", name)
+    assert "could not be loaded" in restarted.message
+    assert {s.state for s in (await ops.ps(name)).services} == {"running"}
+    # up needs the model: it still refuses, with Compose's own error.
+    with pytest.raises(ComposeFailed):
+        await ops.up(name)
+    down = await ops.down(name)
+    assert "could not be loaded" in down.message
+    assert (await ops.ps(name)).services == []

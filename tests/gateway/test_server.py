@@ -8,6 +8,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from gateway.errors import ERROR_META_KEY
 from gateway.operations import ComposeOperations
 from gateway.server import build_server
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
@@ -91,10 +92,13 @@ async def test_failures_are_tool_results_that_say_what_to_do(ops: ComposeOperati
     assert path_like.is_error and "paths are not accepted" in path_like.content[0].text  # type: ignore[union-attr]
     assert too_much.is_error and "10000" in too_much.content[0].text  # type: ignore[union-attr]
     assert bad_regex.is_error and "regular expression" in bad_regex.content[0].text  # type: ignore[union-attr]
-    # Programs get the kind beside the message; the SDK's own argument checks (tail) have none.
-    assert unknown.structured_content == {"error": "stack_not_found", "message": unknown.content[0].text}  # type: ignore[union-attr]
-    assert path_like.structured_content is not None and path_like.structured_content["error"] == "invalid_input"
-    assert bad_regex.structured_content is not None and bad_regex.structured_content["error"] == "invalid_input"
+    # Programs get the kind in _meta, and no structuredContent that a client would check against the
+    # output schema; the SDK's own argument checks (tail) are answered the same way.
+    assert unknown.structured_content is None and (unknown.meta or {}).get(ERROR_META_KEY) == "stack_not_found"
+    assert too_much.structured_content is None and (too_much.meta or {}).get(ERROR_META_KEY) == "invalid_input"
+    assert "'tail'" in too_much.content[0].text  # type: ignore[union-attr]
+    assert path_like.structured_content is None and (path_like.meta or {}).get(ERROR_META_KEY) == "invalid_input"
+    assert bad_regex.structured_content is None and (bad_regex.meta or {}).get(ERROR_META_KEY) == "invalid_input"
 
 
 async def test_cancelling_a_call_stops_its_compose_process(ops: ComposeOperations, stacks: StackFactory) -> None:
@@ -123,3 +127,25 @@ async def test_cancelling_a_call_stops_its_compose_process(ops: ComposeOperation
                 await anyio.sleep(0.1)
         # The server is still usable after the cancellation.
         assert not (await client.call_tool("ps", {"project": name})).is_error
+
+
+async def test_a_string_is_never_taken_for_a_boolean_or_an_integer(
+    ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    async with Client(build_server(ops)) as client:
+        down = await client.call_tool("down", {"project": name, "volumes": "true"})
+        logs = await client.call_tool("logs", {"project": name, "tail": "5"})
+        stamps = await client.call_tool("logs", {"project": name, "timestamps": "false"})
+    for result, argument, expected in (
+        (down, "volumes", "boolean"),
+        (logs, "tail", "integer"),
+        (stamps, "timestamps", "boolean"),
+    ):
+        assert result.is_error and (result.meta or {}).get(ERROR_META_KEY) == "invalid_input"
+        text = result.content[0].text  # type: ignore[union-attr]
+        assert f"'{argument}'" in text and expected in text and "got a string" in text, text
+    # Nothing ran: the refused down is not in the audit log.
+    assert ops.audit is not None
+    lines = ops.audit.path.read_text().splitlines() if ops.audit.path.exists() else []
+    assert not [line for line in lines if json.loads(line)["tool"] == "down"]

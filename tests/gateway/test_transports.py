@@ -23,6 +23,7 @@ from mcp import Client, ClientSession, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
+from gateway.errors import ERROR_META_KEY
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.conftest import GatewayProcess, inspector_path, start_gateway, stop_process
 
@@ -164,7 +165,7 @@ async def test_the_panel_token_works_within_its_scope_only(gateway: GatewayProce
                 assert not (await session.call_tool("ps", {"project": project})).is_error
                 refused = await session.call_tool("config", {"project": project})
     assert refused.is_error and "may not call 'config'" in refused.content[0].text  # type: ignore[union-attr]
-    assert refused.structured_content is not None and refused.structured_content["error"] == "policy_violation"
+    assert refused.structured_content is None and (refused.meta or {}).get(ERROR_META_KEY) == "policy_violation"
     refusal = [json.loads(line) for line in gateway.audit.read_text().splitlines()][-1]
     assert (refusal["caller"], refusal["tool"], refusal["outcome"]) == ("status_panel_token", "config", "refused")
 

@@ -1,0 +1,61 @@
+"""The gateway's public surface for the status panel: the one module the panel imports.
+
+The panel is an MCP client of the gateway; in legacy mode it also runs the same operations
+in-process. Everything it needs from the gateway is named here, so the gateway's other modules
+can change without the panel noticing. A test pins that the panel imports nothing else.
+"""
+
+from __future__ import annotations
+
+from .audit import AuditLog
+from .auth import STATUS_PANEL, TokenStore
+from .config import Settings, load_settings
+from .errors import ERROR_META_KEY, GatewayError, InvalidInput
+from .logs import DEFAULT_TAIL, MAX_TAIL, compile_grep, validate_tail
+from .metrics import CommandExecutionMetrics, ControlPlane
+from .models import Action, ActionResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
+from .operations import SERVICE_ACTIONS, ComposeOperations, ServiceAction
+from .stacks import validate_project_name, validate_services
+from .tokens import (
+    EnvTokenSource,
+    GeneratedTokenSource,
+    TokenSource,
+    load_initial_tokens,
+    refresh_tokens_forever,
+    token_source_from_settings,
+)
+
+__all__ = [
+    "Action",
+    "ActionResult",
+    "AuditLog",
+    "CommandExecutionMetrics",
+    "ComposeOperations",
+    "ControlPlane",
+    "DEFAULT_TAIL",
+    "ERROR_META_KEY",
+    "EnvTokenSource",
+    "GatewayError",
+    "GeneratedTokenSource",
+    "InvalidInput",
+    "LogsResult",
+    "MAX_TAIL",
+    "PsResult",
+    "SERVICE_ACTIONS",
+    "STATUS_PANEL",
+    "ServiceAction",
+    "ServiceStatus",
+    "Settings",
+    "StackInfo",
+    "StackList",
+    "TokenSource",
+    "TokenStore",
+    "compile_grep",
+    "load_initial_tokens",
+    "load_settings",
+    "refresh_tokens_forever",
+    "token_source_from_settings",
+    "validate_project_name",
+    "validate_services",
+    "validate_tail",
+]

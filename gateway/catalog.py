@@ -1,0 +1,166 @@
+"""The stacks the gateway knows: folders under the stacks dir, and running folder-less projects.
+
+The catalog answers "which stack is this name?", lists every stack, and knows which services a
+stack's compose model defines (from Compose itself, cached by the files' mtimes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anyio import to_thread
+
+from .compose import ComposeLocator
+from .engine import PROJECT_LABEL, Engine
+from .errors import GatewayError, InvalidInput, StackNotFound
+from .stacks import Stack, discover_stacks, find_stack, validate_project_name
+
+__all__ = ["StackCatalog", "files_signature"]
+
+logger = logging.getLogger(__name__)
+
+# How long a stack's defined services are trusted without re-checking its files' mtimes.
+_DEFINED_TTL_S = 30.0
+# The files whose change can change a stack's compose model.
+_MODEL_FILES = (
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yml",
+    "docker-compose.yaml",
+    ".env",
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
+)
+
+
+@dataclass
+class _Defined:
+    signature: tuple[tuple[str, float, int], ...]
+    checked: float
+    services: list[str]
+
+
+class StackCatalog:
+    """Finds stacks by name and reads their compose models."""
+
+    def __init__(self, stacks_dir: Path, engine: Engine, compose: ComposeLocator) -> None:
+        # Absolute, because the Compose CLI runs with the stack's folder as its working directory.
+        self.stacks_dir = stacks_dir.resolve()
+        self.engine = engine
+        self.compose = compose
+        self._defined: dict[str, _Defined] = {}
+
+    def folders(self) -> dict[str, Stack]:
+        """Every stack folder under the stacks dir, by name."""
+        return discover_stacks(self.stacks_dir)
+
+    def folder(self, project: str) -> Stack | None:
+        """The stack folder named ``project`` (already validated), or None."""
+        return find_stack(self.stacks_dir, project)
+
+    async def resolve(self, project: str, *, need_folder: bool = False) -> Stack:
+        """The stack named ``project``: a folder, or (when allowed) a running external project.
+
+        Raises:
+            InvalidInput: a bad name, or an external stack where a folder is needed.
+            StackNotFound: naming the known stacks.
+        """
+        validate_project_name(project)
+        stack = self.folder(project)
+        if stack is not None:
+            return stack
+        containers = await to_thread.run_sync(self.engine.project_containers, project)
+        if containers:
+            if need_folder:
+                raise InvalidInput(
+                    f"stack '{project}' is external (it runs, but has no folder under the stacks dir); "
+                    f"this needs its compose file: add a folder '{project}' with a compose.yaml"
+                )
+            return Stack(project)
+        await self.not_found(project)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def not_found(self, project: str) -> None:
+        """Raise StackNotFound for ``project``, naming the stacks that do exist.
+
+        Raises:
+            StackNotFound: always.
+        """
+        names = set(self.folders())
+        try:
+            containers = await to_thread.run_sync(self.engine.project_containers, None)
+        except GatewayError:
+            containers = []
+        names.update(c["Labels"][PROJECT_LABEL] for c in containers)
+        listing = ", ".join(sorted(names)) or "none"
+        raise StackNotFound(f"stack '{project}' not found; known stacks: {listing}")
+
+    async def config_model(self, stack: Stack) -> dict[str, Any]:
+        """The stack's compose model as Compose validates and normalises it.
+
+        Raises:
+            ComposeFailed: Compose could not load the model (its own error message).
+        """
+        cli = await self.compose.get()
+        output = await cli.run(
+            stack.name, ["config", "--format", "json"], compose_file=stack.compose_file, cwd=stack.folder
+        )
+        try:
+            model: dict[str, Any] = json.loads(output.stdout)
+        except json.JSONDecodeError as exc:
+            raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
+        return model
+
+    async def defined_services(self, stack: Stack) -> list[str]:
+        """The services the stack's compose model defines; [] when the model cannot be loaded."""
+        assert stack.folder is not None
+        now = time.monotonic()
+        cached = self._defined.get(stack.name)
+        if cached is not None and now - cached.checked < _DEFINED_TTL_S:
+            return cached.services
+        signature = files_signature(stack.folder)
+        if cached is not None and cached.signature == signature:
+            cached.checked = now
+            return cached.services
+        try:
+            model = await self.config_model(stack)
+        except GatewayError as exc:
+            # A broken compose file must not hide the containers that do run; ps reports what it can.
+            logger.warning("cannot read the services of stack %s: %s", stack.name, str(exc).splitlines()[0])
+            return []
+        self._defined[stack.name] = _Defined(signature, now, _scaled_services(model))
+        return self._defined[stack.name].services
+
+    def forget(self, project: str) -> None:
+        """Drop what is cached about ``project``: a write may have changed it."""
+        self._defined.pop(project, None)
+
+
+def _scaled_services(model: Mapping[str, Any]) -> list[str]:
+    """Services that should have containers: those not scaled to zero."""
+    services_model = model.get("services") or {}
+    return sorted(
+        name
+        for name, spec in services_model.items()
+        if not (isinstance(spec, dict) and (spec.get("scale") == 0 or (spec.get("deploy") or {}).get("replicas") == 0))
+    )
+
+
+def files_signature(folder: Path) -> tuple[tuple[str, float, int], ...]:
+    """mtime and size of the files that shape a stack's compose model."""
+    parts = []
+    for name in _MODEL_FILES:
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            continue
+        parts.append((name, st.st_mtime, st.st_size))
+    return tuple(parts)

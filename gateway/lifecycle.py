@@ -1,0 +1,213 @@
+"""The write path: up, down, restart, start and stop through the Compose CLI.
+
+Writes on one project are serialised by a lock of its own; reads never wait on them. Every call
+leaves an audit line, refusals included, and is counted under its control plane.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import anyio
+
+from .audit import AuditLog
+from .catalog import StackCatalog
+from .compose import ProgressCallback
+from .errors import ComposeFailed, GatewayError, PolicyViolation
+from .metrics import CommandExecutionMetrics, ControlPlane
+from .models import ActionResult
+from .stacks import Stack, validate_services
+
+__all__ = ["Lifecycle", "ServiceAction", "SERVICE_ACTIONS"]
+
+logger = logging.getLogger(__name__)
+
+ServiceAction = Literal["restart", "start", "stop"]
+SERVICE_ACTIONS: tuple[ServiceAction, ...] = ("restart", "start", "stop")
+
+
+class Lifecycle:
+    """Lifecycle commands on the stacks of one catalog."""
+
+    def __init__(
+        self,
+        catalog: StackCatalog,
+        *,
+        plane: ControlPlane,
+        metrics: CommandExecutionMetrics,
+        audit: AuditLog | None = None,
+        self_project: str | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.plane = plane
+        self.metrics = metrics
+        self.audit = audit
+        self.self_project = self_project
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def lock(self, project: str) -> anyio.Lock:
+        """The lock that serialises writes on ``project``."""
+        lock = self._locks.get(project)
+        if lock is None:
+            lock = self._locks[project] = anyio.Lock()
+        return lock
+
+    async def up(
+        self,
+        project: str,
+        *,
+        services: list[str] | None = None,
+        wait: bool = False,
+        caller: str = "local",
+        progress: ProgressCallback | None = None,
+    ) -> ActionResult:
+        """Create and start the stack's services, detached; with ``wait``, until they are running/healthy."""
+        wanted = self._validated_services("up", project, services, caller)
+        args = ["up", "--detach", "--remove-orphans"] + (["--wait"] if wait else []) + (wanted or [])
+        return await self._mutate(
+            "up", project, args, {"services": wanted, "wait": wait}, caller, progress, need_folder=True
+        )
+
+    async def down(
+        self, project: str, *, volumes: bool = False, caller: str = "local", progress: ProgressCallback | None = None
+    ) -> ActionResult:
+        """Stop and remove the stack's containers and networks; named volumes are kept unless ``volumes``."""
+        args = ["down", "--remove-orphans"] + (["--volumes"] if volumes else [])
+        return await self._mutate("down", project, args, {"volumes": volumes}, caller, progress)
+
+    async def service_action(
+        self,
+        action: ServiceAction,
+        project: str,
+        *,
+        services: list[str] | None = None,
+        caller: str = "local",
+        progress: ProgressCallback | None = None,
+    ) -> ActionResult:
+        """restart, start or stop the stack's containers, or only those of ``services``.
+
+        start creates nothing (that is ``up``); stop keeps the containers.
+        """
+        wanted = self._validated_services(action, project, services, caller)
+        return await self._mutate(action, project, [action, *(wanted or [])], {"services": wanted}, caller, progress)
+
+    def _validated_services(
+        self, action: str, project: str, services: list[str] | None, caller: str
+    ) -> list[str] | None:
+        """Valid service names, or an audited refusal: every mutating call leaves an audit line."""
+        try:
+            return validate_services(services)
+        except GatewayError as exc:
+            shown = [str(s)[:100] for s in services or []][:100]
+            self.audit_refusal(action, {"project": str(project)[:100], "services": shown}, caller, str(exc))
+            raise
+
+    def audit_refusal(self, tool: str, arguments: dict[str, Any], caller: str, reason: str) -> None:
+        """Record a call that was refused before it ran (scope, read-only, policy)."""
+        if self.audit is not None:
+            self.audit.write(
+                caller=caller,
+                control_plane=self.plane.value,
+                tool=tool,
+                arguments=arguments,
+                outcome="refused",
+                duration_ms=0.0,
+                error=reason,
+            )
+
+    async def _mutate(
+        self,
+        action: str,
+        project: str,
+        args: list[str],
+        arguments: dict[str, Any],
+        caller: str,
+        progress: ProgressCallback | None,
+        *,
+        need_folder: bool = False,
+    ) -> ActionResult:
+        arguments = {"project": project, **{k: v for k, v in arguments.items() if v not in (None, False)}}
+        started = time.perf_counter()
+        try:
+            stack = await self.catalog.resolve(project, need_folder=need_folder)
+            if self.self_project and project == self.self_project:
+                raise PolicyViolation(
+                    f"refusing to {action} '{project}': the compose-agent itself runs in this project, "
+                    "and must not switch off its own supervisor path; manage it from the host"
+                )
+        except GatewayError as exc:
+            self.audit_refusal(action, arguments, caller, str(exc))
+            raise
+        events: list[str] = []
+
+        async def on_event(text: str) -> None:
+            events.append(text)
+            if progress is not None:
+                await progress(text)
+
+        outcome, error, note = "error", None, ""
+        try:
+            async with self.lock(project):
+                note = await self._run(action, stack, args, on_event)
+            outcome = "ok"
+        except anyio.get_cancelled_exc_class():
+            outcome, error = "cancelled", "the call was cancelled; the compose process was stopped"
+            raise
+        except GatewayError as exc:
+            error = str(exc)
+            raise
+        finally:
+            duration = (time.perf_counter() - started) * 1000
+            self.catalog.forget(project)
+            self.catalog.engine.forget_start_times()
+            self.metrics.record_execution(self.plane, action, ok=outcome == "ok")
+            if self.audit is not None:
+                self.audit.write(
+                    caller=caller,
+                    control_plane=self.plane.value,
+                    tool=action,
+                    arguments=arguments,
+                    outcome=outcome,
+                    duration_ms=duration,
+                    error=error,
+                )
+        return ActionResult(
+            project=project,
+            action=action,
+            ok=True,
+            services=arguments.get("services"),
+            duration_ms=round(duration, 1),
+            events=events,
+            message=f"{action} finished on '{project}'{note}",
+        )
+
+    async def _run(self, action: str, stack: Stack, args: list[str], on_event: ProgressCallback) -> str:
+        """Run the command; returns a note for the result's message ("" when nothing special happened).
+
+        A stack whose compose file no longer loads must not trap its running containers: every
+        action but ``up`` then acts on the containers by their project label, as for a folder-less
+        project.
+        """
+        cli = await self.catalog.compose.get()
+        try:
+            await cli.run(stack.name, args, compose_file=stack.compose_file, cwd=stack.folder, progress=on_event)
+            return ""
+        except ComposeFailed as failed:
+            if action == "up" or stack.external or await self._model_loads(stack):
+                raise
+            reason = failed.stderr_tail.splitlines()[-1] if failed.stderr_tail else "it does not load"
+        logger.warning("the compose file of %s does not load; %s acts on its containers by label", stack.name, action)
+        await cli.run(stack.name, args, progress=on_event)
+        return (
+            f"; its compose file could not be loaded ({reason}), so {action} acted on the project's "
+            "containers by their compose project label; fix the file before the next up"
+        )
+
+    async def _model_loads(self, stack: Stack) -> bool:
+        try:
+            await self.catalog.config_model(stack)
+        except GatewayError:
+            return False
+        return True

@@ -1,0 +1,172 @@
+"""The read operations: list_stacks, ps, logs and config. They never wait on writes.
+
+list_stacks, ps and logs go through the Engine API (one list call, selected by the project
+label); config asks Compose for the normalised model. Every read that reaches Docker is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+from anyio import to_thread
+
+from .catalog import StackCatalog
+from .engine import NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL, container_to_status
+from .errors import InvalidInput
+from .logs import (
+    DEFAULT_BYTES,
+    DEFAULT_TAIL,
+    MAX_BYTES,
+    bound_lines,
+    compile_grep,
+    merge_logs,
+    parse_since,
+    split_log,
+    validate_tail,
+)
+from .metrics import CommandExecutionMetrics, ControlPlane
+from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
+from .stacks import validate_project_name, validate_services
+
+__all__ = ["Reads"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Reads:
+    """Reads on the stacks of one catalog, counted under one control plane."""
+
+    def __init__(self, catalog: StackCatalog, *, plane: ControlPlane, metrics: CommandExecutionMetrics) -> None:
+        self.catalog = catalog
+        self.engine = catalog.engine
+        self.plane = plane
+        self.metrics = metrics
+
+    async def _counted(self, tool: str, fn: Callable[..., T], *args: Any) -> T:
+        ok = False
+        try:
+            result = await to_thread.run_sync(fn, *args)
+            ok = True
+            return result
+        finally:
+            self.metrics.record_execution(self.plane, tool, ok=ok)
+
+    async def list_stacks(self) -> StackList:
+        """Every stack folder, plus running compose projects that have none (marked external)."""
+        stacks = self.catalog.folders()
+        containers = await self._counted("list_stacks", self.engine.project_containers, None)
+        counts: dict[str, list[int]] = {}
+        for container in containers:
+            entry = counts.setdefault(container["Labels"][PROJECT_LABEL], [0, 0])
+            entry[0] += 1
+            entry[1] += container.get("State") == "running"
+        return StackList(
+            stacks=[
+                StackInfo(
+                    name=name,
+                    external=name not in stacks,
+                    containers=counts.get(name, [0, 0])[0],
+                    running=counts.get(name, [0, 0])[1],
+                )
+                for name in sorted(set(stacks) | set(counts))
+            ]
+        )
+
+    async def ps(self, project: str) -> PsResult:
+        """Every container of the stack, plus defined services that have none (state ``missing``)."""
+        validate_project_name(project)
+        stack = self.catalog.folder(project)
+        services = await self._counted("ps", self._ps_rows, project)
+        if stack is None and not services:
+            await self.catalog.not_found(project)
+        if stack is not None:
+            present = {s.service for s in services}
+            defined = await self.catalog.defined_services(stack)
+            services += [ServiceStatus(service=name, state="missing") for name in defined if name not in present]
+        services.sort(key=lambda s: (s.service, s.container or ""))
+        return PsResult(project=project, services=services)
+
+    def _ps_rows(self, project: str) -> list[ServiceStatus]:
+        rows = []
+        for container in self.engine.project_containers(project):
+            started = self.engine.started_at(container) if container.get("State") == "running" else None
+            rows.append(container_to_status(container, started))
+        return rows
+
+    async def logs(
+        self,
+        project: str,
+        *,
+        services: list[str] | None = None,
+        tail: int = DEFAULT_TAIL,
+        since: str | None = None,
+        grep: str | None = None,
+        timestamps: bool = False,
+        max_bytes: int = DEFAULT_BYTES,
+    ) -> LogsResult:
+        """The last ``tail`` lines of each selected container, merged in time order and bounded in bytes."""
+        validate_project_name(project)
+        wanted = validate_services(services)
+        validate_tail(tail)
+        since_ts = parse_since(since)
+        pattern = compile_grep(grep)
+        if not 1024 <= max_bytes <= MAX_BYTES:
+            raise InvalidInput(f"max_bytes must be from 1024 to {MAX_BYTES}")
+        containers = await self._counted("logs", self.engine.project_containers, project)
+        if not containers:
+            await self.catalog.resolve(project)  # a known stack with nothing running has no logs
+        if wanted:
+            have = {c["Labels"].get(SERVICE_LABEL) for c in containers}
+            unknown = sorted(set(wanted) - have)
+            if unknown:
+                raise InvalidInput(
+                    f"stack '{project}' has no container for service(s) {', '.join(unknown)}; "
+                    f"services with containers: {', '.join(sorted(str(s) for s in have)) or 'none'}"
+                )
+            containers = [c for c in containers if c["Labels"].get(SERVICE_LABEL) in wanted]
+
+        streams: list[tuple[str, list[bytes]]] = []
+
+        async def read(container: dict[str, Any]) -> None:
+            data = await to_thread.run_sync(lambda: self.engine.logs(container["Id"], tail=tail, since=since_ts))
+            streams.append((_label(container), split_log(data)))
+
+        if len(containers) == 1:
+            await read(containers[0])
+        else:
+            async with anyio.create_task_group() as tg:
+                for container in containers:
+                    tg.start_soon(read, container)
+        merged = merge_logs(sorted(streams))
+        lines, dropped = await to_thread.run_sync(
+            lambda: bound_lines(merged, grep=pattern, timestamps=timestamps, max_bytes=max_bytes)
+        )
+        return LogsResult(
+            project=project, text="\n".join(lines), lines=len(lines), truncated=dropped > 0, dropped_lines=dropped
+        )
+
+    async def config(self, project: str) -> ConfigResult:
+        """The stack's compose model as Compose validates and normalises it."""
+        stack = await self.catalog.resolve(project, need_folder=True)
+        started = time.perf_counter()
+        ok = False
+        try:
+            model = await self.catalog.config_model(stack)
+            ok = True
+        finally:
+            self.metrics.record_execution(self.plane, "config", ok=ok)
+            logger.debug("config %s took %.1f ms", project, (time.perf_counter() - started) * 1000)
+        return ConfigResult(project=project, config=model)
+
+
+def _label(container: dict[str, Any]) -> str:
+    """How a container's lines are prefixed: its service, with the replica number past the first."""
+    service = str(container["Labels"].get(SERVICE_LABEL, "?"))
+    number = container["Labels"].get(NUMBER_LABEL, "1")
+    return service if number == "1" else f"{service}-{number}"

@@ -1,0 +1,260 @@
+"""The compose tools: list_stacks, ps, logs, config, and the lifecycle tools.
+
+Each tool checks the caller's scope, calls the operations API and returns its pydantic model. A
+failure is raised as a :class:`~gateway.errors.GatewayError`; the server turns it into an error
+result (see :mod:`gateway.server`). New tool families live in modules of their own with a
+``register_*(mcp, kit)`` function like the ones here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
+from pydantic import Field, Strict
+from starlette.requests import Request
+
+from .auth import Principal, principal_from_access_token
+from .errors import PolicyViolation
+from .lifecycle import ServiceAction
+from .logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
+from .models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
+from .operations import ComposeOperations
+
+__all__ = [
+    "ToolKit",
+    "Project",
+    "Services",
+    "StrictBool",
+    "READ_ONLY",
+    "write_annotations",
+    "register_read_tools",
+    "register_write_tools",
+]
+
+Project = Annotated[
+    str,
+    Field(description="Stack name as shown by list_stacks (lowercase letters, digits, '-', '_')", max_length=63),
+]
+Services = Annotated[
+    list[str] | None,
+    Field(description="Only these services (names from ps); omit for every service of the stack", max_length=100),
+]
+# A string is never a boolean or a number in a tool call: "true" or "5" is refused, not coerced.
+StrictBool = Annotated[bool, Strict()]
+StrictInt = Annotated[int, Strict()]
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+
+def write_annotations(*, destructive: bool, idempotent: bool) -> ToolAnnotations:
+    return ToolAnnotations(
+        read_only_hint=False, destructive_hint=destructive, idempotent_hint=idempotent, open_world_hint=False
+    )
+
+
+def _access_token(ctx: Context) -> AccessToken | None:
+    """The verified token of this request.
+
+    It is read off the HTTP request the message came in on: a Streamable HTTP session runs in
+    the context of the request that opened it, so the context variable could name a token that
+    has since been rotated out. stdio has no request, and no token.
+    """
+    request = ctx.request_context.request
+    if isinstance(request, Request):
+        user = request.scope.get("user")
+        if isinstance(user, AuthenticatedUser):
+            return user.access_token
+    return get_access_token()
+
+
+class ToolKit:
+    """What every tool family needs: the operations, the caller's scope check, progress."""
+
+    def __init__(self, ops: ComposeOperations) -> None:
+        self.ops = ops
+
+    def authorize(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> Principal:
+        """The caller of this request, if its token's scope includes ``tool``.
+
+        Raises:
+            PolicyViolation: out of scope (the refusal is audited).
+        """
+        principal = principal_from_access_token(_access_token(ctx))
+        if not principal.may_call(tool):
+            reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
+            self.ops.audit_refusal(tool, arguments, principal.name, reason)
+            raise PolicyViolation(reason)
+        return principal
+
+    @staticmethod
+    def progress(ctx: Context) -> Callable[[str], Awaitable[None]]:
+        """A callback that turns each Compose event into a progress notification."""
+        count = 0
+
+        async def report(message: str) -> None:
+            nonlocal count
+            count += 1
+            await ctx.report_progress(count, None, message)
+
+        return report
+
+
+def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
+    """list_stacks, ps, logs and config: allowed in read-only mode."""
+    ops = kit.ops
+
+    @mcp.tool(
+        title="List stacks",
+        annotations=READ_ONLY,
+        description=(
+            "List every compose stack on this host: folders under the stacks dir, and running compose "
+            "projects without a folder (external: they can be read, restarted, stopped and brought down, "
+            "but not brought up). Shows how many containers each has and how many run. Call this first."
+        ),
+    )
+    async def list_stacks(ctx: Context) -> StackList:
+        kit.authorize(ctx, "list_stacks", {})
+        return await ops.list_stacks()
+
+    @mcp.tool(
+        title="Service status",
+        annotations=READ_ONLY,
+        description=(
+            "Show each service of a stack: container name, state (running, exited, missing = defined but "
+            "has no container, ...), health (healthy/unhealthy/starting, or null without a healthcheck), "
+            "exit code, published ports, image and start time. Use it to see what runs and what does not."
+        ),
+    )
+    async def ps(project: Project, ctx: Context) -> PsResult:
+        kit.authorize(ctx, "ps", {"project": project})
+        return await ops.ps(project)
+
+    @mcp.tool(
+        title="Read logs",
+        annotations=READ_ONLY,
+        description=(
+            "Read recent log lines of a stack, newest last, each prefixed with its service. Takes the last "
+            f"`tail` lines of each container (default {DEFAULT_TAIL}, at most {MAX_TAIL}), optionally only "
+            "after `since` (RFC 3339 or relative like 10m, 2h) and only lines matching the `grep` regex. "
+            "The answer is capped in bytes, keeping the newest lines; `truncated` says when older ones were "
+            "dropped. Narrow with grep/since rather than raising tail."
+        ),
+    )
+    async def logs(
+        project: Project,
+        ctx: Context,
+        services: Services = None,
+        tail: Annotated[
+            StrictInt, Field(ge=1, le=MAX_TAIL, description="Lines per container, from the end")
+        ] = DEFAULT_TAIL,
+        since: Annotated[
+            str | None, Field(description="Only newer lines: RFC 3339 time or relative (30s, 10m, 2h, 1d)")
+        ] = None,
+        grep: Annotated[str | None, Field(description="Only lines matching this regular expression")] = None,
+        timestamps: Annotated[StrictBool, Field(description="Prefix each line with its RFC 3339 timestamp")] = False,
+        max_bytes: Annotated[
+            StrictInt, Field(ge=1024, le=MAX_BYTES, description="Cap on the answer's size; newest lines are kept")
+        ] = DEFAULT_BYTES,
+    ) -> LogsResult:
+        kit.authorize(ctx, "logs", {"project": project})
+        return await ops.logs(
+            project, services=services, tail=tail, since=since, grep=grep, timestamps=timestamps, max_bytes=max_bytes
+        )
+
+    @mcp.tool(
+        title="Compose config",
+        annotations=READ_ONLY,
+        description=(
+            "Show a stack's compose model as Docker Compose validates and normalises it (JSON): services, "
+            "images, ports, volumes, networks, with variables interpolated. Fails with Compose's own error "
+            "when the compose file is malformed. Needs the stack's folder (not for external stacks)."
+        ),
+    )
+    async def config(project: Project, ctx: Context) -> ConfigResult:
+        kit.authorize(ctx, "config", {"project": project})
+        return await ops.config(project)
+
+
+# restart, start and stop differ only in the Compose verb, their annotations and their words.
+_SERVICE_TOOLS: dict[ServiceAction, tuple[str, bool, str]] = {
+    "restart": (
+        "Restart",
+        False,
+        "Restart a stack's running containers, or only the given services (docker compose restart).",
+    ),
+    "start": (
+        "Start",
+        True,
+        "Start a stack's existing, stopped containers (docker compose start). Creates nothing: use up.",
+    ),
+    "stop": ("Stop", True, "Stop a stack's running containers without removing them (docker compose stop)."),
+}
+
+
+def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
+    """up, down, restart, start and stop: not registered in read-only mode."""
+    ops = kit.ops
+
+    @mcp.tool(
+        title="Bring up",
+        annotations=write_annotations(destructive=False, idempotent=True),
+        description=(
+            "Create and start a stack's services in the background (docker compose up -d), recreating "
+            "containers whose configuration changed. With `wait`, return only when services are running "
+            "and healthy. Sends a progress notification per Compose event. Needs the stack's folder."
+        ),
+    )
+    async def up(
+        project: Project,
+        ctx: Context,
+        services: Services = None,
+        wait: Annotated[
+            StrictBool, Field(description="Wait until services are running/healthy before returning")
+        ] = False,
+    ) -> ActionResult:
+        who = kit.authorize(ctx, "up", {"project": project, "services": services})
+        return await ops.up(project, services=services, wait=wait, caller=who.name, progress=kit.progress(ctx))
+
+    @mcp.tool(
+        title="Bring down",
+        annotations=write_annotations(destructive=True, idempotent=True),
+        description=(
+            "Stop and remove a stack's containers and networks (docker compose down). Named volumes, and "
+            "so the data, are kept unless `volumes` is true. Works for external stacks too."
+        ),
+    )
+    async def down(
+        project: Project,
+        ctx: Context,
+        volumes: Annotated[
+            StrictBool, Field(description="Also delete the stack's named volumes and their data")
+        ] = False,
+    ) -> ActionResult:
+        who = kit.authorize(ctx, "down", {"project": project, "volumes": volumes})
+        return await ops.down(project, volumes=volumes, caller=who.name, progress=kit.progress(ctx))
+
+    for action, (title, idempotent, description) in _SERVICE_TOOLS.items():
+        _register_service_tool(mcp, kit, action, title, idempotent, description)
+
+
+def _register_service_tool(
+    mcp: MCPServer, kit: ToolKit, action: ServiceAction, title: str, idempotent: bool, description: str
+) -> None:
+    async def service_tool(project: Project, ctx: Context, services: Services = None) -> ActionResult:
+        who = kit.authorize(ctx, action, {"project": project, "services": services})
+        return await kit.ops.service_action(
+            action, project, services=services, caller=who.name, progress=kit.progress(ctx)
+        )
+
+    mcp.tool(
+        name=action,
+        title=title,
+        annotations=write_annotations(destructive=False, idempotent=idempotent),
+        description=description,
+    )(service_tool)
