@@ -17,6 +17,8 @@ __all__ = [
     "PolicyViolation",
     "ConfigError",
     "VaultError",
+    "SwarmUnavailable",
+    "SwarmFailed",
 ]
 
 
@@ -84,3 +86,15 @@ class VaultError(GatewayError):
     """Vault could not give or take a token. The message names the address and path, never the token."""
 
     kind = "vault_error"
+
+
+class SwarmUnavailable(GatewayError):
+    """A stack asks for Docker Swarm, but the engine is no swarm manager (or no docker CLI is there)."""
+
+    kind = "swarm_unavailable"
+
+
+class SwarmFailed(GatewayError):
+    """A Swarm action failed: the docker CLI exited non-zero, or the services did not converge."""
+
+    kind = "swarm_failed"

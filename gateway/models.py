@@ -29,12 +29,21 @@ class ServiceStatus(BaseModel):
 
     service: str
     container: str | None = Field(default=None, description="Container name; null when the service has no container")
-    state: str = Field(description="running, exited, created, restarting, paused, dead, or missing")
+    state: str = Field(
+        description="running, exited, created, restarting, paused, dead, or missing; for a swarm task its task "
+        "state (pending, preparing, starting, running, complete, failed, rejected, shutdown, ...) or stopped"
+    )
     health: str | None = Field(default=None, description="healthy, unhealthy or starting; null without a healthcheck")
     exit_code: int | None = Field(default=None, description="Exit code of an exited container")
     ports: list[str] = Field(default_factory=list, description="Published ports as host_ip:host_port->port/proto")
     image: str | None = None
     started_at: str | None = Field(default=None, description="RFC 3339 start time of a running container")
+    # Swarm stacks only: one entry per task, and these say where it runs and what Swarm wants of it.
+    node: str | None = Field(default=None, description="Swarm: the node the task runs on; null for Compose")
+    desired_state: str | None = Field(
+        default=None, description="Swarm: the state Swarm drives the task to (running, shutdown, ...); null for Compose"
+    )
+    error: str | None = Field(default=None, description="Swarm: why the task (or its slot's last task) failed")
 
 
 class PsResult(BaseModel):
@@ -49,8 +58,11 @@ class StackInfo(BaseModel):
 
     name: str
     external: bool = Field(description="True when the project runs but has no folder; `up` and `config` need one")
-    containers: int = Field(description="Containers that exist for this project")
-    running: int = Field(description="Containers that are running")
+    containers: int = Field(description="Containers that exist for this project (for swarm: current tasks)")
+    running: int = Field(description="Containers (for swarm: tasks) that are running")
+    target: Literal["compose", "swarm"] = Field(
+        default="compose", description="compose, or swarm for a stack deployed with `docker stack deploy`"
+    )
 
 
 class StackList(BaseModel):
