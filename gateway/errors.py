@@ -6,6 +6,11 @@ the Compose CLI and hvac are translated into these at the boundary.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Violation
+
 __all__ = [
     "ERROR_META_KEY",
     "GatewayError",
@@ -15,6 +20,7 @@ __all__ = [
     "ComposeNotFound",
     "EngineUnavailable",
     "PolicyViolation",
+    "PolicyRefused",
     "ConfigError",
     "VaultError",
     "SwarmUnavailable",
@@ -74,6 +80,15 @@ class PolicyViolation(GatewayError):
     """The call is well-formed but not allowed: out of scope, read-only mode, or the gateway's own stack."""
 
     kind = "policy_violation"
+
+
+class PolicyRefused(PolicyViolation):
+    """The policy guard refuses a stack's compose files. ``violations`` says which rules, where, and the
+    ``config.json`` key that would allow each; only the operator can."""
+
+    def __init__(self, message: str, violations: list[Violation]) -> None:
+        super().__init__(message)
+        self.violations = violations
 
 
 class ConfigError(GatewayError):
