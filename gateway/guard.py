@@ -85,8 +85,9 @@ class PolicyGuard:
         """Judge ``stack`` now, from its files as they are.
 
         Raises:
-            PolicyViolation: a compose file the guard cannot read as YAML.
-            ComposeFailed: Compose refuses the model (its own error, from files inside the folder).
+            ComposeFailed: a compose file that is not valid YAML, or a model Compose refuses (its own
+                error, from files inside the folder).
+            PolicyViolation: a compose file that cannot be read at all.
         """
         assert stack.folder is not None and stack.compose_file is not None
         compose_file, folder = stack.compose_file, stack.folder
@@ -112,6 +113,20 @@ class PolicyGuard:
         except json.JSONDecodeError as exc:
             raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
         return self._remember(stack, refs, signature, Evaluation(verdict(self._judge(model, refs, stack)), model))
+
+    async def references_refused(self, stack: Stack) -> list[Violation]:
+        """The violations among the stack's raw file references alone; Compose does not run.
+
+        Any Compose run on a stack's files (``config``, and ``down``/``stop`` with its file) reads
+        these references while loading: check them first.
+
+        Raises:
+            ComposeFailed: a compose file that is not valid YAML.
+            PolicyViolation: a compose file that cannot be read at all.
+        """
+        assert stack.folder is not None and stack.compose_file is not None
+        refs = await to_thread.run_sync(collect_references, stack.compose_file, stack.folder)
+        return self._judge({}, refs, stack)
 
     async def enforce(self, stack: Stack, cli: ComposeCli, action: str) -> Evaluation:
         """Evaluate ``stack`` and refuse ``action`` unless the policy allows it.

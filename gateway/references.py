@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .errors import PolicyViolation
+from .errors import ComposeFailed, PolicyViolation
 
 __all__ = ["FileReference", "References", "collect_references", "MAX_FILES", "MAX_FILE_BYTES"]
 
@@ -114,7 +114,8 @@ def _load(path: Path, shown: str) -> list[Any]:
     try:
         return list(yaml.load_all(text, Loader=_RawLoader))  # noqa: S506 - a safe loader subclass
     except yaml.YAMLError as exc:
-        raise PolicyViolation(f"{shown} is not valid YAML: {exc}") from None
+        # The same kind as Compose's own load errors: the file does not load, whoever read it first.
+        raise ComposeFailed(f"{shown} is not valid YAML (read before Compose runs): {exc}") from None
 
 
 def _include_entries(doc: dict[str, Any]) -> Iterator[tuple[list[str], list[str], str | None]]:
@@ -144,7 +145,8 @@ def collect_references(compose_file: Path, folder: Path) -> References:
     a reference outside it is recorded, never opened. Blocking: run it in a worker thread.
 
     Raises:
-        PolicyViolation: a file inside the folder that cannot be read as YAML, or too many files.
+        ComposeFailed: a file inside the folder that is not valid YAML.
+        PolicyViolation: a file that cannot be read, or too many files.
     """
     root = Path(os.path.realpath(folder))
     found = References()
