@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import threading
@@ -19,15 +20,16 @@ from pathlib import Path
 import anyio
 
 from . import __version__
-from .app import LOOPBACK_HOSTS, Limits, build_http_app
+from .app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
 from .audit import AuditLog
 from .auth import STATUS_PANEL, TokenStore
 from .config import Settings, load_settings
-from .errors import GatewayError
+from .errors import AuditUnavailable, GatewayError
 from .metrics import ControlPlane
 from .operations import ComposeOperations
 from .ratelimit import FailureLimiter, SessionCounter, TokenBucket
 from .server import build_server
+from .shutdown import RunningCommands
 from .tokens import (
     GeneratedTokenSource,
     TokenSource,
@@ -185,7 +187,9 @@ def _announce(settings: Settings, args: argparse.Namespace, source: TokenSource,
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-async def _serve_http(settings: Settings, args: argparse.Namespace, ops: ComposeOperations) -> int:
+async def _serve_http(
+    settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
+) -> int:
     import uvicorn
 
     from .auth import GatewayTokenVerifier
@@ -223,8 +227,16 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, ops: Compose
         rate=TokenBucket(rate=settings.token_rate, burst=settings.token_burst),
         sessions=SessionCounter(limit=settings.max_sessions_per_token, idle_timeout=settings.session_idle_timeout),
     )
+    servers: list[uvicorn.Server] = []
     app = build_http_app(
-        server, ops, host=args.host, allowed_hosts=settings.allowed_hosts, background=[refresh], limits=limits
+        server,
+        ops,
+        host=args.host,
+        allowed_hosts=settings.allowed_hosts,
+        background=[refresh],
+        limits=limits,
+        # uvicorn owns SIGTERM and SIGINT; its public should_exit says when one arrived.
+        shutdown=Shutdown(running, settings.shutdown_timeout, lambda: any(s.should_exit for s in servers)),
     )
     config = uvicorn.Config(
         app,
@@ -242,14 +254,30 @@ async def _serve_http(settings: Settings, args: argparse.Namespace, ops: Compose
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) + 10,
     )
     uv = uvicorn.Server(config)
+    servers.append(uv)
     _announce(settings, args, source, store)
     await uv.serve()
     return 0 if uv.started else 1
 
 
-async def _serve_stdio(settings: Settings, args: argparse.Namespace, ops: ComposeOperations) -> int:
+async def _serve_stdio(
+    settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
+) -> int:
     server = build_server(ops, read_only=args.read_only)
-    await server.run_stdio_async()
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            # Without this, SIGTERM ends the process mid-command with no outcome line.
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    logger.info("%s: stopping", signal.Signals(signum).name)
+                    await running.drain(settings.shutdown_timeout)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(stop_on_signal)
+        await server.run_stdio_async()
+        tg.cancel_scope.cancel()
     return 0
 
 
@@ -267,7 +295,14 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         logger.warning(
             "CONTROL_PLANE=%s is ignored: the gateway's executions are compose_agent", settings.control_plane
         )
-    audit = AuditLog(settings.audit_path)
+    try:
+        audit = AuditLog(settings.audit_path)
+        # Calls a crash or SIGKILL cut short get their outcome line before anything new runs.
+        audit.recover()
+    except AuditUnavailable as exc:
+        # Without its audit the gateway must not mutate anything: say why once, and stop.
+        print(f"compose-agent: error: {exc}", file=sys.stderr)
+        return 2
     ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
     try:
         ops.self_project = _self_project(settings, ops)
@@ -275,9 +310,10 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             logger.info("running in compose project %s: mutating tools will refuse it", ops.self_project)
         # Off the start-up path: finding and asking the CLI for its version takes ~50 ms.
         threading.Thread(target=ops.locate_cli, name="locate-compose", daemon=True).start()
+        running = ops.lifecycle.running
         if args.transport == "stdio":
-            return anyio.run(_serve_stdio, settings, args, ops)
-        return anyio.run(_serve_http, settings, args, ops)
+            return anyio.run(_serve_stdio, settings, args, ops, running)
+        return anyio.run(_serve_http, settings, args, ops, running)
     finally:
         ops.close()
         audit.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from anyio.abc import TaskStatus
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -24,8 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .operations import ComposeOperations
 from .ratelimit import FailureLimiter, SessionCounter, TokenBucket, client_key
+from .shutdown import RunningCommands
 
-__all__ = ["build_http_app", "transport_security_for", "EdgeLimiter", "Limits"]
+__all__ = ["build_http_app", "transport_security_for", "EdgeLimiter", "Limits", "Shutdown"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,15 @@ class Limits:
     failures: FailureLimiter = field(default_factory=FailureLimiter)
     rate: TokenBucket | None = None
     sessions: SessionCounter | None = None
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """How the app stops: ``requested`` turns true on the server's stop signal (it is polled)."""
+
+    running: RunningCommands
+    timeout: float
+    requested: Callable[[], bool]
 
 
 def _bearer(scope: Scope) -> str | None:
@@ -213,10 +224,12 @@ def build_http_app(
     allowed_hosts: list[str] | None = None,
     background: list[BackgroundTask] | None = None,
     limits: Limits,
+    shutdown: Shutdown | None = None,
 ) -> ASGIApp:
     """One ASGI app for every HTTP route of the gateway, behind the :class:`EdgeLimiter`.
 
     ``background`` tasks (token refresh) run for the app's lifetime in its lifespan task group.
+    With ``shutdown``, a stop waits for running Compose commands first (see :mod:`gateway.shutdown`).
     """
     security = transport_security_for(host, allowed_hosts or [])
     sessions = limits.sessions
@@ -248,12 +261,43 @@ def build_http_app(
     async def metrics_text(request: Request) -> Response:
         return PlainTextResponse(ops.metrics.prometheus(), media_type="text/plain; version=0.0.4")
 
+    # SSE sessions live in their GET request; a shutdown ends them through these scopes.
+    sse_streams: set[anyio.CancelScope] = set()
+
+    async def serve_sessions(*, task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as scope:
+            async with mcp.session_manager.run():
+                task_status.started(scope)
+                await anyio.sleep_forever()
+
+    async def stop_when_asked(sessions_scope: anyio.CancelScope) -> None:
+        """On the server's stop: let running commands finish (bounded), then end every MCP session.
+
+        Ending the sessions closes their open streams, so the server's own wait for open
+        connections ends at once instead of at its timeout.
+        """
+        assert shutdown is not None
+        while not shutdown.requested():
+            await anyio.sleep(0.2)
+        stopped = await shutdown.running.drain(shutdown.timeout)
+        if stopped:
+            logger.warning("stopped at shutdown: %s", ", ".join(stopped))
+        sessions_scope.cancel()
+        for scope in list(sse_streams):
+            scope.cancel()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with mcp.session_manager.run(), anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg:
+            sessions_scope: anyio.CancelScope = await tg.start(serve_sessions)
             for task in background or []:
                 tg.start_soon(task)
+            if shutdown is not None:
+                tg.start_soon(stop_when_asked, sessions_scope)
             yield
+            if shutdown is not None:
+                # Stopped without the server's signal (a test, an embedding app): still drain.
+                await shutdown.running.drain(shutdown.timeout)
             tg.cancel_scope.cancel()
 
     plain = Starlette(
@@ -270,7 +314,14 @@ def build_http_app(
             await plain(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        if path == "/sse" or path.startswith("/messages/"):
+        if path == "/sse":
+            with anyio.CancelScope() as stream:
+                sse_streams.add(stream)
+                try:
+                    await sse(scope, receive, send)
+                finally:
+                    sse_streams.discard(stream)
+        elif path.startswith("/messages/"):
             await sse(scope, receive, send)
         elif path == "/mcp" or path.startswith("/mcp/"):
             await streamable(scope, receive, send)

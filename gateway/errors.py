@@ -6,11 +6,6 @@ the Compose CLI and hvac are translated into these at the boundary.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .models import Violation
-
 __all__ = [
     "ERROR_META_KEY",
     "GatewayError",
@@ -20,11 +15,10 @@ __all__ = [
     "ComposeNotFound",
     "EngineUnavailable",
     "PolicyViolation",
-    "PolicyRefused",
     "ConfigError",
     "VaultError",
-    "SwarmUnavailable",
-    "SwarmFailed",
+    "AuditUnavailable",
+    "ShuttingDown",
 ]
 
 
@@ -82,15 +76,6 @@ class PolicyViolation(GatewayError):
     kind = "policy_violation"
 
 
-class PolicyRefused(PolicyViolation):
-    """The policy guard refuses a stack's compose files. ``violations`` says which rules, where, and the
-    ``config.json`` key that would allow each; only the operator can."""
-
-    def __init__(self, message: str, violations: list[Violation]) -> None:
-        super().__init__(message)
-        self.violations = violations
-
-
 class ConfigError(GatewayError):
     """The configuration is invalid. Raised at start-up only."""
 
@@ -103,13 +88,13 @@ class VaultError(GatewayError):
     kind = "vault_error"
 
 
-class SwarmUnavailable(GatewayError):
-    """A stack asks for Docker Swarm, but the engine is no swarm manager (or no docker CLI is there)."""
+class AuditUnavailable(GatewayError):
+    """The audit log cannot be written, so a mutation that would go unrecorded is refused."""
 
-    kind = "swarm_unavailable"
+    kind = "audit_unavailable"
 
 
-class SwarmFailed(GatewayError):
-    """A Swarm action failed: the docker CLI exited non-zero, or the services did not converge."""
+class ShuttingDown(GatewayError):
+    """The gateway is stopping: a command was not started, or was stopped after the grace period."""
 
-    kind = "swarm_failed"
+    kind = "shutting_down"

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Any, Literal
 
 import anyio
+from anyio import to_thread
 
-from .audit import AuditLog
+from .audit import AuditLog, Intent
 from .catalog import StackCatalog
 from .compose import ProgressCallback
-from .errors import ComposeFailed, GatewayError, PolicyRefused, PolicyViolation
+from .errors import AuditUnavailable, ComposeFailed, GatewayError, PolicyViolation, ShuttingDown
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import ActionResult
+from .shutdown import RunningCommands
 from .stacks import Stack, validate_services
 
 __all__ = ["Lifecycle", "ServiceAction", "SERVICE_ACTIONS"]
@@ -39,8 +42,11 @@ class Lifecycle:
         metrics: CommandExecutionMetrics,
         audit: AuditLog | None = None,
         self_project: str | None = None,
+        running: RunningCommands | None = None,
     ) -> None:
         self.catalog = catalog
+        # The commands running now: a shutdown waits for them, then stops them (gateway.shutdown).
+        self.running = running or RunningCommands()
         self.plane = plane
         self.metrics = metrics
         self.audit = audit
@@ -104,7 +110,9 @@ class Lifecycle:
             self.audit_refusal(action, {"project": str(project)[:100], "services": shown}, caller, str(exc))
             raise
 
-    def audit_refusal(self, tool: str, arguments: dict[str, Any], caller: str, reason: str) -> None:
+    def audit_refusal(
+        self, tool: str, arguments: dict[str, Any], caller: str, reason: str, *, on_behalf_of: str | None = None
+    ) -> None:
         """Record a call that was refused before it ran (scope, read-only, policy)."""
         if self.audit is not None:
             self.audit.write(
@@ -115,6 +123,7 @@ class Lifecycle:
                 outcome="refused",
                 duration_ms=0.0,
                 error=reason,
+                on_behalf_of=on_behalf_of,
             )
 
     async def _mutate(
@@ -127,6 +136,7 @@ class Lifecycle:
         progress: ProgressCallback | None,
         *,
         need_folder: bool = False,
+        on_behalf_of: str | None = None,
     ) -> ActionResult:
         arguments = {"project": project, **{k: v for k, v in arguments.items() if v not in (None, False)}}
         started = time.perf_counter()
@@ -138,7 +148,7 @@ class Lifecycle:
                     "and must not switch off its own supervisor path; manage it from the host"
                 )
         except GatewayError as exc:
-            self.audit_refusal(action, arguments, caller, str(exc))
+            self.audit_refusal(action, arguments, caller, str(exc), on_behalf_of=on_behalf_of)
             raise
         events: list[str] = []
 
@@ -147,15 +157,37 @@ class Lifecycle:
             if progress is not None:
                 await progress(text)
 
-        outcome, error, note = "error", None, ""
+        what = f"{action} on '{project}'"
+        intent: Intent | None = None
+        outcome, error, note, ran = "error", None, "", False
         try:
             async with self.lock(project):
-                note = await self._run(action, stack, args, on_event)
+                if self.audit is not None:
+                    # Written ahead and on disk before Compose starts: if this raises, nothing runs.
+                    intent = await to_thread.run_sync(
+                        partial(
+                            self.audit.intent,
+                            caller=caller,
+                            control_plane=self.plane.value,
+                            tool=action,
+                            arguments=arguments,
+                            on_behalf_of=on_behalf_of,
+                        )
+                    )
+                with self.running.track(what) as stopped:
+                    ran = True
+                    note = await self._run(action, stack, args, on_event)
+                if stopped.cancelled_caught:
+                    raise self.running.interruption(what)
             outcome = "ok"
         except anyio.get_cancelled_exc_class():
             outcome, error = "cancelled", "the call was cancelled; the compose process was stopped"
             raise
-        except PolicyRefused as exc:
+        except ShuttingDown as exc:
+            outcome, error = ("interrupted" if ran else "refused"), str(exc)
+            raise
+        except AuditUnavailable as exc:
+            logger.error("refused %s: %s", what, exc)
             outcome, error = "refused", str(exc)
             raise
         except GatewayError as exc:
@@ -166,16 +198,9 @@ class Lifecycle:
             self.catalog.forget(project)
             self.catalog.engine.forget_start_times()
             self.metrics.record_execution(self.plane, action, ok=outcome == "ok")
-            if self.audit is not None:
-                self.audit.write(
-                    caller=caller,
-                    control_plane=self.plane.value,
-                    tool=action,
-                    arguments=arguments,
-                    outcome=outcome,
-                    duration_ms=duration,
-                    error=error,
-                )
+            if intent is not None and self.audit is not None:
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(partial(self.audit.outcome, intent, outcome=outcome, error=error))
         return ActionResult(
             project=project,
             action=action,
@@ -189,45 +214,24 @@ class Lifecycle:
     async def _run(self, action: str, stack: Stack, args: list[str], on_event: ProgressCallback) -> str:
         """Run the command; returns a note for the result's message ("" when nothing special happened).
 
-        ``up`` runs only once the policy guard allows the stack's files as they are now (inside the
-        project's lock, so a write through the gateway cannot slip in between).
-
         A stack whose compose file no longer loads must not trap its running containers: every
         action but ``up`` then acts on the containers by their project label, as for a folder-less
-        project. So does one whose files reference files outside its folder: Compose would read
-        them while loading, and its errors would quote them.
+        project.
         """
         cli = await self.catalog.compose.get()
-        reason: str | None = None
-        if action == "up":
-            await self.catalog.guard.enforce(stack, cli, "up")
-        elif not stack.external:
-            reason = await self._unloadable(stack)
-        if reason is None:
-            try:
-                await cli.run(stack.name, args, compose_file=stack.compose_file, cwd=stack.folder, progress=on_event)
-                return ""
-            except ComposeFailed as failed:
-                if action == "up" or stack.external or await self._model_loads(stack):
-                    raise
-                detail = failed.stderr_tail.splitlines()[-1] if failed.stderr_tail else "it does not load"
-                reason = f"its compose file could not be loaded ({detail})"
-        logger.warning("stack %s: %s; %s acts on its containers by label", stack.name, reason, action)
+        try:
+            await cli.run(stack.name, args, compose_file=stack.compose_file, cwd=stack.folder, progress=on_event)
+            return ""
+        except ComposeFailed as failed:
+            if action == "up" or stack.external or await self._model_loads(stack):
+                raise
+            reason = failed.stderr_tail.splitlines()[-1] if failed.stderr_tail else "it does not load"
+        logger.warning("the compose file of %s does not load; %s acts on its containers by label", stack.name, action)
         await cli.run(stack.name, args, progress=on_event)
         return (
-            f"; {reason}, so {action} acted on the project's containers by their compose project label; "
-            "fix the file before the next up"
+            f"; its compose file could not be loaded ({reason}), so {action} acted on the project's "
+            "containers by their compose project label; fix the file before the next up"
         )
-
-    async def _unloadable(self, stack: Stack) -> str | None:
-        """Why Compose must not load the stack's files, checked without running it; None when it may."""
-        try:
-            outside = await self.catalog.guard.references_refused(stack)
-        except GatewayError as exc:
-            return f"its compose file could not be loaded ({str(exc).splitlines()[0]})"
-        if outside:
-            return "its compose files reference files outside the stack folder"
-        return None
 
     async def _model_loads(self, stack: Stack) -> bool:
         try:

@@ -7,6 +7,7 @@ operations API and MCP, and nothing about Docker.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mcp.server.auth.settings import AuthSettings
@@ -16,11 +17,12 @@ from mcp.types import CallToolResult, InputRequiredResult, TextContent, Tool
 from pydantic import AnyHttpUrl, ValidationError
 
 from . import __version__
-from .auth import GatewayTokenVerifier
+from .audit import bounded_arguments
+from .auth import LOCAL, WRITE_TOOLS, GatewayTokenVerifier
 from .errors import ERROR_META_KEY, GatewayError, InvalidInput
 from .operations import ComposeOperations
 from .schema import flatten_schema
-from .tools import ToolKit, register_read_tools, register_write_tools
+from .tools import ToolKit, caller_of, register_read_tools, register_write_tools
 
 __all__ = ["build_server", "error_result", "GatewayServer", "INSTRUCTIONS"]
 
@@ -32,6 +34,9 @@ name, e.g. "shop"), never by a path. Start with list_stacks, then ps to see each
 and health, logs to read recent output (use grep and since to narrow it), and up/restart/start/
 stop/down to change state. down removes containers (named volumes are kept unless volumes=true).
 Errors say what to do next; read them."""
+
+# (tool, bounded arguments, caller, reason): how a refusal at the protocol edge is recorded.
+RefusalAudit = Callable[[str, dict[str, Any], str, str], None]
 
 # JSON Schema names of the Python types a caller can send, for messages about a wrong type.
 _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
@@ -46,9 +51,11 @@ class GatewayServer(MCPServer):
     error result. The machine-readable kind travels in ``_meta``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, audit_refusal: RefusalAudit | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._flat_schemas: dict[str, dict[str, Any]] = {}
+        self._audit_refusal = audit_refusal
+        self.read_only = False
 
     async def list_tools(self) -> list[Tool]:
         """The tools, with flat output schemas: the same documents validate, and clients check them faster."""
@@ -64,6 +71,12 @@ class GatewayServer(MCPServer):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context | None = None
     ) -> CallToolResult | InputRequiredResult:
+        """Run a tool; a call refused before its tool ran (unknown tool, invalid arguments) is audited here.
+
+        This is the one place every tools/call passes, so no refusal depends on a tool remembering
+        to audit it: a write tool called in read-only mode (it is not registered), or a call the
+        input schema refuses (a 64-character name, 1,000 services), leaves its line too.
+        """
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -71,8 +84,19 @@ class GatewayServer(MCPServer):
             if isinstance(cause, GatewayError):
                 return error_result(cause)
             if isinstance(cause, ValidationError):
-                return error_result(InvalidInput(describe_invalid_arguments(name, cause)))
+                refused = InvalidInput(describe_invalid_arguments(name, cause))
+                self._refused(name, arguments, context, str(refused))
+                return error_result(refused)
+            if cause is None and name not in {tool.name for tool in await self.list_tools()}:
+                mode = "; the gateway runs in --read-only mode" if self.read_only and name in WRITE_TOOLS else ""
+                self._refused(name, arguments, context, f"no tool named {name[:100]!r}{mode}")
             raise
+
+    def _refused(self, name: str, arguments: dict[str, Any], context: Context | None, reason: str) -> None:
+        if self._audit_refusal is None:
+            return
+        caller = caller_of(context).name if context is not None else LOCAL.name
+        self._audit_refusal(name[:100], bounded_arguments(arguments), caller, reason)
 
 
 def describe_invalid_arguments(tool: str, error: ValidationError) -> str:
@@ -113,12 +137,14 @@ def build_server(
     auth = AuthSettings(issuer_url=AnyHttpUrl(issuer_url), resource_server_url=None) if token_verifier else None
     mcp = GatewayServer(
         "compose-agent",
+        audit_refusal=ops.audit_refusal,
         instructions=INSTRUCTIONS,
         version=__version__,
         token_verifier=token_verifier,
         auth=auth,
         log_level="WARNING",
     )
+    mcp.read_only = read_only
     kit = ToolKit(ops)
     register_read_tools(mcp, kit)
     if not read_only:

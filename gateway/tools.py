@@ -35,6 +35,7 @@ __all__ = [
     "write_annotations",
     "register_read_tools",
     "register_write_tools",
+    "caller_of",
 ]
 
 Project = Annotated[
@@ -73,6 +74,11 @@ def _access_token(ctx: Context) -> AccessToken | None:
     return get_access_token()
 
 
+def caller_of(ctx: Context) -> Principal:
+    """Who is calling: the principal of the request's verified token (``LOCAL`` on stdio)."""
+    return principal_from_access_token(_access_token(ctx))
+
+
 class ToolKit:
     """What every tool family needs: the operations, the caller's scope check, progress."""
 
@@ -85,7 +91,7 @@ class ToolKit:
         Raises:
             PolicyViolation: out of scope (the refusal is audited).
         """
-        principal = principal_from_access_token(_access_token(ctx))
+        principal = caller_of(ctx)
         if not principal.may_call(tool):
             reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
             self.ops.audit_refusal(tool, arguments, principal.name, reason)

