@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .audit import AuditLog
 from .auth import STATUS_PANEL, TokenStore
+from .backoff import Backoff
 from .config import Settings, load_settings
 from .errors import ERROR_META_KEY, GatewayError, InvalidInput
 from .logs import DEFAULT_TAIL, MAX_TAIL, compile_grep, validate_tail
@@ -29,6 +30,7 @@ __all__ = [
     "Action",
     "ActionResult",
     "AuditLog",
+    "Backoff",
     "CommandExecutionMetrics",
     "ComposeOperations",
     "ControlPlane",

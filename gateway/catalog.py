@@ -1,7 +1,8 @@
 """The stacks the gateway knows: folders under the stacks dir, and running folder-less projects.
 
 The catalog answers "which stack is this name?", lists every stack, and knows which services a
-stack's compose model defines (from Compose itself, cached by the files' mtimes).
+stack's compose model defines (from Compose itself, cached by the files' mtimes). It holds the
+policy guard, so that no Compose run it starts reads a file outside the stack's folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from anyio import to_thread
 from .compose import ComposeLocator
 from .engine import PROJECT_LABEL, Engine
 from .errors import GatewayError, InvalidInput, StackNotFound
+from .guard import PolicyGuard, refusal
+from .policy import Policy, verdict
 from .stacks import Stack, discover_stacks, find_stack, validate_project_name
 
 __all__ = ["StackCatalog", "files_signature"]
@@ -51,11 +54,14 @@ class _Defined:
 class StackCatalog:
     """Finds stacks by name and reads their compose models."""
 
-    def __init__(self, stacks_dir: Path, engine: Engine, compose: ComposeLocator) -> None:
+    def __init__(
+        self, stacks_dir: Path, engine: Engine, compose: ComposeLocator, guard: PolicyGuard | None = None
+    ) -> None:
         # Absolute, because the Compose CLI runs with the stack's folder as its working directory.
         self.stacks_dir = stacks_dir.resolve()
         self.engine = engine
         self.compose = compose
+        self.guard = guard or PolicyGuard(Policy())
         self._defined: dict[str, _Defined] = {}
 
     def folders(self) -> dict[str, Stack]:
@@ -106,9 +112,16 @@ class StackCatalog:
     async def config_model(self, stack: Stack) -> dict[str, Any]:
         """The stack's compose model as Compose validates and normalises it.
 
+        Compose runs only once the stack's file references are inside its folder (or allowed): it
+        would read them while loading, and its errors would quote them.
+
         Raises:
+            PolicyRefused: a file reference outside the folder.
             ComposeFailed: Compose could not load the model (its own error message).
         """
+        outside = await self.guard.references_refused(stack)
+        if outside:
+            raise refusal(stack.name, "load", verdict(outside))
         cli = await self.compose.get()
         output = await cli.run(
             stack.name, ["config", "--format", "json"], compose_file=stack.compose_file, cwd=stack.folder
@@ -142,6 +155,7 @@ class StackCatalog:
     def forget(self, project: str) -> None:
         """Drop what is cached about ``project``: a write may have changed it."""
         self._defined.pop(project, None)
+        self.guard.forget(project)
 
 
 def _scaled_services(model: Mapping[str, Any]) -> list[str]:

@@ -27,13 +27,37 @@ from anyio.abc import Process
 
 from .errors import ComposeFailed, ComposeNotFound, GatewayError
 
-__all__ = ["ComposeCli", "ComposeLocator", "ComposeOutput", "ProgressCallback", "locate_compose", "SECRET_ENV"]
+__all__ = [
+    "ComposeCli",
+    "ComposeLocator",
+    "ComposeOutput",
+    "ProgressCallback",
+    "locate_compose",
+    "compose_environment",
+    "BASE_ENV",
+    "CONNECTION_ENV",
+    "SECRET_ENV",
+    "STEERING_ENV",
+]
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str], Awaitable[None]]
 
-# Never handed to the CLI: a compose file could interpolate them into its config, and `config` would show them.
+# Compose gets an allowlisted environment, never the gateway's own: a compose file can interpolate
+# any variable Compose sees into `config` output and into containers (`${AWS_SECRET_ACCESS_KEY}`,
+# or a bare `environment: [GITHUB_TOKEN]`). A stack's own variables come from the .env in its folder.
+BASE_ENV = ("PATH", "HOME")
+# How Compose reaches the engine; nothing else of DOCKER_* (DOCKER_API_VERSION would pin the API).
+CONNECTION_ENV = (
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_TLS",
+)
+# Never handed to the CLI, not even when the operator lists them in policy.pass_env.
 SECRET_ENV = frozenset(
     {
         "COMPOSE_AGENT_TOKEN",
@@ -43,7 +67,7 @@ SECRET_ENV = frozenset(
         "STATUS_PANEL_SESSION_SECRET",
     }
 )
-# They would make Compose load some other model than the stack's own: never inherited by the CLI.
+# They would make Compose load some other model than the stack's own.
 STEERING_ENV = frozenset(
     {"COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_ENV_FILES", "COMPOSE_PROJECT_NAME", "COMPOSE_PATH_SEPARATOR"}
 )
@@ -59,6 +83,17 @@ _PLUGIN_DIRS = (
 )
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 STDERR_TAIL_LINES = 20
+
+
+def compose_environment(environ: Mapping[str, str], pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The environment the Compose CLI runs with: ``PATH``, ``HOME``, the ``DOCKER_*`` connection
+    variables, and the names the operator lists in ``policy.pass_env``; never a secret or steering one."""
+    names = (*BASE_ENV, *CONNECTION_ENV, *pass_env)
+    return {
+        name: environ[name]
+        for name in dict.fromkeys(names)
+        if name in environ and name not in SECRET_ENV and name not in STEERING_ENV
+    }
 
 
 def _version_of(argv: Sequence[str], env: Mapping[str, str]) -> str | None:
@@ -147,22 +182,37 @@ def describe_event(event: dict[str, object]) -> str | None:
 class ComposeCli:
     """Runs ``docker compose`` for one project at a time."""
 
-    def __init__(self, argv: Sequence[str], version: str, env: Mapping[str, str], *, timeout: float = 900.0) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        version: str,
+        env: Mapping[str, str],
+        *,
+        pass_env: Sequence[str] = (),
+        timeout: float = 900.0,
+    ) -> None:
+        """``env`` is the gateway's environment; the CLI sees only :func:`compose_environment` of it."""
         self.argv = list(argv)
         self.version = version
-        self.env = {k: v for k, v in env.items() if k not in SECRET_ENV and k not in STEERING_ENV}
+        self.env = compose_environment(env, pass_env)
         self.timeout = timeout
 
     @classmethod
-    def locate(cls, compose_bin: str | None, env: Mapping[str, str]) -> ComposeCli:
-        argv, version = locate_compose(compose_bin, env)
+    def locate(cls, compose_bin: str | None, env: Mapping[str, str], pass_env: Sequence[str] = ()) -> ComposeCli:
+        """Find the Compose CLI (see :func:`locate_compose`), asking it for its version with the allowlisted env."""
+        allowed = compose_environment(env, pass_env)
+        argv, version = locate_compose(compose_bin, allowed)
         logger.info("using Docker Compose %s: %s", version, " ".join(argv))
-        return cls(argv, version, env)
+        return cls(argv, version, env, pass_env=pass_env)
 
-    def command(self, project: str, compose_file: Path | None, args: Sequence[str]) -> list[str]:
+    def command(
+        self, project: str, compose_file: Path | None, args: Sequence[str], *, profiles: Sequence[str] = ()
+    ) -> list[str]:
         argv = [*self.argv, "--progress", "json", "--project-name", project]
         if compose_file is not None:
             argv += ["--file", str(compose_file)]
+        for profile in profiles:
+            argv += ["--profile", profile]
         return argv + list(args)
 
     async def run(
@@ -173,13 +223,14 @@ class ComposeCli:
         compose_file: Path | None = None,
         cwd: Path | None = None,
         progress: ProgressCallback | None = None,
+        profiles: Sequence[str] = (),
     ) -> ComposeOutput:
         """Run one compose command to completion, streaming its events to ``progress``.
 
         Raises:
             ComposeFailed: non-zero exit, with the last lines of stderr; or a timeout.
         """
-        argv = self.command(project, compose_file, args)
+        argv = self.command(project, compose_file, args, profiles=profiles)
         logger.debug("running %s", argv)
         events: list[str] = []
         tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .metrics import ControlPlane
+from .policy import Policy
 
 __all__ = ["Settings", "load_settings", "default_state_dir", "NAME_PATTERN", "check_name"]
 
@@ -89,6 +90,9 @@ class Settings(BaseModel):
     vault_refresh_secs: float = Field(default=60.0, gt=0)
     vault_startup_timeout: float = Field(default=30.0, gt=0)
     deployment_hash: str | None = None
+
+    # The policy guard (config.json only: no environment variable relaxes it).
+    policy: Policy = Field(default_factory=Policy)
 
     # The status panel.
     compose_agent_url: str = "http://127.0.0.1:8765/mcp"
@@ -180,7 +184,7 @@ _ENV_FIELDS: dict[str, str] = {
     "COMPOSE_AGENT_TOKEN_BURST": "token_burst",
     "COMPOSE_AGENT_SHUTDOWN_TIMEOUT": "shutdown_timeout",
 }
-_FILE_FIELDS = {"compose_agent_enabled", "control_plane"}
+_FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy"}
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -256,6 +260,8 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             field = str(err["loc"][0]) if err["loc"] else ""
             where = origin.get(field, "defaults")
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{field} (from {where}): {msg}")
+            # The whole location, so a nested policy error points at its key (policy.stacks.shop.allow).
+            key = ".".join(str(part) for part in err["loc"])
+            problems.append(f"{key} (from {where}): {msg}")
         # "from None": pydantic's own text repeats input values, and one of them may be a token.
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -11,7 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +137,10 @@ class Engine:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+    def translate(self) -> AbstractContextManager[None]:
+        """A context that turns docker-py errors into gateway errors, for callers of :attr:`client`."""
+        return self._translate()
 
     @contextmanager
     def _translate(self) -> Iterator[None]:

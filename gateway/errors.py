@@ -6,6 +6,11 @@ the Compose CLI and hvac are translated into these at the boundary.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .models import Violation
+
 __all__ = [
     "ERROR_META_KEY",
     "GatewayError",
@@ -15,8 +20,11 @@ __all__ = [
     "ComposeNotFound",
     "EngineUnavailable",
     "PolicyViolation",
+    "PolicyRefused",
     "ConfigError",
     "VaultError",
+    "SwarmUnavailable",
+    "SwarmFailed",
     "AuditUnavailable",
     "ShuttingDown",
 ]
@@ -76,6 +84,15 @@ class PolicyViolation(GatewayError):
     kind = "policy_violation"
 
 
+class PolicyRefused(PolicyViolation):
+    """The policy guard refuses a stack's compose files. ``violations`` says which rules, where, and the
+    ``config.json`` key that would allow each; only the operator can."""
+
+    def __init__(self, message: str, violations: list[Violation]) -> None:
+        super().__init__(message)
+        self.violations = violations
+
+
 class ConfigError(GatewayError):
     """The configuration is invalid. Raised at start-up only."""
 
@@ -86,6 +103,18 @@ class VaultError(GatewayError):
     """Vault could not give or take a token. The message names the address and path, never the token."""
 
     kind = "vault_error"
+
+
+class SwarmUnavailable(GatewayError):
+    """A stack asks for Docker Swarm, but the engine is no swarm manager (or no docker CLI is there)."""
+
+    kind = "swarm_unavailable"
+
+
+class SwarmFailed(GatewayError):
+    """A Swarm action failed: the docker CLI exited non-zero, or the services did not converge."""
+
+    kind = "swarm_failed"
 
 
 class AuditUnavailable(GatewayError):

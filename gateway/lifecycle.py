@@ -17,7 +17,7 @@ from anyio import to_thread
 from .audit import AuditLog, Intent
 from .catalog import StackCatalog
 from .compose import ProgressCallback
-from .errors import AuditUnavailable, ComposeFailed, GatewayError, PolicyViolation, ShuttingDown
+from .errors import AuditUnavailable, ComposeFailed, GatewayError, PolicyRefused, PolicyViolation, ShuttingDown
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import ActionResult
 from .shutdown import RunningCommands
@@ -183,6 +183,9 @@ class Lifecycle:
         except anyio.get_cancelled_exc_class():
             outcome, error = "cancelled", "the call was cancelled; the compose process was stopped"
             raise
+        except PolicyRefused as exc:
+            outcome, error = "refused", str(exc)
+            raise
         except ShuttingDown as exc:
             outcome, error = ("interrupted" if ran else "refused"), str(exc)
             raise
@@ -214,24 +217,45 @@ class Lifecycle:
     async def _run(self, action: str, stack: Stack, args: list[str], on_event: ProgressCallback) -> str:
         """Run the command; returns a note for the result's message ("" when nothing special happened).
 
+        ``up`` runs only once the policy guard allows the stack's files as they are now (inside the
+        project's lock, so a write through the gateway cannot slip in between).
+
         A stack whose compose file no longer loads must not trap its running containers: every
         action but ``up`` then acts on the containers by their project label, as for a folder-less
-        project.
+        project. So does one whose files reference files outside its folder: Compose would read
+        them while loading, and its errors would quote them.
         """
         cli = await self.catalog.compose.get()
-        try:
-            await cli.run(stack.name, args, compose_file=stack.compose_file, cwd=stack.folder, progress=on_event)
-            return ""
-        except ComposeFailed as failed:
-            if action == "up" or stack.external or await self._model_loads(stack):
-                raise
-            reason = failed.stderr_tail.splitlines()[-1] if failed.stderr_tail else "it does not load"
-        logger.warning("the compose file of %s does not load; %s acts on its containers by label", stack.name, action)
+        reason: str | None = None
+        if action == "up":
+            await self.catalog.guard.enforce(stack, cli, "up")
+        elif not stack.external:
+            reason = await self._unloadable(stack)
+        if reason is None:
+            try:
+                await cli.run(stack.name, args, compose_file=stack.compose_file, cwd=stack.folder, progress=on_event)
+                return ""
+            except ComposeFailed as failed:
+                if action == "up" or stack.external or await self._model_loads(stack):
+                    raise
+                detail = failed.stderr_tail.splitlines()[-1] if failed.stderr_tail else "it does not load"
+                reason = f"its compose file could not be loaded ({detail})"
+        logger.warning("stack %s: %s; %s acts on its containers by label", stack.name, reason, action)
         await cli.run(stack.name, args, progress=on_event)
         return (
-            f"; its compose file could not be loaded ({reason}), so {action} acted on the project's "
-            "containers by their compose project label; fix the file before the next up"
+            f"; {reason}, so {action} acted on the project's containers by their compose project label; "
+            "fix the file before the next up"
         )
+
+    async def _unloadable(self, stack: Stack) -> str | None:
+        """Why Compose must not load the stack's files, checked without running it; None when it may."""
+        try:
+            outside = await self.catalog.guard.references_refused(stack)
+        except GatewayError as exc:
+            return f"its compose file could not be loaded ({str(exc).splitlines()[0]})"
+        if outside:
+            return "its compose files reference files outside the stack folder"
+        return None
 
     async def _model_loads(self, stack: Stack) -> bool:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 import regex
@@ -92,8 +92,14 @@ def merge_logs(streams: Iterable[tuple[str, list[bytes]]]) -> list[tuple[str, by
     if len(streams) == 1:
         label, lines = streams[0]
         return [(label, line) for line in lines]
-    iterables = [((_sort_key(line), label, line) for line in lines) for label, lines in streams]
+    iterables = [_keyed(label, lines) for label, lines in streams]
     return [(label, line) for _, label, line in heapq.merge(*iterables)]
+
+
+def _keyed(label: str, lines: list[bytes]) -> Iterator[tuple[bytes, str, bytes]]:
+    # A function of its own binds each stream's label; a generator expression inside the list
+    # comprehension would read the comprehension's last label for every line.
+    return ((_sort_key(line), label, line) for line in lines)
 
 
 def bound_lines(

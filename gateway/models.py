@@ -19,9 +19,34 @@ __all__ = [
     "ActionResult",
     "ConfigResult",
     "Action",
+    "Violation",
+    "Verdict",
 ]
 
 Action = Literal["up", "down", "restart", "start", "stop"]
+
+
+class Violation(BaseModel):
+    """One thing the policy guard refuses in a stack, and the operator's key that would allow it."""
+
+    rule: str = Field(description="Stable rule id, e.g. privileged, host_bind, outside_files")
+    service: str | None = Field(default=None, description="The service it concerns; null for a stack-level item")
+    value: str = Field(description="The offending value, as Compose resolved it")
+    allow: str = Field(description="The config.json key that would allow it (only the operator can)")
+
+    def describe(self) -> str:
+        """One line for people and agents: rule, where, what, and how the operator could allow it."""
+        where = f"service '{self.service}'" if self.service else "the stack"
+        return f"{self.rule}: {where}: {self.value} (the operator can allow it with {self.allow})"
+
+
+class Verdict(BaseModel):
+    """What the policy guard says about a stack: allowed, or refused with the rules it breaks."""
+
+    allowed: bool
+    rules: list[str] = Field(default_factory=list, description="The ids of the rules the stack breaks")
+    violations: list[Violation] = Field(default_factory=list)
+    error: str | None = Field(default=None, description="Why the guard could not judge the stack (then not allowed)")
 
 
 class ServiceStatus(BaseModel):
@@ -29,12 +54,21 @@ class ServiceStatus(BaseModel):
 
     service: str
     container: str | None = Field(default=None, description="Container name; null when the service has no container")
-    state: str = Field(description="running, exited, created, restarting, paused, dead, or missing")
+    state: str = Field(
+        description="running, exited, created, restarting, paused, dead, or missing; for a swarm task its task "
+        "state (pending, preparing, starting, running, complete, failed, rejected, shutdown, ...) or stopped"
+    )
     health: str | None = Field(default=None, description="healthy, unhealthy or starting; null without a healthcheck")
     exit_code: int | None = Field(default=None, description="Exit code of an exited container")
     ports: list[str] = Field(default_factory=list, description="Published ports as host_ip:host_port->port/proto")
     image: str | None = None
     started_at: str | None = Field(default=None, description="RFC 3339 start time of a running container")
+    # Swarm stacks only: one entry per task, and these say where it runs and what Swarm wants of it.
+    node: str | None = Field(default=None, description="Swarm: the node the task runs on; null for Compose")
+    desired_state: str | None = Field(
+        default=None, description="Swarm: the state Swarm drives the task to (running, shutdown, ...); null for Compose"
+    )
+    error: str | None = Field(default=None, description="Swarm: why the task (or its slot's last task) failed")
 
 
 class PsResult(BaseModel):
@@ -42,6 +76,9 @@ class PsResult(BaseModel):
 
     project: str
     services: list[ServiceStatus]
+    policy: Verdict | None = Field(
+        default=None, description="The policy guard's verdict on the stack's compose files; null without a folder"
+    )
 
 
 class StackInfo(BaseModel):
@@ -49,8 +86,14 @@ class StackInfo(BaseModel):
 
     name: str
     external: bool = Field(description="True when the project runs but has no folder; `up` and `config` need one")
-    containers: int = Field(description="Containers that exist for this project")
-    running: int = Field(description="Containers that are running")
+    containers: int = Field(description="Containers that exist for this project (for swarm: current tasks)")
+    running: int = Field(description="Containers (for swarm: tasks) that are running")
+    target: Literal["compose", "swarm"] = Field(
+        default="compose", description="compose, or swarm for a stack deployed with `docker stack deploy`"
+    )
+    policy: Verdict | None = Field(
+        default=None, description="The policy guard's verdict: `up` refuses a stack that is not allowed"
+    )
 
 
 class StackList(BaseModel):

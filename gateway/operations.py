@@ -17,6 +17,7 @@ from .catalog import StackCatalog
 from .compose import ComposeCli, ComposeLocator, ProgressCallback
 from .config import Settings
 from .engine import Engine
+from .guard import PolicyGuard
 from .lifecycle import SERVICE_ACTIONS, Lifecycle, ServiceAction
 from .logs import DEFAULT_BYTES, DEFAULT_TAIL
 from .metrics import CommandExecutionMetrics, ControlPlane
@@ -39,12 +40,13 @@ class ComposeOperations:
         metrics: CommandExecutionMetrics | None = None,
         audit: AuditLog | None = None,
         self_project: str | None = None,
+        guard: PolicyGuard | None = None,
     ) -> None:
         self.engine = engine
         self.plane = plane
         self.metrics = metrics or CommandExecutionMetrics()
         self.compose = ComposeLocator(cli)
-        self.catalog = StackCatalog(stacks_dir, engine, self.compose)
+        self.catalog = StackCatalog(stacks_dir, engine, self.compose, guard)
         self.reads = Reads(self.catalog, plane=plane, metrics=self.metrics)
         self.lifecycle = Lifecycle(
             self.catalog, plane=plane, metrics=self.metrics, audit=audit, self_project=self_project
@@ -62,19 +64,22 @@ class ComposeOperations:
     ) -> ComposeOperations:
         """Build the operations from settings. The Compose CLI is located on first use, not here.
 
-        ``environ`` is the environment handed to the Compose CLI (secrets are removed from it).
+        ``environ`` is the gateway's environment; the Compose CLI sees only its allowlisted part
+        (``PATH``, ``HOME``, the ``DOCKER_*`` connection variables and ``policy.pass_env``).
         """
         env = dict(os.environ if environ is None else environ)
         if settings.docker_host:
             env["DOCKER_HOST"] = settings.docker_host
+        policy = settings.policy
         return cls(
             stacks_dir=settings.stacks_dir,
             engine=Engine(settings.docker_host, timeout=settings.docker_timeout),
-            cli=lambda: ComposeCli.locate(settings.compose_bin, env),
+            cli=lambda: ComposeCli.locate(settings.compose_bin, env, policy.pass_env),
             plane=plane,
             metrics=metrics,
             audit=audit,
             self_project=settings.self_project,
+            guard=PolicyGuard(policy, docker_host=env.get("DOCKER_HOST")),
         )
 
     @property

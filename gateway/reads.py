@@ -1,7 +1,9 @@
 """The read operations: list_stacks, ps, logs and config. They never wait on writes.
 
 list_stacks, ps and logs go through the Engine API (one list call, selected by the project
-label); config asks Compose for the normalised model. Every read that reaches Docker is counted.
+label); config asks Compose for the normalised model, once the policy guard allows the stack.
+list_stacks and ps carry the guard's verdict on each stack folder (cached by the files'
+signature). Every read that reaches Docker is counted.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from anyio import to_thread
 
 from .catalog import StackCatalog
 from .engine import NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL, container_to_status
-from .errors import InvalidInput
+from .errors import GatewayError, InvalidInput
 from .logs import (
     DEFAULT_BYTES,
     DEFAULT_TAIL,
@@ -29,8 +31,8 @@ from .logs import (
     validate_tail,
 )
 from .metrics import CommandExecutionMetrics, ControlPlane
-from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
-from .stacks import validate_project_name, validate_services
+from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList, Verdict
+from .stacks import Stack, validate_project_name, validate_services
 
 __all__ = ["Reads"]
 
@@ -61,6 +63,15 @@ class Reads:
         """Every stack folder, plus running compose projects that have none (marked external)."""
         stacks = self.catalog.folders()
         containers = await self._counted("list_stacks", self.engine.project_containers, None)
+        marks: dict[str, Verdict] = {}
+
+        async def mark(stack: Stack) -> None:
+            marks[stack.name] = await self._mark(stack)
+
+        # Marks are cached; a cold one runs Compose, so they run side by side (the guard bounds how many).
+        async with anyio.create_task_group() as tg:
+            for stack in stacks.values():
+                tg.start_soon(mark, stack)
         counts: dict[str, list[int]] = {}
         for container in containers:
             entry = counts.setdefault(container["Labels"][PROJECT_LABEL], [0, 0])
@@ -73,10 +84,19 @@ class Reads:
                     external=name not in stacks,
                     containers=counts.get(name, [0, 0])[0],
                     running=counts.get(name, [0, 0])[1],
+                    policy=marks.get(name),
                 )
                 for name in sorted(set(stacks) | set(counts))
             ]
         )
+
+    async def _mark(self, stack: Stack) -> Verdict:
+        """The guard's verdict on a stack folder; a Compose CLI that cannot be found is said, not raised."""
+        try:
+            cli = await self.catalog.compose.get()
+        except GatewayError as exc:
+            return Verdict(allowed=False, error=str(exc).splitlines()[0])
+        return await self.catalog.guard.mark(stack, cli)
 
     async def ps(self, project: str) -> PsResult:
         """Every container of the stack, plus defined services that have none (state ``missing``)."""
@@ -85,12 +105,14 @@ class Reads:
         services = await self._counted("ps", self._ps_rows, project)
         if stack is None and not services:
             await self.catalog.not_found(project)
+        mark: Verdict | None = None
         if stack is not None:
             present = {s.service for s in services}
             defined = await self.catalog.defined_services(stack)
             services += [ServiceStatus(service=name, state="missing") for name in defined if name not in present]
+            mark = await self._mark(stack)
         services.sort(key=lambda s: (s.service, s.container or ""))
-        return PsResult(project=project, services=services)
+        return PsResult(project=project, services=services, policy=mark)
 
     def _ps_rows(self, project: str) -> list[ServiceStatus]:
         rows = []
@@ -157,6 +179,8 @@ class Reads:
         started = time.perf_counter()
         ok = False
         try:
+            # The guard judges every profile; the model shown is Compose's default one, as `config` prints it.
+            await self.catalog.guard.enforce(stack, await self.catalog.compose.get(), "show the config of")
             model = await self.catalog.config_model(stack)
             ok = True
         finally:

@@ -27,6 +27,7 @@ import anyio
 import anyio.to_thread
 
 from .auth import TokenStore
+from .backoff import Backoff
 from .config import Settings
 from .errors import ConfigError, GatewayError, VaultError
 from .vault import TOKEN_KEYS, SecretMissing, VaultClient
@@ -249,7 +250,7 @@ async def load_initial_tokens(source: TokenSource, store: TokenStore, *, timeout
         VaultError: Vault gave no token within ``timeout`` seconds; the message names its address.
         ConfigError: the source is misconfigured, or (for a non-Vault source) gave no token in time.
     """
-    delay = min(0.25, timeout / 10)
+    backoff = Backoff(min(0.25, timeout / 10), 5.0)
     attempts = 0
     last: Exception | None = None
     with anyio.move_on_after(timeout):
@@ -268,8 +269,7 @@ async def load_initial_tokens(source: TokenSource, store: TokenStore, *, timeout
                     logger.info("loaded %s from %s", ", ".join(sorted(tokens)), source.description)
                     return
                 last = None
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await anyio.sleep(backoff.next())
     reason = f": {last}" if last is not None else " (no answer, or an empty one)"
     message = f"no token from {source.description} within {timeout:g}s after {attempts} attempt(s){reason}"
     if isinstance(last, VaultError) or isinstance(source, VaultTokenSource):
@@ -284,34 +284,30 @@ async def refresh_tokens_forever(source: TokenSource, store: TokenStore, *, inte
     one refused within one interval. On failure the last good tokens stay in force, a WARNING
     is logged (never with a token in it), and the read is retried with backoff capped at ``interval``.
     """
-    failures = 0
-    first_retry = min(1.0, interval / 4)
+    backoff = Backoff(min(1.0, interval / 4), interval)
+    retry: float | None = None
     while True:
-        if failures:
-            wait = min(interval, first_retry * 2 ** (failures - 1))
-        else:
-            wait = interval * (1 - random.uniform(0, JITTER))
-        await anyio.sleep(wait)
+        await anyio.sleep(retry if retry is not None else interval * (1 - random.uniform(0, JITTER)))
         try:
             tokens = await source.fetch()
             if not tokens:
                 # Closing the gateway to everyone is never what a refresh should do by accident.
                 raise VaultError(f"{source.description} returned no token")
         except Exception as exc:  # noqa: BLE001 - a refresh failure must never take the server down
-            failures += 1
-            retry = min(interval, first_retry * 2 ** (failures - 1))
+            retry = backoff.next()
             logger.warning(
                 "could not refresh tokens from %s (failure %d in a row), keeping the last good tokens;"
                 " retrying in %.1fs: %s",
                 source.description,
-                failures,
+                backoff.failures,
                 retry,
                 exc if isinstance(exc, GatewayError) else type(exc).__name__,
             )
             continue
-        if failures:
-            logger.info("token refresh from %s works again after %d failure(s)", source.description, failures)
-            failures = 0
+        if backoff.failures:
+            logger.info("token refresh from %s works again after %d failure(s)", source.description, backoff.failures)
+            backoff.reset()
+            retry = None
         changed = _changed_keys(store, tokens)
         if changed:
             store.replace(tokens)

@@ -21,7 +21,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, TextContent
 
-from gateway.api import ERROR_META_KEY
+from gateway.api import ERROR_META_KEY, Backoff
 
 from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, GatewayUnavailable, NotFound, PanelError, for_kind
 
@@ -150,11 +150,11 @@ class GatewayClient:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Own the MCP session for as long as the app runs: connect, serve, reconnect with backoff."""
         task_status.started()
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
         while True:
             try:
                 await self._serve_one_session()
-                delay = self.backoff_initial  # it was up; a fresh failure starts the backoff over
+                backoff.reset()  # it was up; a fresh failure starts the backoff over
             except Exception as exc:  # noqa: BLE001 - every failure means "reconnect later"
                 first = self.last_error is None
                 self.last_error = _describe(exc)
@@ -171,10 +171,9 @@ class GatewayClient:
                 self._client = None
                 self._notify()
             # A call that finds no connection kicks us, so a gateway that came back is used at once.
-            with anyio.move_on_after(delay):
+            with anyio.move_on_after(backoff.next()):
                 await self._kick.wait()
             self._kick = anyio.Event()
-            delay = min(self.backoff_max, delay * 2)
 
     def _notify(self) -> None:
         """Wake callers waiting for the connection state to change."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from gateway.compose import ComposeCli, describe_event
+from gateway.compose import ComposeCli, compose_environment, describe_event
 
 
-def test_secrets_and_compose_steering_variables_never_reach_the_cli() -> None:
+def test_the_cli_sees_only_allowlisted_variables_never_secrets_or_steering_ones() -> None:
     env = {
         "PATH": "/usr/bin",
+        "HOME": "/home/agent",
         "DOCKER_HOST": "unix:///run/docker.sock",
+        "DOCKER_API_VERSION": "1.41",
+        "AWS_SECRET_ACCESS_KEY": "aws",
+        "GITHUB_TOKEN": "gh",
+        "TZ": "UTC",
         "COMPOSE_AGENT_TOKEN": "a",
         "STATUS_PANEL_TOKEN": "b",
         "VAULT_TOKEN": "c",
@@ -17,7 +22,11 @@ def test_secrets_and_compose_steering_variables_never_reach_the_cli() -> None:
         "COMPOSE_PROJECT_NAME": "other",
     }
     cli = ComposeCli(["docker-compose"], "2.40.3", env)
-    assert cli.env == {"PATH": "/usr/bin", "DOCKER_HOST": "unix:///run/docker.sock"}
+    assert cli.env == {"PATH": "/usr/bin", "HOME": "/home/agent", "DOCKER_HOST": "unix:///run/docker.sock"}
+    # The operator's pass_env adds names, but never a secret or a steering variable.
+    passed = ComposeCli(["docker-compose"], "2.40.3", env, pass_env=["TZ", "VAULT_TOKEN", "COMPOSE_FILE"])
+    assert set(passed.env) == {"PATH", "HOME", "DOCKER_HOST", "TZ"}
+    assert compose_environment(env, ["DOCKER_API_VERSION"])["DOCKER_API_VERSION"] == "1.41"
 
 
 def test_events_read_as_short_lines() -> None:

@@ -45,6 +45,12 @@ def test_merging_orders_by_time_even_when_fractions_differ_in_length() -> None:
     assert [line.split(b" ")[1] for _, line in merge_logs([a, b])] == [b"zero", b"one", b"two", b"three"]
 
 
+def test_merging_keeps_each_line_labelled_with_its_own_stream() -> None:
+    a = ("web", [b"2026-01-01T00:00:01Z one"])
+    b = ("worker", [b"2026-01-01T00:00:02Z two"])
+    assert [label for label, _ in merge_logs([a, b])] == ["web", "worker"]
+
+
 def test_the_byte_cap_keeps_the_newest_matching_lines() -> None:
     merged = [("web", f"2026-01-01T00:00:{i:02d}Z line {i}".encode()) for i in range(50)]
     lines, dropped = bound_lines(merged, grep=compile_grep(r"line \d*[05]$"), timestamps=False, max_bytes=60)

@@ -150,10 +150,12 @@ services:
 async def test_writes_on_one_stack_are_serialised(ops: ComposeOperations, stacks: StackFactory) -> None:
     name = stacks.make(WEB_WORKER, files=STACK_FILES)
     order: list[str] = []
+    up_running = anyio.Event()
 
     async def run(action: str) -> None:
         async def on_event(text: str) -> None:
             order.append(action)
+            up_running.set()
 
         if action == "up":
             await ops.up(name, progress=on_event)
@@ -162,7 +164,10 @@ async def test_writes_on_one_stack_are_serialised(ops: ComposeOperations, stacks
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run, "up")
-        await anyio.sleep(0)  # let up take the lock first
+        # down is asked for while up runs (its first event proves it holds the lock), so it must wait.
+        with anyio.fail_after(30):
+            await up_running.wait()
+        assert ops.lifecycle.lock(name).locked()
         tg.start_soon(run, "down")
     # Events of the two runs never interleave: one whole run, then the other.
     switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)

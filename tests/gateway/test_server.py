@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
 import pytest
@@ -62,7 +63,7 @@ async def test_up_sends_progress_notifications_while_it_runs(ops: ComposeOperati
     assert any(m and m.endswith(f"{name}-web-1: Started") for m in messages)
     assert [p for p, _ in updates] == sorted(p for p, _ in updates)  # monotonic, as the spec requires
     assert result.structured_content is not None and result.structured_content["events"] == messages
-    assert {s["service"]: s["state"] for s in ps.structured_content["services"]} == {  # type: ignore[index]
+    assert {s["service"]: s["state"] for s in ps.structured_content["services"]} == {
         "web": "running",
         "worker": "running",
     }
@@ -125,6 +126,10 @@ async def test_cancelling_a_call_stops_its_compose_process(ops: ComposeOperation
                 if records and records[-1]["outcome"] == "cancelled":
                     break
                 await anyio.sleep(0.1)
+        # No Compose process of this project is left running.
+        with anyio.fail_after(15):
+            while _compose_processes(name):
+                await anyio.sleep(0.1)
         # The server is still usable after the cancellation.
         assert not (await client.call_tool("ps", {"project": name})).is_error
 
@@ -150,3 +155,18 @@ async def test_a_string_is_never_taken_for_a_boolean_or_an_integer(
     downs = [json.loads(line) for line in ops.audit.path.read_text().splitlines() if '"down"' in line]
     assert [(r["phase"], r["outcome"]) for r in downs] == [("outcome", "refused")]
     assert "'volumes'" in downs[0]["error"] and downs[0]["caller"] == "local"
+
+
+def _compose_processes(project: str) -> list[int]:
+    """PIDs of running processes whose command line names ``project`` as the compose project."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--project-name" in argv and project.encode() in argv:
+            found.append(int(entry.name))
+    return found

@@ -199,8 +199,8 @@ async def test_sdk_client_over_stdio_lists_and_reads(stacks: StackFactory, tmp_p
     async with Client(params) as client:
         listed = await client.call_tool("list_stacks", {})
         ps = await client.call_tool("ps", {"project": project})
-    assert project in {s["name"] for s in listed.structured_content["stacks"]}  # type: ignore[index]
-    assert {s["state"] for s in ps.structured_content["services"]} == {"missing"}  # type: ignore[index]
+    assert project in {s["name"] for s in listed.structured_content["stacks"]}
+    assert {s["state"] for s in ps.structured_content["services"]} == {"missing"}
 
 
 async def test_sdk_client_over_sse(gateway: GatewayProcess) -> None:

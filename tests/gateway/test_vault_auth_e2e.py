@@ -11,7 +11,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -178,16 +177,13 @@ async def test_a_token_rotated_in_vault_is_accepted_and_the_old_one_refused_with
         timeout=60,
     )
     assert stored.returncode == 0, stored.stderr
-    rotated_at = time.monotonic()
 
     # One refresh interval, plus a margin for a loaded 2-core machine to run the read and the probe.
     with anyio.fail_after(REFRESH_SECS + 2.0):
         while await _status(gw, new) != 200:
             await anyio.sleep(0.05)
-    seen_after = time.monotonic() - rotated_at
     assert await _status(gw, old) == 401
     assert await _status(gw, gw.tokens["status_panel_token"]) == 200
-    assert seen_after <= REFRESH_SECS + 2.0
 
     async with _mcp(gw, new) as agent:
         assert not (await agent.call_tool("list_stacks", {})).is_error
@@ -200,12 +196,11 @@ def test_an_unreachable_vault_at_start_exits_non_zero_naming_its_address(tmp_pat
     env = _gateway_env(tmp_path, address, vault_token, fresh_hash(), VAULT_STARTUP_TIMEOUT="2")
     (tmp_path / "stacks").mkdir()
 
-    started = time.monotonic()
+    # VAULT_STARTUP_TIMEOUT=2: the gateway gives up on its own long before this deadline.
     result = subprocess.run(
-        _serve_argv(free_port(), tmp_path / "stacks"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        _serve_argv(free_port(), tmp_path / "stacks"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30
     )
 
     assert result.returncode != 0
     assert address in result.stderr
     assert vault_token not in result.stderr and vault_token not in result.stdout
-    assert time.monotonic() - started < 30

@@ -132,10 +132,10 @@ async def test_a_panel_with_a_token_the_gateway_rejects_answers_503(gateway: Gat
     panel = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": gateway.mcp_url}, token="rejected-token", name="wrong")
     try:
         async with api(panel) as client:
-            started = time.monotonic()
-            response = await client.get("/api/v1/stacks")
+            # A rejected token is answered at once, not after the panel's retries run out.
+            with anyio.fail_after(5):
+                response = await client.get("/api/v1/stacks")
             assert response.status_code == 503
-            assert time.monotonic() - started < 5
             assert response.json()["error"] == "compose-agent unavailable"
     finally:
         panel.stop()
@@ -149,10 +149,9 @@ async def test_killed_gateway_gives_503_quickly_and_the_panel_recovers_on_its_ow
         assert (await client.get(f"/api/v1/stacks/{name}")).status_code == 200
         gateway.kill()
 
-        started = time.monotonic()
-        response = await client.get(f"/api/v1/stacks/{name}")
+        with anyio.fail_after(5):
+            response = await client.get(f"/api/v1/stacks/{name}")
         assert response.status_code == 503
-        assert time.monotonic() - started < 5
         body = response.json()
         assert body["error"] == "compose-agent unavailable"
         assert gateway.mcp_url in body["detail"]

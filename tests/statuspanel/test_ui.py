@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
 
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.statuspanel.conftest import Gateway, Panel
@@ -20,8 +20,8 @@ from tests.statuspanel.conftest import Gateway, Panel
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.browser]
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 SHOTS = os.environ.get("PANEL_SCREENSHOTS")
 
 

@@ -1,0 +1,91 @@
+"""A single-node swarm on the shared engine, made for the tests and left afterwards only if they made it.
+
+Several test sessions share one engine. Each holds a shared lock on a file while it uses the swarm;
+the session that initialised it writes the cluster id into a marker, and whichever session finishes
+last leaves the swarm if the marker still names the current cluster. A swarm someone made by hand
+has no marker and is never left. Compose stacks are not disturbed by swarm mode.
+
+Import the fixture into a test module: ``from tests.gateway.swarm_fixtures import swarm``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["swarm", "remove_stack"]
+
+logger = logging.getLogger(__name__)
+
+_LOCK = Path("/tmp/compose-agent-test-swarm.lock")
+_MARKER = Path("/tmp/compose-agent-test-swarm.made")
+
+
+def _swarm_state(client: Any) -> dict[str, Any]:
+    state: dict[str, Any] = client.info().get("Swarm") or {}
+    return state
+
+
+@pytest.fixture(scope="session")
+def swarm(docker_client: Any) -> Iterator[str]:
+    """The engine as a swarm manager; yields the cluster id."""
+    lock = _LOCK.open("a+")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        state = _swarm_state(docker_client)
+        if state.get("LocalNodeState") == "inactive":
+            subprocess.run(
+                ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=True, capture_output=True
+            )
+            state = _swarm_state(docker_client)
+            _MARKER.write_text(state["Cluster"]["ID"])
+        if state.get("LocalNodeState") != "active" or not state.get("ControlAvailable"):
+            pytest.fail(f"the engine is in a swarm but not as a usable manager: {state.get('LocalNodeState')}")
+        cluster = str(state["Cluster"]["ID"])
+    finally:
+        # Shared while in use, so that no other session leaves the swarm under these tests.
+        fcntl.flock(lock, fcntl.LOCK_SH)
+    try:
+        yield cluster
+    finally:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another test session still uses the swarm; it leaves it when done")
+        else:
+            made = _MARKER.read_text().strip() if _MARKER.exists() else ""
+            if made and made == _swarm_state(docker_client).get("Cluster", {}).get("ID"):
+                subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True)
+                _MARKER.unlink()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock.close()
+
+
+def remove_stack(name: str) -> None:
+    """Remove whatever a test's swarm stack left (services, networks, secrets, configs, volumes)."""
+    import docker
+
+    client = docker.from_env()
+    label = {"label": f"com.docker.stack.namespace={name}"}
+    try:
+        for service in client.services.list(filters=label):
+            service.remove()
+        for kind in (client.secrets, client.configs):
+            for item in kind.list(filters=label):
+                item.remove()
+        # Task containers go away after their service; networks and volumes only after them.
+        for container in client.containers.list(all=True, filters=label):
+            container.remove(force=True)
+        for network in client.networks.list(filters=label):
+            network.remove()
+        for volume in client.volumes.list(filters=label):
+            volume.remove(force=True)
+    finally:
+        client.close()

@@ -1,0 +1,498 @@
+"""The policy guard on real compose files, judged on the real Compose v2 CLI's model.
+
+These tests judge stacks without the engine creating anything; ``test_policy_engine.py`` drives the
+same cases through ``up`` and ``config`` against the real engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.compose import ComposeCli, ComposeOutput, ProgressCallback
+from gateway.config import load_settings
+from gateway.errors import ConfigError, PolicyRefused
+from gateway.guard import PolicyGuard, refusal
+from gateway.policy import Policy, StackRules
+from gateway.stacks import Stack, find_stack
+from tests.conftest import STACK_FILES, StackFactory
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+OUTSIDE_MARKER = "outside-marker-7d1c"
+
+# (case id, compose file, extra files in the folder, the rule ids the guard must name)
+HOSTILE: list[tuple[str, str, dict[str, str], set[str]]] = [
+    (
+        "bind_root",
+        "services:\n  a:\n    image: {image}\n    volumes: ['/:/host']\n",
+        {},
+        {"host_bind", "docker_socket"},
+    ),
+    (
+        "bind_socket",
+        "services:\n  a:\n    image: {image}\n    volumes: ['/var/run/docker.sock:/var/run/docker.sock']\n",
+        {},
+        {"docker_socket", "host_bind"},
+    ),
+    ("network_host", "services:\n  a:\n    image: {image}\n    network_mode: host\n", {}, {"host_namespaces"}),
+    (
+        "pid_host_ptrace",
+        "services:\n  a:\n    image: {image}\n    pid: host\n    cap_add: [SYS_PTRACE]\n",
+        {},
+        {"host_namespaces", "capabilities"},
+    ),
+    ("cap_sys_admin", "services:\n  a:\n    image: {image}\n    cap_add: [SYS_ADMIN]\n", {}, {"capabilities"}),
+    ("privileged", "services:\n  a:\n    image: {image}\n    privileged: true\n", {}, {"privileged"}),
+    (
+        "seccomp_unconfined",
+        "services:\n  a:\n    image: {image}\n    security_opt: ['seccomp:unconfined']\n",
+        {},
+        {"security_opt"},
+    ),
+    (
+        "apparmor_unconfined",
+        "services:\n  a:\n    image: {image}\n    security_opt: ['apparmor=unconfined']\n",
+        {},
+        {"security_opt"},
+    ),
+    (
+        "label_disable",
+        "services:\n  a:\n    image: {image}\n    security_opt: ['label:disable']\n",
+        {},
+        {"security_opt"},
+    ),
+    (
+        "volumes_from_container",
+        "services:\n  a:\n    image: {image}\n    volumes_from: ['container:compose-agent']\n",
+        {},
+        {"volumes_from"},
+    ),
+    (
+        "volume_binds_root",
+        "services:\n  a:\n    image: {image}\n    volumes: ['vol:/v']\n"
+        "volumes:\n  vol:\n    driver_opts: {type: none, o: bind, device: /}\n",
+        {},
+        {"host_bind", "docker_socket"},
+    ),
+    (
+        "volume_mounts_a_device",
+        "services:\n  a:\n    image: {image}\n    volumes: ['vol:/v']\n"
+        "volumes:\n  vol:\n    driver_opts: {type: ext4, device: /dev/sda1}\n",
+        {},
+        {"host_bind"},
+    ),
+    (
+        "env_file_outside",
+        "services:\n  a:\n    image: {image}\n    env_file: {outside}/secret.env\n",
+        {},
+        {"outside_files"},
+    ),
+    ("env_file_shadow", "services:\n  a:\n    image: {image}\n    env_file: [/etc/shadow]\n", {}, {"outside_files"}),
+    ("include_outside", "include:\n  - {outside}/other.yaml\nservices: {}\n", {}, {"outside_files"}),
+    (
+        "include_relative_escape",
+        "include:\n  - path: ../../outside/other.yaml\nservices:\n  a:\n    image: {image}\n",
+        {},
+        {"outside_files"},
+    ),
+    (
+        "extends_outside",
+        "services:\n  a:\n    extends:\n      file: {outside}/other.yaml\n      service: base\n",
+        {},
+        {"outside_files"},
+    ),
+    (
+        "secret_file_outside",
+        "services:\n  a:\n    image: {image}\n    secrets: [s]\nsecrets:\n  s:\n    file: {outside}/secret.env\n",
+        {},
+        {"outside_files"},
+    ),
+    (
+        "config_file_outside",
+        "services:\n  a:\n    image: {image}\n    configs: [c]\nconfigs:\n  c:\n    file: /etc/passwd\n",
+        {},
+        {"outside_files"},
+    ),
+    ("build_context_outside", "services:\n  a:\n    build: {outside}\n", {}, {"outside_files"}),
+    (
+        "dockerfile_outside",
+        "services:\n  a:\n    build:\n      context: .\n      dockerfile: {outside}/Dockerfile\n",
+        {"Dockerfile": "FROM scratch\n"},
+        {"outside_files"},
+    ),
+    (
+        "label_file_outside",
+        "services:\n  a:\n    image: {image}\n    label_file: {outside}/secret.env\n",
+        {},
+        {"outside_files"},
+    ),
+    ("devices", "services:\n  a:\n    image: {image}\n    devices: ['/dev/mem:/dev/mem']\n", {}, {"devices"}),
+    (
+        "device_cgroup_rules",
+        "services:\n  a:\n    image: {image}\n    device_cgroup_rules: ['a *:* rwm']\n",
+        {},
+        {"devices"},
+    ),
+    (
+        "ipc_of_another_container",
+        "services:\n  a:\n    image: {image}\n    ipc: 'container:compose-agent'\n",
+        {},
+        {"host_namespaces"},
+    ),
+    (
+        "network_of_another_container",
+        "services:\n  a:\n    image: {image}\n    network_mode: 'container:compose-agent'\n",
+        {},
+        {"host_namespaces"},
+    ),
+    ("userns_host", "services:\n  a:\n    image: {image}\n    userns_mode: host\n", {}, {"host_namespaces"}),
+    (
+        "host_network_by_name",
+        "services:\n  a:\n    image: {image}\n    networks: [h]\nnetworks:\n  h:\n    external: true\n    name: host\n",
+        {},
+        {"host_namespaces"},
+    ),
+    (
+        "provider_runs_a_host_program",
+        "services:\n  a:\n    provider:\n      type: ./run.sh\n",
+        {"run.sh": "#!/bin/sh\ntouch PWNED\n"},
+        {"provider"},
+    ),
+    (
+        "external_volume_of_the_gateway",
+        "services:\n  a:\n    image: {image}\n    volumes: ['store:/s']\n"
+        "volumes:\n  store:\n    external: true\n    name: compose-agent_compose-agent-state\n",
+        {},
+        {"external_volumes"},
+    ),
+    (
+        "volume_named_into_another_stack",
+        "services:\n  a:\n    image: {image}\n    volumes: ['store:/s']\n"
+        "volumes:\n  store:\n    name: othershop_data\n",
+        {},
+        {"external_volumes"},
+    ),
+    (
+        "external_network",
+        "services:\n  a:\n    image: {image}\n    networks: [n]\n"
+        "networks:\n  n:\n    external: true\n    name: compose-agent_default\n",
+        {},
+        {"external_networks"},
+    ),
+    (
+        "volume_driver_plugin",
+        "services:\n  a:\n    image: {image}\n    volumes: ['vol:/v']\nvolumes:\n  vol:\n    driver: local-persist\n",
+        {},
+        {"volume_drivers"},
+    ),
+    (
+        "oom_and_cgroup_escape",
+        "services:\n  a:\n    image: {image}\n    cgroup_parent: /system.slice\n    oom_kill_disable: true\n",
+        {},
+        {"host_resources"},
+    ),
+    (
+        "privileged_hook",
+        "services:\n  a:\n    image: {image}\n    post_start:\n      - command: ['true']\n        privileged: true\n",
+        {},
+        {"privileged"},
+    ),
+    (
+        "build_host_network_and_insecure_entitlement",
+        "services:\n  a:\n    build:\n      context: .\n      network: host\n      entitlements: [security.insecure]\n",
+        {"Dockerfile": "FROM scratch\n"},
+        {"host_namespaces", "privileged"},
+    ),
+    (
+        "build_additional_context_outside",
+        "services:\n  a:\n    build:\n      context: .\n      additional_contexts:\n        etc: /etc\n",
+        {"Dockerfile": "FROM scratch\n"},
+        {"outside_files"},
+    ),
+    (
+        "privileged_behind_a_profile",
+        "services:\n  a:\n    image: {image}\n"
+        "  debug:\n    image: {image}\n    profiles: [debug]\n    privileged: true\n",
+        {},
+        {"privileged"},
+    ),
+    ("include_with_a_variable", "include:\n  - ${HOME}/other.yaml\nservices: {}\n", {}, {"outside_files"}),
+    (
+        "nested_include_escapes",
+        "include:\n  - sub/inner.yaml\nservices: {}\n",
+        {"sub/inner.yaml": "include:\n  - ../../../outside/other.yaml\nservices: {}\n"},
+        {"outside_files"},
+    ),
+    (
+        "extends_hidden_behind_a_merge_key",
+        "x-base: &base\n  extends:\n    file: {outside}/other.yaml\n    service: base\n"
+        "services:\n  a:\n    <<: *base\n",
+        {},
+        {"outside_files"},
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def cli() -> ComposeCli:
+    return ComposeCli.locate(None, os.environ)
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the stacks dir, holding files no stack may read."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "secret.env").write_text(f"MARKER={OUTSIDE_MARKER}\n")
+    (folder / "other.yaml").write_text(
+        f"services:\n  base:\n    image: busybox\n    environment:\n      MARKER: {OUTSIDE_MARKER}\n"
+    )
+    (folder / "Dockerfile").write_text("FROM scratch\n")
+    return folder
+
+
+class CountingCli(ComposeCli):
+    """The real CLI, counting its runs: to see when the guard ran Compose and when it did not."""
+
+    def __init__(self, cli: ComposeCli) -> None:
+        super().__init__(cli.argv, cli.version, cli.env)
+        self.runs: list[list[str]] = []
+
+    async def run(
+        self,
+        project: str,
+        args: Sequence[str],
+        *,
+        compose_file: Path | None = None,
+        cwd: Path | None = None,
+        progress: ProgressCallback | None = None,
+        profiles: Sequence[str] = (),
+    ) -> ComposeOutput:
+        self.runs.append(list(args))
+        return await super().run(
+            project, args, compose_file=compose_file, cwd=cwd, progress=progress, profiles=profiles
+        )
+
+
+def make(stacks: StackFactory, compose: str, outside: Path, files: dict[str, str] | None = None) -> Stack:
+    name = stacks.make(compose.replace("{outside}", str(outside)), files=files)
+    stack = find_stack(stacks.root, name)
+    assert stack is not None
+    return stack
+
+
+@pytest.mark.parametrize(("compose", "files", "rules"), [case[1:] for case in HOSTILE], ids=[c[0] for c in HOSTILE])
+async def test_each_hostile_compose_file_is_refused_with_its_rule_id(
+    stacks: StackFactory, outside: Path, cli: ComposeCli, compose: str, files: dict[str, str], rules: set[str]
+) -> None:
+    stack = make(stacks, compose, outside, files)
+    evaluation = await PolicyGuard(Policy()).evaluate(stack, cli)
+    assert not evaluation.verdict.allowed
+    assert rules <= set(evaluation.verdict.rules), evaluation.verdict
+    text = str(refusal(stack.name, "up", evaluation.verdict))
+    for rule in rules:
+        assert f"\n- {rule}: " in text
+    assert f"policy.stacks.{stack.name}.allow" in text
+    assert OUTSIDE_MARKER not in text
+
+
+# Everything an ordinary stack does: relative binds, named and tmpfs volumes, loopback ports,
+# healthchecks, depends_on, a build context, env files, a secret, extends and include, all inside.
+ORDINARY = """
+include:
+  - extra/compose.yaml
+services:
+  web:
+    image: {image}
+    init: true
+    command: ["httpd", "-f", "-p", "8080", "-h", "/srv"]
+    ports: ["127.0.0.1:0:8080"]
+    volumes:
+      - ./site:/srv:ro
+      - data:/data
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/"]
+      interval: 1s
+      retries: 5
+  api:
+    build: ./api
+    init: true
+    env_file: [app.env]
+    environment:
+      TAG: ${TAG}
+    depends_on:
+      web:
+        condition: service_healthy
+    secrets: [token]
+    security_opt: ["no-new-privileges:true"]
+    cap_drop: [ALL]
+    volumes:
+      - cache:/cache
+      - type: tmpfs
+        target: /tmp
+  worker:
+    extends:
+      file: common.yaml
+      service: base
+    network_mode: service:web
+volumes:
+  data:
+  cache:
+    driver_opts: {type: tmpfs, device: tmpfs}
+secrets:
+  token:
+    file: ./token.txt
+"""
+ORDINARY_FILES = {
+    **STACK_FILES,
+    "api/Dockerfile": "FROM scratch\n",
+    "app.env": "MODE=test\n",
+    "token.txt": "t\n",
+    "common.yaml": "services:\n  base:\n    image: busybox\n    env_file: app.env\n",
+    "extra/compose.yaml": "services:\n  extra:\n    image: busybox\n    volumes: ['./data:/data']\n",
+    ".env": "TAG=1\n",
+}
+
+
+async def test_an_ordinary_stack_is_allowed(stacks: StackFactory, outside: Path, cli: ComposeCli) -> None:
+    stack = make(stacks, ORDINARY, outside, ORDINARY_FILES)
+    evaluation = await PolicyGuard(Policy()).evaluate(stack, cli)
+    assert evaluation.verdict.allowed, evaluation.verdict
+    assert set(evaluation.model["services"]) == {"web", "api", "worker", "extra"}
+
+
+async def test_an_operator_exception_allows_exactly_that_rule_for_exactly_that_stack(
+    stacks: StackFactory, outside: Path, cli: ComposeCli
+) -> None:
+    compose = "services:\n  a:\n    image: {image}\n    privileged: true\n    cap_add: [NET_ADMIN]\n"
+    excepted = make(stacks, compose, outside)
+    other = make(stacks, compose, outside)
+    guard = PolicyGuard(Policy(stacks={excepted.name: StackRules(allow=("privileged",))}))
+
+    mine = (await guard.evaluate(excepted, cli)).verdict
+    assert mine.rules == ["capabilities"]
+    theirs = (await guard.evaluate(other, cli)).verdict
+    assert set(theirs.rules) == {"privileged", "capabilities"}
+
+
+async def test_allowed_bind_roots_allow_binds_below_them_but_never_the_socket(
+    stacks: StackFactory, outside: Path, cli: ComposeCli
+) -> None:
+    stack = make(
+        stacks,
+        "services:\n  a:\n    image: {image}\n    volumes: ['{outside}:/data', '{outside}/../elsewhere:/e']\n",
+        outside,
+    )
+    guard = PolicyGuard(Policy(allowed_bind_roots=(outside,)))
+    result = (await guard.evaluate(stack, cli)).verdict
+    assert [v.value for v in result.violations] == [
+        f"bind mount {outside}/../elsewhere (resolves to {outside.parent}/elsewhere) is outside the stack folder"
+    ]
+
+    socket = make(stacks, "services:\n  a:\n    image: {image}\n    volumes: ['/run:/r']\n", outside)
+    root_guard = PolicyGuard(Policy(allowed_bind_roots=(Path("/run"),)), sockets=["/run/docker.sock"])
+    assert (await root_guard.evaluate(socket, cli)).verdict.rules == ["docker_socket"]
+
+
+async def test_a_reference_outside_the_folder_is_refused_before_compose_reads_it(
+    stacks: StackFactory, outside: Path, cli: ComposeCli
+) -> None:
+    # Not YAML: had Compose read it, its parse error would quote the marker.
+    (outside / "other.yaml").write_text(f"{OUTSIDE_MARKER}: [unclosed\n")
+    stack = make(stacks, "include:\n  - {outside}/other.yaml\nservices: {}\n", outside)
+    counting = CountingCli(cli)
+    evaluation = await PolicyGuard(Policy()).evaluate(stack, counting)
+    assert evaluation.verdict.rules == ["outside_files"] and evaluation.model == {}
+    assert counting.runs == []
+    assert OUTSIDE_MARKER not in json.dumps(evaluation.verdict.model_dump())
+
+
+async def test_symlinks_are_judged_by_where_they_point(stacks: StackFactory, outside: Path, cli: ComposeCli) -> None:
+    stack = make(
+        stacks,
+        "services:\n  a:\n    image: {image}\n    env_file: app.env\n    volumes: ['./data:/data']\n",
+        outside,
+    )
+    assert stack.folder is not None
+    (stack.folder / "data").symlink_to("/")
+    (stack.folder / "app.env").symlink_to(outside / "secret.env")
+    (stack.folder / ".env").symlink_to(outside / "secret.env")
+    evaluation = await PolicyGuard(Policy()).evaluate(stack, cli)
+    values = [v.value for v in evaluation.verdict.violations]
+    assert any(v.startswith("env_file app.env") for v in values)
+    assert any(v.startswith(".env file .env") for v in values)
+    # Compose never ran (it would have read both files), so the bind is judged once they are fixed.
+    (stack.folder / "app.env").unlink()
+    (stack.folder / ".env").unlink()
+    (stack.folder / "app.env").write_text("MODE=1\n")
+    evaluation = await PolicyGuard(Policy()).evaluate(stack, cli)
+    assert set(evaluation.verdict.rules) == {"host_bind", "docker_socket"}
+
+
+async def test_marks_are_cached_until_a_file_that_shapes_the_model_changes(
+    stacks: StackFactory, outside: Path, cli: ComposeCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.guard
+
+    monkeypatch.setattr(gateway.guard, "MARK_TTL_S", 0.0)
+    stack = make(stacks, "include: [inner.yaml]\nservices: {}\n", outside, {"inner.yaml": "services: {}\n"})
+    assert stack.folder is not None
+    counting = CountingCli(cli)
+    guard = PolicyGuard(Policy())
+    assert (await guard.mark(stack, counting)).allowed
+    assert (await guard.mark(stack, counting)).allowed
+    assert len(counting.runs) == 1
+    # An included file changed: the mark is recomputed, and now refuses.
+    (stack.folder / "inner.yaml").write_text("services:\n  a:\n    image: busybox\n    privileged: true\n")
+    assert (await guard.mark(stack, counting)).rules == ["privileged"]
+    assert len(counting.runs) == 2
+
+
+async def test_a_mark_on_a_broken_stack_says_why_instead_of_raising(
+    stacks: StackFactory, outside: Path, cli: ComposeCli
+) -> None:
+    stack = make(stacks, "services:\n  a: [unclosed\n", outside)
+    mark = await PolicyGuard(Policy()).mark(stack, cli)
+    assert not mark.allowed and mark.error and "not valid YAML" in mark.error
+
+
+async def test_a_refusal_is_a_policy_violation_that_lists_every_finding(
+    stacks: StackFactory, outside: Path, cli: ComposeCli
+) -> None:
+    stack = make(stacks, "services:\n  web:\n    image: {image}\n    privileged: true\n", outside)
+    with pytest.raises(PolicyRefused) as caught:
+        await PolicyGuard(Policy()).enforce(stack, cli, "up")
+    assert caught.value.kind == "policy_violation"
+    assert [(v.rule, v.service, v.value) for v in caught.value.violations] == [
+        ("privileged", "web", "privileged: true")
+    ]
+    assert f'"privileged" in policy.stacks.{stack.name}.allow' in str(caught.value)
+
+
+def test_the_operator_policy_is_read_from_config_json_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    policy: dict[str, Any] = {
+        "allowed_bind_roots": ["/srv/media/"],
+        "stacks": {"shop": {"allow": ["privileged"]}},
+        "confirm": ["down"],
+        "pass_env": ["TZ"],
+    }
+    path.write_text(json.dumps({"policy": policy}))
+    settings = load_settings({"CONFIG_PATH": str(path)})
+    assert settings.policy.allowed_bind_roots == (Path("/srv/media"),)
+    assert settings.policy.allows("shop", "privileged") and not settings.policy.allows("shop", "host_bind")
+    assert not settings.policy.allows("other", "privileged")
+
+    bad = {"stacks": {"shop": {"allow": ["everything"]}}, "pass_env": ["VAULT_TOKEN"], "allowed_bind_roots": ["/"]}
+    path.write_text(json.dumps({"policy": bad}))
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"CONFIG_PATH": str(path)})
+    message = str(caught.value)
+    assert "policy.stacks.shop.allow" in message and "unknown rule id(s) everything" in message
+    assert "pass_env may not hold VAULT_TOKEN" in message and "allowed bind root '/'" in message
