@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,7 +80,10 @@ class PolicyGuard:
         self.policy = policy
         self.sockets = tuple(sockets) if sockets is not None else runtime_sockets(docker_host)
         self._marks: dict[str, _Mark] = {}
-        self._limiter = anyio.CapacityLimiter(MARK_CONCURRENCY)
+        # Marks are computed in worker threads (see mark); these bound them and keep one per stack.
+        self._slots = threading.BoundedSemaphore(MARK_CONCURRENCY)
+        self._threads_lock = threading.Lock()
+        self._stack_locks: dict[str, threading.Lock] = {}
 
     async def evaluate(self, stack: Stack, cli: ComposeCli) -> Evaluation:
         """Judge ``stack`` now, from its files as they are.
@@ -141,7 +145,12 @@ class PolicyGuard:
         return evaluation
 
     async def mark(self, stack: Stack, cli: ComposeCli) -> Verdict:
-        """The verdict ``up`` would reach, cached by the files' signature; never raises."""
+        """The verdict ``up`` would reach, cached by the files' signature; never raises.
+
+        A mark that must be computed is computed in a worker thread that outlives this call: a
+        listing that stops waiting (see ``reads.MARK_BUDGET_S``) leaves it running, and the next
+        call finds its result instead of starting over.
+        """
         assert stack.folder is not None
         now = time.monotonic()
         cached = self._marks.get(stack.name)
@@ -152,13 +161,29 @@ class PolicyGuard:
             if signature == cached.signature:
                 cached.checked = now
                 return cached.verdict
-        async with self._limiter:
-            try:
-                return (await self.evaluate(stack, cli)).verdict
-            except GatewayError as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                logger.info("policy guard cannot judge stack %s: %s", stack.name, reason)
-                return Verdict(allowed=False, error=reason)
+        return await to_thread.run_sync(self._mark_now, stack, cli, now, abandon_on_cancel=True)
+
+    def _mark_now(self, stack: Stack, cli: ComposeCli, asked: float) -> Verdict:
+        """Judge ``stack`` in this worker thread, unless another thread judged it since ``asked``."""
+        with self._threads_lock:
+            lock = self._stack_locks.setdefault(stack.name, threading.Lock())
+        with lock:
+            cached = self._marks.get(stack.name)
+            if cached is not None and cached.checked >= asked:
+                return cached.verdict
+            with self._slots:
+                try:
+                    # A loop of this thread's own: the caller's may have stopped waiting for it.
+                    return anyio.run(self.evaluate, stack, cli).verdict
+                except GatewayError as exc:
+                    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    logger.info("policy guard cannot judge stack %s: %s", stack.name, reason)
+                    result = Verdict(allowed=False, error=reason)
+                    # Kept like a verdict, so a broken stack is not re-run through Compose on every listing.
+                    assert stack.folder is not None and stack.compose_file is not None
+                    files = [stack.compose_file, stack.folder / ".env"]
+                    self._marks[stack.name] = _Mark(files, _signature(files), time.monotonic(), result)
+                    return result
 
     def forget(self, name: str) -> None:
         """Drop a cached mark, e.g. after a tool rewrote the stack's files."""
