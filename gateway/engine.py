@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import EngineUnavailable, GatewayError
@@ -217,11 +217,20 @@ class Engine:
             return result
 
     def logs(self, container_id: str, *, tail: int, since: float | None) -> bytes:
-        """A container's stdout and stderr, with timestamps, the last ``tail`` lines."""
+        """A container's stdout and stderr, with timestamps, the last ``tail`` lines.
+
+        ``since`` is Unix seconds; the epoch (or anything not after it) means from the first line.
+        """
         with self._translate():
             try:
                 data: bytes = self.client.logs(
-                    container_id, stdout=True, stderr=True, timestamps=True, tail=tail, since=since
+                    container_id,
+                    stdout=True,
+                    stderr=True,
+                    timestamps=True,
+                    tail=tail,
+                    # docker-py refuses 0 ("positive int/float"); the engine's own "no lower bound" is to omit it.
+                    since=since if since is not None and since > 0 else None,
                 )
             except _not_found():
                 return b""
@@ -238,13 +247,11 @@ class Engine:
 
 
 def _parse_time(raw: str) -> float:
-    # RFC 3339 with nanoseconds; Python wants at most microseconds.
-    base, _, frac = raw.rstrip("Z").partition(".")
+    # The engine's RFC 3339 with nanoseconds: fromisoformat keeps the microseconds (Python 3.11+).
     try:
-        parsed = datetime.fromisoformat(base).replace(tzinfo=UTC)
+        return datetime.fromisoformat(raw).timestamp()
     except ValueError:
         return 0.0
-    return parsed.timestamp() + (float("0." + frac[:6]) if frac else 0.0)
 
 
 def _not_found() -> type[Exception]:
