@@ -42,7 +42,7 @@ from mcp_types import (
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-__all__ = ["Notifier", "LOG_LEVELS", "DEFAULT_LOG_LEVEL"]
+__all__ = ["Notifier", "LOG_LEVELS", "DEFAULT_LOG_LEVEL", "MAX_SUBSCRIPTIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ LOG_LEVELS: tuple[LoggingLevel, ...] = get_args(LoggingLevel)
 DEFAULT_LOG_LEVEL: LoggingLevel = "info"
 # A host that does not take a notification within this long is skipped, not waited for.
 _SEND_TIMEOUT_S = 2.0
+# Resources one handshake-era session may follow: a status URI per stack, with room to spare.
+MAX_SUBSCRIPTIONS = 1000
 # Gateway warnings waiting to be broadcast; beyond this, new ones are dropped.
 _LOG_BACKLOG = 256
 
@@ -157,10 +159,14 @@ class Notifier:
         notification = ResourceUpdatedNotification(params=ResourceUpdatedNotificationParams(uri=uri))
         await self._broadcast(notification, lambda peer: uri in peer.subscriptions)
 
-    def subscribe(self, session: ServerSession, uri: str) -> None:
+    def subscribe(self, session: ServerSession, uri: str) -> bool:
+        """Note that ``session`` wants to hear about ``uri``; False when it already follows too many."""
         peer = self.peer(session)
         if peer is not None:
+            if uri not in peer.subscriptions and len(peer.subscriptions) >= MAX_SUBSCRIPTIONS:
+                return False
             peer.subscriptions.add(uri)
+        return True
 
     def unsubscribe(self, session: ServerSession, uri: str) -> None:
         peer = self.peer(session)

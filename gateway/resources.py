@@ -40,9 +40,9 @@ from .auth import Principal
 from .engine import PROJECT_LABEL
 from .errors import GatewayError, InvalidInput
 from .logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_TAIL
-from .notify import Notifier
+from .notify import MAX_SUBSCRIPTIONS, Notifier
 from .operations import ComposeOperations
-from .stacks import validate_services
+from .stacks import validate_project_name, validate_services
 
 __all__ = [
     "COMPOSE_FILE_TEMPLATE",
@@ -53,6 +53,7 @@ __all__ = [
     "status_uri",
     "logs_uri",
     "tool_for_uri",
+    "is_stack_uri",
     "register_resources",
     "gateway_mcp_error",
     "lowlevel_server",
@@ -87,6 +88,18 @@ def status_uri(project: str) -> str:
 
 def logs_uri(project: str) -> str:
     return f"compose://stacks/{project}/logs"
+
+
+def is_stack_uri(uri: str) -> bool:
+    """Whether ``uri`` names one of a stack's resources, with a valid stack name."""
+    match = _STACK_URI_RE.fullmatch(uri)
+    if match is None:
+        return False
+    try:
+        validate_project_name(match.group(1))
+    except InvalidInput:
+        return False
+    return True
 
 
 def tool_for_uri(uri: str) -> str | None:
@@ -271,9 +284,18 @@ def register_resources(mcp: MCPServer, ops: ComposeOperations, notifier: Notifie
         return await read_entry.handler(ctx, params)
 
     async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
-        _check(ctx, str(params.uri), "resources/subscribe")
-        if notifier is not None:
-            notifier.subscribe(ctx.session, str(params.uri))
+        uri = str(params.uri)
+        if not is_stack_uri(uri) and not uri.startswith(APP_URI_PREFIX):
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"nothing to subscribe to at {uri[:100]!r}: subscribe to compose://stacks/<stack>/status",
+            )
+        _check(ctx, uri, "resources/subscribe")
+        if notifier is not None and not notifier.subscribe(ctx.session, uri):
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"this session already follows {MAX_SUBSCRIPTIONS} resources; unsubscribe from some first",
+            )
         return EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:

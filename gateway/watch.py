@@ -6,8 +6,9 @@ knows nothing about). The stream is followed in a worker thread, because docker-
 stacks dir is re-listed every few seconds, which is one ``scandir``.
 
 An event for a project marks its status resource updated; a change in the set of stack names marks
-the resource list changed. Both are level triggers, so a burst of events for one project (``up`` of
-ten services) is sent as one notification per short window rather than one per container.
+the resource list changed. Both are level triggers: the first event is sent at once, and the burst
+that may follow it (``up`` of ten services) once more at the end of a short window, not once per
+container.
 """
 
 from __future__ import annotations
@@ -113,15 +114,21 @@ class StackWatcher:
     async def _notify_forever(self, receive: anyio.abc.ObjectReceiveStream[str]) -> None:
         async with receive:
             async for project in receive:
-                # Take what else arrives in a short window: one `up` is many container events.
-                projects = {project}
+                await self._notify({project})
+                # What follows within a short window is sent once at its end: one `up` is many
+                # container events, and a host needs the last state, not every step.
+                pending: set[str] = set()
                 with anyio.move_on_after(self.coalesce):
                     async for more in receive:
-                        projects.add(more)
-                for name in sorted(projects):
-                    await self.notifier.updated(status_uri(name))
-                # A created or destroyed container may be the first or last of a project.
-                await self.rescan()
+                        pending.add(more)
+                if pending:
+                    await self._notify(pending)
+
+    async def _notify(self, projects: set[str]) -> None:
+        for name in sorted(projects):
+            await self.notifier.updated(status_uri(name))
+        # A created or destroyed container may be the first or last of a project.
+        await self.rescan()
 
     def _follow(self, deliver: Callable[[str], None]) -> None:
         """Block in a worker thread, handing each relevant event's project to ``deliver``, until closed."""

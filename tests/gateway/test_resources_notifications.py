@@ -18,7 +18,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.subscriptions import InMemorySubscriptionBus
-from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp_types import LoggingMessageNotificationParams, ServerNotification
 
@@ -176,3 +176,16 @@ async def test_the_served_gateway_tells_listeners_when_a_stack_appears(
                 stacks.make(SIMPLE)
                 with anyio.fail_after(30):
                     assert await anext(sub) == ResourcesListChanged()
+
+
+async def test_a_session_subscribes_only_to_the_gateways_resources(
+    ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    project = stacks.make(SIMPLE)
+    async with Client(build_server(ops), mode="legacy") as client:
+        with pytest.warns(MCPDeprecationWarning):
+            await client.subscribe_resource(status_uri(project))
+        for uri in ("file:///etc/passwd", "compose://stacks/../x/status", "compose://stacks/" + "a" * 100 + "/status"):
+            with pytest.warns(MCPDeprecationWarning), pytest.raises(MCPError) as refused:
+                await client.subscribe_resource(uri)
+            assert "nothing to subscribe to" in str(refused.value)
