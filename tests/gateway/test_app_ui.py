@@ -145,6 +145,10 @@ async def test_the_stack_view_renders_a_running_stack_and_its_buttons_call_the_t
             states = {s["service"]: s["state"] for s in stopped.structured_content["services"]}
             assert states == {"web": "running", "worker": "exited"}
 
+            # The view follows the host's theme.
+            await page.evaluate("window.bridge.sendHostContextChange({theme: 'dark'})")
+            await expect(view.locator("html")).to_have_attribute("data-theme", "dark")
+
             await view.get_by_test_id("action-worker-start").click()
             await expect(view.get_by_test_id("state-worker")).to_have_text("running", timeout=60_000)
             calls = await page.evaluate("window.hostCalls")
