@@ -7,7 +7,8 @@ the guard follows) plus ``--stacks`` small ones into a temporary stacks dir, the
 
 - the raw reference pass alone (reads the compose files, never Compose);
 - a full evaluation (the raw pass plus ``docker compose --profile '*' config --format json``),
-  which is what ``up`` and ``config`` add before Compose does their work;
+  which ``up`` and ``config`` add when the stack is new or changed;
+- what ``up`` adds when nothing changed: the kept verdict re-checked file by file and path by path;
 - a bare ``docker compose config --format json`` run, for comparison;
 - ``list_stacks`` over all the stacks: cold (a fresh gateway: its first answer, which waits for
   marks only so long, and the calls until every stack is marked), warm within the mark TTL, and
@@ -111,8 +112,15 @@ async def main(args: argparse.Namespace) -> list[Sample]:
         async def bare_config() -> None:
             await cli.run(name, ["config", "--format", "json"], compose_file=stack.compose_file, cwd=stack.folder)
 
+        reusing = PolicyGuard(Policy())
+        await reusing.evaluate(stack, cli)
+
+        async def enforce_unchanged() -> None:
+            await reusing.enforce(stack, cli, "up")
+
         samples.append(await timed("raw reference pass", raw, args.iterations))
-        samples.append(await timed("full evaluation (up/config add this)", evaluate, args.iterations))
+        samples.append(await timed("full evaluation (a changed or new stack)", evaluate, args.iterations))
+        samples.append(await timed("up's guard when nothing changed (re-checked)", enforce_unchanged, args.iterations))
         samples.append(await timed("bare compose config, for comparison", bare_config, args.iterations))
 
         settings = load_settings({"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}, stacks_dir=root)
@@ -123,7 +131,7 @@ async def main(args: argparse.Namespace) -> list[Sample]:
             started = time.perf_counter()
             listing = await ops.list_stacks()
             cold.values.append((time.perf_counter() - started) * 1000)
-            while any(entry.policy is None for entry in listing.stacks):
+            while any(entry.policy is None and not entry.external for entry in listing.stacks):
                 listing = await ops.list_stacks()
             complete.values.append((time.perf_counter() - started) * 1000)
             ops.close()
