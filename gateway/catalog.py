@@ -1,8 +1,9 @@
 """The stacks the gateway knows: folders under the stacks dir, and running folder-less projects.
 
 The catalog answers "which stack is this name?", lists every stack, and knows which services a
-stack's compose model defines (from Compose itself, cached by the files' mtimes). It holds the
-policy guard, so that no Compose run it starts reads a file outside the stack's folder.
+stack's compose model defines (from Compose itself, cached by the files' mtimes), and where it
+runs: Compose, or Docker Swarm for a stack whose compose file opts in (see :mod:`gateway.swarm`).
+It holds the policy guard, so that no Compose run it starts reads a file outside the stack's folder.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from typing import Any
 from anyio import to_thread
 
 from .compose import ComposeLocator
+from .dockercli import DockerCli
 from .engine import PROJECT_LABEL, Engine
 from .errors import GatewayError, InvalidInput, StackNotFound
 from .guard import PolicyGuard, refusal
 from .policy import Policy, verdict
+from .stackfile import TARGET_KEY, StackTarget, stack_target
 from .stacks import Stack, discover_stacks, find_stack, validate_project_name
+from .swarm import SwarmBackend
 
 __all__ = ["StackCatalog", "files_signature"]
 
@@ -49,19 +53,27 @@ class _Defined:
     signature: tuple[tuple[str, float, int], ...]
     checked: float
     services: list[str]
+    target: StackTarget
 
 
 class StackCatalog:
     """Finds stacks by name and reads their compose models."""
 
     def __init__(
-        self, stacks_dir: Path, engine: Engine, compose: ComposeLocator, guard: PolicyGuard | None = None
+        self,
+        stacks_dir: Path,
+        engine: Engine,
+        compose: ComposeLocator,
+        guard: PolicyGuard | None = None,
+        swarm: SwarmBackend | None = None,
     ) -> None:
         # Absolute, because the Compose CLI runs with the stack's folder as its working directory.
         self.stacks_dir = stacks_dir.resolve()
         self.engine = engine
         self.compose = compose
         self.guard = guard or PolicyGuard(Policy())
+        # The docker CLI gets the Compose CLI's environment: the same variables, the same exclusions.
+        self.swarm = swarm or SwarmBackend(engine, lambda: DockerCli.locate(None, compose.located().env))
         self._defined: dict[str, _Defined] = {}
 
     def folders(self) -> dict[str, Stack]:
@@ -84,7 +96,7 @@ class StackCatalog:
         if stack is not None:
             return stack
         containers = await to_thread.run_sync(self.engine.project_containers, project)
-        if containers:
+        if containers or await self.swarm_has(project):
             if need_folder:
                 raise InvalidInput(
                     f"stack '{project}' is external (it runs, but has no folder under the stacks dir); "
@@ -93,6 +105,11 @@ class StackCatalog:
             return Stack(project)
         await self.not_found(project)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def swarm_has(self, project: str) -> bool:
+        """Whether the swarm runs a stack called ``project`` (False where the engine is no manager)."""
+        has: bool = await to_thread.run_sync(self.swarm.has_stack, project)
+        return has
 
     async def not_found(self, project: str) -> None:
         """Raise StackNotFound for ``project``, naming the stacks that do exist.
@@ -106,6 +123,10 @@ class StackCatalog:
         except GatewayError:
             containers = []
         names.update(c["Labels"][PROJECT_LABEL] for c in containers)
+        try:
+            names.update(await to_thread.run_sync(self.swarm.stacks))
+        except GatewayError:
+            pass
         listing = ", ".join(sorted(names)) or "none"
         raise StackNotFound(f"stack '{project}' not found; known stacks: {listing}")
 
@@ -134,28 +155,60 @@ class StackCatalog:
 
     async def defined_services(self, stack: Stack) -> list[str]:
         """The services the stack's compose model defines; [] when the model cannot be loaded."""
+        entry = await self._entry(stack)
+        return entry.services if entry is not None else []
+
+    async def target(self, stack: Stack, *, fresh: bool = False) -> StackTarget:
+        """Where the stack runs: Compose, or Swarm when its compose file says ``x-compose-agent: {target: swarm}``.
+
+        Files that never mention the block are Compose stacks without running Compose. A folder
+        whose model cannot be loaded counts as a swarm stack when the swarm runs one of its name,
+        so that a broken file does not trap its tasks. A folder-less stack is a swarm stack when no
+        compose container but a swarm service carries its name. ``fresh`` re-checks the files now
+        (for ``up``) instead of trusting a recent answer.
+
+        Raises:
+            InvalidInput: a malformed ``x-compose-agent`` block (only with ``fresh``; reads fall back).
+        """
+        if stack.folder is None:
+            swarm = await self.swarm_has(stack.name)
+            return StackTarget("swarm") if swarm else StackTarget()
+        if not await to_thread.run_sync(_mentions_target, stack.folder):
+            return StackTarget()
+        if fresh:
+            self._defined.pop(stack.name, None)
+            return stack_target(await self.config_model(stack))
+        entry = await self._entry(stack)
+        if entry is not None:
+            return entry.target
+        swarm = await self.swarm_has(stack.name)
+        return StackTarget("swarm") if swarm else StackTarget()
+
+    async def _entry(self, stack: Stack) -> _Defined | None:
+        """What the stack's model says (services, target), cached by file mtimes; None when it cannot load."""
         assert stack.folder is not None
         now = time.monotonic()
         cached = self._defined.get(stack.name)
         if cached is not None and now - cached.checked < _DEFINED_TTL_S:
-            return cached.services
+            return cached
         signature = files_signature(stack.folder)
         if cached is not None and cached.signature == signature:
             cached.checked = now
-            return cached.services
+            return cached
         try:
             model = await self.config_model(stack)
+            target = stack_target(model)
         except GatewayError as exc:
             # A broken compose file must not hide the containers that do run; ps reports what it can.
             logger.warning("cannot read the services of stack %s: %s", stack.name, str(exc).splitlines()[0])
-            return []
-        self._defined[stack.name] = _Defined(signature, now, _scaled_services(model))
-        return self._defined[stack.name].services
+            return None
+        self._defined[stack.name] = _Defined(signature, now, _scaled_services(model), target)
+        return self._defined[stack.name]
 
     def forget(self, project: str) -> None:
         """Drop what is cached about ``project``: a write may have changed it."""
-        # The guard's verdict stays: it is re-checked against the files themselves before each use.
         self._defined.pop(project, None)
+        self.guard.forget(project)
 
 
 def _scaled_services(model: Mapping[str, Any]) -> list[str]:
@@ -166,6 +219,22 @@ def _scaled_services(model: Mapping[str, Any]) -> list[str]:
         for name, spec in services_model.items()
         if not (isinstance(spec, dict) and (spec.get("scale") == 0 or (spec.get("deploy") or {}).get("replicas") == 0))
     )
+
+
+def _mentions_target(folder: Path) -> bool:
+    """Whether any of the files that shape the model mentions the opt-in block at all.
+
+    A cheap negative: a stack whose files never name it runs on Compose, and Compose need not run
+    to say so. When a file does name it, Compose's model decides.
+    """
+    marker = TARGET_KEY.encode()
+    for name in _MODEL_FILES:
+        try:
+            if marker in (folder / name).read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def files_signature(folder: Path) -> tuple[tuple[str, float, int], ...]:

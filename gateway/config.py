@@ -63,6 +63,7 @@ class Settings(BaseModel):
     state_dir: Path = Path("/tmp/compose-agent")
     audit_log: Path | None = None
     compose_bin: str | None = None
+    docker_bin: str | None = Field(default=None, description="The docker CLI for swarm stacks; default: docker on PATH")
     docker_host: str | None = None
     allowed_hosts: list[str] = Field(default_factory=list)
     self_project: str | None = Field(default=None, description="The compose project the gateway runs in, if known")
@@ -162,6 +163,7 @@ _ENV_FIELDS: dict[str, str] = {
     "STACKS_DIR": "stacks_dir",
     "AUDIT_LOG": "audit_log",
     "COMPOSE_BIN": "compose_bin",
+    "DOCKER_BIN": "docker_bin",
     "DOCKER_HOST": "docker_host",
     "COMPOSE_AGENT_SELF_PROJECT": "self_project",
     "COMPOSE_AGENT_TOKEN": "compose_agent_token",

@@ -1,4 +1,4 @@
-"""The write path: up, down, restart, start and stop through the Compose CLI.
+"""The write path: up, down, restart, start and stop through the Compose CLI (or Docker Swarm).
 
 Writes on one project are serialised by a lock of its own; reads never wait on them. Every call
 leaves an audit line, refusals included, and is counted under its control plane.
@@ -17,10 +17,19 @@ from anyio import to_thread
 from .audit import AuditLog, Intent
 from .catalog import StackCatalog
 from .compose import ProgressCallback
-from .errors import AuditUnavailable, ComposeFailed, GatewayError, PolicyRefused, PolicyViolation, ShuttingDown
+from .errors import (
+    AuditUnavailable,
+    ComposeFailed,
+    GatewayError,
+    InvalidInput,
+    PolicyRefused,
+    PolicyViolation,
+    ShuttingDown,
+)
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import ActionResult
 from .shutdown import RunningCommands
+from .stackfile import StackTarget
 from .stacks import Stack, validate_services
 
 __all__ = ["Lifecycle", "ServiceAction", "SERVICE_ACTIONS"]
@@ -176,7 +185,7 @@ class Lifecycle:
                     )
                 with self.running.track(what) as stopped:
                     ran = True
-                    note = await self._run(action, stack, args, on_event)
+                    note = await self._run(action, stack, args, on_event, arguments)
                 if stopped.cancelled_caught:
                     raise self.running.interruption(what)
             outcome = "ok"
@@ -214,8 +223,12 @@ class Lifecycle:
             message=f"{action} finished on '{project}'{note}",
         )
 
-    async def _run(self, action: str, stack: Stack, args: list[str], on_event: ProgressCallback) -> str:
+    async def _run(
+        self, action: str, stack: Stack, args: list[str], on_event: ProgressCallback, arguments: dict[str, Any]
+    ) -> str:
         """Run the command; returns a note for the result's message ("" when nothing special happened).
+
+        A stack whose compose file asks for Docker Swarm goes to :meth:`_swarm` instead.
 
         ``up`` runs only once the policy guard allows the stack's files as they are now (inside the
         project's lock, so a write through the gateway cannot slip in between).
@@ -225,6 +238,10 @@ class Lifecycle:
         project. So does one whose files reference files outside its folder: Compose would read
         them while loading, and its errors would quote them.
         """
+        target = await self.catalog.target(stack, fresh=action == "up")
+        if target.target == "swarm":
+            await self._swarm(action, stack, target, arguments, on_event)
+            return " (Docker Swarm)"
         cli = await self.catalog.compose.get()
         reason: str | None = None
         if action == "up":
@@ -246,6 +263,43 @@ class Lifecycle:
             f"; {reason}, so {action} acted on the project's containers by their compose project label; "
             "fix the file before the next up"
         )
+
+    async def _swarm(
+        self,
+        action: str,
+        stack: Stack,
+        target: StackTarget,
+        arguments: dict[str, Any],
+        on_event: ProgressCallback,
+    ) -> None:
+        """The action on a swarm stack. ``up`` deploys the model Compose loads, once the guard allows it.
+
+        The guard judges the model with every profile enabled, a superset of the default-profile
+        model that is deployed, exactly as for a Compose stack's ``up``.
+        """
+        swarm = self.catalog.swarm
+        services = arguments.get("services")
+        if action == "up":
+            await self.catalog.guard.enforce(stack, await self.catalog.compose.get(), "up")
+            model = await self.catalog.config_model(stack)
+            await swarm.deploy(
+                stack.name,
+                model,
+                resolve_image=target.resolve_image,
+                services=services,
+                wait=bool(arguments.get("wait")),
+                progress=on_event,
+            )
+        elif action == "down":
+            await swarm.remove(stack.name, volumes=bool(arguments.get("volumes")), progress=on_event)
+        elif action == "restart":
+            await swarm.restart(stack.name, services, on_event)
+        elif action == "start":
+            await swarm.start(stack.name, services, on_event)
+        elif action == "stop":
+            await swarm.stop(stack.name, services, on_event)
+        else:  # pragma: no cover - the tools offer no other action
+            raise InvalidInput(f"{action} is not an action on a swarm stack")
 
     async def _unloadable(self, stack: Stack) -> str | None:
         """Why Compose must not load the stack's files, checked without running it; None when it may."""

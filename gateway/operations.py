@@ -16,6 +16,7 @@ from .audit import AuditLog
 from .catalog import StackCatalog
 from .compose import ComposeCli, ComposeLocator, ProgressCallback
 from .config import Settings
+from .dockercli import DockerCli
 from .engine import Engine
 from .guard import PolicyGuard
 from .lifecycle import SERVICE_ACTIONS, Lifecycle, ServiceAction
@@ -23,12 +24,16 @@ from .logs import DEFAULT_BYTES, DEFAULT_TAIL
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from .reads import Reads
+from .swarm import SwarmBackend
 
 __all__ = ["ComposeOperations", "SERVICE_ACTIONS", "ServiceAction"]
 
 
 class ComposeOperations:
-    """Compose operations on the stacks under one stacks dir, plus running folder-less projects."""
+    """Compose operations on the stacks under one stacks dir, plus running folder-less projects.
+
+    Stacks whose compose file opts in to Docker Swarm run there, through the same operations.
+    """
 
     def __init__(
         self,
@@ -41,12 +46,15 @@ class ComposeOperations:
         audit: AuditLog | None = None,
         self_project: str | None = None,
         guard: PolicyGuard | None = None,
+        docker_bin: str | None = None,
     ) -> None:
         self.engine = engine
         self.plane = plane
         self.metrics = metrics or CommandExecutionMetrics()
         self.compose = ComposeLocator(cli)
-        self.catalog = StackCatalog(stacks_dir, engine, self.compose, guard)
+        # Swarm stacks' docker CLI runs with the Compose CLI's (allowlisted) environment.
+        swarm = SwarmBackend(engine, lambda: DockerCli.locate(docker_bin, self.compose.located().env))
+        self.catalog = StackCatalog(stacks_dir, engine, self.compose, guard, swarm)
         self.reads = Reads(self.catalog, plane=plane, metrics=self.metrics)
         self.lifecycle = Lifecycle(
             self.catalog, plane=plane, metrics=self.metrics, audit=audit, self_project=self_project
@@ -80,6 +88,7 @@ class ComposeOperations:
             audit=audit,
             self_project=settings.self_project,
             guard=PolicyGuard(policy, docker_host=env.get("DOCKER_HOST")),
+            docker_bin=settings.docker_bin,
         )
 
     @property

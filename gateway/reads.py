@@ -3,7 +3,8 @@
 list_stacks, ps and logs go through the Engine API (one list call, selected by the project
 label); config asks Compose for the normalised model, once the policy guard allows the stack.
 list_stacks and ps carry the guard's verdict on each stack folder (cached by the files'
-signature). Every read that reaches Docker is counted.
+signature). Every read that reaches Docker is counted. A swarm stack's ps and logs read its
+tasks and service logs instead (:mod:`gateway.swarm`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
+import regex
 from anyio import to_thread
 
 from .catalog import StackCatalog
@@ -32,6 +34,7 @@ from .logs import (
 )
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList, Verdict
+from .stackfile import Target
 from .stacks import Stack, validate_project_name, validate_services
 
 __all__ = ["Reads"]
@@ -39,8 +42,6 @@ __all__ = ["Reads"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# How long list_stacks waits for policy marks it has not cached yet.
-MARK_BUDGET_S = 0.5
 
 
 class Reads:
@@ -62,26 +63,30 @@ class Reads:
             self.metrics.record_execution(self.plane, tool, ok=ok)
 
     async def list_stacks(self) -> StackList:
-        """Every stack folder, plus running compose projects that have none (marked external)."""
+        """Every stack folder, plus running compose projects and swarm stacks that have none (marked external)."""
         stacks = self.catalog.folders()
         containers = await self._counted("list_stacks", self.engine.project_containers, None)
+        swarm = await to_thread.run_sync(self.catalog.swarm.stacks)
         marks: dict[str, Verdict] = {}
+        targets: dict[str, Target] = {}
 
         async def mark(stack: Stack) -> None:
             marks[stack.name] = await self._mark(stack)
+            targets[stack.name] = (await self.catalog.target(stack)).target
 
-        # Marks are cached; a cold one runs Compose, so they run side by side (the guard bounds how
-        # many), and a first listing of many stacks waits only so long: the marks that are done are
-        # kept, the rest show null and are judged on a later call.
-        with anyio.move_on_after(MARK_BUDGET_S):
-            async with anyio.create_task_group() as tg:
-                for stack in stacks.values():
-                    tg.start_soon(mark, stack)
+        # Marks are cached; a cold one runs Compose, so they run side by side (the guard bounds how many).
+        async with anyio.create_task_group() as tg:
+            for stack in stacks.values():
+                tg.start_soon(mark, stack)
         counts: dict[str, list[int]] = {}
         for container in containers:
             entry = counts.setdefault(container["Labels"][PROJECT_LABEL], [0, 0])
             entry[0] += 1
             entry[1] += container.get("State") == "running"
+        for name, tasks in swarm.items():
+            if targets.get(name, "compose" if name in counts else "swarm") == "swarm":
+                targets[name] = "swarm"
+                counts[name] = [tasks.tasks, tasks.running]
         return StackList(
             stacks=[
                 StackInfo(
@@ -89,6 +94,7 @@ class Reads:
                     external=name not in stacks,
                     containers=counts.get(name, [0, 0])[0],
                     running=counts.get(name, [0, 0])[1],
+                    target=targets.get(name, "compose"),
                     policy=marks.get(name),
                 )
                 for name in sorted(set(stacks) | set(counts))
@@ -104,10 +110,18 @@ class Reads:
         return await self.catalog.guard.mark(stack, cli)
 
     async def ps(self, project: str) -> PsResult:
-        """Every container of the stack, plus defined services that have none (state ``missing``)."""
+        """Every container of the stack, plus defined services that have none (state ``missing``).
+
+        For a swarm stack: one entry per task, with its node and desired state.
+        """
         validate_project_name(project)
         stack = self.catalog.folder(project)
-        services = await self._counted("ps", self._ps_rows, project)
+        if await self._is_swarm(project, stack):
+            services = await self._counted("ps", self.catalog.swarm.ps, project)
+        else:
+            services = await self._counted("ps", self._ps_rows, project)
+            if stack is None and not services:
+                services = await to_thread.run_sync(self.catalog.swarm.ps, project)
         if stack is None and not services:
             await self.catalog.not_found(project)
         mark: Verdict | None = None
@@ -118,6 +132,10 @@ class Reads:
             mark = await self._mark(stack)
         services.sort(key=lambda s: (s.service, s.container or ""))
         return PsResult(project=project, services=services, policy=mark)
+
+    async def _is_swarm(self, project: str, stack: Stack | None) -> bool:
+        """A stack folder whose model asks for Swarm (folder-less stacks are found by their containers first)."""
+        return stack is not None and (await self.catalog.target(stack)).target == "swarm"
 
     def _ps_rows(self, project: str) -> list[ServiceStatus]:
         rows = []
@@ -145,7 +163,13 @@ class Reads:
         pattern = compile_grep(grep)
         if not 1024 <= max_bytes <= MAX_BYTES:
             raise InvalidInput(f"max_bytes must be from 1024 to {MAX_BYTES}")
+        stack = self.catalog.folder(project)
+        args = (project, wanted, tail, since_ts, pattern, timestamps, max_bytes)
+        if await self._is_swarm(project, stack):
+            return await self._swarm_logs(*args)
         containers = await self._counted("logs", self.engine.project_containers, project)
+        if not containers and stack is None and await self.catalog.swarm_has(project):
+            return await self._swarm_logs(*args)
         if not containers:
             await self.catalog.resolve(project)  # a known stack with nothing running has no logs
         if wanted:
@@ -177,6 +201,32 @@ class Reads:
         return LogsResult(
             project=project, text="\n".join(lines), lines=len(lines), truncated=dropped > 0, dropped_lines=dropped
         )
+
+    async def _swarm_logs(
+        self,
+        project: str,
+        wanted: list[str] | None,
+        tail: int,
+        since: float | None,
+        pattern: regex.Pattern[str] | None,
+        timestamps: bool,
+        max_bytes: int,
+    ) -> LogsResult:
+        ok = False
+        try:
+            result = await self.catalog.swarm.logs(
+                project,
+                services=wanted,
+                tail=tail,
+                since=since,
+                grep=pattern,
+                timestamps=timestamps,
+                max_bytes=max_bytes,
+            )
+            ok = True
+            return result
+        finally:
+            self.metrics.record_execution(self.plane, "logs", ok=ok)
 
     async def config(self, project: str) -> ConfigResult:
         """The stack's compose model as Compose validates and normalises it."""

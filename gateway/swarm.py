@@ -16,7 +16,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -27,28 +26,16 @@ from anyio import to_thread
 from .compose import ProgressCallback
 from .dockercli import DockerCli
 from .engine import Engine
-from .errors import InvalidInput, SwarmFailed, SwarmUnavailable
+from .errors import InvalidInput, SwarmFailed
 from .logs import bound_lines, merge_logs
 from .models import LogsResult, ServiceStatus
-from .stackfile import TARGET_KEY, ResolveImage, to_stack_file
-from .swarmtasks import NAMESPACE_LABEL, is_failure, service_name, split_service_log, task_labels, task_rows
+from .stackfile import ResolveImage, to_stack_file
+from .swarmapi import STOPPED_REPLICAS_LABEL, StackCounts, SwarmApi, replicas
+from .swarmtasks import service_name, split_service_log, task_labels
 
 __all__ = ["SwarmBackend", "StackCounts", "STOPPED_REPLICAS_LABEL"]
 
 logger = logging.getLogger(__name__)
-
-# Set by `stop` on each service it scales to zero: the replicas `start` gives back.
-STOPPED_REPLICAS_LABEL = "com.compose-agent.stopped-replicas"
-# A service whose new tasks failed this often during one action is reported instead of waited for.
-_FAILURES_BEFORE_GIVING_UP = 3
-
-
-@dataclass(frozen=True)
-class StackCounts:
-    """A swarm stack as ``list_stacks`` shows it: its current tasks, and how many of them run."""
-
-    tasks: int
-    running: int
 
 
 class SwarmBackend:
@@ -64,13 +51,12 @@ class SwarmBackend:
         settle: float = 3.0,
     ) -> None:
         self.engine = engine
+        self.api = SwarmApi(engine)
         self._cli = cli
         self._cli_lock = threading.Lock()
         self.converge_timeout = converge_timeout
         self.poll_interval = poll_interval
         self.settle = settle
-
-    # -- the engine ------------------------------------------------------------------------------
 
     def _docker(self) -> DockerCli:
         with self._cli_lock:
@@ -78,96 +64,27 @@ class SwarmBackend:
                 self._cli = self._cli()
             return self._cli
 
+    # -- reads (blocking: callers run them in worker threads) ------------------------------------
+
     def check_manager(self, project: str) -> None:
         """Blocking. Return if the engine is a swarm manager, else say how to make it one.
 
         Raises:
             SwarmUnavailable: not in a swarm, a worker, or a locked swarm.
         """
-        with self.engine.translate():
-            swarm = self.engine.client.info().get("Swarm") or {}
-        state = swarm.get("LocalNodeState")
-        if state == "active" and swarm.get("ControlAvailable"):
-            return
-        where = f"the engine at DOCKER_HOST={self.engine.docker_host}"
-        if state == "active":
-            why = (
-                f"{where} is a swarm worker, not a manager: point the gateway at a manager node "
-                "(DOCKER_HOST, see docs/swarm.md), or promote this one with `docker node promote`"
-            )
-        elif state == "locked":
-            why = f"the swarm of {where} is locked: unlock it with `docker swarm unlock`"
-        elif state in ("pending", "error"):
-            why = f"{where} is {state} in its swarm ({swarm.get('Error') or 'no detail'}); see `docker info`"
-        else:
-            why = (
-                f"{where} is not part of a swarm: run `docker swarm init` there (or join it to a swarm as a "
-                f"manager), or remove the {TARGET_KEY} block to run the stack with Compose"
-            )
-        raise SwarmUnavailable(f"stack '{project}' asks for Docker Swarm ({TARGET_KEY}: target: swarm), but {why}")
-
-    def _services(self, project: str | None) -> list[dict[str, Any]]:
-        """The stack's services (or every stack's); empty where the engine is no swarm manager."""
-        import docker.errors
-
-        label = f"{NAMESPACE_LABEL}={project}" if project else NAMESPACE_LABEL
-        with self.engine.translate():
-            try:
-                services: list[dict[str, Any]] = self.engine.client.services(filters={"label": label})
-            except docker.errors.APIError as exc:
-                if exc.status_code == 503:  # "This node is not a swarm manager": so there are no swarm stacks
-                    return []
-                raise
-        return services
-
-    def _tasks(self, project: str | None) -> list[dict[str, Any]]:
-        label = f"{NAMESPACE_LABEL}={project}" if project else NAMESPACE_LABEL
-        with self.engine.translate():
-            tasks: list[dict[str, Any]] = self.engine.client.tasks(filters={"label": label})
-        return tasks
-
-    def _select(self, project: str, services: list[str] | None) -> list[dict[str, Any]]:
-        found = self._services(project)
-        if not found:
-            raise SwarmFailed(f"swarm stack '{project}' has no services; bring it up first")
-        if not services:
-            return sorted(found, key=lambda s: str(s["Spec"]["Name"]))
-        by_name = {service_name(project, s): s for s in found}
-        unknown = sorted(set(services) - set(by_name))
-        if unknown:
-            raise InvalidInput(
-                f"swarm stack '{project}' has no service(s) {', '.join(unknown)}; its services: "
-                f"{', '.join(sorted(by_name))}"
-            )
-        return [by_name[name] for name in services]
-
-    # -- reads -----------------------------------------------------------------------------------
+        self.api.check_manager(project)
 
     def stacks(self) -> dict[str, StackCounts]:
         """Blocking. Every swarm stack the engine manages, by name; empty when it manages none."""
-        services = self._services(None)
-        if not services:
-            return {}
-        names = {str(s["Spec"].get("Labels", {}).get(NAMESPACE_LABEL)) for s in services}
-        counts = {name: [0, 0] for name in names}
-        for task in self._tasks(None):
-            name = (task.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {}).get(NAMESPACE_LABEL)
-            if name in counts and task.get("DesiredState") not in ("shutdown", "remove"):
-                counts[name][0] += 1
-                counts[name][1] += task.get("Status", {}).get("State") == "running"
-        return {name: StackCounts(*c) for name, c in counts.items()}
+        return self.api.stacks()
+
+    def has_stack(self, project: str) -> bool:
+        """Blocking. Whether the swarm runs services of a stack called ``project``."""
+        return self.api.has_stack(project)
 
     def ps(self, project: str) -> list[ServiceStatus]:
-        """Blocking. One entry per current task of the stack (see :func:`task_rows`)."""
-        services = self._services(project)
-        if not services:
-            return []
-        tasks = self._tasks(project)
-        with self.engine.translate():
-            nodes = {n["ID"]: n.get("Description", {}).get("Hostname") for n in self.engine.client.nodes()}
-            # Health lives on the container, which only the node running it knows: shown for local tasks.
-            local = self.engine.client.containers(all=True, filters={"label": f"{NAMESPACE_LABEL}={project}"})
-        return task_rows(project, services, tasks, nodes, local)
+        """Blocking. One entry per current task of the stack (see :func:`gateway.swarmtasks.task_rows`)."""
+        return self.api.ps(project)
 
     async def logs(
         self,
@@ -185,12 +102,14 @@ class SwarmBackend:
         ``tail`` counts per task, as it counts per container for Compose. Arguments are validated
         by the caller, with the same rules as for Compose stacks.
         """
-        selected = await to_thread.run_sync(self._select, project, services)
+        if not services and not await to_thread.run_sync(self.api.has_stack, project):
+            return LogsResult(project=project, text="", lines=0, truncated=False)  # defined, not deployed
+        selected = await to_thread.run_sync(self.api.select, project, services)
 
         def labels() -> dict[str, str]:
             with self.engine.translate():
                 nodes = {n["ID"]: n.get("Description", {}).get("Hostname") for n in self.engine.client.nodes()}
-            return task_labels(project, self._services(project), self._tasks(project), nodes)
+            return task_labels(project, self.api.services(project), self.api.tasks(project), nodes)
 
         by_task = await to_thread.run_sync(labels)
         streams: list[tuple[str, list[bytes]]] = []
@@ -239,21 +158,29 @@ class SwarmBackend:
             InvalidInput: the model has something Swarm would widen (see :mod:`gateway.stackfile`).
             SwarmFailed: the CLI refused the stack, or (with ``wait``) the tasks kept failing.
         """
-        await to_thread.run_sync(self.check_manager, project)
+        await to_thread.run_sync(self.api.check_manager, project)
         stack_file = to_stack_file(model, services)
         cli = await to_thread.run_sync(self._docker)
         events: list[str] = []
         for note in stack_file.notes:
             await _emit(note, events, progress)
-        before = {t["ID"] for t in await to_thread.run_sync(self._tasks, project)}
+        before = {t["ID"] for t in await to_thread.run_sync(self.api.tasks, project)}
         args = ["stack", "deploy", "--compose-file", "-", "--resolve-image", resolve_image, *cli.detach_flag]
         if not services:
             args.append("--prune")
         document = json.dumps(stack_file.document).encode()
-        await cli.run([*args, project], stdin=document, progress=progress, events=events)
+        try:
+            await cli.run([*args, project], stdin=document, progress=progress, events=events)
+        except SwarmFailed as exc:
+            if "Additional property" in str(exc) or " must be " in str(exc):
+                raise SwarmFailed(
+                    f"{exc}\nSwarm's stack format does not take this field: remove it, or run the stack with "
+                    "Compose (docs/swarm.md lists what Swarm ignores and refuses)"
+                ) from exc
+            raise
         if wait:
             names = services or sorted(stack_file.document["services"])
-            check = partial(self._running, project, names, before)
+            check = partial(self.api.running, project, names, before)
             await self._converge(project, check, progress, events, settle=self.settle)
         return events
 
@@ -265,7 +192,7 @@ class SwarmBackend:
         With ``volumes``, also the stack's volumes on this node (Swarm never removes volumes, and
         those on other nodes are out of this engine's reach).
         """
-        await to_thread.run_sync(self.check_manager, project)
+        await to_thread.run_sync(self.api.check_manager, project)
         cli = await to_thread.run_sync(self._docker)
         events: list[str] = []
         try:
@@ -273,11 +200,11 @@ class SwarmBackend:
         except SwarmFailed:
             # The CLI removes networks right after the services, while their tasks still stop; the
             # manager refuses those, and the wait below removes them once the tasks are gone.
-            if await to_thread.run_sync(self._services, project):
+            if await to_thread.run_sync(self.api.services, project):
                 raise
-        await self._converge(project, partial(self._gone, project), progress, events)
+        await self._converge(project, partial(self.api.gone, project), progress, events)
         if volumes:
-            for name in await to_thread.run_sync(self._remove_volumes, project):
+            for name in await to_thread.run_sync(self.api.remove_volumes, project):
                 await _emit(f"Removed volume {name}", events, progress)
         return events
 
@@ -285,25 +212,25 @@ class SwarmBackend:
         self, project: str, services: list[str] | None = None, progress: ProgressCallback | None = None
     ) -> list[str]:
         """A rolling ``docker service update --force`` of each service in turn, each to completion."""
-        await to_thread.run_sync(self.check_manager, project)
+        await to_thread.run_sync(self.api.check_manager, project)
         events: list[str] = []
-        for svc in await to_thread.run_sync(self._select, project, services):
+        for svc in await to_thread.run_sync(self.api.select, project, services):
             name = service_name(project, svc)
-            if _replicas(svc) == 0:
+            if replicas(svc) == 0:
                 await _emit(f"{name}: scaled to 0, nothing to restart", events, progress)
                 continue
             started = (svc.get("UpdateStatus") or {}).get("StartedAt")
-            await to_thread.run_sync(partial(self._update, svc, force=True))
+            await to_thread.run_sync(partial(self.api.update, svc, force=True))
             await _emit(f"{name}: rolling restart", events, progress)
-            await self._converge(project, partial(self._updated, project, svc, started), progress, events)
+            await self._converge(project, partial(self.api.updated, project, svc, started), progress, events)
         return events
 
     async def stop(
         self, project: str, services: list[str] | None = None, progress: ProgressCallback | None = None
     ) -> list[str]:
         """Scale each service to 0, remembering its replicas in a label; wait until its tasks stopped."""
-        await to_thread.run_sync(self.check_manager, project)
-        selected = await to_thread.run_sync(self._select, project, services)
+        await to_thread.run_sync(self.api.check_manager, project)
+        selected = await to_thread.run_sync(self.api.select, project, services)
         global_ = [service_name(project, s) for s in selected if "Replicated" not in s["Spec"].get("Mode", {})]
         if global_:
             raise InvalidInput(
@@ -312,67 +239,40 @@ class SwarmBackend:
             )
         events: list[str] = []
         for svc in selected:
-            name, replicas = service_name(project, svc), _replicas(svc)
-            if replicas == 0:
+            name, count = service_name(project, svc), replicas(svc)
+            if count == 0:
                 await _emit(f"{name}: already scaled to 0", events, progress)
                 continue
-            labels = {**(svc["Spec"].get("Labels") or {}), STOPPED_REPLICAS_LABEL: str(replicas)}
-            await to_thread.run_sync(partial(self._update, svc, labels=labels, replicas=0))
-            await _emit(f"{name}: scaled from {replicas} to 0", events, progress)
+            labels = {**(svc["Spec"].get("Labels") or {}), STOPPED_REPLICAS_LABEL: str(count)}
+            await to_thread.run_sync(partial(self.api.update, svc, labels=labels, replicas=0))
+            await _emit(f"{name}: scaled from {count} to 0", events, progress)
         names = [service_name(project, s) for s in selected]
-        await self._converge(project, partial(self._stopped, project, names), progress, events)
+        await self._converge(project, partial(self.api.stopped, project, names), progress, events)
         return events
 
     async def start(
         self, project: str, services: list[str] | None = None, progress: ProgressCallback | None = None
     ) -> list[str]:
         """Scale each stopped service back to the replicas it had; wait until they run."""
-        await to_thread.run_sync(self.check_manager, project)
-        selected = await to_thread.run_sync(self._select, project, services)
-        before = {t["ID"] for t in await to_thread.run_sync(self._tasks, project)}
+        await to_thread.run_sync(self.api.check_manager, project)
+        selected = await to_thread.run_sync(self.api.select, project, services)
+        before = {t["ID"] for t in await to_thread.run_sync(self.api.tasks, project)}
         events: list[str] = []
         for svc in selected:
             name = service_name(project, svc)
             labels = dict(svc["Spec"].get("Labels") or {})
             remembered = labels.pop(STOPPED_REPLICAS_LABEL, None)
             if remembered is None:
-                await _emit(f"{name}: not stopped by the gateway, left at {_replicas(svc)}", events, progress)
+                await _emit(f"{name}: not stopped by the gateway, left at {replicas(svc)}", events, progress)
                 continue
-            await to_thread.run_sync(partial(self._update, svc, labels=labels, replicas=int(remembered)))
+            await to_thread.run_sync(partial(self.api.update, svc, labels=labels, replicas=int(remembered)))
             await _emit(f"{name}: scaled from 0 to {remembered}", events, progress)
         names = [service_name(project, s) for s in selected]
-        check = partial(self._running, project, names, before)
+        check = partial(self.api.running, project, names, before)
         await self._converge(project, check, progress, events, settle=self.settle)
         return events
 
-    # -- helpers ---------------------------------------------------------------------------------
-
-    def _update(
-        self,
-        svc: dict[str, Any],
-        *,
-        force: bool = False,
-        labels: dict[str, str] | None = None,
-        replicas: int | None = None,
-    ) -> None:
-        """Update one service from the spec and version just read: a concurrent change is refused, not lost."""
-        spec = svc["Spec"]
-        template = dict(spec["TaskTemplate"])
-        if force:
-            template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
-        mode = spec.get("Mode") if replicas is None else {"Replicated": {"Replicas": replicas}}
-        with self.engine.translate():
-            self.engine.client.update_service(
-                svc["ID"],
-                svc["Version"]["Index"],
-                task_template=template,
-                name=spec["Name"],
-                labels=spec.get("Labels") if labels is None else labels,
-                mode=mode,
-                update_config=spec.get("UpdateConfig"),
-                rollback_config=spec.get("RollbackConfig"),
-                endpoint_spec=spec.get("EndpointSpec"),
-            )
+    # -- waiting ---------------------------------------------------------------------------------
 
     async def _converge(
         self,
@@ -405,93 +305,6 @@ class SwarmBackend:
             f"swarm stack '{project}' did not converge within {self.converge_timeout:.0f}s ({last}); "
             "see ps for the tasks"
         )
-
-    def _running(self, project: str, names: list[str], known: set[str]) -> tuple[bool, str]:
-        """Every selected service runs all its replicas, no update is under way; or raise on repeated failures."""
-        services = {service_name(project, s): s for s in self._services(project)}
-        tasks = self._tasks(project)
-        done, parts = True, []
-        for name in names:
-            svc = services.get(name)
-            if svc is None:
-                return False, f"{name}: waiting for the service"
-            mine = [t for t in tasks if t.get("ServiceID") == svc["ID"]]
-            failed = [t for t in mine if t["ID"] not in known and is_failure(t)]
-            if len(failed) >= _FAILURES_BEFORE_GIVING_UP:
-                newest = max(failed, key=lambda t: str(t.get("UpdatedAt", "")))
-                error = newest["Status"].get("Err") or newest["Status"].get("State")
-                raise SwarmFailed(
-                    f"service '{name}' of swarm stack '{project}' keeps failing ({len(failed)} tasks): {error}"
-                )
-            update = (svc.get("UpdateStatus") or {}).get("State")
-            if update in ("paused", "rollback_paused", "rollback_completed"):
-                message = (svc.get("UpdateStatus") or {}).get("Message", "")
-                raise SwarmFailed(f"the update of service '{name}' of swarm stack '{project}' {update}: {message}")
-            current = [t for t in mine if t.get("DesiredState") == "running"]
-            running = sum(t["Status"].get("State") == "running" for t in current)
-            want = _replicas(svc) if "Replicated" in svc["Spec"].get("Mode", {}) else max(len(current), 1)
-            if running < want or update in ("updating", "rollback_started"):
-                done = False
-            parts.append(f"{name} {running}/{want}")
-        return done, "running: " + ", ".join(parts)
-
-    def _updated(self, project: str, svc: dict[str, Any], started_before: str | None) -> tuple[bool, str]:
-        name = service_name(project, svc)
-        with self.engine.translate():
-            status = self.engine.client.inspect_service(svc["ID"]).get("UpdateStatus") or {}
-        if status.get("StartedAt") == started_before:
-            return False, f"{name}: waiting for the update to start"
-        state = status.get("State")
-        if state in ("paused", "rollback_started", "rollback_paused", "rollback_completed"):
-            raise SwarmFailed(
-                f"the rolling restart of service '{name}' of swarm stack '{project}' {state}: {status.get('Message')}"
-            )
-        return state == "completed", f"{name}: {status.get('Message') or state}"
-
-    def _stopped(self, project: str, names: list[str]) -> tuple[bool, str]:
-        ids = {s["ID"] for s in self._services(project) if service_name(project, s) in names}
-        live = [t for t in self._tasks(project) if t.get("ServiceID") in ids and not _terminal(t)]
-        return not live, f"stopping: {len(live)} task(s) still running"
-
-    def _gone(self, project: str) -> tuple[bool, str]:
-        label = {"label": f"{NAMESPACE_LABEL}={project}"}
-        with self.engine.translate():
-            tasks = self.engine.client.tasks(filters=label)
-            containers = self.engine.client.containers(all=True, filters=label)
-            networks = self.engine.client.networks(filters=label)
-            if networks and not tasks and not containers:
-                for network in networks:
-                    self._remove_network(network["Id"])
-                networks = self.engine.client.networks(filters=label)
-        left = len(tasks) + len(containers) + len(networks)
-        text = f"removing: {len(tasks)} task(s), {len(containers)} container(s), {len(networks)} network(s) left"
-        return left == 0, text
-
-    def _remove_network(self, network_id: str) -> None:
-        import docker.errors
-
-        try:
-            self.engine.client.remove_network(network_id)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            # Still in use on some node: the next poll tries again.
-            logger.debug("network %s not removed yet: %s", network_id, exc)
-
-    def _remove_volumes(self, project: str) -> list[str]:
-        with self.engine.translate():
-            volumes = self.engine.client.volumes(filters={"label": f"{NAMESPACE_LABEL}={project}"}).get("Volumes") or []
-            for volume in volumes:
-                self.engine.client.remove_volume(volume["Name"])
-        return [str(v["Name"]) for v in volumes]
-
-
-def _replicas(svc: dict[str, Any]) -> int:
-    return int(svc["Spec"].get("Mode", {}).get("Replicated", {}).get("Replicas", 0))
-
-
-def _terminal(task: dict[str, Any]) -> bool:
-    return task.get("Status", {}).get("State") in ("complete", "shutdown", "failed", "rejected", "remove", "orphaned")
 
 
 async def _emit(text: str, events: list[str], progress: ProgressCallback | None) -> None:

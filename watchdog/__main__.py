@@ -158,10 +158,9 @@ def configure_logging(level: str) -> None:
     )
 
 
-async def _run(config: WatchdogConfig, env: Mapping[str, str]) -> int:
+async def _run(config: WatchdogConfig) -> int:
     """Supervise until a signal; returns the exit code."""
-    # The engine's address (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH) comes from here too.
-    watchdog = ComposeAgentWatchdog(config, environment=dict(env))
+    watchdog = ComposeAgentWatchdog(config)
     code = 0
 
     async def stop_on_signal(scope: anyio.CancelScope) -> None:
@@ -198,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))  # exits with code 2
     configure_logging(level)
     try:
-        return anyio.run(_run, config, env)
+        return anyio.run(_run, config)
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return 130
 

@@ -15,13 +15,29 @@ import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
-__all__ = ["swarm", "remove_stack"]
+__all__ = ["swarm", "remove_stack", "TWO_REPLICAS"]
 
 logger = logging.getLogger(__name__)
+
+# A swarm stack of two replicas that log a line every 0.2 s and stop at once on SIGTERM.
+TWO_REPLICAS = """
+x-compose-agent:
+  target: swarm
+services:
+  web:
+    image: {image}
+    init: true
+    command: ["sh", "-c", "i=0; while true; do i=$$((i+1)); echo tick $$i; sleep 0.2; done"]
+    environment:
+      LITERAL: "$${HOME}"
+    deploy:
+      replicas: 2
+      update_config: {parallelism: 2, monitor: 1s}
+"""
 
 _LOCK = Path("/tmp/compose-agent-test-swarm.lock")
 _MARKER = Path("/tmp/compose-agent-test-swarm.made")
@@ -32,40 +48,69 @@ def _swarm_state(client: Any) -> dict[str, Any]:
     return state
 
 
-@pytest.fixture(scope="session")
-def swarm(docker_client: Any) -> Iterator[str]:
-    """The engine as a swarm manager; yields the cluster id."""
+class _Holder:
+    """This process's hold on the swarm. Each test package may import the fixture, so pytest can
+    make several session instances of it in one run; flock locks of one process conflict with
+    each other, so only the first instance locks and the last one releases."""
+
+    users = 0
+    cluster = ""
+    lock: IO[str] | None = None
+
+
+def _acquire(client: Any) -> str:
     lock = _LOCK.open("a+")
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
-        state = _swarm_state(docker_client)
+        state = _swarm_state(client)
         if state.get("LocalNodeState") == "inactive":
             subprocess.run(
                 ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=True, capture_output=True
             )
-            state = _swarm_state(docker_client)
+            state = _swarm_state(client)
             _MARKER.write_text(state["Cluster"]["ID"])
         if state.get("LocalNodeState") != "active" or not state.get("ControlAvailable"):
+            lock.close()
             pytest.fail(f"the engine is in a swarm but not as a usable manager: {state.get('LocalNodeState')}")
-        cluster = str(state["Cluster"]["ID"])
     finally:
         # Shared while in use, so that no other session leaves the swarm under these tests.
-        fcntl.flock(lock, fcntl.LOCK_SH)
+        if not lock.closed:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+    _Holder.lock = lock
+    return str(state["Cluster"]["ID"])
+
+
+def _release(client: Any) -> None:
+    lock = _Holder.lock
+    assert lock is not None
     try:
-        yield cluster
-    finally:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             logger.info("another test session still uses the swarm; it leaves it when done")
-        else:
-            made = _MARKER.read_text().strip() if _MARKER.exists() else ""
-            if made and made == _swarm_state(docker_client).get("Cluster", {}).get("ID"):
-                subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True)
-                _MARKER.unlink()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock.close()
+            return
+        made = _MARKER.read_text().strip() if _MARKER.exists() else ""
+        if made and made == _swarm_state(client).get("Cluster", {}).get("ID"):
+            subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True)
+            _MARKER.unlink()
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+        _Holder.lock = None
+
+
+@pytest.fixture(scope="session")
+def swarm(docker_client: Any) -> Iterator[str]:
+    """The engine as a swarm manager; yields the cluster id."""
+    if _Holder.users == 0:
+        _Holder.cluster = _acquire(docker_client)
+    _Holder.users += 1
+    try:
+        yield _Holder.cluster
+    finally:
+        _Holder.users -= 1
+        if _Holder.users == 0:
+            _release(docker_client)
 
 
 def remove_stack(name: str) -> None:

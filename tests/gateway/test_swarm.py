@@ -18,26 +18,12 @@ from gateway.engine import Engine
 from gateway.errors import InvalidInput, SwarmFailed, SwarmUnavailable
 from gateway.swarm import STOPPED_REPLICAS_LABEL, SwarmBackend
 from tests.conftest import StackFactory
-from tests.gateway.swarm_fixtures import remove_stack, swarm
+from tests.gateway.swarm_fixtures import TWO_REPLICAS, remove_stack, swarm
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 __all__ = ["swarm"]  # the fixture, imported for pytest
 
-TWO_REPLICAS = """
-x-compose-agent:
-  target: swarm
-services:
-  web:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "i=0; while true; do i=$$((i+1)); echo tick $$i; sleep 0.2; done"]
-    environment:
-      LITERAL: "$${HOME}"
-    deploy:
-      replicas: 2
-      update_config: {parallelism: 2, monitor: 1s}
-"""
 
 FAILING = """
 x-compose-agent:
