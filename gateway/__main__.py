@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import anyio
+from mcp.server.subscriptions import InMemorySubscriptionBus
 
 from . import __version__
 from .app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
@@ -26,6 +27,7 @@ from .auth import STATUS_PANEL, TokenStore
 from .config import Settings, load_settings
 from .errors import AuditUnavailable, GatewayError
 from .metrics import ControlPlane
+from .notify import Notifier
 from .operations import ComposeOperations
 from .ratelimit import FailureLimiter, SessionCounter, TokenBucket
 from .server import build_server
@@ -39,6 +41,7 @@ from .tokens import (
     token_source_from_settings,
 )
 from .vault_cli import add_vault_parser, run_vault_command
+from .watch import StackWatcher
 
 logger = logging.getLogger("gateway")
 
@@ -207,11 +210,13 @@ async def _serve_http(
 
         share(store)
         store.on_change(share)
+    notifier = _notifier()
     server = build_server(
         ops,
         read_only=args.read_only,
         token_verifier=GatewayTokenVerifier(store),
         issuer_url=f"http://{args.host}:{args.port}",
+        notifier=notifier,
     )
 
     async def refresh() -> None:
@@ -233,7 +238,7 @@ async def _serve_http(
         ops,
         host=args.host,
         allowed_hosts=settings.allowed_hosts,
-        background=[refresh],
+        background=[refresh, notifier.run, StackWatcher(ops, notifier).run],
         limits=limits,
         # uvicorn owns SIGTERM and SIGINT; its public should_exit says when one arrived.
         shutdown=Shutdown(running, settings.shutdown_timeout, lambda: any(s.should_exit for s in servers)),
@@ -263,7 +268,8 @@ async def _serve_http(
 async def _serve_stdio(
     settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
 ) -> int:
-    server = build_server(ops, read_only=args.read_only)
+    notifier = _notifier()
+    server = build_server(ops, read_only=args.read_only, notifier=notifier)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
@@ -276,9 +282,18 @@ async def _serve_stdio(
                     return
 
         tg.start_soon(stop_on_signal)
+        tg.start_soon(notifier.run)
+        tg.start_soon(StackWatcher(ops, notifier).run)
         await server.run_stdio_async()
         tg.cancel_scope.cancel()
     return 0
+
+
+def _notifier() -> Notifier:
+    """The notifier hosts hear stack changes from; the gateway's warnings go to them too."""
+    notifier = Notifier(InMemorySubscriptionBus())
+    logging.getLogger("gateway").addHandler(notifier.handler)
+    return notifier
 
 
 def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

@@ -207,8 +207,8 @@ class StackCatalog:
 
     def forget(self, project: str) -> None:
         """Drop what is cached about ``project``: a write may have changed it."""
+        # The guard's verdict stays: it is re-checked against the files themselves before each use.
         self._defined.pop(project, None)
-        self.guard.forget(project)
 
 
 def _scaled_services(model: Mapping[str, Any]) -> list[str]:

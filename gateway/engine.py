@@ -6,13 +6,14 @@ Errors from docker-py and requests are translated into :mod:`gateway.errors` at 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .errors import EngineUnavailable, GatewayError
@@ -21,16 +22,17 @@ from .models import ServiceStatus
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["Engine", "PROJECT_LABEL", "SERVICE_LABEL", "container_to_status", "parse_status"]
+__all__ = ["Engine", "PROJECT_LABEL", "SERVICE_LABEL", "container_to_status", "negotiate_version", "parse_status"]
+
+logger = logging.getLogger(__name__)
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-# Engine 20.10 speaks 1.41 and every later engine still accepts it. A fixed version spares the
-# /version round trip docker-py makes for "auto" (and the socket it leaks when that fails).
-API_VERSION = "1.41"
+# What an engine says when it will not speak the version asked for ("client version 1.41 is too old").
+_VERSION_REFUSED = "client version"
 
 _HEALTH_RE = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 _EXIT_RE = re.compile(r"^Exited \((-?\d+)\)")
@@ -107,14 +109,38 @@ def container_to_status(container: dict[str, Any], started_at: str | None = None
     )
 
 
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def negotiate_version(server: Mapping[str, Any], newest_known: str) -> str:
+    """The Engine API version to speak: the newest that both this client and the engine know.
+
+    As the docker CLI does: the engine's ``ApiVersion`` capped at ``newest_known`` (docker-py's own
+    default), but never below the engine's ``MinAPIVersion``. Engine 20.10 gives 1.41; Engine 29,
+    which refuses anything below 1.44, gives docker-py's newest. An engine whose minimum is newer
+    than docker-py is still spoken to at that minimum: the reads used here have kept their shape.
+    """
+    newest = str(server.get("ApiVersion") or newest_known)
+    oldest = str(server.get("MinAPIVersion") or "1.12")
+    chosen = min(newest, newest_known, key=_version_tuple)
+    return max(chosen, oldest, key=_version_tuple)
+
+
 class Engine:
-    """A thin, thread-safe wrapper over docker-py's low-level client."""
+    """A thin, thread-safe wrapper over docker-py's low-level client.
+
+    The API version is negotiated once per connection (one ``GET /version``) and kept with the client;
+    a lost connection or a refused version drops the client, so the next call negotiates again (an
+    engine upgraded under a running gateway is spoken to in its own terms).
+    """
 
     def __init__(self, docker_host: str | None = None, *, timeout: float = 10.0) -> None:
         self.docker_host = docker_host or DEFAULT_DOCKER_HOST
         self._timeout = timeout
         self._client: docker.APIClient | None = None
-        self._client_lock = threading.Lock()
+        # Re-entrant: a failure while connecting (under the lock) disconnects, which takes it again.
+        self._client_lock = threading.RLock()
         # container id -> (StartedAt as given, as epoch seconds); see started_at().
         self._started: dict[str, tuple[str, float]] = {}
 
@@ -123,14 +149,35 @@ class Engine:
         # Created on first use, so an engine that is down at start-up is reported per call, not fatally.
         with self._client_lock:
             if self._client is None:
-                # Imported on first use: docker-py (with requests) is a tenth of the start-up time.
-                import docker
-
                 with self._translate():
-                    self._client = docker.APIClient(
-                        base_url=self.docker_host, timeout=self._timeout, version=API_VERSION
-                    )
+                    self._client = self._connect()
             return self._client
+
+    def _connect(self) -> docker.APIClient:
+        # Imported on first use: docker-py (with requests) is a tenth of the start-up time.
+        import docker
+
+        newest_known = docker.constants.DEFAULT_DOCKER_API_VERSION
+        # A client with an explicit version makes no request when it is created; this one only asks.
+        probe = docker.APIClient(base_url=self.docker_host, timeout=self._timeout, version=newest_known)
+        try:
+            server = probe.version(api_version=False)
+        finally:
+            probe.close()
+        version = negotiate_version(server, newest_known)
+        logger.info(
+            "engine API version %s (engine %s speaks %s to %s)",
+            version,
+            server.get("Version", "?"),
+            server.get("MinAPIVersion", "?"),
+            server.get("ApiVersion", "?"),
+        )
+        return docker.APIClient(base_url=self.docker_host, timeout=self._timeout, version=version)
+
+    @property
+    def api_version(self) -> str:
+        """The negotiated Engine API version (negotiating now if there is no connection yet)."""
+        return str(self.client.api_version)
 
     def close(self) -> None:
         with self._client_lock:
@@ -141,6 +188,10 @@ class Engine:
     def translate(self) -> AbstractContextManager[None]:
         """A context that turns docker-py errors into gateway errors, for callers of :attr:`client`."""
         return self._translate()
+
+    def _disconnect(self) -> None:
+        """Forget the connection and its negotiated version; the next call starts afresh."""
+        self.close()
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
@@ -155,10 +206,21 @@ class Engine:
         except GatewayError:
             raise
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            self._disconnect()
             raise EngineUnavailable(self._unreachable(exc)) from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 400 and _VERSION_REFUSED in str(exc.explanation or ""):
+                # The engine changed under us (an upgrade); negotiate again on the next call.
+                self._disconnect()
+                raise EngineUnavailable(
+                    f"the Docker engine refused this connection's API version ({exc.explanation}); "
+                    "it is negotiated again on the next call, so retry"
+                ) from exc
+            raise GatewayError(f"Docker engine error: {exc}") from exc
         except docker.errors.DockerException as exc:
             text = str(exc)
-            if "Connection" in text or "No such file" in text or "Error while fetching server API version" in text:
+            if "Connection" in text or "No such file" in text:
+                self._disconnect()
                 raise EngineUnavailable(self._unreachable(exc)) from exc
             raise GatewayError(f"Docker engine error: {text}") from exc
 
@@ -217,11 +279,20 @@ class Engine:
             return result
 
     def logs(self, container_id: str, *, tail: int, since: float | None) -> bytes:
-        """A container's stdout and stderr, with timestamps, the last ``tail`` lines."""
+        """A container's stdout and stderr, with timestamps, the last ``tail`` lines.
+
+        ``since`` is Unix seconds; the epoch (or anything not after it) means from the first line.
+        """
         with self._translate():
             try:
                 data: bytes = self.client.logs(
-                    container_id, stdout=True, stderr=True, timestamps=True, tail=tail, since=since
+                    container_id,
+                    stdout=True,
+                    stderr=True,
+                    timestamps=True,
+                    tail=tail,
+                    # docker-py refuses 0 ("positive int/float"); the engine's own "no lower bound" is to omit it.
+                    since=since if since is not None and since > 0 else None,
                 )
             except _not_found():
                 return b""
@@ -238,13 +309,11 @@ class Engine:
 
 
 def _parse_time(raw: str) -> float:
-    # RFC 3339 with nanoseconds; Python wants at most microseconds.
-    base, _, frac = raw.rstrip("Z").partition(".")
+    # The engine's RFC 3339 with nanoseconds: fromisoformat keeps the microseconds (Python 3.11+).
     try:
-        parsed = datetime.fromisoformat(base).replace(tzinfo=UTC)
+        return datetime.fromisoformat(raw).timestamp()
     except ValueError:
         return 0.0
-    return parsed.timestamp() + (float("0." + frac[:6]) if frac else 0.0)
 
 
 def _not_found() -> type[Exception]:

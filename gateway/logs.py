@@ -12,7 +12,16 @@ import regex
 
 from .errors import InvalidInput
 
-__all__ = ["MAX_TAIL", "DEFAULT_TAIL", "MAX_BYTES", "parse_since", "compile_grep", "merge_logs", "bound_lines"]
+__all__ = [
+    "MAX_TAIL",
+    "DEFAULT_TAIL",
+    "MAX_BYTES",
+    "SINCE_HELP",
+    "parse_since",
+    "compile_grep",
+    "merge_logs",
+    "bound_lines",
+]
 
 DEFAULT_TAIL = 200
 MAX_TAIL = 10_000
@@ -22,8 +31,18 @@ MAX_GREP_LENGTH = 512
 # A catastrophic pattern must not pin a worker thread; the regex module can give up in time.
 GREP_TIMEOUT_S = 2.0
 
+# The one grammar of ``since``, for the MCP tool and the panel alike (matched whole, never searched).
 _RELATIVE_RE = re.compile(r"(?:(\d{1,6})d)?(?:(\d{1,7})h)?(?:(\d{1,9})m)?(?:(\d{1,10})s)?")
-_SINCE_HELP = "RFC 3339 (2026-01-02T15:04:05Z) or relative (30s, 10m, 2h, 1d)"
+_UNIX_RE = re.compile(r"\d{1,12}(?:\.\d{1,9})?")
+# RFC 3339's shape; what it means is left to datetime.fromisoformat, which takes nanoseconds since 3.11.
+_RFC3339_RE = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:[Zz]|[+-]\d{2}:\d{2})?")
+MAX_SINCE_LENGTH = 64
+# Unix seconds may lead the server's clock a little (a client's skew), not by years.
+MAX_SINCE_AHEAD_S = 24 * 60 * 60
+SINCE_HELP = (
+    "give a duration (30s, 10m, 2h, 1d), an RFC 3339 time (2026-11-26T21:00:00Z) "
+    "or Unix seconds from 0 to a day from now (1764190800.5)"
+)
 
 
 def validate_tail(tail: int) -> int:
@@ -35,27 +54,42 @@ def validate_tail(tail: int) -> int:
 
 
 def parse_since(since: str | None, *, now: float | None = None) -> float | None:
-    """``since`` as a Unix time: RFC 3339 (``2026-01-02T15:04:05Z``) or relative (``10m``, ``1h30m``, ``2d``)."""
+    """``since`` as Unix seconds; None (or empty) means no lower bound.
+
+    One grammar for every caller, matched whole (no surrounding spaces):
+    a duration back from now (``30s``, ``10m``, ``1h30m``, ``2d``), an RFC 3339 time
+    (``2026-01-02T15:04:05.123456789Z``; no zone means UTC), or Unix seconds (``1764190800.5``,
+    ``0`` for the epoch) up to a day ahead of ``now``. The epoch is valid and means "from the start".
+
+    Raises:
+        InvalidInput: the text is none of these, not a real date, or before 1970.
+    """
     if since is None or since == "":
         return None
-    text = since.strip()
-    if len(text) > 64:
-        raise InvalidInput(f"since is {len(text)} characters long; give {_SINCE_HELP}")
+    shown = since[:MAX_SINCE_LENGTH]
     current = time.time() if now is None else now
-    match = _RELATIVE_RE.fullmatch(text)
-    if match and any(match.groups()):
-        days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    if len(since) > MAX_SINCE_LENGTH:
+        raise InvalidInput(f"since {shown!r}... is not understood ({len(since)} characters); {SINCE_HELP}")
+    relative = _RELATIVE_RE.fullmatch(since)
+    if relative and any(relative.groups()):
+        days, hours, minutes, seconds = (int(g) if g else 0 for g in relative.groups())
         stamp = current - (days * 86400 + hours * 3600 + minutes * 60 + seconds)
-    else:
+    elif _UNIX_RE.fullmatch(since):
+        stamp = float(since)
+        if stamp > current + MAX_SINCE_AHEAD_S:
+            raise InvalidInput(f"since {shown!r} is more than a day in the future as Unix seconds; {SINCE_HELP}")
+    elif _RFC3339_RE.fullmatch(since):
         try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            parsed = datetime.fromisoformat(since.upper())
         except ValueError:
-            raise InvalidInput(f"since={since[:60]!r} is not {_SINCE_HELP}") from None
+            raise InvalidInput(f"since {shown!r} is not a real date and time; {SINCE_HELP}") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         stamp = parsed.timestamp()
+    else:
+        raise InvalidInput(f"since {shown!r} is not understood; {SINCE_HELP}")
     if stamp < 0:
-        raise InvalidInput(f"since={since[:60]!r} reaches back before 1970; the engine keeps no older logs")
+        raise InvalidInput(f"since {shown!r} reaches back before 1970; the engine keeps no older logs")
     return stamp
 
 

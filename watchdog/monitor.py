@@ -10,7 +10,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -20,6 +20,7 @@ import docker.errors
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .config import WatchdogConfig
+from .engine import connect, version_refused
 from .errors import DockerUnavailable
 from .events import EventStream
 from .health import Health, State, advice, classify
@@ -61,9 +62,12 @@ def kv(**fields: object) -> str:
 class ComposeAgentWatchdog:
     """Keeps one container alive: detect (events + periodic inspect), classify, restart with backoff.
 
-    ``client`` is a docker-py ``DockerClient``; without one, :meth:`run` makes one from the
-    environment and closes it afterwards. ``now``/``wall`` are the clocks handed to the scheduler.
-    ``on_change`` is called with every :class:`Change` (after it is logged).
+    ``client`` is a docker-py ``DockerClient``; without one, :meth:`run` makes one for the engine
+    that ``environment`` names (``DOCKER_HOST``; None: the process environment, as docker-py reads
+    it), negotiating the API version, and closes it afterwards. A client of its own that the engine
+    stops accepting (an engine upgraded under the watchdog) is replaced by a new negotiation.
+    ``now``/``wall`` are the clocks handed to the scheduler. ``on_change`` is called with every
+    :class:`Change` (after it is logged).
     """
 
     def __init__(
@@ -74,8 +78,11 @@ class ComposeAgentWatchdog:
         now: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         on_change: Callable[[Change], None] | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        self._environment = environment
+        self._reconnect = False  # the engine refused our API version: negotiate again before the next check
         self.scheduler = RestartScheduler(config, now=now, wall=wall)
         self._now = now
         self._client = client
@@ -92,6 +99,7 @@ class ComposeAgentWatchdog:
         self._failed_checks = 0
         self._retry_delay = 0.0
         self._retry_at: float | None = None
+        self._own_client = False
 
     def status(self) -> Status:
         """The current view of the target, as ``GET /status`` reports it."""
@@ -110,10 +118,8 @@ class ComposeAgentWatchdog:
         """
         own_client = self._client is None
         if own_client:
-            try:
-                self._client = docker.from_env()
-            except docker.errors.DockerException as exc:
-                raise DockerUnavailable(f"cannot set up a Docker client: {exc}") from exc
+            self._client = await anyio.to_thread.run_sync(connect, self._environment)
+        self._own_client = own_client
         sock = None
         if self.config.status_port is not None:
             sock = bind_socket(self.config.status_host, self.config.status_port)
@@ -229,6 +235,8 @@ class ComposeAgentWatchdog:
         """Inspect, classify, feed the scheduler; restart while one is due (then look again)."""
         while True:
             try:
+                if self._reconnect:
+                    await self._renegotiate()
                 health = await self._inspect()
             except DockerUnavailable as exc:
                 self._check_failed(exc)
@@ -281,6 +289,17 @@ class ComposeAgentWatchdog:
         self._retry_delay = 0.0
         self._retry_at = None
 
+    async def _renegotiate(self) -> None:
+        """Replace the client the engine refused with a newly negotiated one; the events follow it."""
+        fresh = await anyio.to_thread.run_sync(connect, self._environment)
+        stale, self._client = self._client, fresh
+        self._reconnect = False
+        if self.events is not None:
+            self.events.client = fresh
+            self.events.drop()  # its stream is still the refused client's: reconnect on the new one
+        await anyio.to_thread.run_sync(stale.close)
+        logger.info("%s", kv(event="engine_renegotiated", target=self.config.target_container))
+
     async def _inspect(self) -> Health:
         attrs = await anyio.to_thread.run_sync(self._inspect_sync)
         health = classify(attrs)
@@ -295,6 +314,8 @@ class ComposeAgentWatchdog:
         except docker.errors.NotFound:
             return None
         except Exception as exc:  # noqa: BLE001 - requests' connection errors reach us unwrapped
+            if version_refused(exc) and self._own_client:
+                self._reconnect = True
             raise DockerUnavailable(f"inspect failed: {exc}") from exc
         return attrs
 

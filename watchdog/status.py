@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Generator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import anyio
 import uvicorn
@@ -48,14 +47,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise StatusServerError(f"cannot listen on {host}:{port} for the status endpoint: {exc.strerror}") from exc
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the entry point owns SIGTERM/SIGINT."""
-
-    @contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 async def serve_status(
     app: Starlette, sock: socket.socket, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
 ) -> None:
@@ -64,7 +55,11 @@ async def serve_status(
     Reports the port through ``task_status`` once the server accepts connections.
     """
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=1)
-    server = _Server(config)
+    # uvicorn installs its own SIGTERM/SIGINT handlers while it serves (main thread only) and replays a
+    # signal it caught once it has stopped. That cooperates with the entry point's anyio signal receiver:
+    # a Python-level handler leaves asyncio's wake-up descriptor in place, so the receiver still hears the
+    # signal and cancels everything; uvicorn's replay then reaches a loop that no longer listens for it.
+    server = uvicorn.Server(config)
     done = anyio.Event()
 
     async def run() -> None:

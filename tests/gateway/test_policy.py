@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from gateway.compose import ComposeCli, ComposeOutput, ProgressCallback
 from gateway.config import load_settings
-from gateway.errors import ConfigError, PolicyRefused
+from gateway.errors import ComposeFailed, ConfigError, PolicyRefused
 from gateway.guard import PolicyGuard, refusal
 from gateway.policy import Policy, StackRules
 from gateway.stacks import Stack, find_stack
@@ -454,12 +455,61 @@ async def test_marks_are_cached_until_a_file_that_shapes_the_model_changes(
     assert len(counting.runs) == 2
 
 
+async def test_up_reuses_an_allowed_verdict_only_while_nothing_it_depended_on_changed(
+    stacks: StackFactory, outside: Path, cli: ComposeCli
+) -> None:
+    stack = make(
+        stacks,
+        "include: [inner.yaml]\nservices:\n  a:\n    image: {image}\n    volumes: ['./data:/data']\n",
+        outside,
+        {"inner.yaml": "services: {}\n", "data/keep": ""},
+    )
+    assert stack.folder is not None
+    counting = CountingCli(cli)
+    guard = PolicyGuard(Policy())
+    await guard.enforce(stack, counting, "up")
+    await guard.enforce(stack, counting, "up")
+    assert len(counting.runs) == 1
+
+    # A bind source swapped for a symlink changes no compose file, and is caught all the same.
+    shutil.rmtree(stack.folder / "data")
+    (stack.folder / "data").symlink_to("/")
+    with pytest.raises(PolicyRefused) as caught:
+        await guard.enforce(stack, counting, "up")
+    assert {v.rule for v in caught.value.violations} == {"host_bind", "docker_socket"}
+    (stack.folder / "data").unlink()
+    (stack.folder / "data").mkdir()
+    await guard.enforce(stack, counting, "up")
+    runs = len(counting.runs)
+
+    # Same size, mtime set back: the inode's ctime still moves, so the change is seen.
+    inner = stack.folder / "inner.yaml"
+    before = inner.stat()
+    inner.write_text("services: []\n")
+    os.utime(inner, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ComposeFailed):
+        await guard.enforce(stack, counting, "up")
+    assert len(counting.runs) == runs + 1
+
+    # A new .env changes interpolation: judged afresh.
+    inner.write_text("services: {}\n")
+    await guard.enforce(stack, counting, "up")
+    runs = len(counting.runs)
+    (stack.folder / ".env").write_text("X=1\n")
+    await guard.enforce(stack, counting, "up")
+    assert len(counting.runs) == runs + 1
+
+
 async def test_a_mark_on_a_broken_stack_says_why_instead_of_raising(
     stacks: StackFactory, outside: Path, cli: ComposeCli
 ) -> None:
     stack = make(stacks, "services:\n  a: [unclosed\n", outside)
     mark = await PolicyGuard(Policy()).mark(stack, cli)
-    assert not mark.allowed and mark.error and "not valid YAML" in mark.error
+    assert not mark.allowed and mark.error and "yaml" in mark.error
+    # A file that names other files is parsed by the guard itself, before Compose may follow them.
+    stack = make(stacks, "include: [a.yaml]\nservices:\n  a: [unclosed\n", outside)
+    mark = await PolicyGuard(Policy()).mark(stack, cli)
+    assert not mark.allowed and mark.error and "is not valid YAML (read before Compose runs)" in mark.error
 
 
 async def test_a_refusal_is_a_policy_violation_that_lists_every_finding(

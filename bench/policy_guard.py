@@ -1,0 +1,163 @@
+"""What the policy guard costs: on `up` and `config` (always fresh) and on `list_stacks` (cached marks).
+
+    python bench/policy_guard.py [--iterations 30] [--stacks 20] [--json out.json]
+
+It writes a stack with include, extends, env files, a build context and a secret (the references
+the guard follows) plus ``--stacks`` small ones into a temporary stacks dir, then times:
+
+- the raw reference pass alone (reads the compose files, never Compose);
+- a full evaluation (the raw pass plus ``docker compose --profile '*' config --format json``),
+  which ``up`` and ``config`` add when the stack is new or changed;
+- what ``up`` adds when nothing changed: the kept verdict re-checked file by file and path by path;
+- a bare ``docker compose config --format json`` run, for comparison;
+- ``list_stacks`` over all the stacks: cold (a fresh gateway: its first answer, which waits for
+  marks only so long, and the calls until every stack is marked), warm within the mark TTL, and
+  warm past it (every file's signature stat-ed, nothing re-judged).
+
+Nothing is created on the engine; ``list_stacks`` only lists containers. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Sample, machine_context, random_name  # noqa: E402 - a script beside its helpers
+
+import gateway.guard  # noqa: E402
+from gateway.compose import ComposeCli  # noqa: E402
+from gateway.config import load_settings  # noqa: E402
+from gateway.guard import PolicyGuard  # noqa: E402
+from gateway.metrics import ControlPlane  # noqa: E402
+from gateway.operations import ComposeOperations  # noqa: E402
+from gateway.policy import Policy  # noqa: E402
+from gateway.references import collect_references  # noqa: E402
+from gateway.stacks import find_stack  # noqa: E402
+
+FULL = """
+include:
+  - extra/compose.yaml
+services:
+  web:
+    image: busybox
+    ports: ["127.0.0.1::8080"]
+    volumes: ["./site:/srv:ro", "data:/data"]
+    healthcheck: {test: ["CMD", "true"], interval: 1s}
+  api:
+    build: ./api
+    env_file: [app.env]
+    secrets: [token]
+    depends_on: [web]
+  worker:
+    extends: {file: common.yaml, service: base}
+volumes:
+  data:
+secrets:
+  token: {file: ./token.txt}
+"""
+FILES = {
+    "compose.yaml": FULL,
+    "site/index.html": "hi\n",
+    "api/Dockerfile": "FROM scratch\n",
+    "app.env": "MODE=bench\n",
+    "token.txt": "t\n",
+    ".env": "TAG=1\n",
+    "common.yaml": "services:\n  base:\n    image: busybox\n    env_file: app.env\n",
+    "extra/compose.yaml": "services:\n  extra:\n    image: busybox\n",
+}
+SMALL = "services:\n  app:\n    image: busybox\n    volumes: ['./data:/data']\n"
+
+
+def write(folder: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+
+
+async def timed(name: str, fn, iterations: int) -> Sample:  # type: ignore[no-untyped-def]
+    sample = Sample(name)
+    for _ in range(iterations):
+        started = time.perf_counter()
+        await fn()
+        sample.values.append((time.perf_counter() - started) * 1000)
+    return sample
+
+
+async def main(args: argparse.Namespace) -> list[Sample]:
+    samples: list[Sample] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "stacks"
+        name = random_name("guard")
+        write(root / name, FILES)
+        for _ in range(args.stacks - 1):
+            write(root / random_name("guard"), {"compose.yaml": SMALL})
+        stack = find_stack(root, name)
+        assert stack is not None and stack.folder is not None and stack.compose_file is not None
+        cli = ComposeCli.locate(None, os.environ)
+
+        async def raw() -> None:
+            await anyio.to_thread.run_sync(collect_references, stack.compose_file, stack.folder)
+
+        async def evaluate() -> None:
+            await PolicyGuard(Policy()).evaluate(stack, cli)
+
+        async def bare_config() -> None:
+            await cli.run(name, ["config", "--format", "json"], compose_file=stack.compose_file, cwd=stack.folder)
+
+        reusing = PolicyGuard(Policy())
+        await reusing.evaluate(stack, cli)
+
+        async def enforce_unchanged() -> None:
+            await reusing.enforce(stack, cli, "up")
+
+        samples.append(await timed("raw reference pass", raw, args.iterations))
+        samples.append(await timed("full evaluation (a changed or new stack)", evaluate, args.iterations))
+        samples.append(await timed("up's guard when nothing changed (re-checked)", enforce_unchanged, args.iterations))
+        samples.append(await timed("bare compose config, for comparison", bare_config, args.iterations))
+
+        settings = load_settings({"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}, stacks_dir=root)
+        cold = Sample(f"list_stacks, {args.stacks} stacks, cold: first answer")
+        complete = Sample(f"list_stacks, {args.stacks} stacks, cold: until every stack is marked")
+        for _ in range(max(3, args.iterations // 10)):
+            ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=os.environ)
+            started = time.perf_counter()
+            listing = await ops.list_stacks()
+            cold.values.append((time.perf_counter() - started) * 1000)
+            while any(entry.policy is None and not entry.external for entry in listing.stacks):
+                listing = await ops.list_stacks()
+            complete.values.append((time.perf_counter() - started) * 1000)
+            ops.close()
+        samples += [cold, complete]
+        ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=os.environ)
+        await ops.list_stacks()
+        samples.append(await timed(f"list_stacks, {args.stacks} stacks, warm (within TTL)", ops.list_stacks, 50))
+        gateway.guard.MARK_TTL_S = 0.0
+        samples.append(
+            await timed(f"list_stacks, {args.stacks} stacks, warm (signatures re-stat-ed)", ops.list_stacks, 50)
+        )
+        ops.close()
+    return samples
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--stacks", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    arguments = parser.parse_args()
+    before = machine_context()
+    results = anyio.run(main, arguments)
+    print(f"machine: {before} -> {machine_context()}")
+    print("| operation | p50 ms | p95 ms |\n|---|---|---|")
+    for sample in results:
+        print(f"| {sample.name} | {sample.p50:.1f} | {sample.p95:.1f} |")
+    if arguments.json:
+        arguments.json.write_text(json.dumps([s.as_dict() for s in results], indent=2))

@@ -1,0 +1,67 @@
+"""Who is asking: the caller behind an MCP request, for every surface that is not a tool.
+
+Tools, resources, prompts and completion share one rule: a caller reads only what the tools in its
+scope could show it. Each non-tool read names the tool whose scope covers it (``config`` for a
+compose file, ``logs`` for log lines, ``ps`` for state) and is refused exactly as that tool would be.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.context import ServerRequestContext
+from mcp.server.mcpserver import Context
+from starlette.requests import Request
+
+from .auth import Principal, principal_from_access_token
+from .errors import PolicyViolation
+from .operations import ComposeOperations
+
+__all__ = ["access_token_of", "principal_of", "principal_of_request", "require_scope"]
+
+
+def access_token_of(request: object) -> AccessToken | None:
+    """The verified token of the HTTP request a message came in on; on stdio, none.
+
+    It is read off the request itself: a Streamable HTTP session runs in the context of the request
+    that opened it, so the context variable could name a token that has since been rotated out.
+    """
+    if isinstance(request, Request):
+        user = request.scope.get("user")
+        if isinstance(user, AuthenticatedUser):
+            return user.access_token
+    return get_access_token()
+
+
+def principal_of_request(request_context: ServerRequestContext[Any, Any]) -> Principal:
+    """The caller behind a low-level request; ``LOCAL`` on stdio, which has no token."""
+    return principal_from_access_token(access_token_of(request_context.request))
+
+
+def principal_of(ctx: Context[Any, Any]) -> Principal:
+    """The caller behind a request, from the MCPServer context handed to tools, resources and prompts."""
+    return principal_of_request(ctx.request_context)
+
+
+def require_scope(
+    ops: ComposeOperations, principal: Principal, tool: str, what: str, arguments: dict[str, Any]
+) -> None:
+    """Refuse (and audit) a read the caller's scope does not cover.
+
+    ``tool`` is the tool whose scope covers the read; ``what`` names the read in the audit line
+    (``resources/read``, ``prompts/get``, ...).
+
+    Raises:
+        PolicyViolation: the caller's token may not call ``tool``.
+    """
+    if principal.may_call(tool):
+        return
+    reason = (
+        f"the token of '{principal.name}' may not call '{tool}', so it may not read this either; "
+        "use a token whose scope includes it"
+    )
+    ops.audit_refusal(what, arguments, principal.name, reason)
+    raise PolicyViolation(reason)

@@ -1,0 +1,168 @@
+"""The MCP App: ``ps`` links the stack view, and the view renders a real stack in a real Chromium.
+
+The harness page (``app_harness/host.html``) plays the host with the official host bridge from
+``@modelcontextprotocol/ext-apps`` (installed from ``scripts/mcp-tools``); its tool calls go through
+this test's MCP client to a real gateway, so a click in the view really stops a container.
+
+Set ``MCP_APP_SCREENSHOTS=docs/images`` to save the screenshot the README shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from playwright.async_api import Browser, Route, async_playwright, expect
+
+from gateway.dashboard import APP_MIME_TYPE, APP_URI, EXTENSION_ID
+from gateway.operations import ComposeOperations
+from gateway.server import build_server
+from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
+from tests.gateway.conftest import GatewayProcess
+from tests.gateway.mcp_tools import mcp_tools_modules
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+HARNESS = Path(__file__).parent / "app_harness"
+ORIGIN = "http://harness.test"
+SHOTS = os.environ.get("MCP_APP_SCREENSHOTS")
+
+
+async def test_ps_links_a_self_contained_mcp_app_resource(ops: ComposeOperations) -> None:
+    async with Client(build_server(ops)) as client:
+        ps = next(tool for tool in (await client.list_tools()).tools if tool.name == "ps")
+        listed = {str(r.uri): r for r in (await client.list_resources()).resources}
+        read = await client.read_resource(APP_URI)
+        capabilities = client.server_capabilities
+    assert (ps.meta or {})["ui"]["resourceUri"] == APP_URI
+    assert listed[APP_URI].mime_type == APP_MIME_TYPE
+    assert EXTENSION_ID in (capabilities.extensions or {})
+    (content,) = read.contents
+    assert content.mime_type == APP_MIME_TYPE
+    html = content.text  # type: ignore[union-attr]
+    # Self-contained: nothing is fetched, so the view works in a sandbox with no network at all.
+    assert "<script src" not in html and "<link" not in html and not re.search(r"(src|href)=\"?(https?:)?//", html)
+    assert (content.meta or {})["ui"]["csp"] == {"connectDomains": [], "resourceDomains": []}
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+def serve_harness(modules: Path) -> Callable[[Route], Awaitable[None]]:
+    """A route handler serving the harness and the ext-apps packages, and nothing else."""
+    roots = {"/harness/": HARNESS.resolve(), "/node_modules/": modules.resolve()}
+
+    async def handle(route: Route) -> None:
+        path = route.request.url.removeprefix(ORIGIN).split("?", 1)[0]
+        if path == "/host.html":
+            path = "/harness/host.html"
+        for prefix, root in roots.items():
+            if path.startswith(prefix):
+                file = (root / path.removeprefix(prefix)).resolve()
+                if file.is_relative_to(root) and file.is_file():
+                    kind = "text/html" if file.suffix == ".html" else "text/javascript"
+                    await route.fulfill(status=200, body=file.read_bytes(), headers={"content-type": kind})
+                    return
+        await route.fulfill(status=404, body="not in the harness")
+
+    return handle
+
+
+@pytest.mark.docker
+@pytest.mark.browser
+async def test_the_stack_view_renders_a_running_stack_and_its_buttons_call_the_tools(
+    gateway: GatewayProcess, stacks: StackFactory, browser: Browser
+) -> None:
+    project = stacks.make(WEB_WORKER, files=STACK_FILES)
+    modules = mcp_tools_modules()
+    async with httpx2.AsyncClient(headers=gateway.headers(), timeout=120) as http:
+        async with Client(streamable_http_client(gateway.url, http_client=http)) as client:
+            up = await client.call_tool("up", {"project": project, "wait": True})
+            assert not up.is_error, up.content
+            ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
+            html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+            result = await client.call_tool("ps", {"project": project})
+
+            async def host_call_tool(name: str, arguments: str) -> str:
+                called = await client.call_tool(name, json.loads(arguments))
+                return json.dumps(called.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+            context = await browser.new_context(viewport={"width": 1040, "height": 560})
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.route(f"{ORIGIN}/**", serve_harness(modules))
+            await page.expose_function("hostCallTool", host_call_tool)
+            await page.goto(f"{ORIGIN}/host.html")
+            await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
+            app_info = await page.evaluate(
+                "(args) => window.startApp(args)",
+                {
+                    "html": html,
+                    "tool": ps_tool.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    "toolInput": {"project": project},
+                    "toolResult": result.model_dump(mode="json", by_alias=True, exclude_none=True),
+                },
+            )
+            assert app_info["name"] == "compose-agent-stack"
+
+            view = page.frame_locator("#app")
+            await expect(view.get_by_test_id("stack-name")).to_have_text(project)
+            await expect(view.get_by_test_id("stack-count")).to_have_text("2/2 running")
+            await expect(view.get_by_test_id("state-worker")).to_have_text("running")
+            await expect(view.get_by_test_id("state-web")).to_have_text("running")
+            await expect(view.get_by_test_id("health-web")).to_have_text("healthy")
+            await expect(view.get_by_test_id("uptime-web")).to_have_text(re.compile(r"^\d+(s|m \d+s)$"))
+            # The host sized the frame to the view's content, so nothing is cut off.
+            frame_box = await page.locator("#app").bounding_box()
+            assert frame_box is not None and frame_box["height"] > 150
+
+            # A button is a tools/call through the host: the worker really stops, and the view shows it.
+            await view.get_by_test_id("action-worker-stop").click()
+            await expect(view.get_by_test_id("state-worker")).to_have_text(re.compile(r"^exited"), timeout=60_000)
+            await expect(view.get_by_test_id("status")).to_contain_text("stop finished")
+            await expect(view.get_by_test_id("stack-count")).to_have_text("1/2 running")
+            if SHOTS:
+                Path(SHOTS).mkdir(parents=True, exist_ok=True)
+                await page.screenshot(path=str(Path(SHOTS) / "mcp-app.png"), full_page=True)
+            stopped = await client.call_tool("ps", {"project": project})
+            assert stopped.structured_content is not None
+            states = {s["service"]: s["state"] for s in stopped.structured_content["services"]}
+            assert states == {"web": "running", "worker": "exited"}
+
+            # The view follows the host's theme.
+            await page.evaluate("window.bridge.sendHostContextChange({theme: 'dark'})")
+            await expect(view.locator("html")).to_have_attribute("data-theme", "dark")
+
+            await view.get_by_test_id("action-worker-start").click()
+            await expect(view.get_by_test_id("state-worker")).to_have_text("running", timeout=60_000)
+            calls = await page.evaluate("window.hostCalls")
+            assert calls == [
+                {"name": "stop", "arguments": {"project": project, "services": ["worker"]}},
+                {"name": "ps", "arguments": {"project": project}},
+                {"name": "start", "arguments": {"project": project, "services": ["worker"]}},
+                {"name": "ps", "arguments": {"project": project}},
+            ]
+            assert errors == []
+            await context.close()
+    audit = [json.loads(line) for line in gateway.audit.read_text().splitlines()]
+    outcomes = [a for a in audit if a.get("phase") == "outcome" and a["tool"] in ("stop", "start")]
+    assert [(a["tool"], a["outcome"], a["caller"]) for a in outcomes] == [
+        ("stop", "ok", "compose_agent_token"),
+        ("start", "ok", "compose_agent_token"),
+    ]
