@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import anyio
 from anyio.abc import Process
 
-from .compose import SECRET_ENV, STEERING_ENV, ProgressCallback
+from .compose import ProgressCallback, compose_environment
 from .errors import SwarmFailed, SwarmUnavailable
 
 __all__ = ["DockerCli", "locate_docker"]
@@ -60,8 +60,9 @@ class DockerCli:
     def __init__(self, path: str, version: tuple[int, int], env: Mapping[str, str], *, timeout: float = 900.0) -> None:
         self.path = path
         self.version = version
-        # The same environment the Compose CLI gets: no tokens, nothing that steers which files load.
-        self.env = {k: v for k, v in env.items() if k not in SECRET_ENV and k not in STEERING_ENV}
+        # The same environment the Compose CLI gets: the allowlist (PATH, HOME, the DOCKER_* connection
+        # variables), so no token, no other variable of the gateway, nothing that steers which files load.
+        self.env = compose_environment(env)
         self.env["DOCKER_CLI_HINTS"] = "false"
         self.timeout = timeout
 
