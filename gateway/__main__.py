@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the MCP tools over stdio, or over HTTP (Streamable HTTP at /mcp, SSE at /sse)",
         description=(
-            "Serve the compose tools (list_stacks, ps, logs, up, down, restart, start, stop, config). "
+            "Serve the compose tools (list_stacks, ps, logs, config, plan, versions, up, down, restart, "
+            "start, stop, deploy, rollback). "
             "HTTP needs a bearer token: from Vault (VAULT_ADDRESS), from COMPOSE_AGENT_TOKEN / "
             "STATUS_PANEL_TOKEN, or generated on first start and saved under the state dir."
         ),
@@ -67,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="HTTP address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765, help="HTTP port (default: 8765)")
     serve.add_argument("--stacks-dir", type=Path, help="folder of stack folders (default: $STACKS_DIR or ./stacks)")
-    serve.add_argument("--read-only", action="store_true", help="offer only list_stacks, ps, logs and config")
+    serve.add_argument(
+        "--read-only",
+        action="store_true",
+        help="offer only the read tools (list_stacks, ps, logs, config, plan, versions)",
+    )
     serve.add_argument("--compose-bin", help="Compose v2 CLI to run (default: $COMPOSE_BIN, then auto-detect)")
     serve.add_argument(
         "--allowed-hosts",
@@ -217,6 +222,7 @@ async def _serve_http(
         token_verifier=GatewayTokenVerifier(store),
         issuer_url=f"http://{args.host}:{args.port}",
         notifier=notifier,
+        confirm=settings.policy.confirm,
     )
 
     async def refresh() -> None:
@@ -269,7 +275,7 @@ async def _serve_stdio(
     settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
 ) -> int:
     notifier = _notifier()
-    server = build_server(ops, read_only=args.read_only, notifier=notifier)
+    server = build_server(ops, read_only=args.read_only, notifier=notifier, confirm=settings.policy.confirm)
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:

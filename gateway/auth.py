@@ -22,15 +22,18 @@ __all__ = [
     "GatewayTokenVerifier",
     "READ_TOOLS",
     "WRITE_TOOLS",
+    "DEPLOY_TOOLS",
     "scope_for",
 ]
 
 # Tool families. A scope is "tool:<name>"; a principal holds the scopes of the tools it may call.
-READ_TOOLS = frozenset({"list_stacks", "ps", "logs", "config"})
+READ_TOOLS = frozenset({"list_stacks", "ps", "logs", "config", "plan", "versions"})
 WRITE_TOOLS = frozenset({"up", "down", "restart", "start", "stop"})
-ALL_TOOLS = READ_TOOLS | WRITE_TOOLS
-# The panel's buttons and log viewer, and nothing added later (deploying a new compose file, say).
-PANEL_TOOLS = frozenset({"list_stacks", "ps", "logs", "up", "down", "restart", "start", "stop"})
+# Writing a stack's compose file: a family of its own, since it decides what runs at all.
+DEPLOY_TOOLS = frozenset({"deploy", "rollback"})
+ALL_TOOLS = READ_TOOLS | WRITE_TOOLS | DEPLOY_TOOLS
+# The panel's buttons, log viewer, plans and versions list; not config, and not the deploy family.
+PANEL_TOOLS = frozenset({"list_stacks", "ps", "logs", "plan", "versions", "up", "down", "restart", "start", "stop"})
 
 
 def scope_for(tool: str) -> str:

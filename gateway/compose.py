@@ -206,13 +206,25 @@ class ComposeCli:
         return cls(argv, version, env, pass_env=pass_env)
 
     def command(
-        self, project: str, compose_file: Path | None, args: Sequence[str], *, profiles: Sequence[str] = ()
+        self,
+        project: str,
+        compose_file: Path | None,
+        args: Sequence[str],
+        *,
+        profiles: Sequence[str] = (),
+        project_directory: Path | None = None,
+        env_file: Path | None = None,
     ) -> list[str]:
         argv = [*self.argv, "--progress", "json", "--project-name", project]
         if compose_file is not None:
             argv += ["--file", str(compose_file)]
         for profile in profiles:
             argv += ["--profile", profile]
+        # A candidate file in a scratch folder is read as if it sat in the stack's own folder.
+        if project_directory is not None:
+            argv += ["--project-directory", str(project_directory)]
+        if env_file is not None:
+            argv += ["--env-file", str(env_file)]
         return argv + list(args)
 
     async def run(
@@ -224,13 +236,25 @@ class ComposeCli:
         cwd: Path | None = None,
         progress: ProgressCallback | None = None,
         profiles: Sequence[str] = (),
+        project_directory: Path | None = None,
+        env_file: Path | None = None,
     ) -> ComposeOutput:
         """Run one compose command to completion, streaming its events to ``progress``.
+
+        ``project_directory`` and ``env_file`` make Compose read ``compose_file`` as if it were the
+        stack's own: relative paths and the ``.env`` resolve there (or in ``env_file``).
 
         Raises:
             ComposeFailed: non-zero exit, with the last lines of stderr; or a timeout.
         """
-        argv = self.command(project, compose_file, args, profiles=profiles)
+        argv = self.command(
+            project,
+            compose_file,
+            args,
+            profiles=profiles,
+            project_directory=project_directory,
+            env_file=env_file,
+        )
         logger.debug("running %s", argv)
         events: list[str] = []
         tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)

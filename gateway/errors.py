@@ -21,6 +21,7 @@ __all__ = [
     "EngineUnavailable",
     "PolicyViolation",
     "PolicyRefused",
+    "ConfirmationRequired",
     "ConfigError",
     "VaultError",
     "SwarmUnavailable",
@@ -91,6 +92,19 @@ class PolicyRefused(PolicyViolation):
     def __init__(self, message: str, violations: list[Violation]) -> None:
         super().__init__(message)
         self.violations = violations
+
+
+class ConfirmationRequired(GatewayError):
+    """The operator's policy asks for this call to be confirmed; nothing was changed.
+
+    The message holds the plan and ``confirm="<token>"``; the same call with ``confirm`` set acts.
+    """
+
+    kind = "confirmation_required"
+
+    def __init__(self, message: str, *, token: str) -> None:
+        super().__init__(message)
+        self.token = token
 
 
 class ConfigError(GatewayError):

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +114,14 @@ class PolicyGuard:
         self._threads_lock = threading.Lock()
         self._stack_locks: dict[str, threading.Lock] = {}
 
-    async def evaluate(self, stack: Stack, cli: ComposeCli) -> Evaluation:
+    async def evaluate(
+        self, stack: Stack, cli: ComposeCli, *, source: Path | None = None, env_file: Path | None = None
+    ) -> Evaluation:
         """Judge ``stack`` now, from its files as they are, and keep the verdict with what it depends on.
+
+        With ``source`` (and ``env_file``), judge instead the compose file (and ``.env``) that
+        ``deploy`` would write there: a candidate in a scratch folder, read as if it were the stack's
+        own. A candidate's verdict is not kept: it describes files that are not on disk.
 
         Raises:
             ComposeFailed: a compose file that is not valid YAML, or a model Compose refuses (its own
@@ -122,25 +129,37 @@ class PolicyGuard:
             PolicyViolation: a compose file that cannot be read at all, or one that kept changing.
         """
         assert stack.folder is not None and stack.compose_file is not None
-        refs, signature = await to_thread.run_sync(_read_settled, stack)
+        folder = stack.folder
+        signature: Signature = ()
+        if source is None:
+            refs, signature = await to_thread.run_sync(_read_settled, stack)
+        else:
+            refs = await to_thread.run_sync(partial(collect_references, stack.compose_file, folder, source=source))
         resolved: dict[str, str] = {}
+
+        async def keep(evaluation: Evaluation) -> Evaluation:
+            if source is not None:
+                return evaluation
+            return await self._remember(stack, refs, signature, resolved, evaluation)
+
         early = self._judge({}, refs, stack, resolved)
         if early:
             # Compose would read these files while loading: stop before it runs.
-            return await self._remember(stack, refs, signature, resolved, Evaluation(verdict(early), {}))
+            return await keep(Evaluation(verdict(early), {}))
         output = await cli.run(
             stack.name,
             ["config", "--format", "json"],
-            compose_file=stack.compose_file,
-            cwd=stack.folder,
+            compose_file=source or stack.compose_file,
+            cwd=folder if source is None else source.parent,
             profiles=["*"],
+            project_directory=None if source is None else folder,
+            env_file=env_file,
         )
         try:
             model: dict[str, Any] = json.loads(output.stdout)
         except json.JSONDecodeError as exc:
             raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
-        result = verdict(self._judge(model, refs, stack, resolved))
-        return await self._remember(stack, refs, signature, resolved, Evaluation(result, model))
+        return await keep(Evaluation(verdict(self._judge(model, refs, stack, resolved)), model))
 
     async def references_refused(self, stack: Stack) -> list[Violation]:
         """The violations among the stack's raw file references alone; Compose does not run.

@@ -223,6 +223,16 @@ class Lifecycle:
             message=f"{action} finished on '{project}'{note}",
         )
 
+    async def up_locked(self, stack: Stack, *, wait: bool, progress: ProgressCallback) -> None:
+        """``up`` for a caller that holds the project's lock and writes its own audit lines (deploy, rollback).
+
+        Raises:
+            PolicyRefused: the guard refuses the stack's files as they are now.
+            ComposeFailed: Compose's own error.
+        """
+        args = ["up", "--detach", "--remove-orphans"] + (["--wait"] if wait else [])
+        await self._run("up", stack, args, progress, {"project": stack.name, "wait": wait})
+
     async def _run(
         self, action: str, stack: Stack, args: list[str], on_event: ProgressCallback, arguments: dict[str, Any]
     ) -> str:

@@ -21,6 +21,14 @@ __all__ = [
     "Action",
     "Violation",
     "Verdict",
+    "PlanAction",
+    "VolumeRisk",
+    "DownRisk",
+    "PlanResult",
+    "ServiceChange",
+    "DeployResult",
+    "VersionInfo",
+    "VersionList",
 ]
 
 Action = Literal["up", "down", "restart", "start", "stop"]
@@ -129,3 +137,83 @@ class ConfigResult(BaseModel):
 
     project: str
     config: dict[str, object]
+
+
+PlanKind = Literal["create", "recreate", "start", "remove", "unchanged"]
+
+
+class PlanAction(BaseModel):
+    """What ``up`` would do to one service."""
+
+    service: str
+    action: PlanKind = Field(description="create, recreate, start, remove or unchanged")
+    reason: str
+
+
+class VolumeRisk(BaseModel):
+    """A volume of the stack, and whether ``down`` can delete it."""
+
+    name: str
+    kind: Literal["named", "anonymous"]
+    services: list[str] = Field(default_factory=list)
+    removed_by_down_volumes: bool = Field(description="True when down with volumes=true deletes it and its data")
+
+
+class DownRisk(BaseModel):
+    """What ``down`` would remove, and the data that goes with it."""
+
+    containers: list[str] = Field(description="Containers down removes; files written inside them are lost")
+    volumes: list[VolumeRisk] = Field(description="Kept by down, deleted by down with volumes=true unless external")
+
+
+class PlanResult(BaseModel):
+    """What ``up`` would do now, or after deploying a given compose file. Nothing is changed to find out."""
+
+    project: str
+    version: int | None = Field(default=None, description="The stack's current version, if it was ever deployed")
+    actions: list[PlanAction]
+    policy: Verdict = Field(description="The policy guard's verdict on the compose file the plan is about")
+    down: DownRisk
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ServiceChange(BaseModel):
+    """How one service's definition differs between the old compose file and the new one."""
+
+    service: str
+    change: Literal["added", "removed", "changed", "unchanged"]
+
+
+class DeployResult(BaseModel):
+    """The outcome of a deploy or a rollback."""
+
+    project: str
+    action: Literal["deploy", "rollback"]
+    version: int = Field(description="The version now on disk and running")
+    previous_version: int | None = Field(default=None, description="The version that was on disk before")
+    sha256: str = Field(description="SHA-256 of the compose file now on disk")
+    created: bool = Field(description="True when this call created the stack folder")
+    changes: list[ServiceChange] = Field(description="Service definitions added, removed or changed by this call")
+    env_names: list[str] | None = Field(default=None, description="Variables written to .env (values never shown)")
+    duration_ms: float
+    events: list[str] = Field(default_factory=list, description="Compose progress events of the up, one per line")
+    message: str = ""
+
+
+class VersionInfo(BaseModel):
+    """One kept version of a stack's compose file (its content is never served)."""
+
+    version: int
+    created: str = Field(description="RFC 3339 time it was recorded")
+    sha256: str = Field(description="SHA-256 of its compose file")
+    source: str = Field(description="deploy, or disk: the file found on disk before a deploy or rollback replaced it")
+    caller: str
+    current: bool
+
+
+class VersionList(BaseModel):
+    """The kept versions of a stack, oldest first."""
+
+    project: str
+    current: int | None
+    versions: list[VersionInfo]

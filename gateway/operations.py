@@ -16,6 +16,7 @@ from .audit import AuditLog
 from .catalog import StackCatalog
 from .compose import ComposeCli, ComposeLocator, ProgressCallback
 from .config import Settings
+from .deploy import Deployer
 from .dockercli import DockerCli
 from .engine import Engine
 from .guard import PolicyGuard
@@ -23,8 +24,10 @@ from .lifecycle import SERVICE_ACTIONS, Lifecycle, ServiceAction
 from .logs import DEFAULT_BYTES, DEFAULT_TAIL
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
+from .planner import Planner
 from .reads import Reads
 from .swarm import SwarmBackend
+from .versions import VersionStore
 
 __all__ = ["ComposeOperations", "SERVICE_ACTIONS", "ServiceAction"]
 
@@ -59,6 +62,9 @@ class ComposeOperations:
         self.lifecycle = Lifecycle(
             self.catalog, plane=plane, metrics=self.metrics, audit=audit, self_project=self_project
         )
+        # deploy, rollback and their reads; versions are kept in the stacks dir (see gateway.versions).
+        self.planner = Planner(self.catalog, VersionStore(self.catalog.stacks_dir), plane=plane, metrics=self.metrics)
+        self.deployer = Deployer(self.catalog, self.lifecycle, self.planner)
 
     @classmethod
     def from_settings(

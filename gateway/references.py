@@ -147,11 +147,14 @@ def _env_files(value: Any) -> Iterator[str]:
             yield entry["path"]
 
 
-def collect_references(compose_file: Path, folder: Path) -> References:
+def collect_references(compose_file: Path, folder: Path, *, source: Path | None = None) -> References:
     """The file references of a stack: its compose file, ``.env``, and what ``include``/``extends`` pull in.
 
     Follows ``include`` and ``extends`` into files inside ``folder`` (at most :data:`MAX_FILES`);
     a reference outside it is recorded, never opened. Blocking: run it in a worker thread.
+
+    ``source`` holds the text of ``compose_file`` when that file is not on disk yet (a compose file
+    ``deploy`` is judging before it writes it): it is read from there, as if it sat at ``compose_file``.
 
     Raises:
         ComposeFailed: a file inside the folder that is not valid YAML.
@@ -170,7 +173,9 @@ def collect_references(compose_file: Path, folder: Path) -> References:
     seen: set[Path] = set()
     while queue:
         path, base = queue.pop(0)
-        real = Path(os.path.realpath(path))
+        candidate = source is not None and path == compose_file
+        # A candidate replaces whatever sits at its place (a symlink too): it is the file in the folder.
+        real = root / compose_file.name if candidate else Path(os.path.realpath(path))
         if real in seen or not _inside(real, root):
             continue  # outside files are judged from the recorded reference and never opened
         seen.add(real)
@@ -178,7 +183,7 @@ def collect_references(compose_file: Path, folder: Path) -> References:
             raise PolicyViolation(f"the stack's compose files pull in more than {MAX_FILES} files")
         found.files.append(path)
         bases = tuple(dict.fromkeys((base, path.parent)))
-        for doc in _load(real, os.path.relpath(path, folder)):
+        for doc in _load(source if candidate and source is not None else real, os.path.relpath(path, folder)):
             if isinstance(doc, dict):
                 queue += _scan(doc, bases, found)
     return found

@@ -7,7 +7,7 @@ operations API and MCP, and nothing about Docker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from mcp.server.auth.settings import AuthSettings
@@ -18,10 +18,13 @@ from mcp.types import CallToolResult, InputRequiredResult, TextContent, Tool
 from pydantic import AnyHttpUrl, ValidationError
 
 from . import __version__
+from .approval import audit_view
 from .audit import bounded_arguments
-from .auth import LOCAL, WRITE_TOOLS, GatewayTokenVerifier
+from .auth import DEPLOY_TOOLS, LOCAL, WRITE_TOOLS, GatewayTokenVerifier
 from .completion import register_completion
+from .confirm import Confirmations
 from .dashboard import stack_app
+from .deploy_tools import register_deploy_reads, register_deploy_tools
 from .errors import ERROR_META_KEY, GatewayError, InvalidInput
 from .notify import Notifier
 from .operations import ComposeOperations
@@ -39,7 +42,8 @@ Manage Docker Compose stacks on this host. A stack is addressed by its name (the
 name, e.g. "shop"), never by a path. Start with list_stacks, then ps to see each service's state
 and health, logs to read recent output (use grep and since to narrow it), and up/restart/start/
 stop/down to change state. down removes containers (named volumes are kept unless volumes=true).
-Errors say what to do next; read them."""
+To add or change a stack, send its whole compose file to deploy (plan shows first what it would
+do; versions and rollback undo it). Errors say what to do next; read them."""
 
 # (tool, bounded arguments, caller, reason): how a refusal at the protocol edge is recorded.
 RefusalAudit = Callable[[str, dict[str, Any], str, str], None]
@@ -62,6 +66,8 @@ class GatewayServer(MCPServer):
         self._flat_schemas: dict[str, dict[str, Any]] = {}
         self._audit_refusal = audit_refusal
         self.read_only = False
+        # What the tools share; resolvers reach it through their context's server.
+        self.kit: ToolKit | None = None
 
     async def list_tools(self) -> list[Tool]:
         """The tools, with flat output schemas: the same documents validate, and clients check them faster."""
@@ -94,7 +100,8 @@ class GatewayServer(MCPServer):
                 self._refused(name, arguments, context, str(refused))
                 return error_result(refused)
             if cause is None and name not in {tool.name for tool in await self.list_tools()}:
-                mode = "; the gateway runs in --read-only mode" if self.read_only and name in WRITE_TOOLS else ""
+                writes = name in WRITE_TOOLS or name in DEPLOY_TOOLS
+                mode = "; the gateway runs in --read-only mode" if self.read_only and writes else ""
                 self._refused(name, arguments, context, f"no tool named {name[:100]!r}{mode}")
             raise
 
@@ -102,7 +109,7 @@ class GatewayServer(MCPServer):
         if self._audit_refusal is None:
             return
         caller = caller_of(context).name if context is not None else LOCAL.name
-        self._audit_refusal(name[:100], bounded_arguments(arguments), caller, reason)
+        self._audit_refusal(name[:100], bounded_arguments(audit_view(arguments)), caller, reason)
 
 
 def describe_invalid_arguments(tool: str, error: ValidationError) -> str:
@@ -134,12 +141,14 @@ def build_server(
     token_verifier: GatewayTokenVerifier | None = None,
     issuer_url: str = "http://127.0.0.1:8765",
     notifier: Notifier | None = None,
+    confirm: Iterable[str] = (),
 ) -> GatewayServer:
     """An MCP server exposing the compose tools over ``ops``, and the stacks as resources and prompts.
 
     With ``token_verifier``, HTTP transports require a bearer token and every call is checked against
     the token's scopes. Without one (stdio), the caller is the local user who started the process.
-    In ``read_only`` mode the tools that change anything are not registered at all.
+    In ``read_only`` mode the tools that change anything are not registered at all. The tools in
+    ``confirm`` (the operator's ``policy.confirm``) act only once confirmed.
 
     ``notifier`` carries stack changes and log messages to hosts; the entry point runs it (and a
     :class:`~gateway.watch.StackWatcher` feeding it) for the server's lifetime. Without one, the
@@ -159,10 +168,12 @@ def build_server(
         subscriptions=notifier.bus,
     )
     mcp.read_only = read_only
-    kit = ToolKit(ops, notifier)
+    kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm))
     register_read_tools(mcp, kit)
+    register_deploy_reads(mcp, kit)
     if not read_only:
         register_write_tools(mcp, kit)
+        register_deploy_tools(mcp, kit)
     register_resources(mcp, ops, notifier)
     register_prompts(mcp, ops)
     register_completion(mcp, ops)

@@ -16,7 +16,18 @@ from mcp.types import ToolAnnotations
 from pydantic import Field, Strict
 
 from .access import principal_of
+from .approval import (
+    CONFIRM_DESCRIPTION,
+    SERVICE_CONFIRMATION,
+    ConfirmGate,
+    DownAnswer,
+    DownPending,
+    UpAnswer,
+    UpPending,
+    settle,
+)
 from .auth import Principal
+from .confirm import Confirmations
 from .dashboard import PS_TOOL_META
 from .errors import PolicyViolation
 from .lifecycle import ServiceAction
@@ -29,6 +40,7 @@ __all__ = [
     "ToolKit",
     "Project",
     "Services",
+    "Confirm",
     "StrictBool",
     "READ_ONLY",
     "write_annotations",
@@ -45,6 +57,7 @@ Services = Annotated[
     list[str] | None,
     Field(description="Only these services (names from ps); omit for every service of the stack", max_length=100),
 ]
+Confirm = Annotated[str | None, Field(description=CONFIRM_DESCRIPTION, max_length=64)]
 # A string is never a boolean or a number in a tool call: "true" or "5" is refused, not coerced.
 StrictBool = Annotated[bool, Strict()]
 StrictInt = Annotated[int, Strict()]
@@ -64,11 +77,14 @@ def caller_of(ctx: Context) -> Principal:
 
 
 class ToolKit:
-    """What every tool family needs: the operations, the caller's scope check, progress."""
+    """What every tool family needs: the operations, the caller's scope check, progress, confirmations."""
 
-    def __init__(self, ops: ComposeOperations, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, ops: ComposeOperations, notifier: Notifier | None = None, confirmations: Confirmations | None = None
+    ) -> None:
         self.ops = ops
         self.notifier = notifier
+        self.gate = ConfirmGate(confirmations or Confirmations())
 
     def authorize(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> Principal:
         """The caller of this request, if its token's scope includes ``tool``.
@@ -211,12 +227,16 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
     async def up(
         project: Project,
         ctx: Context,
+        pending: UpPending,
+        answer: UpAnswer,
         services: Services = None,
         wait: Annotated[
             StrictBool, Field(description="Wait until services are running/healthy before returning")
         ] = False,
+        confirm: Confirm = None,
     ) -> ActionResult:
         who = kit.authorize(ctx, "up", {"project": project, "services": services})
+        await settle(ctx, "up", {"project": project, "services": services, "wait": wait}, pending, answer, confirm)
         return await ops.up(project, services=services, wait=wait, caller=who.name, progress=kit.progress(ctx))
 
     @mcp.tool(
@@ -230,11 +250,15 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
     async def down(
         project: Project,
         ctx: Context,
+        pending: DownPending,
+        answer: DownAnswer,
         volumes: Annotated[
             StrictBool, Field(description="Also delete the stack's named volumes and their data")
         ] = False,
+        confirm: Confirm = None,
     ) -> ActionResult:
         who = kit.authorize(ctx, "down", {"project": project, "volumes": volumes})
+        await settle(ctx, "down", {"project": project, "volumes": volumes}, pending, answer, confirm)
         return await ops.down(project, volumes=volumes, caller=who.name, progress=kit.progress(ctx))
 
     for action, (title, idempotent, description) in _SERVICE_TOOLS.items():
@@ -244,11 +268,22 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
 def _register_service_tool(
     mcp: MCPServer, kit: ToolKit, action: ServiceAction, title: str, idempotent: bool, description: str
 ) -> None:
-    async def service_tool(project: Project, ctx: Context, services: Services = None) -> ActionResult:
+    async def service_tool(
+        project: Project,
+        ctx: Context,
+        pending: Any,
+        answer: Any,
+        services: Services = None,
+        confirm: Confirm = None,
+    ) -> ActionResult:
         who = kit.authorize(ctx, action, {"project": project, "services": services})
+        await settle(ctx, action, {"project": project, "services": services}, pending, answer, confirm)
         return await kit.ops.service_action(
             action, project, services=services, caller=who.name, progress=kit.progress(ctx)
         )
+
+    # One body for three tools, each with its own planner: the SDK reads these annotations to resolve them.
+    service_tool.__annotations__ = {**service_tool.__annotations__, **SERVICE_CONFIRMATION[action]}
 
     mcp.tool(
         name=action,

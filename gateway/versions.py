@@ -194,6 +194,45 @@ class VersionStore:
                 return path, Snapshot(path.read_bytes(), env)
         return None
 
+    # -- which version --------------------------------------------------------------------------
+
+    def on_disk_version(self, project: str) -> int | None:
+        """The kept version whose files are on disk now; None when they differ (edited by hand) or are gone."""
+        current = self.current(project)
+        existing = self.on_disk(self.stacks_dir / project)
+        if current is None or existing is None:
+            return None
+        try:
+            return current if self.read(project, current).same_as(existing[1]) else None
+        except InvalidInput:
+            return None
+
+    def rollback_target(self, project: str, version: int | None) -> int:
+        """The version a rollback brings back: ``version``, or the one before the version on disk.
+
+        Raises:
+            InvalidInput: no such version, it is already on disk, or there is none before it.
+        """
+        numbers = [m.version for m in self.history(project)]
+        if not numbers:
+            raise InvalidInput(f"stack '{project}' has no kept versions; only stacks changed by deploy have them")
+        on_disk = self.on_disk_version(project)
+        if version is not None:
+            if version not in numbers:
+                raise InvalidInput(
+                    f"stack '{project}' has no version {version}; kept versions: {', '.join(map(str, numbers))}"
+                )
+            if version == on_disk:
+                raise InvalidInput(f"version {version} of '{project}' is already on disk; use up to apply it again")
+            return version
+        if on_disk is None:
+            # The files were edited or removed by hand: go back to the last version the gateway wrote.
+            return self.current(project) or numbers[-1]
+        earlier = [n for n in numbers if n < on_disk]
+        if not earlier:
+            raise InvalidInput(f"stack '{project}' has no version before {on_disk}; kept versions: {numbers}")
+        return earlier[-1]
+
     # -- writing ----------------------------------------------------------------------------------
 
     def record(

@@ -274,10 +274,19 @@ class CountingCli(ComposeCli):
         cwd: Path | None = None,
         progress: ProgressCallback | None = None,
         profiles: Sequence[str] = (),
+        project_directory: Path | None = None,
+        env_file: Path | None = None,
     ) -> ComposeOutput:
         self.runs.append(list(args))
         return await super().run(
-            project, args, compose_file=compose_file, cwd=cwd, progress=progress, profiles=profiles
+            project,
+            args,
+            compose_file=compose_file,
+            cwd=cwd,
+            progress=progress,
+            profiles=profiles,
+            project_directory=project_directory,
+            env_file=env_file,
         )
 
 

@@ -16,7 +16,8 @@ from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
-ALL_TOOLS = {"list_stacks", "ps", "logs", "up", "down", "restart", "start", "stop", "config"}
+READ_TOOLS = {"list_stacks", "ps", "logs", "config", "plan", "versions"}
+ALL_TOOLS = READ_TOOLS | {"up", "down", "restart", "start", "stop", "deploy", "rollback"}
 
 
 async def test_every_tool_has_schemas_and_truthful_annotations(ops: ComposeOperations) -> None:
@@ -27,8 +28,9 @@ async def test_every_tool_has_schemas_and_truthful_annotations(ops: ComposeOpera
         assert tool.output_schema is not None, name
         assert tool.description and len(tool.description) > 40, name
         assert tool.annotations is not None
-        assert tool.annotations.read_only_hint is (name in {"list_stacks", "ps", "logs", "config"}), name
-        assert tool.annotations.destructive_hint is (name == "down"), name
+        assert tool.annotations.read_only_hint is (name in READ_TOOLS), name
+        # deploy and rollback may replace or remove services, as down removes them.
+        assert tool.annotations.destructive_hint is (name in {"down", "deploy", "rollback"}), name
         if name != "list_stacks":
             assert "project" in tool.input_schema["required"], name
     assert tools["restart"].annotations.idempotent_hint is False  # type: ignore[union-attr]
@@ -44,7 +46,7 @@ async def test_read_only_mode_offers_only_the_read_tools(ops: ComposeOperations)
     async with Client(build_server(ops, read_only=True)) as client:
         names = {t.name for t in (await client.list_tools()).tools}
         result = await client.call_tool("down", {"project": "anything"})
-    assert names == {"list_stacks", "ps", "logs", "config"}
+    assert names == READ_TOOLS
     assert result.is_error
 
 

@@ -65,7 +65,10 @@ class Inspector:
 
 def acceptance_walk(call: Inspector, project: str, docker_client: docker.DockerClient) -> None:
     tools = {t["name"] for t in call("tools/list")["tools"]}
-    assert tools == {"list_stacks", "ps", "logs", "up", "down", "restart", "start", "stop", "config"}
+    assert tools == {
+        *("list_stacks", "ps", "logs", "config", "plan", "versions"),
+        *("up", "down", "restart", "start", "stop", "deploy", "rollback"),
+    }
     listed = call("tools/call", "list_stacks")["structuredContent"]["stacks"]
     assert project in {s["name"] for s in listed}
 

@@ -1,0 +1,287 @@
+"""Agents change stacks through tools, not files: deploy, plan, rollback and the versions list.
+
+``deploy`` checks a compose file before anything on disk or in the engine changes:
+
+1. Compose itself validates it, from a scratch folder on the stacks dir's file system, read as if
+   it sat in the stack's folder (so relative paths, hashes and the policy see the real places).
+2. The policy guard judges Compose's model.
+3. Only then is it kept as the next numbered version, written into the stack folder atomically
+   (see :mod:`gateway.versions`), and brought up.
+
+Invalid YAML, a failed validation or a policy refusal leave the stack's files, its versions and
+the engine exactly as they were. ``rollback`` is the same path with a kept version's files.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio import to_thread
+
+from .audit import Intent
+from .candidate import candidate_for, render_env, stack_of, validate_compose_yaml, validate_env
+from .catalog import StackCatalog
+from .compose import ComposeCli, ProgressCallback
+from .errors import ComposeFailed, GatewayError, InvalidInput, PolicyViolation, ShuttingDown
+from .guard import refusal
+from .lifecycle import Lifecycle
+from .models import DeployResult, ServiceChange
+from .planner import Planner
+from .stacks import Stack, validate_project_name
+from .versions import Snapshot, VersionStore, sha256_hex
+
+__all__ = ["Deployer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Deployer:
+    """deploy, plan, rollback and versions over the stacks of one catalog, through its write path."""
+
+    def __init__(self, catalog: StackCatalog, lifecycle: Lifecycle, planner: Planner) -> None:
+        self.catalog = catalog
+        self.lifecycle = lifecycle
+        self.planner = planner
+        self.store = planner.store
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def deploy(
+        self,
+        project: str,
+        compose_yaml: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        wait: bool = False,
+        caller: str = "local",
+        progress: ProgressCallback | None = None,
+    ) -> DeployResult:
+        """Validate, guard, keep as the next version, write atomically, then ``up``."""
+        arguments: dict[str, Any] = {"project": str(project)[:100]}
+        try:
+            validate_project_name(project)
+            data = validate_compose_yaml(compose_yaml)
+            arguments.update(sha256=sha256_hex(data), bytes=len(data))
+            new_env = None if env is None else validate_env(env)
+            if new_env is not None:
+                arguments["env_names"] = sorted(new_env)
+            self._refuse_self(project, "deploy")
+        except GatewayError as exc:
+            self.lifecycle.audit_refusal("deploy", arguments, caller, str(exc))
+            raise
+        env_bytes = None if new_env is None else render_env(new_env)
+        return await self._apply(
+            "deploy", project, data, env_bytes, keep_env=new_env is None, target=None,
+            arguments=arguments, wait=wait, caller=caller, progress=progress,
+            env_names=sorted(new_env) if new_env is not None else None,
+        )  # fmt: skip
+
+    async def rollback(
+        self,
+        project: str,
+        version: int | None = None,
+        *,
+        wait: bool = False,
+        caller: str = "local",
+        progress: ProgressCallback | None = None,
+    ) -> DeployResult:
+        """Bring back the version before the one on disk, or ``version``, and bring it up."""
+        arguments: dict[str, Any] = {"project": str(project)[:100], "version": version}
+        try:
+            validate_project_name(project)
+            if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+                raise InvalidInput("version must be a positive whole number, as listed by versions")
+            self._refuse_self(project, "rollback")
+            target = await to_thread.run_sync(self.store.rollback_target, project, version)
+            snapshot = await to_thread.run_sync(self.store.read, project, target)
+        except GatewayError as exc:
+            self.lifecycle.audit_refusal("rollback", arguments, caller, str(exc))
+            raise
+        arguments.update(version=target, sha256=snapshot.sha256)
+        return await self._apply(
+            "rollback", project, snapshot.compose, snapshot.env, keep_env=False, target=target,
+            arguments=arguments, wait=wait, caller=caller, progress=progress, env_names=None,
+        )  # fmt: skip
+
+    def _refuse_self(self, project: str, tool: str) -> None:
+        if self.lifecycle.self_project and project == self.lifecycle.self_project:
+            raise PolicyViolation(
+                f"refusing to {tool} '{project}': the compose-agent itself runs in this project, "
+                "and must not replace its own supervisor path; manage it from the host"
+            )
+
+    async def _apply(
+        self,
+        tool: str,
+        project: str,
+        compose: bytes,
+        env: bytes | None,
+        *,
+        keep_env: bool,
+        target: int | None,
+        arguments: dict[str, Any],
+        wait: bool,
+        caller: str,
+        progress: ProgressCallback | None,
+        env_names: list[str] | None,
+    ) -> DeployResult:
+        started = time.perf_counter()
+        events: list[str] = []
+
+        async def on_event(text: str) -> None:
+            events.append(text)
+            if progress is not None:
+                await progress(text)
+
+        what = f"{tool} on '{project}'"
+        audit, running = self.lifecycle.audit, self.lifecycle.running
+        intent: Intent | None = None
+        outcome, error, ran = "error", None, False
+        try:
+            async with self.lifecycle.lock(project):
+                folder = self.catalog.stacks_dir / project
+                existing = await to_thread.run_sync(VersionStore.on_disk, folder)
+                if keep_env:
+                    env = existing[1].env if existing is not None else None
+                snapshot = Snapshot(compose, env)
+                cli = await self.catalog.compose.get()
+                model, old_model = await self._check(cli, project, existing, snapshot, tool)
+                if audit is not None:
+                    # On disk before the first file changes: if this raises, nothing is written.
+                    intent = await to_thread.run_sync(
+                        partial(
+                            audit.intent,
+                            caller=caller,
+                            control_plane=self.lifecycle.plane.value,
+                            tool=tool,
+                            arguments=arguments,
+                        )
+                    )
+                with running.track(what) as stopped:
+                    ran = True
+                    previous, version = await to_thread.run_sync(
+                        self._write, project, existing[1] if existing else None, snapshot, target, caller, env_names
+                    )
+                    # The outcome line says which version this became; the intent could not know it yet.
+                    arguments.update(version=version, previous_version=previous)
+                    compose_path = await to_thread.run_sync(self.store.install, project, snapshot)
+                    await to_thread.run_sync(self.store.set_current, project, version)
+                    self.catalog.forget(project)
+                    await self._up(project, compose_path, wait, on_event, version, previous)
+                if stopped.cancelled_caught:
+                    raise running.interruption(what)
+            outcome = "ok"
+        except anyio.get_cancelled_exc_class():
+            outcome, error = "cancelled", "the call was cancelled; the compose process was stopped"
+            raise
+        except ShuttingDown as exc:
+            outcome, error = ("interrupted" if ran else "refused"), str(exc)
+            raise
+        except GatewayError as exc:
+            # Before the intent line nothing was written: the call was refused, not failed.
+            outcome, error = ("error" if intent is not None else "refused"), str(exc)
+            raise
+        finally:
+            duration = (time.perf_counter() - started) * 1000
+            self.catalog.engine.forget_start_times()
+            self.lifecycle.metrics.record_execution(self.lifecycle.plane, tool, ok=outcome == "ok")
+            if intent is not None and audit is not None:
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(partial(audit.outcome, intent, outcome=outcome, error=error))
+            elif outcome == "refused" and error is not None:
+                self.lifecycle.audit_refusal(tool, arguments, caller, error)
+        return DeployResult(
+            project=project,
+            action="deploy" if tool == "deploy" else "rollback",
+            version=version,
+            previous_version=previous,
+            sha256=snapshot.sha256,
+            created=existing is None,
+            changes=_changes(old_model, model),
+            env_names=env_names,
+            duration_ms=round(duration, 1),
+            events=events,
+            message=f"{tool} finished on '{project}': version {version} is on disk and up",
+        )
+
+    async def _check(
+        self, cli: ComposeCli, project: str, existing: tuple[Path, Snapshot] | None, snapshot: Snapshot, tool: str
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Compose's model of the new files (and of the old ones), once Compose and the guard accept them.
+
+        Raises:
+            InvalidInput: Compose rejects the new files.
+            PolicyRefused: the guard refuses them.
+        """
+        folder = self.catalog.stacks_dir / project
+        async with candidate_for(self.store, folder, project, existing, snapshot.compose, snapshot.env) as candidate:
+            verdict, model = await self.planner.judged(cli, folder, existing, candidate)
+        if not verdict.allowed or model is None:
+            raise refusal(project, tool, verdict)
+        old_model = None
+        if existing is not None:
+            try:
+                old_model = await self.catalog.config_model(stack_of(folder, existing))
+            except GatewayError:
+                old_model = None  # the file on disk did not load; every service counts as added
+        return model, old_model
+
+    async def _up(
+        self,
+        project: str,
+        compose_path: Path,
+        wait: bool,
+        on_event: ProgressCallback,
+        version: int,
+        previous: int | None,
+    ) -> None:
+        stack = Stack(project, compose_path.parent, compose_path)
+        try:
+            await self.lifecycle.up_locked(stack, wait=wait, progress=on_event)
+        except ComposeFailed as exc:
+            back = f"; rollback brings back version {previous}" if previous is not None else ""
+            raise ComposeFailed(
+                f"version {version} of '{project}' is on disk, but up failed{back}:\n{exc.stderr_tail or exc}",
+                returncode=exc.returncode,
+                stderr_tail=exc.stderr_tail,
+            ) from exc
+
+    def _write(
+        self,
+        project: str,
+        on_disk: Snapshot | None,
+        snapshot: Snapshot,
+        target: int | None,
+        caller: str,
+        env_names: list[str] | None,
+    ) -> tuple[int | None, int]:
+        """Keep what is on disk (if no version holds it yet) and the new files; return (previous, new) numbers."""
+        previous = self.store.on_disk_version(project)
+        if on_disk is not None and previous is None:
+            # Written or edited by hand: kept first, so the deploy can be undone.
+            previous = self.store.record(project, on_disk, source="disk", caller=caller)
+        if target is not None:
+            return previous, target
+        names = tuple(env_names) if env_names is not None else ()
+        return previous, self.store.record(project, snapshot, source="deploy", caller=caller, env_names=names)
+
+
+def _changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[ServiceChange]:
+    before: Mapping[str, Any] = (old or {}).get("services") or {}
+    after: Mapping[str, Any] = new.get("services") or {}
+    changes = []
+    for service in sorted(set(before) | set(after)):
+        if service not in before:
+            kind = "added"
+        elif service not in after:
+            kind = "removed"
+        else:
+            kind = "unchanged" if before[service] == after[service] else "changed"
+        changes.append(ServiceChange(service=service, change=kind))  # type: ignore[arg-type]
+    return changes
