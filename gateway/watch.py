@@ -9,13 +9,19 @@ An event for a project marks its status resource updated; a change in the set of
 the resource list changed. Both are level triggers: the first event is sent at once, and the burst
 that may follow it (``up`` of ten services) once more at the end of a short window, not once per
 container.
+
+The stream is ``GET /events`` through the docker-py client's own HTTP session, streamed, rather than
+the client's ``events()``: the stream that call returns cannot release its socket without reaching
+into its private response. A plain streamed response can be shut from another thread
+(``response.raw.shutdown()``, urllib3's way to end a blocked read) and closed, both public.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -24,7 +30,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from .engine import PROJECT_LABEL
-from .errors import GatewayError
+from .errors import EngineUnavailable, GatewayError
 from .notify import Notifier
 from .operations import ComposeOperations
 from .resources import stack_names, status_uri
@@ -135,9 +141,7 @@ class StackWatcher:
         failures = 0
         while not self._closed.is_set():
             try:
-                stream = self.ops.engine.client.events(
-                    filters={"type": "container", "label": PROJECT_LABEL}, decode=True
-                )
+                stream = _open_events(self.ops.engine.client)
             except Exception as exc:  # noqa: BLE001 - docker-py lets requests' errors through unwrapped
                 failures += 1
                 # One warning per outage, not one per try.
@@ -155,7 +159,7 @@ class StackWatcher:
             self.connected.set()
             failures = 0
             try:
-                for event in stream:
+                for event in _events(stream):
                     project = _project_of(event)
                     if project is not None:
                         deliver(project)
@@ -166,7 +170,8 @@ class StackWatcher:
                 self.connected.clear()
                 with self._stream_lock:
                     self._stream = None
-                _shut(stream)
+                    _shut(stream)
+                    stream.close()  # releases the socket's file descriptor now, not at garbage collection
             if not self._closed.is_set():
                 self._closed.wait(_RECONNECT_DELAY_S)
 
@@ -187,15 +192,37 @@ def _describe(before: set[str], after: set[str]) -> str:
     return " ".join(parts)
 
 
-def _shut(stream: Any) -> None:
-    """Close the stream's response so a read blocked on it returns; harmless if already closed."""
-    try:
-        stream.close()
-    except OSError:
-        pass
-    response = getattr(stream, "_response", None)
-    if response is not None:
+def _open_events(client: Any) -> Any:
+    """GET /events as docker-py's ``events`` would, streamed: container events of compose projects.
+
+    Raises:
+        EngineUnavailable: the engine answered with an error status.
+    """
+    response = client.get(
+        f"{client.base_url}/v{client.api_version}/events",
+        params={"filters": json.dumps({"type": ["container"], "label": [PROJECT_LABEL]})},
+        stream=True,
+        timeout=None,  # the stream is quiet until something happens; close() ends it
+    )
+    if response.status_code != 200:
         try:
+            raise EngineUnavailable(f"the engine refused its events stream: HTTP {response.status_code}")
+        finally:
             response.close()
-        except OSError:
-            pass
+    return response
+
+
+def _events(response: Any) -> Iterator[dict[str, Any]]:
+    """The engine's events, one JSON object a line, as they arrive."""
+    for line in response.iter_lines():
+        if line:
+            event: dict[str, Any] = json.loads(line)
+            yield event
+
+
+def _shut(response: Any) -> None:
+    """Shut the response's socket so that a read blocked on it returns; harmless if already shut or closed."""
+    try:
+        response.raw.shutdown()
+    except (OSError, ValueError, RuntimeError):  # urllib3: already closed, or released to its pool
+        pass
