@@ -14,12 +14,13 @@ import fcntl
 import logging
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
-__all__ = ["swarm", "remove_stack", "TWO_REPLICAS"]
+__all__ = ["swarm", "held_swarm", "remove_stack", "TWO_REPLICAS"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,18 +100,25 @@ def _release(client: Any) -> None:
         _Holder.lock = None
 
 
-@pytest.fixture(scope="session")
-def swarm(docker_client: Any) -> Iterator[str]:
-    """The engine as a swarm manager; yields the cluster id."""
+@contextmanager
+def held_swarm(client: Any) -> Iterator[str]:
+    """Hold the engine's swarm (made if need be) for as long as the block runs; yields the cluster id."""
     if _Holder.users == 0:
-        _Holder.cluster = _acquire(docker_client)
+        _Holder.cluster = _acquire(client)
     _Holder.users += 1
     try:
         yield _Holder.cluster
     finally:
         _Holder.users -= 1
         if _Holder.users == 0:
-            _release(docker_client)
+            _release(client)
+
+
+@pytest.fixture(scope="session")
+def swarm(docker_client: Any) -> Iterator[str]:
+    """The engine as a swarm manager; yields the cluster id."""
+    with held_swarm(docker_client) as cluster:
+        yield cluster
 
 
 def remove_stack(name: str) -> None:
