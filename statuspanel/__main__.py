@@ -118,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=5001, help="port to listen on (default 5001)")
     serve.add_argument("--gateway-url", default=None, help="the compose-agent's MCP URL (overrides COMPOSE_AGENT_URL)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        metavar="IPS",
+        help="trust X-Forwarded-For/-Proto only from these proxy addresses (comma-separated, or *); "
+        "off by default, so failed logins are counted per connecting address",
+    )
     return parser
 
 
@@ -206,7 +213,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "legacy mode" if backend.legacy else f"compose-agent at {settings.compose_agent_url}",
     )
     logger.info("answering to hosts: %s", hosts)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="on")
+    if args.forwarded_allow_ips:
+        logger.info("trusting proxy headers from %s", args.forwarded_allow_ips)
+    # Passed explicitly: uvicorn's default trusts X-Forwarded-For from 127.0.0.1 (or $FORWARDED_ALLOW_IPS),
+    # and a spoofed address would dodge the login limit, or lock out an address of the sender's choice.
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        lifespan="on",
+        proxy_headers=bool(args.forwarded_allow_ips),
+        forwarded_allow_ips=args.forwarded_allow_ips or "",
+    )
     uvicorn.Server(config).run()
     return 0
 

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .credentials import Authenticator
 from .csrf import CSRF_HEADER, csrf_ok
 from .hosts import AllowedHosts, origin_allowed
+from .ratelimit import LoginRateLimiter, client_address
 from .sessions import SessionGuard
 
 __all__ = ["AuthMiddleware", "PUBLIC_PATHS"]
@@ -32,6 +33,8 @@ class AuthMiddleware:
 
     - Public paths answer to anyone.
     - API paths without credentials get 401 JSON; pages get a redirect to ``/login``.
+    - A wrong bearer token counts as a failed login of the client's address; once the limiter
+      says so, further failures get 429 with ``Retry-After``. A valid token is never refused.
     - Unsafe methods authenticated by the session cookie must carry the session's CSRF token in
       the ``X-CSRF-Token`` header. A bearer token is never sent by a browser on its own, so
       bearer requests need none.
@@ -41,12 +44,18 @@ class AuthMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, authenticator: Authenticator, allowed_hosts: AllowedHosts, sessions: SessionGuard
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        allowed_hosts: AllowedHosts,
+        sessions: SessionGuard,
+        limiter: LoginRateLimiter,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.allowed_hosts = allowed_hosts
         self.sessions = sessions
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +72,8 @@ class AuthMiddleware:
         method: str = scope["method"]
         api = path.startswith("/api/")
 
-        if self.authenticator.check_bearer(headers.get("authorization")):
+        authorization = headers.get("authorization")
+        if self.authenticator.check_bearer(authorization):
             scope["panel_user"] = "token"
             await self.app(scope, receive, send)
             return
@@ -73,7 +83,9 @@ class AuthMiddleware:
             user = "local"
         if not user:
             response: Response
-            if api:
+            if authorization is not None:
+                response = self._wrong_credential(client_address(scope.get("client")))
+            elif api:
                 response = JSONResponse(
                     {"error": "authentication required: send 'Authorization: Bearer <status panel token>' or log in"},
                     status_code=401,
@@ -96,3 +108,18 @@ class AuthMiddleware:
                     return
         scope["panel_user"] = user
         await self.app(scope, receive, send)
+
+    def _wrong_credential(self, client: str) -> Response:
+        wait = self.limiter.retry_after(client)
+        if wait is not None:
+            return JSONResponse(
+                {"error": f"too many failed attempts from {client}; retry in {wait} s with a valid token"},
+                status_code=429,
+                headers={"Retry-After": str(wait)},
+            )
+        self.limiter.record_failure(client)
+        return JSONResponse(
+            {"error": "wrong token: send 'Authorization: Bearer <status panel token>'"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="status-panel", error="invalid_token"'},
+        )

@@ -18,6 +18,7 @@ from . import __version__
 from .app import ACTIONS, PanelState, panel, validate_project
 from .csrf import csrf_ok, csrf_token
 from .errors import BadRequest, GatewayUnavailable, PanelError
+from .ratelimit import client_address
 from .sessions import LoginMethod
 
 __all__ = ["routes", "humanize_uptime"]
@@ -211,23 +212,27 @@ async def login(request: Request) -> Response:
     if request.method == "GET":
         return _page(request, "login.html", context)
 
-    client = request.client.host if request.client else "unknown"
-    wait = state.limiter.retry_after(client)
-    if wait is not None:
-        context["error"] = f"Too many failed logins. Try again in {wait} seconds."
-        response = _page(request, "login.html", context, status_code=429)
-        response.headers["Retry-After"] = str(wait)
-        return response
     form = await request.form()
     token, username, password = (str(form.get(k) or "") for k in ("token", "username", "password"))
     if not csrf_ok(request.session, str(form.get("csrf") or "")):
         context["error"] = "The login form expired. Please try again."
         return _page(request, "login.html", context, status_code=400)
+    client = client_address(request.scope.get("client"))
     login: tuple[str, LoginMethod] | None = None
+    # The token is checked even when the address is limited: a token is meant to be long and random
+    # (a generated one has 256 bits), so someone else's failures must not lock its holder out. A
+    # password may be guessable: while limited it is refused unchecked, or the limit slowed no one.
     if token and auth.check_token(token):
         login = ("token", "token")
-    elif username and auth.check_password(username, password):
-        login = (username, "password")
+    else:
+        wait = state.limiter.retry_after(client)
+        if wait is not None:
+            context["error"] = f"Too many failed logins. Try again in {wait} seconds."
+            response = _page(request, "login.html", context, status_code=429)
+            response.headers["Retry-After"] = str(wait)
+            return response
+        if username and auth.check_password(username, password):
+            login = (username, "password")
     if login is None:
         state.limiter.record_failure(client)
         context["error"] = "Wrong token or username and password."

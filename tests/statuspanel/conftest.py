@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +173,9 @@ def gateway(stacks: StackFactory, tmp_path: Path) -> Iterator[Gateway]:
         gw.stop()
 
 
-def start_panel(tmp_path: Path, *, env: dict[str, str], token: str | None, name: str = "panel") -> Panel:
+def start_panel(
+    tmp_path: Path, *, env: dict[str, str], token: str | None, name: str = "panel", args: Sequence[str] = ()
+) -> Panel:
     port = free_port()
     defaults = {
         "COMPOSE_AGENT_STATE_DIR": str(tmp_path / f"{name}-state"),
@@ -182,8 +184,10 @@ def start_panel(tmp_path: Path, *, env: dict[str, str], token: str | None, name:
     full_env = _clean_env(**{**defaults, **env})
     if token:
         full_env["STATUS_PANEL_TOKEN"] = token
-    args = [sys.executable, "-m", "statuspanel", "serve", "--port", str(port)]
-    panel = Panel(args=args, env=full_env, log=tmp_path / f"{name}.log", base=f"http://127.0.0.1:{port}", token=token)
+    command = [sys.executable, "-m", "statuspanel", "serve", "--port", str(port), *args]
+    panel = Panel(
+        args=command, env=full_env, log=tmp_path / f"{name}.log", base=f"http://127.0.0.1:{port}", token=token
+    )
     panel.start()
     try:
         panel.wait_healthy()

@@ -203,16 +203,54 @@ def test_a_cross_site_post_is_refused_even_with_the_token(client: TestClient) ->
     assert response.status_code == 403
 
 
-def test_wrong_logins_are_rate_limited_with_retry_after(backend: MemoryBackend) -> None:
-    app = create_app(backend, Authenticator(TOKEN), session_secret="y" * 32, limiter=LoginRateLimiter(5, 60))
+def test_wrong_logins_are_rate_limited_but_the_right_token_still_logs_in(backend: MemoryBackend) -> None:
+    authenticator = Authenticator(TOKEN, "admin", "s3cret-pass")
+    app = create_app(backend, authenticator, session_secret="y" * 32, limiter=LoginRateLimiter(5, 60))
     with TestClient(app, base_url=BASE, follow_redirects=False) as client:
         for _ in range(5):
             assert login(client, token="guess")[0] == 401
-        limited = client.post("/login", data={"token": TOKEN})
+        page = client.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf
+        limited = client.post("/login", data={"csrf": csrf.group(1), "token": "guess"})
         assert limited.status_code == 429
         assert 1 <= int(limited.headers["retry-after"]) <= 60
-        # Even the right token waits: the limit is checked before the credentials.
-        assert login(client, token=TOKEN)[0] == 429
+        assert "Try again in" in limited.text
+        # A password can be guessed, so while limited it is refused unchecked, right or wrong.
+        assert login(client, username="admin", password="wrong")[0] == 429
+        assert login(client, username="admin", password="s3cret-pass")[0] == 429
+        # Someone else's failures never lock out the holder of the token.
+        assert login(client, token=TOKEN)[0] == 303
+        assert client.get("/api/v1/stacks").status_code == 200
+
+
+def test_wrong_bearer_tokens_are_limited_but_a_valid_one_and_health_are_not(backend: MemoryBackend) -> None:
+    app = create_app(backend, Authenticator(TOKEN), session_secret="y" * 32, limiter=LoginRateLimiter(5, 60))
+    with TestClient(app, base_url=BASE, follow_redirects=False, client=("10.0.0.7", 40000)) as client:
+        for _ in range(5):
+            assert client.get("/api/v1/stacks", headers=bearer("guess")).status_code == 401
+        limited = client.get("/api/v1/stacks", headers=bearer("guess"))
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert client.get("/api/v1/stacks", headers=bearer()).status_code == 200
+        assert client.post("/api/v1/stacks/shop/restart", headers=bearer()).status_code == 200
+        assert client.get("/health", headers=bearer("guess")).status_code == 200
+        # No credential at all is not a failure: it is asked for one.
+        assert client.get("/api/v1/stacks").status_code == 401
+    # Failures are counted per client address: another address is not limited.
+    with TestClient(app, base_url=BASE, follow_redirects=False, client=("10.0.0.8", 40000)) as other:
+        assert other.get("/api/v1/stacks", headers=bearer("guess")).status_code == 401
+    assert [call[0] for call in backend.calls].count("restart") == 1
+
+
+def test_the_limiter_stays_bounded_and_a_flood_of_new_addresses_does_not_lift_a_limit() -> None:
+    limiter = LoginRateLimiter(max_failures=5, window=60, clock=lambda: 1000.0, max_clients=10)
+    for _ in range(5):
+        limiter.record_failure("10.0.0.1")
+    for n in range(500):
+        limiter.record_failure(f"192.0.2.{n % 250}.{n}")
+    assert limiter.tracked == 10
+    assert limiter.retry_after("10.0.0.1") == 60
 
 
 def test_rate_limiter_forgets_failures_after_the_window() -> None:
