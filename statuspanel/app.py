@@ -31,8 +31,10 @@ from gateway.api import validate_tail as check_tail
 from . import __version__
 from .auth import AuthMiddleware
 from .backend import Backend
+from .bodylimit import MAX_BODY_BYTES, BodyLimitMiddleware
 from .credentials import Authenticator
 from .errors import BadRequest, NotFound, PanelError
+from .headers import SecurityHeadersMiddleware
 from .hosts import LOOPBACK_HOSTS, AllowedHosts, HostCheckMiddleware
 from .ratelimit import LoginRateLimiter
 from .sessions import SESSION_LIFETIME, SessionGuard
@@ -280,12 +282,15 @@ def create_app(
     allowed_hosts: AllowedHosts | Iterable[str] = LOOPBACK_HOSTS,
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     clock: Callable[[], float] = time.time,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Starlette:
     """Build the panel. ``session_secret`` signs the login cookie; without one it is generated per process.
 
     ``allowed_hosts`` are the names the panel answers to (``Host``, and ``Origin`` on POSTs); the
     default suits a panel on a loopback address. ``background`` tasks (the token refresh) run for
-    the app's lifetime. ``clock`` is the wall clock that login lifetimes are measured with.
+    the app's lifetime. ``clock`` is the wall clock that login lifetimes are measured with. A body
+    over ``max_body_bytes`` is answered 413. ``limiter`` counts failed logins and wrong bearer
+    tokens per client address.
 
     Raises:
         ValueError: ``allowed_hosts`` holds something that is not a host name.
@@ -298,7 +303,7 @@ def create_app(
         backend=backend,
         authenticator=authenticator,
         sessions=sessions,
-        limiter=limiter or LoginRateLimiter(),
+        limiter=limiter if limiter is not None else LoginRateLimiter(),
         templates=templates,
         watchdog_url=watchdog_url.rstrip("/") if watchdog_url else None,
     )
@@ -318,7 +323,9 @@ def create_app(
     app = Starlette(
         routes=_routes(),
         middleware=[
+            Middleware(SecurityHeadersMiddleware),
             Middleware(HostCheckMiddleware, allowed=hosts),
+            Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes),
             Middleware(
                 SessionMiddleware,
                 secret_key=secret,
@@ -327,7 +334,13 @@ def create_app(
                 https_only=https_only,
                 max_age=SESSION_LIFETIME,
             ),
-            Middleware(AuthMiddleware, authenticator=authenticator, allowed_hosts=hosts, sessions=sessions),
+            Middleware(
+                AuthMiddleware,
+                authenticator=authenticator,
+                allowed_hosts=hosts,
+                sessions=sessions,
+                limiter=state.limiter,
+            ),
         ],
         lifespan=lifespan,
     )

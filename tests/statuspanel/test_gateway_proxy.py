@@ -92,6 +92,21 @@ async def test_actions_logs_and_metrics_go_through_the_gateway(
     assert gateway_own["compose_agent_count"] == metrics["compose_agent_count"]
 
 
+async def test_a_50_mb_action_body_gets_413_and_the_gateway_runs_nothing(
+    stacks: StackFactory, gateway: Gateway, panel: Panel
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    async with api(panel) as client:
+        huge = b'{"services": ["web"]' + b" " * (50 * 1024 * 1024) + b"}"
+        response = await client.post(f"/api/v1/stacks/{name}/up", content=huge)
+        assert response.status_code == 413, response.text
+        metrics = (await client.get("/api/v1/metrics")).json()
+        assert metrics["compose_agent_reachable"] is True
+        assert metrics["total_count"] == 0, metrics
+        ps = (await client.get(f"/api/v1/stacks/{name}")).json()
+    assert set(states(ps).values()) == {"missing"}, ps
+
+
 async def test_gateway_errors_map_to_http_statuses(stacks: StackFactory, gateway: Gateway, panel: Panel) -> None:
     name = stacks.make(WEB_WORKER, files=STACK_FILES)
     broken = stacks.make(

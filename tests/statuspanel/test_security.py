@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -363,3 +364,112 @@ def test_the_panel_will_not_start_with_a_bad_setting(tmp_path: Path) -> None:
         )
         assert result.returncode == 2
         assert name in result.stderr
+
+
+# --- failed credentials: counted per connecting address, proxy headers only when trusted -----------
+
+
+def test_the_served_panel_limits_failures_per_connecting_address_whatever_x_forwarded_for_says(
+    tmp_path: Path,
+) -> None:
+    token = "t" * 24
+    panel = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere()}, token=token, name="direct")
+    try:
+        with httpx2.Client(base_url=panel.base, timeout=10) as http:
+            answers = [
+                http.get(
+                    "/api/v1/stacks",
+                    headers={"Authorization": "Bearer guess", "X-Forwarded-For": f"198.51.100.{n}"},
+                ).status_code
+                for n in range(40)
+            ]
+            assert answers == [401] * 5 + [429] * 35
+            # The valid token from the same address, and the probes, are not limited.
+            assert http.get("/ui/dashboard", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            assert http.get("/health").status_code == 200
+    finally:
+        panel.stop()
+
+
+def test_x_forwarded_for_counts_only_from_the_proxies_the_operator_names(tmp_path: Path) -> None:
+    args = ["--forwarded-allow-ips", "127.0.0.1"]
+    panel = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere()}, token="t" * 24, name="proxied", args=args)
+    try:
+        with httpx2.Client(base_url=panel.base, timeout=10) as http:
+            for n in range(10):
+                headers = {"Authorization": "Bearer guess", "X-Forwarded-For": f"198.51.100.{n}"}
+                assert http.get("/api/v1/stacks", headers=headers).status_code == 401
+            same = {"Authorization": "Bearer guess", "X-Forwarded-For": "198.51.100.0"}
+            assert [http.get("/api/v1/stacks", headers=same).status_code for _ in range(5)] == [401] * 4 + [429]
+    finally:
+        panel.stop()
+    assert "trusting proxy headers from 127.0.0.1" in panel.output()
+
+
+# --- security headers and the body limit ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/login", "/api/v1/stacks", "/health", "/static/panel.js", "/nowhere"])
+def test_every_answer_carries_the_security_headers(client: TestClient, path: str) -> None:
+    response = client.get(path, headers=bearer())
+    csp = response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp
+    assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-frame-options"] == "DENY"
+
+
+def test_a_refused_host_gets_the_security_headers_too(backend: MemoryBackend) -> None:
+    with open_client(backend, "http://attacker.example:5001") as attacker:
+        response = attacker.get("/")
+    assert response.status_code == 400
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+def test_a_body_over_one_megabyte_gets_413_and_nothing_runs(client: TestClient, backend: MemoryBackend) -> None:
+    padded = b'{"services": ["web"]' + b" " * (1024 * 1024) + b"}"
+    response = client.post("/api/v1/stacks/shop/restart", content=padded, headers=bearer())
+    assert response.status_code == 413
+    assert "larger than 1048576 bytes" in response.json()["error"]
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"services": ["web"]'
+        for _ in range(3):
+            yield b" " * 512 * 1024
+        yield b"}"
+
+    chunked = client.post("/api/v1/stacks/shop/restart", content=chunks(), headers=bearer())
+    assert chunked.status_code == 413
+    assert backend.calls == []
+    # Up to the limit is fine.
+    fits = b'{"services": ["web"]' + b" " * (1024 * 1024 - 100) + b"}"
+    assert client.post("/api/v1/stacks/shop/restart", content=fits, headers=bearer()).status_code == 200
+    assert backend.calls == [("restart", {"project": "shop", "services": ["web"], "volumes": False})]
+
+
+def test_a_huge_login_form_gets_413(client: TestClient) -> None:
+    response = client.post("/login", data={"token": "x" * (2 * 1024 * 1024)})
+    assert response.status_code == 413
+
+
+def test_the_served_panel_answers_413_to_50_mb_whether_declared_or_chunked(tmp_path: Path) -> None:
+    token = "t" * 24
+    panel = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere()}, token=token, name="big")
+    fifty_mb = 50 * 1024 * 1024
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(50):
+            yield b" " * (fifty_mb // 50)
+
+    try:
+        with httpx2.Client(base_url=panel.base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            declared = http.post("/api/v1/stacks/shop/up", content=b" " * fifty_mb)
+            assert declared.status_code == 413, declared.text
+            chunked = http.post("/api/v1/stacks/shop/up", content=chunks())
+            assert chunked.status_code == 413, chunked.text
+            # A body within the limit reaches the proxy (here, a gateway that is not there).
+            assert http.post("/api/v1/stacks/shop/up", content=b"{}").status_code == 503
+    finally:
+        panel.stop()
+    assert panel.output().count("refused a request body over 1048576 bytes") == 2

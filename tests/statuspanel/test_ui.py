@@ -41,6 +41,17 @@ async def shot(page: Page, name: str, *, full_page: bool = False) -> None:
         await page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=full_page)
 
 
+def watch_for_violations(page: Page) -> list[str]:
+    """Collect what the page's Content-Security-Policy blocked, and any uncaught script error."""
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda message: problems.append(message.text) if "Content Security Policy" in message.text else None,
+    )
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    return problems
+
+
 async def log_in(page: Page, panel: Panel) -> None:
     await page.goto(panel.base + "/")
     await expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
@@ -71,6 +82,7 @@ async def test_a_person_manages_a_stack_from_the_browser(
     name = running_stack(stacks, panel)
     context = await browser.new_context(viewport=DESKTOP)
     page = await context.new_page()
+    violations = watch_for_violations(page)
     await log_in(page, panel)
 
     card = page.get_by_test_id(f"stack-{name}")
@@ -125,6 +137,8 @@ async def test_a_person_manages_a_stack_from_the_browser(
     await page.get_by_test_id("confirm-ok").click()
     await expect(page.get_by_test_id("action-result").last).to_contain_text(f"down {name}", timeout=60_000)
     await expect(worker_state).to_have_text("missing", timeout=15_000)
+    # Everything above ran under the panel's CSP, with no inline script or style to block.
+    assert violations == []
     await context.close()
 
 
