@@ -3,24 +3,39 @@
 Tools, resources, prompts and completion share one rule: a caller reads only what the tools in its
 scope could show it. Each non-tool read names the tool whose scope covers it (``config`` for a
 compose file, ``logs`` for log lines, ``ps`` for state) and is refused exactly as that tool would be.
+
+Some of the MCPServer's public seams are not handed the request they serve (``list_resources()``,
+the ``@completion()`` function). :func:`remember_requests` installs a middleware that makes the
+request being served known to them, through :func:`current_principal`.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
-from mcp.server.context import ServerRequestContext
-from mcp.server.mcpserver import Context
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 
 from .auth import Principal, principal_from_access_token
 from .errors import PolicyViolation
 from .operations import ComposeOperations
 
-__all__ = ["access_token_of", "principal_of", "principal_of_request", "require_scope"]
+__all__ = [
+    "access_token_of",
+    "current_principal",
+    "principal_of",
+    "principal_of_request",
+    "remember_requests",
+    "require_scope",
+]
+
+# The request being served, set by the middleware for the length of its handling (one task).
+_REQUEST: ContextVar[ServerRequestContext[Any, Any] | None] = ContextVar("compose_agent_request", default=None)
 
 
 def access_token_of(request: object) -> AccessToken | None:
@@ -44,6 +59,28 @@ def principal_of_request(request_context: ServerRequestContext[Any, Any]) -> Pri
 def principal_of(ctx: Context[Any, Any]) -> Principal:
     """The caller behind a request, from the MCPServer context handed to tools, resources and prompts."""
     return principal_of_request(ctx.request_context)
+
+
+async def _remember_request(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    token = _REQUEST.set(ctx)
+    try:
+        return await call_next(ctx)
+    finally:
+        _REQUEST.reset(token)
+
+
+def remember_requests(mcp: MCPServer) -> None:
+    """Make every request ``mcp`` serves known to :func:`current_principal` (once per server)."""
+    if _remember_request not in mcp.middleware:
+        mcp.middleware.append(_remember_request)
+
+
+def current_principal() -> Principal:
+    """The caller behind the request being served; outside one, the caller of the transport (``LOCAL`` on stdio)."""
+    request_context = _REQUEST.get()
+    if request_context is None:
+        return principal_from_access_token(get_access_token())
+    return principal_of_request(request_context)
 
 
 def require_scope(

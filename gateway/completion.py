@@ -8,19 +8,17 @@ them: ``list_stacks`` for stacks, ``ps`` for services.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from anyio import to_thread
-from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import MCPServer
-from mcp_types import CompleteRequestParams, CompleteResult, Completion, PromptReference
+from mcp_types import Completion, CompletionArgument, CompletionContext, PromptReference, ResourceTemplateReference
 
-from .access import principal_of_request
+from .access import current_principal, remember_requests
 from .engine import SERVICE_LABEL
 from .errors import GatewayError
 from .operations import ComposeOperations
 from .prompts import PROMPT_NAMES
-from .resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE, lowlevel_server, stack_names
+from .resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE, stack_names
 from .stacks import validate_project_name
 
 __all__ = ["register_completion", "MAX_VALUES"]
@@ -32,19 +30,17 @@ MAX_VALUES = 100
 _TEMPLATES = (COMPOSE_FILE_TEMPLATE, STATUS_TEMPLATE, LOGS_TEMPLATE)
 
 
-def _answer(candidates: list[str], prefix: str) -> CompleteResult:
+def _answer(candidates: list[str], prefix: str) -> Completion:
     # Prefix matches first, then names that merely contain what was typed.
     lowered = prefix.lower()
     starts = [c for c in candidates if c.lower().startswith(lowered)]
     contains = [c for c in candidates if lowered in c.lower() and c not in starts]
     matches = starts + contains
-    return CompleteResult(
-        completion=Completion(values=matches[:MAX_VALUES], total=len(matches), has_more=len(matches) > MAX_VALUES)
-    )
+    return Completion(values=matches[:MAX_VALUES], total=len(matches), has_more=len(matches) > MAX_VALUES)
 
 
-def _empty() -> CompleteResult:
-    return CompleteResult(completion=Completion(values=[], total=0, has_more=False))
+def _empty() -> Completion:
+    return Completion(values=[], total=0, has_more=False)
 
 
 async def service_names(ops: ComposeOperations, project: str) -> list[str]:
@@ -63,27 +59,31 @@ async def service_names(ops: ComposeOperations, project: str) -> list[str]:
 
 def register_completion(mcp: MCPServer, ops: ComposeOperations) -> None:
     """Serve ``completion/complete`` on ``mcp`` (and so declare the completions capability)."""
+    remember_requests(mcp)  # the completion function is not handed its request: the caller comes from it
 
-    async def complete(ctx: ServerRequestContext[Any, Any], params: CompleteRequestParams) -> CompleteResult:
-        ref = params.ref
+    # MCPServer.completion() carries no annotations, hence the ignore; the function it takes is typed.
+    @mcp.completion()  # type: ignore[no-untyped-call, untyped-decorator]
+    async def complete(
+        ref: PromptReference | ResourceTemplateReference,
+        argument: CompletionArgument,
+        context: CompletionContext | None,
+    ) -> Completion:
         if isinstance(ref, PromptReference):
             if ref.name not in PROMPT_NAMES:
                 return _empty()
         elif ref.uri not in _TEMPLATES:
             return _empty()
-        principal = principal_of_request(ctx)
-        name, value = params.argument.name, params.argument.value
+        principal = current_principal()
+        name, value = argument.name, argument.value
         if name == "project" and principal.may_call("list_stacks"):
             folders_only = not isinstance(ref, PromptReference) and ref.uri == COMPOSE_FILE_TEMPLATE
             stacks = await stack_names(ops)
             return _answer([n for n, external in stacks if not (folders_only and external)], value)
         if name == "service" and principal.may_call("ps"):
-            project = ((params.context.arguments if params.context else None) or {}).get("project", "")
+            project = ((context.arguments if context else None) or {}).get("project", "")
             try:
                 validate_project_name(project)
             except GatewayError:
                 return _empty()  # no project chosen yet: nothing to complete from
             return _answer(await service_names(ops, project), value)
         return _empty()
-
-    lowlevel_server(mcp).add_request_handler("completion/complete", CompleteRequestParams, complete)

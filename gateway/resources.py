@@ -6,7 +6,9 @@ compose file (whatever its file name), ``compose://stacks/{project}/status`` its
 tool. A URI that does not match one of these templates with a valid stack name reads nothing.
 
 Each read is covered by the scope of the tool that shows the same thing (``config``, ``ps``,
-``logs``), and listing shows a caller only what it may read.
+``logs``), and listing shows a caller only what it may read. Both are done in the MCPServer's own
+public seams (:class:`StackResources` overrides ``list_resources``, ``list_resource_templates`` and
+``read_resource``), which every resources request of every transport passes through.
 """
 
 from __future__ import annotations
@@ -14,28 +16,29 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from anyio import to_thread
 from mcp.server.context import ServerRequestContext
-from mcp.server.mcpserver import MCPServer
+from mcp.server.lowlevel.helper_types import ReadResourceContents
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.resources import ResourceSecurity
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     EmptyResult,
-    ListResourcesResult,
-    ListResourceTemplatesResult,
-    PaginatedRequestParams,
-    ReadResourceRequestParams,
+    InputRequiredResult,
     Resource,
+    ResourceTemplate,
     SubscribeRequestParams,
     UnsubscribeRequestParams,
 )
+from pydantic import AnyUrl
 
-from .access import principal_of_request, require_scope
+from .access import current_principal, principal_of_request, remember_requests, require_scope
 from .auth import Principal
 from .engine import PROJECT_LABEL
 from .errors import GatewayError, InvalidInput
@@ -55,6 +58,7 @@ __all__ = [
     "tool_for_uri",
     "is_stack_uri",
     "register_resources",
+    "StackResources",
     "gateway_mcp_error",
     "lowlevel_server",
     "stack_names",
@@ -122,6 +126,59 @@ def lowlevel_server(mcp: MCPServer) -> Any:
     return mcp._lowlevel_server
 
 
+class StackResources(MCPServer):
+    """An MCPServer whose resources follow the caller's scope, with every stack's resources listed.
+
+    ``resources/list``, ``resources/templates/list`` and ``resources/read`` reach these public
+    methods on every transport; the caller is the one of the request being served. A tool that
+    reads a resource (``ctx.read_resource``) passes the same check.
+    """
+
+    #: The operations behind the stacks' resources; set by :func:`register_resources`.
+    stack_ops: ComposeOperations | None = None
+
+    async def list_resources(self) -> list[Resource]:
+        """The resources the caller may read: the registered ones, and each stack's."""
+        principal = current_principal()
+        listed = [r for r in await super().list_resources() if _may_read(principal, str(r.uri))]
+        if self.stack_ops is not None and principal.may_call("list_stacks"):
+            for name, external in await stack_names(self.stack_ops):
+                listed.extend(_stack_resources(name, external, principal))
+        return listed
+
+    async def list_resource_templates(self) -> list[ResourceTemplate]:
+        """The templates whose resources the caller may read."""
+        principal = current_principal()
+        return [
+            t
+            for t in await super().list_resource_templates()
+            if principal.may_call(_TOOL_FOR_TEMPLATE.get(t.uri_template, "list_stacks"))
+        ]
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[Any, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        """Read ``uri``, refused (and audited) as the tool whose scope covers it would be."""
+        if self.stack_ops is not None:
+            check_read(self.stack_ops, current_principal(), str(uri), "resources/read")
+        return await super().read_resource(uri, context)
+
+
+def check_read(ops: ComposeOperations, principal: Principal, uri: str, what: str) -> None:
+    """Refuse (and audit) ``what`` on ``uri`` unless the caller may call the tool that covers it.
+
+    Raises:
+        MCPError: the caller's scope does not cover ``uri`` (INVALID_PARAMS, kind ``policy_violation``).
+    """
+    tool = tool_for_uri(uri)
+    if tool is None:
+        return  # not one of the gateway's URIs: reading it finds nothing
+    try:
+        require_scope(ops, principal, tool, what, {"uri": uri[:200]})
+    except GatewayError as exc:
+        raise gateway_mcp_error(exc, uri=uri[:200]) from None
+
+
 async def stack_names(ops: ComposeOperations) -> list[tuple[str, bool]]:
     """(name, external) for every stack: folders, plus compose projects running without one.
 
@@ -185,8 +242,10 @@ def _tail(value: str | None) -> int:
     return int(value)
 
 
-def register_resources(mcp: MCPServer, ops: ComposeOperations, notifier: Notifier | None = None) -> None:
+def register_resources(mcp: StackResources, ops: ComposeOperations, notifier: Notifier | None = None) -> None:
     """Serve the stacks as resources on ``mcp``, and (with ``notifier``) subscriptions to them."""
+    mcp.stack_ops = ops
+    remember_requests(mcp)  # list_resources() is not handed its request: the caller comes from it
 
     @mcp.resource(
         COMPOSE_FILE_TEMPLATE,
@@ -256,32 +315,6 @@ def register_resources(mcp: MCPServer, ops: ComposeOperations, notifier: Notifie
         return result.text
 
     lowlevel = lowlevel_server(mcp)
-    read_entry = lowlevel.get_request_handler("resources/read")
-
-    async def list_resources(
-        ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
-    ) -> ListResourcesResult:
-        principal = principal_of_request(ctx)
-        listed = [r for r in await mcp.list_resources() if _may_read(principal, str(r.uri))]
-        if principal.may_call("list_stacks"):
-            for name, external in await stack_names(ops):
-                listed.extend(_stack_resources(name, external, principal))
-        return ListResourcesResult(resources=listed)
-
-    async def list_templates(
-        ctx: ServerRequestContext[Any, Any], params: PaginatedRequestParams | None
-    ) -> ListResourceTemplatesResult:
-        principal = principal_of_request(ctx)
-        templates = [
-            t
-            for t in await mcp.list_resource_templates()
-            if principal.may_call(_TOOL_FOR_TEMPLATE.get(t.uri_template, "list_stacks"))
-        ]
-        return ListResourceTemplatesResult(resource_templates=templates)
-
-    async def read(ctx: ServerRequestContext[Any, Any], params: ReadResourceRequestParams) -> Any:
-        _check(ctx, str(params.uri), "resources/read")
-        return await read_entry.handler(ctx, params)
 
     async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
@@ -304,17 +337,8 @@ def register_resources(mcp: MCPServer, ops: ComposeOperations, notifier: Notifie
         return EmptyResult()
 
     def _check(ctx: ServerRequestContext[Any, Any], uri: str, what: str) -> None:
-        tool = tool_for_uri(uri)
-        if tool is None:
-            return  # not one of the gateway's URIs: reading it finds nothing
-        try:
-            require_scope(ops, principal_of_request(ctx), tool, what, {"uri": uri[:200]})
-        except GatewayError as exc:
-            raise gateway_mcp_error(exc, uri=uri[:200]) from None
+        check_read(ops, principal_of_request(ctx), uri, what)
 
-    lowlevel.add_request_handler("resources/list", PaginatedRequestParams, list_resources)
-    lowlevel.add_request_handler("resources/templates/list", PaginatedRequestParams, list_templates)
-    lowlevel.add_request_handler("resources/read", ReadResourceRequestParams, read)
     if notifier is not None:
         lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
         lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.types import CallToolResult, InputRequiredResult, TextContent, Tool
@@ -29,7 +29,7 @@ from .errors import ERROR_META_KEY, GatewayError, InvalidInput
 from .notify import Notifier
 from .operations import ComposeOperations
 from .prompts import register_prompts
-from .resources import lowlevel_server, register_resources
+from .resources import StackResources, lowlevel_server, register_resources
 from .schema import flatten_schema
 from .tools import ToolKit, caller_of, register_read_tools, register_write_tools
 
@@ -52,7 +52,7 @@ RefusalAudit = Callable[[str, dict[str, Any], str, str], None]
 _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
 
 
-class GatewayServer(MCPServer):
+class GatewayServer(StackResources):
     """An MCPServer whose failed calls are error results every client can read.
 
     A tool raises :class:`GatewayError`; the result then carries the message as text content and
