@@ -219,7 +219,7 @@ async def _serve_http(
     server = build_server(
         ops,
         read_only=args.read_only,
-        token_verifier=GatewayTokenVerifier(store),
+        token_verifier=GatewayTokenVerifier(store, panel_tools=settings.status_panel_tools),
         issuer_url=f"http://{args.host}:{args.port}",
         notifier=notifier,
         confirm=settings.policy.confirm,

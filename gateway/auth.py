@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from mcp.server.auth.provider import AccessToken
@@ -120,22 +120,34 @@ class TokenStore:
 
 
 class GatewayTokenVerifier:
-    """The MCP SDK's ``TokenVerifier``: bearer token -> ``AccessToken`` with the principal's scopes."""
+    """The MCP SDK's ``TokenVerifier``: bearer token -> ``AccessToken`` with the principal's scopes.
 
-    def __init__(self, store: TokenStore) -> None:
+    ``panel_tools`` are tools of the deploy family the operator grants the status panel's token
+    too (``status_panel_tools`` in ``config.json``); by default it has none of them.
+    """
+
+    def __init__(self, store: TokenStore, *, panel_tools: Iterable[str] = ()) -> None:
         self.store = store
+        self.panel_tools = frozenset(panel_tools) & DEPLOY_TOOLS
 
     async def verify_token(self, token: str) -> AccessToken | None:
         principal = self.store.identify(token)
         if principal is None:
             return None
+        tools = principal.tools | (self.panel_tools if principal is STATUS_PANEL else frozenset())
         # The token field is required by the SDK's model; it never leaves this process.
-        return AccessToken(token=token, client_id=principal.name, scopes=sorted(scope_for(t) for t in principal.tools))
+        return AccessToken(token=token, client_id=principal.name, scopes=sorted(scope_for(t) for t in tools))
 
 
 def principal_from_access_token(access: AccessToken | None) -> Principal:
-    """The principal behind a verified request; ``LOCAL`` when the transport has no auth (stdio)."""
+    """The principal behind a verified request; ``LOCAL`` when the transport has no auth (stdio).
+
+    Its tools are the scopes the verifier granted, which are never more than the known tools.
+    """
     if access is None:
         return LOCAL
-    # An identity we did not issue gets no tools at all rather than a default.
-    return PRINCIPALS.get(access.client_id, Principal(access.client_id, frozenset()))
+    if access.client_id not in PRINCIPALS:
+        # An identity we did not issue gets no tools at all rather than a default.
+        return Principal(access.client_id, frozenset())
+    granted = frozenset(scope.removeprefix("tool:") for scope in access.scopes if scope.startswith("tool:"))
+    return Principal(access.client_id, granted & ALL_TOOLS)

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .auth import DEPLOY_TOOLS
 from .errors import ConfigError
 from .metrics import ControlPlane
 from .policy import Policy
@@ -94,6 +95,10 @@ class Settings(BaseModel):
 
     # The policy guard (config.json only: no environment variable relaxes it).
     policy: Policy = Field(default_factory=Policy)
+    # Tools of the deploy family the status panel's token may call too (config.json only).
+    status_panel_tools: tuple[str, ...] = Field(
+        default=(), description="deploy and/or rollback: grant them to the status panel's token"
+    )
 
     # The status panel.
     compose_agent_url: str = "http://127.0.0.1:8765/mcp"
@@ -108,6 +113,16 @@ class Settings(BaseModel):
         allowed = [p.value for p in ControlPlane]
         if isinstance(value, str) and value not in allowed:
             raise ValueError(f"unknown control_plane {value!r}; allowed values: {', '.join(allowed)}")
+        return value
+
+    @field_validator("status_panel_tools")
+    @classmethod
+    def _panel_grantable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [tool for tool in value if tool not in DEPLOY_TOOLS]
+        if unknown:
+            raise ValueError(
+                f"status_panel_tools may only name {', '.join(sorted(DEPLOY_TOOLS))}, not {', '.join(unknown)}"
+            )
         return value
 
     @field_validator("forwarded_allow_ips")
@@ -186,7 +201,7 @@ _ENV_FIELDS: dict[str, str] = {
     "COMPOSE_AGENT_TOKEN_BURST": "token_burst",
     "COMPOSE_AGENT_SHUTDOWN_TIMEOUT": "shutdown_timeout",
 }
-_FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy"}
+_FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy", "status_panel_tools"}
 
 
 def _parse_bool(name: str, raw: str) -> bool:

@@ -183,3 +183,12 @@ def test_a_named_config_file_that_is_missing_is_reported(tmp_path: Path, caplog:
     with caplog.at_level(logging.INFO, logger="gateway.config"):
         load_settings({"CONFIG_PATH": str(missing)})
     assert any(str(missing) in r.getMessage() and "does not exist" in r.getMessage() for r in caplog.records)
+
+
+def test_only_the_deploy_family_can_be_granted_to_the_panel_token(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"status_panel_tools": ["rollback"]}))
+    assert load_settings({"CONFIG_PATH": str(config)}).status_panel_tools == ("rollback",)
+    config.write_text(json.dumps({"status_panel_tools": ["rollback", "config"]}))
+    with pytest.raises(ConfigError, match="may only name deploy, rollback, not config"):
+        load_settings({"CONFIG_PATH": str(config)})

@@ -135,3 +135,34 @@ async def test_policy_confirm_in_config_json_guards_down_over_http_with_a_token_
     outcomes = [(r["tool"], r["outcome"]) for r in audit if r["phase"] == "outcome"]
     assert outcomes == [("deploy", "ok"), ("down", "refused"), ("down", "ok")]
     assert token.group(1) not in proc.audit.read_text()
+
+
+async def test_the_operator_can_grant_the_panel_token_rollback_alone(
+    tmp_path: Path, stacks: StackFactory, docker_client: docker.DockerClient
+) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"status_panel_tools": ["rollback"]}))
+    proc = start_gateway(tmp_path, stacks.root, env={"CONFIG_PATH": str(config)})
+    project = random_name("d")
+    stacks.track(project)
+    try:
+        async with httpx2.AsyncClient(headers=proc.headers(), timeout=60) as http:
+            async with streamable_http_client(proc.url, http_client=http) as (read, write, *_):
+                async with ClientSession(read, write) as agent:
+                    await agent.initialize()
+                    for sleep in (3601, 3602):
+                        done = await agent.call_tool("deploy", {"project": project, "compose_yaml": two(stacks, sleep)})
+                        assert not done.is_error, done.content
+        async with httpx2.AsyncClient(headers=proc.headers(proc.panel_token), timeout=60) as http:
+            async with streamable_http_client(proc.url, http_client=http) as (read, write, *_):
+                async with ClientSession(read, write) as panel:
+                    await panel.initialize()
+                    deploy = await panel.call_tool("deploy", {"project": project, "compose_yaml": two(stacks)})
+                    back = await panel.call_tool("rollback", {"project": project})
+                    config_call = await panel.call_tool("config", {"project": project})
+    finally:
+        stop_process(proc.process)
+    assert deploy.is_error and "may not call 'deploy'" in deploy.content[0].text  # type: ignore[union-attr]
+    assert config_call.is_error  # the grant adds rollback, nothing else
+    assert not back.is_error and back.structured_content is not None and back.structured_content["version"] == 1
+    assert (stacks.root / project / "compose.yaml").read_text() == two(stacks)
