@@ -144,14 +144,25 @@ async def candidate_for(
         assert existing is not None
         yield Candidate(project, existing[0], folder)
         return
-    tmp = await to_thread.run_sync(store.make_scratch, project)
-    try:
 
-        def write() -> None:
+    def write() -> Path:
+        tmp = store.make_scratch(project)
+        try:
             (tmp / "compose.yaml").write_bytes(proposed)
             (tmp / ".env").write_bytes(env or b"")
+        except BaseException:
+            store.remove_scratch(tmp)
+            raise
+        return tmp
 
-        await to_thread.run_sync(write)
+    try:
+        tmp = await to_thread.run_sync(write)
+    except OSError as exc:
+        raise GatewayError(
+            f"cannot write a scratch folder under the stacks dir ({exc.strerror or exc}); a compose file is "
+            f"checked there before anything else, so the stacks dir must be writable"
+        ) from exc
+    try:
         yield Candidate(project, tmp / "compose.yaml", folder, tmp / ".env")
     finally:
         with anyio.CancelScope(shield=True):

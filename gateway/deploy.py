@@ -77,10 +77,18 @@ class Deployer:
             raise
         env_bytes = None if new_env is None else render_env(new_env)
         return await self._apply(
-            "deploy", project, data, env_bytes, keep_env=new_env is None, target=None,
-            arguments=arguments, wait=wait, caller=caller, progress=progress,
+            "deploy",
+            project,
+            data,
+            env_bytes,
+            keep_env=new_env is None,
+            target=None,
+            arguments=arguments,
+            wait=wait,
+            caller=caller,
+            progress=progress,
             env_names=sorted(new_env) if new_env is not None else None,
-        )  # fmt: skip
+        )
 
     async def rollback(
         self,
@@ -105,9 +113,18 @@ class Deployer:
             raise
         arguments.update(version=target, sha256=snapshot.sha256)
         return await self._apply(
-            "rollback", project, snapshot.compose, snapshot.env, keep_env=False, target=target,
-            arguments=arguments, wait=wait, caller=caller, progress=progress, env_names=None,
-        )  # fmt: skip
+            "rollback",
+            project,
+            snapshot.compose,
+            snapshot.env,
+            keep_env=False,
+            target=target,
+            arguments=arguments,
+            wait=wait,
+            caller=caller,
+            progress=progress,
+            env_names=None,
+        )
 
     def _refuse_self(self, project: str, tool: str) -> None:
         if self.lifecycle.self_project and project == self.lifecycle.self_project:
@@ -165,13 +182,11 @@ class Deployer:
                     )
                 with running.track(what) as stopped:
                     ran = True
-                    previous, version = await to_thread.run_sync(
+                    previous, version, compose_path = await to_thread.run_sync(
                         self._write, project, existing[1] if existing else None, snapshot, target, caller, env_names
                     )
                     # The outcome line says which version this became; the intent could not know it yet.
                     arguments.update(version=version, previous_version=previous)
-                    compose_path = await to_thread.run_sync(self.store.install, project, snapshot)
-                    await to_thread.run_sync(self.store.set_current, project, version)
                     self.catalog.forget(project)
                     await self._up(project, compose_path, wait, on_event, version, previous)
                 if stopped.cancelled_caught:
@@ -260,16 +275,30 @@ class Deployer:
         target: int | None,
         caller: str,
         env_names: list[str] | None,
-    ) -> tuple[int | None, int]:
-        """Keep what is on disk (if no version holds it yet) and the new files; return (previous, new) numbers."""
-        previous = self.store.on_disk_version(project)
-        if on_disk is not None and previous is None:
-            # Written or edited by hand: kept first, so the deploy can be undone.
-            previous = self.store.record(project, on_disk, source="disk", caller=caller)
-        if target is not None:
-            return previous, target
-        names = tuple(env_names) if env_names is not None else ()
-        return previous, self.store.record(project, snapshot, source="deploy", caller=caller, env_names=names)
+    ) -> tuple[int | None, int, Path]:
+        """Keep what is on disk (unless a version holds it) and the new files, install them, mark them current.
+
+        Returns the previous and the new version numbers, and the installed compose file.
+
+        Raises:
+            GatewayError: the stacks dir cannot be written.
+        """
+        try:
+            previous = self.store.on_disk_version(project)
+            if on_disk is not None and previous is None:
+                # Written or edited by hand: kept first, so the deploy can be undone.
+                previous = self.store.record(project, on_disk, source="disk", caller=caller)
+            version = target
+            if version is None:
+                names = tuple(env_names) if env_names is not None else ()
+                version = self.store.record(project, snapshot, source="deploy", caller=caller, env_names=names)
+            compose_path = self.store.install(project, snapshot)
+            self.store.set_current(project, version)
+        except OSError as exc:
+            raise GatewayError(
+                f"cannot write the versions or the folder of '{project}' under the stacks dir: {exc.strerror or exc}"
+            ) from exc
+        return previous, version, compose_path
 
 
 def _changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[ServiceChange]:

@@ -204,6 +204,7 @@ async def test_deploying_over_a_hand_written_stack_keeps_it_as_a_version_to_roll
         versions = content(await client.call_tool("versions", {"project": project}))
         back = content(await client.call_tool("rollback", {"project": project, "wait": True}))
         ps = content(await client.call_tool("ps", {"project": project}))
+        plan = content(await client.call_tool("plan", {"project": project}))
 
     assert (deployed["version"], deployed["previous_version"], deployed["created"]) == (2, 1, False)
     assert {c["service"]: c["change"] for c in deployed["changes"]} == {"web": "changed", "worker": "changed"}
@@ -212,6 +213,11 @@ async def test_deploying_over_a_hand_written_stack_keeps_it_as_a_version_to_roll
     assert (stacks.root / project / "compose.yaml").read_text() == original
     assert (stacks.root / project / "site" / "index.html").read_text() == STACK_FILES["site/index.html"]
     assert {s["service"]: s["health"] for s in ps["services"]} == {"web": "healthy", "worker": None}
+    # What down would take: both containers, and the named volume only with volumes=true.
+    assert plan["version"] == 1 and {a["action"] for a in plan["actions"]} == {"unchanged"}
+    assert plan["down"]["volumes"] == [
+        {"name": f"{project}_data", "kind": "named", "services": ["web"], "removed_by_down_volumes": True}
+    ]
 
 
 async def test_bad_arguments_are_refused_before_anything_is_written(
