@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,8 @@ SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# How much of a streamed log answer is read at a time.
+_READ_CHUNK = 64 * 1024
 # What an engine says when it will not speak the version asked for ("client version 1.41 is too old").
 _VERSION_REFUSED = "client version"
 
@@ -197,6 +199,7 @@ class Engine:
     def _translate(self) -> Iterator[None]:
         import docker.errors
         import requests.exceptions
+        import urllib3.exceptions
 
         if self.docker_host.startswith("unix://") and not os.path.exists(self.docker_host[len("unix://") :]):
             # Said up front: clearer than a connection error, and docker-py would leak the socket it tried.
@@ -205,7 +208,13 @@ class Engine:
             yield
         except GatewayError:
             raise
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        except (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            # The engine went away or stalled in the middle of a streamed answer read block by block.
+            requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.HTTPError,
+        ) as exc:
             self._disconnect()
             raise EngineUnavailable(self._unreachable(exc)) from exc
         except docker.errors.APIError as exc:
@@ -278,25 +287,38 @@ class Engine:
             result: dict[str, Any] = self.client.inspect_container(container_id)
             return result
 
-    def logs(self, container_id: str, *, tail: int, since: float | None) -> bytes:
-        """A container's stdout and stderr, with timestamps, the last ``tail`` lines.
+    def log_chunks(self, container_id: str, *, tail: int, since: float | None) -> Iterator[bytes]:
+        """A container's stdout and stderr with timestamps, its last ``tail`` lines, as the engine sends them.
 
-        ``since`` is Unix seconds; the epoch (or anything not after it) means from the first line.
+        Streamed: only the chunk in hand is held, whatever the size of the answer, and the
+        connection is released when the iteration ends or stops early. ``since`` is Unix seconds;
+        the epoch (or anything not after it) means from the first line. A container that is gone
+        gives nothing.
+
+        The request goes through docker-py's own session rather than ``logs(stream=True)``, whose
+        stream cannot be released early without its private response, turns the read timeout off,
+        and costs an inspect per call to learn whether the container has a TTY (the answer's first
+        byte says so here: a frame header starts with 0, 1 or 2, a timestamped line with a digit).
         """
+        params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": 0, "tail": tail}
+        if since is not None and since > 0:  # the engine's own "no lower bound" is to leave it out
+            params["since"] = f"{since:.9f}"
         with self._translate():
-            try:
-                data: bytes = self.client.logs(
-                    container_id,
-                    stdout=True,
-                    stderr=True,
-                    timestamps=True,
-                    tail=tail,
-                    # docker-py refuses 0 ("positive int/float"); the engine's own "no lower bound" is to omit it.
-                    since=since if since is not None and since > 0 else None,
-                )
-            except _not_found():
-                return b""
-        return data
+            api = self.client
+            response = api.get(
+                f"{api.base_url}/v{api.api_version}/containers/{container_id}/logs",
+                params=params,
+                stream=True,
+                timeout=self._timeout,
+            )
+            with closing(response):
+                if response.status_code == 404:
+                    return
+                if response.status_code != 200:
+                    raise GatewayError(f"Docker engine error: {response.status_code} {_explanation(response)}")
+                # Whole blocks rather than iter_content's one piece per HTTP chunk: the engine sends
+                # each line as a chunk of its own, and a piece at a time costs a third more.
+                yield from _demultiplex(iter(lambda: response.raw.read(_READ_CHUNK), b""))
 
     def own_project(self, hostname: str) -> str | None:
         """The compose project of the container this process runs in, if it runs in one."""
@@ -306,6 +328,39 @@ class Engine:
             return None
         project = labels.get(PROJECT_LABEL)
         return str(project) if project else None
+
+
+def _demultiplex(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The payload of the engine's stdout/stderr frames (8-byte header: stream, 0, 0, 0, size), or a TTY's raw bytes."""
+    pending = bytearray()
+    framed: bool | None = None
+    for chunk in chunks:
+        if framed is None:
+            if not chunk:
+                continue
+            framed = chunk[0] in (0, 1, 2)
+        if not framed:
+            yield chunk
+            continue
+        pending += chunk
+        payloads = []
+        at = 0
+        while len(pending) - at >= 8:
+            end = at + 8 + int.from_bytes(pending[at + 4 : at + 8], "big")
+            if end > len(pending):
+                break
+            payloads.append(bytes(pending[at + 8 : end]))
+            at = end
+        del pending[:at]
+        if payloads:
+            yield b"".join(payloads)
+
+
+def _explanation(response: Any) -> str:
+    try:
+        return str(response.json().get("message", ""))[:300]
+    except ValueError:
+        return str(response.text)[:300]
 
 
 def _parse_time(raw: str) -> float:

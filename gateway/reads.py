@@ -25,11 +25,12 @@ from .logs import (
     DEFAULT_BYTES,
     DEFAULT_TAIL,
     MAX_BYTES,
-    bound_lines,
+    GrepClock,
+    NewestLines,
+    collect_log,
     compile_grep,
-    merge_logs,
+    merge_newest,
     parse_since,
-    split_log,
     validate_tail,
 )
 from .metrics import CommandExecutionMetrics, ControlPlane
@@ -187,11 +188,18 @@ class Reads:
                 )
             containers = [c for c in containers if c["Labels"].get(SERVICE_LABEL) in wanted]
 
-        streams: list[tuple[str, list[bytes]]] = []
+        # Each container's answer is streamed and only its newest lines that fit max_bytes are held.
+        clock = GrepClock()
+        parts: list[NewestLines] = []
 
         async def read(container: dict[str, Any]) -> None:
-            data = await to_thread.run_sync(lambda: self.engine.logs(container["Id"], tail=tail, since=since_ts))
-            streams.append((_label(container), split_log(data)))
+            def collect() -> NewestLines:
+                chunks = self.engine.log_chunks(container["Id"], tail=tail, since=since_ts)
+                return collect_log(
+                    chunks, _label(container), grep=pattern, timestamps=timestamps, max_bytes=max_bytes, clock=clock
+                )
+
+            parts.append(await to_thread.run_sync(collect))
 
         if len(containers) == 1:
             await read(containers[0])
@@ -199,10 +207,7 @@ class Reads:
             async with anyio.create_task_group() as tg:
                 for container in containers:
                     tg.start_soon(read, container)
-        merged = merge_logs(sorted(streams))
-        lines, dropped = await to_thread.run_sync(
-            lambda: bound_lines(merged, grep=pattern, timestamps=timestamps, max_bytes=max_bytes)
-        )
+        lines, dropped = await to_thread.run_sync(lambda: merge_newest(parts, max_bytes=max_bytes))
         return LogsResult(
             project=project, text="\n".join(lines), lines=len(lines), truncated=dropped > 0, dropped_lines=dropped
         )

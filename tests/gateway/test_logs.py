@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import random
+import tracemalloc
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 import pytest
 
+from gateway.engine import _demultiplex
 from gateway.errors import InvalidInput
-from gateway.logs import bound_lines, compile_grep, merge_logs, parse_since
+from gateway.logs import (
+    MAX_HELD_LINE,
+    GrepClock,
+    bound_lines,
+    collect_log,
+    compile_grep,
+    merge_logs,
+    merge_newest,
+    parse_since,
+)
 from gateway.operations import ComposeOperations
 from tests.conftest import StackFactory
 
@@ -100,6 +112,94 @@ def test_a_catastrophic_pattern_is_stopped_rather_than_pinning_a_thread() -> Non
         bound_lines(merged, grep=compile_grep(r"^(a|aa|aaa)+$"), timestamps=False, max_bytes=1 << 20)
 
 
+# --- bounded reading: only what can still be shown is held ------------------------------------
+
+
+def _stamp(i: int) -> bytes:
+    return f"2026-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}.{i:09d}Z".encode()
+
+
+def _answer(lines: int, width: int, chunk: int = 16 * 1024) -> Iterator[bytes]:
+    """A container's answer of ``lines`` timestamped lines, ``width`` bytes of message each, in chunks."""
+    pending = bytearray()
+    for i in range(lines):
+        pending += _stamp(i) + b" " + str(i).encode().rjust(width, b".") + b"\n"
+        while len(pending) >= chunk:
+            yield bytes(pending[:chunk])
+            del pending[:chunk]
+    yield bytes(pending)
+
+
+def test_a_huge_answer_with_a_small_budget_is_never_held_whole() -> None:
+    tracemalloc.start()
+    try:
+        newest = collect_log(
+            _answer(20_000, 1000), "big", grep=None, timestamps=False, max_bytes=4096, clock=GrepClock()
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # About 20 MB went through; what was held at any moment is the budget and a chunk or two.
+    assert peak < 1_000_000, peak
+    # Each line costs 1,007 bytes: the newest four fit in 4,096.
+    assert newest.lines() == [f"big | {str(i).rjust(1000, '.')}" for i in range(19_996, 20_000)]
+    assert newest.dropped == 19_996 and newest.size <= 4096
+
+
+def test_a_line_too_long_to_show_is_skipped_and_not_held_whole() -> None:
+    huge = _stamp(1) + b" " + b"y" * (32 * MAX_HELD_LINE)
+    chunks = [_stamp(0) + b" older\n", *(huge[i : i + 4096] for i in range(0, len(huge), 4096)), b"\n"]
+    chunks.append(_stamp(2) + b" newer")  # and a last line without a newline
+    tracemalloc.start()
+    try:
+        newest = collect_log(iter(chunks), "web", grep=None, timestamps=False, max_bytes=2048, clock=GrepClock())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert newest.lines() == ["web | older", "web | newer"] and newest.dropped == 1
+    assert peak < 8 * MAX_HELD_LINE, peak  # a few copies of what is held of it, not the 2 MiB line
+
+
+def test_how_the_answer_is_chunked_changes_nothing() -> None:
+    whole = b"".join(_answer(300, 40))
+    for size in (1, 7, 4096, len(whole)):
+        chunks = (whole[i : i + size] for i in range(0, len(whole), size))
+        newest = collect_log(
+            chunks, "w", grep=compile_grep("[05]$"), timestamps=True, max_bytes=2048, clock=GrepClock()
+        )
+        assert newest.lines()[-1].endswith("295") and newest.size <= 2048
+
+
+def test_bounding_each_container_first_gives_what_bounding_the_merge_gives() -> None:
+    rng = random.Random(7)
+    for _ in range(2000):
+        streams = []
+        for label in ("a", "b", "c"):
+            stamps = sorted(rng.sample(range(1000), rng.randint(0, 30)))
+            streams.append((label, [_stamp(i) + b" " + b"m" * rng.choice([1, 5, 40, 300]) for i in stamps]))
+        budget = rng.choice([64, 200, 1024])
+        grep = compile_grep(rng.choice(["", "mmmm"]))
+        expected = bound_lines(merge_logs(streams), grep=grep, timestamps=False, max_bytes=budget)
+        clock = GrepClock()
+        parts = [
+            collect_log(iter([b"\n".join(lines)]), label, grep=grep, timestamps=False, max_bytes=budget, clock=clock)
+            for label, lines in streams
+        ]
+        assert merge_newest(parts, max_bytes=budget) == expected
+
+
+def test_the_engines_frames_are_unwrapped_however_they_are_cut() -> None:
+    frames = b"".join(
+        bytes([1 + i % 2, 0, 0, 0]) + len(p).to_bytes(4, "big") + p for i, p in enumerate([b"ab\n", b"", b"c" * 300])
+    )
+    for size in (1, 5, 8, 9, len(frames)):
+        assert b"".join(_demultiplex(iter([frames[i : i + size] for i in range(0, len(frames), size)]))) == (
+            b"ab\n" + b"c" * 300
+        )
+    raw = [b"2026-01-01T00:00:00Z tty line\n", b"2026-01-01T00:00:01Z more\n"]
+    assert list(_demultiplex(iter(raw))) == raw  # a TTY's answer is not framed
+
+
 # --- against a real engine ------------------------------------------------------------------------
 
 TWO_TALKERS = """
@@ -157,3 +257,46 @@ async def test_the_epoch_as_since_reads_every_line(ops: ComposeOperations, stack
     for since in ("1970-01-01T00:00:00Z", "0"):
         logs = await ops.logs(name, tail=100, since=since)
         assert logs.lines == 40 and logs.text.splitlines()[0] == "alpha | marker-alpha 1"
+
+
+FLOOD = """
+services:
+  flood:
+    image: {image}
+    init: true
+    command:
+      - sh
+      - -c
+      - >-
+        yes "$$(head -c 2000 /dev/zero | tr '\\0' x)" | head -n 9999; echo flood-done; exec sleep 3600
+  tty:
+    image: {image}
+    init: true
+    tty: true
+    command: ["sh", "-c", "echo from-a-tty; exec sleep 3600"]
+"""
+
+
+@pytest.mark.anyio
+@pytest.mark.docker
+async def test_a_20_mb_log_read_with_a_1_kb_budget_holds_a_small_part_of_it(
+    ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    name = stacks.make(FLOOD)
+    await ops.up(name)
+
+    async def flooded() -> bool:
+        return "flood-done" in (await ops.logs(name, services=["flood"], tail=1)).text
+
+    await poll(flooded, timeout=120)
+    tracemalloc.start()
+    try:
+        logs = await ops.logs(name, services=["flood"], tail=10_000, max_bytes=1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The engine's answer is 20 MB; the whole of it was never in memory at once.
+    assert peak < 4_000_000, peak
+    assert logs.text == "flood | flood-done" and logs.truncated and logs.dropped_lines == 9_999
+    # A TTY's answer comes unframed, and reads the same way.
+    assert (await ops.logs(name, services=["tty"])).text == "tty | from-a-tty"
