@@ -8,14 +8,15 @@ can change without the panel noticing. A test pins that the panel imports nothin
 from __future__ import annotations
 
 from .audit import AuditLog
-from .auth import STATUS_PANEL, TokenStore
+from .auth import READ_TOOLS, STATUS_PANEL, TokenStore
 from .backoff import Backoff
-from .config import Settings, load_settings
+from .config import Settings, load_settings, parse_bool
 from .errors import ERROR_META_KEY, GatewayError, InvalidInput
-from .logs import DEFAULT_TAIL, MAX_TAIL, compile_grep, validate_tail
+from .logs import DEFAULT_TAIL, MAX_TAIL, SINCE_HELP, compile_grep, parse_since, validate_tail
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import Action, ActionResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
 from .operations import SERVICE_ACTIONS, ComposeOperations, ServiceAction
+from .ratelimit import FailureLimiter, client_key
 from .stacks import validate_project_name, validate_services
 from .tokens import (
     EnvTokenSource,
@@ -27,6 +28,12 @@ from .tokens import (
 )
 
 __all__ = [
+    "client_key",
+    "FailureLimiter",
+    "parse_since",
+    "SINCE_HELP",
+    "parse_bool",
+    "READ_TOOLS",
     "Action",
     "ActionResult",
     "AuditLog",

@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .metrics import ControlPlane
 from .policy import Policy
 
-__all__ = ["Settings", "load_settings", "default_state_dir", "NAME_PATTERN", "check_name"]
+__all__ = ["Settings", "load_settings", "parse_bool", "default_state_dir", "NAME_PATTERN", "check_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,12 @@ _ENV_FIELDS: dict[str, str] = {
 _FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy", "status_panel_tools"}
 
 
-def _parse_bool(name: str, raw: str) -> bool:
+def parse_bool(name: str, raw: str) -> bool:
+    """A boolean setting: true/false, 1/0, yes/no, on/off, in any case.
+
+    Raises:
+        ConfigError: anything else, naming the setting.
+    """
     value = raw.strip().lower()
     if value in _TRUE:
         return True
@@ -256,7 +261,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         raw = env.get(name)
         if raw is None or raw == "":
             continue
-        values[field] = _parse_bool(name, raw) if field == "compose_agent_enabled" else raw
+        values[field] = parse_bool(name, raw) if field == "compose_agent_enabled" else raw
         origin[field] = f"environment variable {name}"
     if env.get("COMPOSE_AGENT_FORWARDED_ALLOW_IPS"):
         raw_ips = env["COMPOSE_AGENT_FORWARDED_ALLOW_IPS"]

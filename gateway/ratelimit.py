@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 __all__ = ["FailureLimiter", "TokenBucket", "SessionCounter", "client_key"]
 
 Clock = Callable[[], float]
+# How many of the oldest clients a full failure table looks at for one it can forget.
+_EVICTION_SCAN = 64
 
 
 def client_key(address: str | None) -> str:
@@ -50,7 +52,8 @@ class FailureLimiter:
 
     Only failures are counted, and only further attempts from a client over the limit are refused;
     a caller that presents a valid credential never asks. Memory is bounded: past ``max_clients``
-    the client whose last failure is oldest is forgotten, one at a time, never everyone at once.
+    one client is forgotten at a time, never everyone at once: of the few whose last failure is
+    oldest, the first that is not being refused, else the oldest of all.
     """
 
     def __init__(
@@ -97,12 +100,24 @@ class FailureLimiter:
             times = self._failures.get(client)
             if times is None:
                 if len(self._failures) >= self.max_clients:
-                    self._failures.popitem(last=False)
+                    self._evict_one(now)
                 # A client never needs more than `limit` entries to be judged.
                 times = self._failures[client] = deque(maxlen=self.limit)
             else:
                 self._failures.move_to_end(client)
             times.append(now)
+
+    def _evict_one(self, now: float) -> None:
+        # Among the few whose last failure is oldest, forget the first that is not being refused, so
+        # a flood of one-off failures from fresh addresses cannot lift a limit; else the oldest.
+        # The scan is bounded, so a failure stays O(1) however full the table is.
+        for index, (client, times) in enumerate(self._failures.items()):
+            if index >= _EVICTION_SCAN:
+                break
+            if sum(1 for t in times if t > now - self.window) < self.limit:
+                del self._failures[client]
+                return
+        self._failures.popitem(last=False)
 
 
 class TokenBucket:

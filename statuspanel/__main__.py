@@ -22,6 +22,7 @@ from gateway.api import (
     TokenStore,
     load_initial_tokens,
     load_settings,
+    parse_bool,
     refresh_tokens_forever,
     token_source_from_settings,
 )
@@ -32,14 +33,13 @@ from .client import GatewayClient
 from .credentials import Authenticator
 from .hosts import LOOPBACK_HOSTS, AllowedHosts
 
-__all__ = ["main", "build_backend", "is_loopback", "allowed_hosts", "https_only"]
+__all__ = ["main", "build_backend", "is_loopback", "allowed_hosts", "https_only", "control_plane"]
 
 logger = logging.getLogger("statuspanel")
 
 LEGACY_WARNING = "compose_agent=false - running in legacy mode"
 ALLOWED_HOSTS_ENV = "STATUS_PANEL_ALLOWED_HOSTS"
 HTTPS_ONLY_ENV = "STATUS_PANEL_HTTPS_ONLY"
-_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off", ""})
 
 
 def is_loopback(host: str) -> bool:
@@ -72,14 +72,28 @@ def https_only(environ: Mapping[str, str]) -> bool:
     """``STATUS_PANEL_HTTPS_ONLY``: mark the session cookie ``Secure`` (the panel is served over HTTPS).
 
     Raises:
-        ValueError: the value is neither true nor false.
+        GatewayError: the value is neither true nor false (the gateway's own boolean grammar).
     """
-    raw = environ.get(HTTPS_ONLY_ENV, "").strip().lower()
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ValueError(f"{raw[:40]!r} is neither true nor false")
+    raw = environ.get(HTTPS_ONLY_ENV, "")
+    return parse_bool(HTTPS_ONLY_ENV, raw) if raw.strip() else False
+
+
+def control_plane(settings: Settings) -> ControlPlane:
+    """The plane that runs the panel's commands: the mode decides it, not ``CONTROL_PLANE``.
+
+    The plane names who ran a command in the metrics and the audit; a setting that could disagree
+    with the mode would make them lie. ``CONTROL_PLANE`` is still validated (an unknown value stops
+    the panel), and one that disagrees with the mode is reported once as ignored.
+    """
+    plane = ControlPlane.COMPOSE_AGENT if settings.compose_agent_enabled else ControlPlane.STATUS_PANEL
+    if "control_plane" in settings.model_fields_set and settings.control_plane is not plane:
+        logger.warning(
+            "CONTROL_PLANE=%s is ignored: with compose_agent_enabled=%s the commands are run by %s",
+            settings.control_plane.value,
+            str(settings.compose_agent_enabled).lower(),
+            plane.value,
+        )
+    return plane
 
 
 def panel_token_source(settings: Settings) -> tuple[TokenSource, TokenStore]:
@@ -138,10 +152,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # httpx2 logs every request at INFO: one line per proxied call would drown the panel's own log.
     logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
-        settings = load_settings(os.environ, compose_agent_url=args.gateway_url)
+        # Only the flag names trusted proxies: the gateway's COMPOSE_AGENT_FORWARDED_ALLOW_IPS is not the panel's.
+        proxies = [ip.strip() for ip in (args.forwarded_allow_ips or "").split(",") if ip.strip()]
+        settings = load_settings(os.environ, compose_agent_url=args.gateway_url, forwarded_allow_ips=proxies)
     except GatewayError as exc:
         logger.error("%s", exc)
         return 2
+    plane = control_plane(settings)
     try:
         hosts = allowed_hosts(os.environ, args.host)
     except ValueError as exc:
@@ -149,8 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         secure_cookie = https_only(os.environ)
-    except ValueError as exc:
-        logger.error("%s: %s", HTTPS_ONLY_ENV, exc)
+    except GatewayError as exc:
+        logger.error("%s", exc)
         return 2
     source, store = panel_token_source(settings)
     refreshing = not isinstance(source, EnvTokenSource)
@@ -206,15 +223,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         background=[refresh] if refreshing and token else [],
     )
     logger.info(
-        "status panel %s on http://%s:%d (%s)",
+        "status panel %s on http://%s:%d (%s; control plane %s)",
         __version__,
         args.host,
         args.port,
         "legacy mode" if backend.legacy else f"compose-agent at {settings.compose_agent_url}",
+        plane.value,
     )
     logger.info("answering to hosts: %s", hosts)
-    if args.forwarded_allow_ips:
-        logger.info("trusting proxy headers from %s", args.forwarded_allow_ips)
+    if settings.forwarded_allow_ips:
+        logger.info("trusting proxy headers from %s", ", ".join(settings.forwarded_allow_ips))
     # Passed explicitly: uvicorn's default trusts X-Forwarded-For from 127.0.0.1 (or $FORWARDED_ALLOW_IPS),
     # and a spoofed address would dodge the login limit, or lock out an address of the sender's choice.
     config = uvicorn.Config(
@@ -223,8 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         log_level=args.log_level,
         lifespan="on",
-        proxy_headers=bool(args.forwarded_allow_ips),
-        forwarded_allow_ips=args.forwarded_allow_ips or "",
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     uvicorn.Server(config).run()
     return 0

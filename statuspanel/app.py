@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -24,7 +23,16 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from gateway.api import DEFAULT_TAIL, MAX_TAIL, Action, InvalidInput, compile_grep, validate_project_name
+from gateway.api import (
+    DEFAULT_TAIL,
+    MAX_TAIL,
+    Action,
+    FailureLimiter,
+    InvalidInput,
+    compile_grep,
+    parse_since,
+    validate_project_name,
+)
 from gateway.api import validate_services as check_services
 from gateway.api import validate_tail as check_tail
 
@@ -36,29 +44,17 @@ from .credentials import Authenticator
 from .errors import BadRequest, NotFound, PanelError
 from .headers import SecurityHeadersMiddleware
 from .hosts import LOOPBACK_HOSTS, AllowedHosts, HostCheckMiddleware
-from .ratelimit import LoginRateLimiter
 from .sessions import SESSION_LIFETIME, SessionGuard
 
 __all__ = ["create_app", "PanelState", "FEATURES", "validate_project"]
 
 HERE = Path(__file__).parent
 ACTIONS: tuple[Action, ...] = ("up", "down", "restart", "start", "stop")
+# Failed logins (or wrong bearer tokens) per client address a minute. Fewer than the gateway's 30:
+# behind the panel's login there may be a guessable password, not only a long random token.
+LOGIN_FAILURES = 5
 FEATURES = ["stacks", "ps", "logs", "actions", "metrics", "login", "csrf", "watchdog"]
 
-# Unix seconds, a relative duration (10m, 1h30m) or an RFC 3339 time: what the engine's `since` understands.
-_SINCE_RE = re.compile(
-    r"(\d{1,12}(\.\d{1,9})?"  # unix seconds
-    r"|(\d+d)?(\d+h)?(\d+m)?(\d+s)?"  # relative
-    r"|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})?)"  # RFC 3339
-)
-_UNIX_RE = re.compile(r"\d{1,12}(\.\d{1,9})?")
-MAX_SINCE = 64
-# Unix seconds may lead the server's clock a little (a client's skew), not by years: datetime stops at year 9999.
-MAX_SINCE_AHEAD = 24 * 60 * 60
-_SINCE_HINT = (
-    "use a duration (30s, 10m, 2h, 1d), an RFC 3339 time (2026-11-26T21:00:00Z) "
-    "or unix seconds from 0 to a day from now (1764190800.5)"
-)
 _T = TypeVar("_T")
 
 
@@ -69,7 +65,7 @@ class PanelState:
     backend: Backend
     authenticator: Authenticator
     sessions: SessionGuard
-    limiter: LoginRateLimiter
+    limiter: FailureLimiter
     templates: Jinja2Templates
     watchdog_url: str | None
     http: httpx2.AsyncClient | None = None
@@ -115,27 +111,14 @@ def validate_tail(raw: str | None) -> int:
 
 
 def validate_since(raw: str | None, *, now: float | None = None) -> str | None:
-    """``since`` for the gateway: RFC 3339 or relative; unix seconds are turned into RFC 3339 here.
+    """``since`` checked with the gateway's own grammar, and passed on as given.
 
     Raises:
-        BadRequest: the value is too long, not one of the three forms, not a real date, or unix
-            seconds outside 0 to a day from now.
+        BadRequest: not a duration, an RFC 3339 time, or Unix seconds from 0 to a day from now.
     """
     if not raw:
         return None
-    if len(raw) > MAX_SINCE or not _SINCE_RE.fullmatch(raw):
-        raise BadRequest(f"since {raw[:MAX_SINCE]!r} is not understood: {_SINCE_HINT}")
-    if _UNIX_RE.fullmatch(raw):
-        timestamp = float(raw)
-        latest = (time.time() if now is None else now) + MAX_SINCE_AHEAD
-        if timestamp > latest:
-            raise BadRequest(f"since {raw!r} is more than a day in the future as unix seconds: {_SINCE_HINT}")
-        return rfc3339(timestamp)
-    if "T" in raw:
-        try:
-            datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest(f"since {raw!r} is not a real date and time: {_SINCE_HINT}") from None
+    _at_the_edge(lambda value: parse_since(value, now=now), raw)
     return raw
 
 
@@ -277,7 +260,7 @@ def create_app(
     *,
     watchdog_url: str | None = None,
     session_secret: str | None = None,
-    limiter: LoginRateLimiter | None = None,
+    limiter: FailureLimiter | None = None,
     https_only: bool = False,
     allowed_hosts: AllowedHosts | Iterable[str] = LOOPBACK_HOSTS,
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
@@ -303,7 +286,7 @@ def create_app(
         backend=backend,
         authenticator=authenticator,
         sessions=sessions,
-        limiter=limiter if limiter is not None else LoginRateLimiter(),
+        limiter=limiter if limiter is not None else FailureLimiter(limit=LOGIN_FAILURES, window=60.0),
         templates=templates,
         watchdog_url=watchdog_url.rstrip("/") if watchdog_url else None,
     )

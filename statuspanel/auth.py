@@ -14,18 +14,26 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.api import FailureLimiter, client_key
+
 from .credentials import Authenticator
 from .csrf import CSRF_HEADER, csrf_ok
 from .hosts import AllowedHosts, origin_allowed
-from .ratelimit import LoginRateLimiter, client_address
 from .sessions import SessionGuard
 
-__all__ = ["AuthMiddleware", "PUBLIC_PATHS"]
+__all__ = ["AuthMiddleware", "PUBLIC_PATHS", "client_of"]
 
 # Answer without any credentials: probes, the login form, and the assets the login page needs.
 PUBLIC_PATHS = frozenset({"/health", "/capabilities", "/api/v1/metrics", "/login"})
 PUBLIC_PREFIXES = ("/static/",)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def client_of(scope: Scope) -> str:
+    """Whom failures are counted against: the peer uvicorn reports (it follows ``X-Forwarded-For``
+    only from ``--forwarded-allow-ips``), as the gateway counts them (an IPv6 address by its /64)."""
+    client = scope.get("client")
+    return client_key(client[0] if client else None)
 
 
 class AuthMiddleware:
@@ -49,7 +57,7 @@ class AuthMiddleware:
         authenticator: Authenticator,
         allowed_hosts: AllowedHosts,
         sessions: SessionGuard,
-        limiter: LoginRateLimiter,
+        limiter: FailureLimiter,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
@@ -84,7 +92,7 @@ class AuthMiddleware:
         if not user:
             response: Response
             if authorization is not None:
-                response = self._wrong_credential(client_address(scope.get("client")))
+                response = self._wrong_credential(client_of(scope))
             elif api:
                 response = JSONResponse(
                     {"error": "authentication required: send 'Authorization: Bearer <status panel token>' or log in"},

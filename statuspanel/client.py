@@ -21,15 +21,13 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, TextContent
 
-from gateway.api import ERROR_META_KEY, Backoff
+from gateway.api import ERROR_META_KEY, READ_TOOLS, Backoff
 
 from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, GatewayUnavailable, NotFound, PanelError, for_kind
 
 __all__ = ["GatewayClient", "gateway_base_url", "classify_tool_error", "classify_tool_result"]
 
 logger = logging.getLogger(__name__)
-
-READ_TOOLS = frozenset({"list_stacks", "ps", "logs", "config"})
 
 
 def gateway_base_url(mcp_url: str) -> str:

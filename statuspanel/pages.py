@@ -16,9 +16,9 @@ from gateway.api import PsResult, StackInfo
 
 from . import __version__
 from .app import ACTIONS, PanelState, panel, validate_project
+from .auth import client_of
 from .csrf import csrf_ok, csrf_token
 from .errors import BadRequest, GatewayUnavailable, PanelError
-from .ratelimit import client_address
 from .sessions import LoginMethod
 
 __all__ = ["routes", "humanize_uptime"]
@@ -217,7 +217,7 @@ async def login(request: Request) -> Response:
     if not csrf_ok(request.session, str(form.get("csrf") or "")):
         context["error"] = "The login form expired. Please try again."
         return _page(request, "login.html", context, status_code=400)
-    client = client_address(request.scope.get("client"))
+    client = client_of(request.scope)
     login: tuple[str, LoginMethod] | None = None
     # The token is checked even when the address is limited: a token is meant to be long and random
     # (a generated one has 256 bits), so someone else's failures must not lock its holder out. A

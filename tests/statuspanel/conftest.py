@@ -22,8 +22,17 @@ import httpx2
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.metrics import CommandExecutionMetrics, ControlPlane
-from gateway.models import Action, ActionResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
+from gateway.api import (
+    Action,
+    ActionResult,
+    CommandExecutionMetrics,
+    ControlPlane,
+    LogsResult,
+    PsResult,
+    ServiceStatus,
+    StackInfo,
+    StackList,
+)
 from statuspanel.app import create_app
 from statuspanel.credentials import Authenticator
 from statuspanel.errors import GatewayUnavailable, NotFound

@@ -69,6 +69,14 @@ async def test_actions_logs_and_metrics_go_through_the_gateway(
             return body if response.status_code == 200 and body["lines"] >= 2 else None
 
         logs = await until(ticks, 20, "worker log lines")
+        # One `since` grammar end to end: Unix seconds from the epoch on, as the gateway reads them.
+        epoch = await client.get(f"/api/v1/stacks/{name}/logs", params={"services": "worker", "since": "0"})
+        assert epoch.status_code == 200, epoch.text
+        assert epoch.json()["lines"] >= 2
+        ahead = str(int(time.time()) + 3600)
+        future = await client.get(f"/api/v1/stacks/{name}/logs", params={"services": "worker", "since": ahead})
+        assert future.status_code == 200, future.text
+        assert future.json()["lines"] == 0
         assert all(line.startswith("worker") for line in logs["text"].splitlines())
         grepped = (
             await client.get(f"/api/v1/stacks/{name}/logs", params={"grep": "tick [0-9]+$", "tail": "50"})

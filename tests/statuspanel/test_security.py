@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 from itsdangerous import TimestampSigner
 from starlette.testclient import TestClient
 
-from statuspanel.__main__ import allowed_hosts, https_only
+from gateway.api import ControlPlane, GatewayError, load_settings
+from statuspanel.__main__ import allowed_hosts, control_plane, https_only
 from statuspanel.app import create_app, validate_since
 from statuspanel.credentials import Authenticator
 from statuspanel.errors import BadRequest
@@ -85,8 +87,9 @@ def test_a_bad_since_is_400_with_what_to_send(
         ("1h30m", "1h30m"),
         ("2026-11-26T21:00:00Z", "2026-11-26T21:00:00Z"),
         ("2026-11-26T21:00:00.123456789+01:00", "2026-11-26T21:00:00.123456789+01:00"),
-        ("0", "1970-01-01T00:00:00.000Z"),
-        ("1764190800.5", "2025-11-26T21:00:00.500Z"),
+        # Unix seconds go on as given: the gateway's `since` grammar is the panel's, and takes them.
+        ("0", "0"),
+        ("1764190800.5", "1764190800.5"),
     ],
 )
 def test_good_since_values_reach_the_backend(client: TestClient, backend: MemoryBackend, since: str, sent: str) -> None:
@@ -336,7 +339,7 @@ def test_https_only_reads_true_and_false_and_refuses_anything_else() -> None:
     assert https_only({"STATUS_PANEL_HTTPS_ONLY": "false"}) is False
     assert https_only({"STATUS_PANEL_HTTPS_ONLY": " True "}) is True
     assert https_only({"STATUS_PANEL_HTTPS_ONLY": "1"}) is True
-    with pytest.raises(ValueError, match="neither true nor false"):
+    with pytest.raises(GatewayError, match="STATUS_PANEL_HTTPS_ONLY='sometimes' is not a boolean"):
         https_only({"STATUS_PANEL_HTTPS_ONLY": "sometimes"})
 
 
@@ -353,17 +356,40 @@ def test_the_served_panel_marks_its_cookie_secure_only_when_told(tmp_path: Path)
 
 
 def test_the_panel_will_not_start_with_a_bad_setting(tmp_path: Path) -> None:
-    for name, value in (("STATUS_PANEL_HTTPS_ONLY", "maybe"), ("STATUS_PANEL_ALLOWED_HOSTS", "http://x.example")):
-        env = _clean_env(CONFIG_PATH=str(tmp_path / "none.json"), COMPOSE_AGENT_URL=_nowhere(), **{name: value})
+    cases: list[tuple[dict[str, str], list[str], str]] = [
+        ({"STATUS_PANEL_HTTPS_ONLY": "maybe"}, [], "STATUS_PANEL_HTTPS_ONLY"),
+        ({"STATUS_PANEL_ALLOWED_HOSTS": "http://x.example"}, [], "STATUS_PANEL_ALLOWED_HOSTS"),
+        ({"CONTROL_PLANE": "elsewhere"}, [], "CONTROL_PLANE"),
+        ({}, ["--forwarded-allow-ips", "10.0.0.1,proxy.example"], "'proxy.example' is not an IP address"),
+    ]
+    for extra_env, extra_args, named in cases:
+        env = _clean_env(CONFIG_PATH=str(tmp_path / "none.json"), COMPOSE_AGENT_URL=_nowhere(), **extra_env)
         result = subprocess.run(
-            [sys.executable, "-m", "statuspanel", "serve", "--port", str(free_port())],
+            [sys.executable, "-m", "statuspanel", "serve", "--port", str(free_port()), *extra_args],
             env=env,
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert result.returncode == 2
-        assert name in result.stderr
+        assert result.returncode == 2, result.stderr
+        assert named in result.stderr
+
+
+def test_the_plane_follows_the_mode_and_a_control_plane_that_disagrees_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    base = {"CONFIG_PATH": "/nonexistent/config.json"}
+    with caplog.at_level(logging.WARNING, logger="statuspanel"):
+        assert control_plane(load_settings(base)) is ControlPlane.COMPOSE_AGENT
+        assert control_plane(load_settings({**base, "CONTROL_PLANE": "compose_agent"})) is ControlPlane.COMPOSE_AGENT
+        legacy = {**base, "COMPOSE_AGENT_ENABLED": "false", "CONTROL_PLANE": "status_panel"}
+        assert control_plane(load_settings(legacy)) is ControlPlane.STATUS_PANEL
+        assert caplog.records == []
+        contradicting = load_settings({**base, "CONTROL_PLANE": "status_panel"})
+        assert control_plane(contradicting) is ControlPlane.COMPOSE_AGENT
+    assert [r.getMessage() for r in caplog.records] == [
+        "CONTROL_PLANE=status_panel is ignored: with compose_agent_enabled=true the commands are run by compose_agent"
+    ]
 
 
 # --- failed credentials: counted per connecting address, proxy headers only when trusted -----------
