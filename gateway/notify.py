@@ -10,12 +10,24 @@
 
 Every send is best effort: a host that went away or stopped reading loses the notification, never
 blocks the others, and never fails the call that caused it.
+
+The SDK's MCPServer has no public seam for the handshake-era methods (``logging/setLevel``,
+``resources/subscribe``, ``resources/unsubscribe``), and the SDK reserves its extension methods for
+new, non-spec ones. So a middleware on the public ``mcp.middleware`` list answers them, after the
+same validation the SDK applies to every request, and declares them in the handshake's capabilities.
+
+A handshake-era session is known by the identity of its ``client_params`` (public on every
+request's session, and one object per connection for the connection's life). No public hook says
+when a connection ends, and a notification to an ended one is dropped silently; a request to it,
+though, fails at once with ``CONNECTION_CLOSED``. So a session that has been quiet for a while is
+pinged, as the protocol allows either side to, and forgotten if its connection is closed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -24,23 +36,28 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
-from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, SubscriptionBus
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    CONNECTION_CLOSED,
+    INVALID_PARAMS,
     LOG_LEVEL_META_KEY,
     EmptyResult,
     LoggingLevel,
     LoggingMessageNotification,
     LoggingMessageNotificationParams,
+    PingRequest,
     ResourceListChangedNotification,
     ResourceUpdatedNotification,
     ResourceUpdatedNotificationParams,
     ServerNotification,
     SetLevelRequestParams,
 )
+from mcp_types.methods import validate_client_request
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel, ValidationError
 
 __all__ = ["Notifier", "LOG_LEVELS", "DEFAULT_LOG_LEVEL", "MAX_SUBSCRIPTIONS"]
 
@@ -55,6 +72,13 @@ _SEND_TIMEOUT_S = 2.0
 MAX_SUBSCRIPTIONS = 1000
 # Gateway warnings waiting to be broadcast; beyond this, new ones are dropped.
 _LOG_BACKLOG = 256
+# A handshake-era session quiet for this long is pinged, and forgotten if its connection is closed.
+SWEEP_INTERVAL_S = 60.0
+# How long a ping may go unanswered; an unanswered one keeps the session (only a closed one ends it).
+_PING_TIMEOUT_S = 10.0
+
+# A handshake-era request the middleware answers: (its params model, its handler).
+HandshakeHandler = Callable[[ServerRequestContext[Any, Any], Any], Awaitable[BaseModel]]
 
 _PYTHON_TO_MCP: tuple[tuple[int, LoggingLevel], ...] = (
     (logging.CRITICAL, "critical"),
@@ -76,14 +100,6 @@ def _at_least(level: LoggingLevel, threshold: LoggingLevel) -> bool:
     return LOG_LEVELS.index(level) >= LOG_LEVELS.index(threshold)
 
 
-def _connection(session: ServerSession) -> Connection | None:
-    # ServerSession is a per-request proxy with no public accessor for its connection; the
-    # connection is what per-session state (log level, subscriptions) belongs to, and its exit
-    # stack is the one place that knows when the session is gone.
-    connection = getattr(session, "_connection", None)
-    return connection if isinstance(connection, Connection) else None
-
-
 @dataclass
 class _Peer:
     """One handshake-era session: where to send, at which log level, for which URIs."""
@@ -92,18 +108,26 @@ class _Peer:
     level: LoggingLevel = DEFAULT_LOG_LEVEL
     level_set: bool = False
     subscriptions: set[str] = field(default_factory=set)
+    last_seen: float = 0.0  # anyio's clock, at its last request
 
 
 class Notifier:
     """Fans stack changes and log messages out to connected hosts.
 
     Call :meth:`install` once on the MCPServer, and run :meth:`run` for the server's lifetime (it
-    forwards the gateway's warnings, which may be logged from any thread).
+    forwards the gateway's warnings, which may be logged from any thread, and forgets the
+    handshake-era sessions that have ended).
     """
 
-    def __init__(self, bus: SubscriptionBus) -> None:
+    def __init__(self, bus: SubscriptionBus, *, sweep_interval: float = SWEEP_INTERVAL_S) -> None:
         self.bus = bus
+        self.sweep_interval = sweep_interval
+        # Keyed by id() of the session's client_params, which the peer's session keeps alive (so the id
+        # cannot be reused while the entry exists).
         self._peers: dict[int, _Peer] = {}
+        self._handshake_methods: dict[str, tuple[type[BaseModel], HandshakeHandler]] = {
+            "logging/setLevel": (SetLevelRequestParams, self._set_level)
+        }
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._loop_thread: int | None = None
         self._send: MemoryObjectSendStream[tuple[LoggingLevel, str, str]] | None = None
@@ -111,33 +135,64 @@ class Notifier:
 
     # -- wiring -----------------------------------------------------------------------------
 
-    def install(self, lowlevel: Any, middleware: list[Any]) -> None:
-        """Serve ``logging/setLevel`` and watch sessions come and go (the low-level server's hooks)."""
-        lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, self._set_level)
-        middleware.append(self._observe)
+    def install(self, middleware: list[Any]) -> None:
+        """Answer the handshake-era methods and watch sessions come (``mcp.middleware``, once)."""
+        middleware.append(self._middleware)
 
-    async def _observe(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        result = await call_next(ctx)
-        if ctx.method == "initialize" and isinstance(result, dict):
+    def serve(self, method: str, params_type: type[BaseModel], handler: HandshakeHandler) -> None:
+        """Answer the handshake-era request ``method`` with ``handler`` (and declare it at the handshake)."""
+        self._handshake_methods[method] = (params_type, handler)
+
+    @property
+    def sessions(self) -> int:
+        """How many handshake-era sessions are known (tests wait on it)."""
+        return len(self._peers)
+
+    async def _middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method in ("initialize", "server/discover"):
+            return self._declare(await call_next(ctx))
+        handshake_era = ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS
+        if handshake_era:
+            self.peer(ctx.session)
+        served = self._handshake_methods.get(ctx.method)
+        if served is None or not handshake_era or ctx.request_id is None:
+            return await call_next(ctx)
+        try:
+            validate_client_request(ctx.method, ctx.protocol_version, ctx.params)
+        except (KeyError, ValueError, ValidationError):
+            # Not this version's, or malformed: the SDK refuses it as it refuses any such request.
+            return await call_next(ctx)
+        if ctx.session.client_params is None:
+            # Before initialize: the same refusal the SDK gives any method served before the handshake.
+            raise MCPError(code=INVALID_PARAMS, message="Invalid request parameters", data="")
+        params_type, handler = served
+        return await handler(ctx, params_type.model_validate(ctx.params or {}, by_name=False))
+
+    def _declare(self, result: HandlerResult) -> HandlerResult:
+        """Declare what the middleware serves in a handshake's (or a discovery's) capabilities."""
+        capabilities = result.get("capabilities") if isinstance(result, dict) else None
+        if not isinstance(capabilities, dict):
+            return result
+        if "logging/setLevel" in self._handshake_methods:
+            capabilities.setdefault("logging", {})
+        resources = capabilities.get("resources")
+        if isinstance(resources, dict):
             # The SDK derives listChanged from options only its own entry points pass; the gateway
             # does send resources/list_changed to handshake-era sessions, so it says so.
-            resources = (result.get("capabilities") or {}).get("resources")
-            if isinstance(resources, dict):
-                resources["listChanged"] = True
-        elif ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-            self.peer(ctx.session)
+            resources["listChanged"] = True
+            if "resources/subscribe" in self._handshake_methods:
+                resources["subscribe"] = True
         return result
 
     def peer(self, session: ServerSession) -> _Peer | None:
         """The handshake-era session behind ``session``, registered on first sight."""
-        connection = _connection(session)
-        if connection is None or connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        if session.protocol_version in MODERN_PROTOCOL_VERSIONS or session.client_params is None:
             return None
-        key = id(connection)
+        key = id(session.client_params)
         peer = self._peers.get(key)
         if peer is None:
             peer = self._peers[key] = _Peer(session)
-            connection.exit_stack.callback(self._peers.pop, key, None)
+        peer.last_seen = anyio.current_time()
         return peer
 
     async def _set_level(self, ctx: ServerRequestContext[Any, Any], params: SetLevelRequestParams) -> EmptyResult:
@@ -223,14 +278,44 @@ class Notifier:
         self._loop_thread = threading.get_ident()
         self._send = send
         try:
-            async with receive:
-                async for level, name, text in receive:
-                    params = LoggingMessageNotificationParams(level=level, logger=name, data=text)
-                    notification = LoggingMessageNotification(params=params)
-                    await self._broadcast(notification, lambda peer, level=level: _at_least(level, peer.level))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._sweep_forever)
+                async with receive:
+                    async for level, name, text in receive:
+                        params = LoggingMessageNotificationParams(level=level, logger=name, data=text)
+                        notification = LoggingMessageNotification(params=params)
+                        await self._broadcast(notification, lambda peer, level=level: _at_least(level, peer.level))
         finally:
             self._send = None
             send.close()
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.sweep_interval)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """Forget the handshake-era sessions whose connection has closed, pinging those quiet for a while."""
+        quiet_since = anyio.current_time() - self.sweep_interval
+        quiet = [(key, peer) for key, peer in list(self._peers.items()) if peer.last_seen <= quiet_since]
+        if not quiet:
+            return
+        async with anyio.create_task_group() as tg:
+            for key, peer in quiet:
+                tg.start_soon(self._probe, key, peer)
+
+    async def _probe(self, key: int, peer: _Peer) -> None:
+        try:
+            await peer.session.send_request(PingRequest(), EmptyResult, request_read_timeout_seconds=_PING_TIMEOUT_S)
+        except MCPError as exc:
+            if exc.error.code == CONNECTION_CLOSED:
+                self._peers.pop(key, None)
+                return
+            logger.debug("a quiet session did not answer a ping: %r", exc)
+        except Exception as exc:  # noqa: BLE001 - a session that cannot be pinged is kept, not fatal
+            logger.debug("cannot ping a quiet session: %r", exc)
+        else:
+            peer.last_seen = anyio.current_time()
 
     def enqueue(self, level: LoggingLevel, name: str, text: str) -> None:
         """Queue a log message for broadcast; callable from any thread, never blocks, drops on overflow."""

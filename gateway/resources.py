@@ -60,7 +60,6 @@ __all__ = [
     "register_resources",
     "StackResources",
     "gateway_mcp_error",
-    "lowlevel_server",
     "stack_names",
     "MAX_COMPOSE_FILE_BYTES",
 ]
@@ -118,12 +117,6 @@ def gateway_mcp_error(exc: GatewayError, **data: Any) -> MCPError:
     """A gateway error as a JSON-RPC error: its message for people, its kind for programs."""
     code = INVALID_PARAMS if exc.kind in _CALLER_KINDS else INTERNAL_ERROR
     return MCPError(code=code, message=str(exc), data={"kind": exc.kind, **data})
-
-
-def lowlevel_server(mcp: MCPServer) -> Any:
-    """The low-level server under ``mcp``, where request handlers are registered."""
-    # MCPServer offers no public way to replace a request handler; the low-level server does.
-    return mcp._lowlevel_server
 
 
 class StackResources(MCPServer):
@@ -314,7 +307,8 @@ def register_resources(mcp: StackResources, ops: ComposeOperations, notifier: No
             return f"[{result.dropped_lines} older lines dropped to fit {DEFAULT_BYTES} bytes]\n{result.text}"
         return result.text
 
-    lowlevel = lowlevel_server(mcp)
+    if notifier is None:
+        return
 
     async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
@@ -323,8 +317,8 @@ def register_resources(mcp: StackResources, ops: ComposeOperations, notifier: No
                 code=INVALID_PARAMS,
                 message=f"nothing to subscribe to at {uri[:100]!r}: subscribe to compose://stacks/<stack>/status",
             )
-        _check(ctx, uri, "resources/subscribe")
-        if notifier is not None and not notifier.subscribe(ctx.session, uri):
+        check_read(ops, principal_of_request(ctx), uri, "resources/subscribe")
+        if not notifier.subscribe(ctx.session, uri):
             raise MCPError(
                 code=INVALID_PARAMS,
                 message=f"this session already follows {MAX_SUBSCRIPTIONS} resources; unsubscribe from some first",
@@ -332,16 +326,12 @@ def register_resources(mcp: StackResources, ops: ComposeOperations, notifier: No
         return EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:
-        if notifier is not None:
-            notifier.unsubscribe(ctx.session, str(params.uri))
+        notifier.unsubscribe(ctx.session, str(params.uri))
         return EmptyResult()
 
-    def _check(ctx: ServerRequestContext[Any, Any], uri: str, what: str) -> None:
-        check_read(ops, principal_of_request(ctx), uri, what)
-
-    if notifier is not None:
-        lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
-        lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
+    # Handshake-era methods: MCPServer has no public seam for them, so the notifier's middleware answers.
+    notifier.serve("resources/subscribe", SubscribeRequestParams, subscribe)
+    notifier.serve("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
 
 
 def _may_read(principal: Principal, uri: str) -> bool:

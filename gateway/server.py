@@ -29,7 +29,7 @@ from .errors import ERROR_META_KEY, GatewayError, InvalidInput
 from .notify import Notifier
 from .operations import ComposeOperations
 from .prompts import register_prompts
-from .resources import StackResources, lowlevel_server, register_resources
+from .resources import StackResources, register_resources
 from .schema import flatten_schema
 from .tools import ToolKit, caller_of, register_read_tools, register_write_tools
 
@@ -177,5 +177,5 @@ def build_server(
     register_resources(mcp, ops, notifier)
     register_prompts(mcp, ops)
     register_completion(mcp, ops)
-    notifier.install(lowlevel_server(mcp), mcp.middleware)
+    notifier.install(mcp.middleware)
     return mcp
