@@ -11,7 +11,7 @@ import argparse
 import secrets
 import sys
 from collections.abc import Mapping
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import anyio
 
@@ -21,7 +21,20 @@ from .vault import TOKEN_KEYS, VaultClient, check_token_value
 __all__ = ["add_vault_parser", "run_vault_command"]
 
 
-def add_vault_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+class Subcommands(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as far as this module uses it.
+
+    argparse's own name for that type is private (``_SubParsersAction``).
+    """
+
+    def add_parser(
+        self, name: str, *, help: str | None = ..., description: str | None = ...
+    ) -> argparse.ArgumentParser:
+        """Add the sub-command ``name`` and return its parser."""
+        ...
+
+
+def add_vault_parser(subparsers: Subcommands) -> None:
     """Add ``vault store`` and ``vault fetch`` to the ``compose-agent`` command line."""
     vault = subparsers.add_parser(
         "vault",
