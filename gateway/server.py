@@ -25,7 +25,7 @@ from .completion import register_completion
 from .confirm import Confirmations
 from .dashboard import stack_app
 from .deploy_tools import register_deploy_reads, register_deploy_tools
-from .errors import ERROR_META_KEY, GatewayError, InvalidInput
+from .errors import ERROR_META_KEY, GatewayError, InvalidInput, PolicyViolation
 from .notify import Notifier
 from .operations import ComposeOperations
 from .prompts import register_prompts
@@ -100,9 +100,15 @@ class GatewayServer(StackResources):
                 self._refused(name, arguments, context, str(refused))
                 return error_result(refused)
             if cause is None and name not in {tool.name for tool in await self.list_tools()}:
-                writes = name in WRITE_TOOLS or name in DEPLOY_TOOLS
-                mode = "; the gateway runs in --read-only mode" if self.read_only and writes else ""
-                self._refused(name, arguments, context, f"no tool named {name[:100]!r}{mode}")
+                if self.read_only and (name in WRITE_TOOLS or name in DEPLOY_TOOLS):
+                    # The gateway's own answer, not the SDK's "Unknown tool": the caller learns why.
+                    offered = ", ".join(sorted(tool.name for tool in await self.list_tools()))
+                    read_only = PolicyViolation(
+                        f"'{name}' changes stacks, and this gateway runs in --read-only mode; it offers only {offered}"
+                    )
+                    self._refused(name, arguments, context, str(read_only))
+                    return error_result(read_only)
+                self._refused(name, arguments, context, f"no tool named {name[:100]!r}")
             raise
 
     def _refused(self, name: str, arguments: dict[str, Any], context: Context | None, reason: str) -> None:

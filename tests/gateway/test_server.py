@@ -47,7 +47,9 @@ async def test_read_only_mode_offers_only_the_read_tools(ops: ComposeOperations)
         names = {t.name for t in (await client.list_tools()).tools}
         result = await client.call_tool("down", {"project": "anything"})
     assert names == READ_TOOLS
-    assert result.is_error
+    assert result.is_error and result.structured_content is None
+    assert "this gateway runs in --read-only mode" in result.content[0].text  # type: ignore[union-attr]
+    assert result.meta is not None and result.meta[ERROR_META_KEY] == "policy_violation"
 
 
 async def test_up_sends_progress_notifications_while_it_runs(ops: ComposeOperations, stacks: StackFactory) -> None:
