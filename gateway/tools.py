@@ -154,7 +154,7 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
         description=(
             "Read recent log lines of a stack, newest last, each prefixed with its service. Takes the last "
             f"`tail` lines of each container (default {DEFAULT_TAIL}, at most {MAX_TAIL}), optionally only "
-            "after `since` (RFC 3339 or relative like 10m, 2h) and only lines matching the `grep` regex. "
+            "after `since` (RFC 3339, relative like 10m, or Unix seconds) and only lines matching `grep`. "
             "The answer is capped in bytes, keeping the newest lines; `truncated` says when older ones were "
             "dropped. Narrow with grep/since rather than raising tail."
         ),
@@ -167,7 +167,8 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
             StrictInt, Field(ge=1, le=MAX_TAIL, description="Lines per container, from the end")
         ] = DEFAULT_TAIL,
         since: Annotated[
-            str | None, Field(description="Only newer lines: RFC 3339 time or relative (30s, 10m, 2h, 1d)")
+            str | None,
+            Field(description="Only newer lines: RFC 3339 time, relative (30s, 10m, 2h, 1d) or Unix seconds"),
         ] = None,
         grep: Annotated[str | None, Field(description="Only lines matching this regular expression")] = None,
         timestamps: Annotated[StrictBool, Field(description="Prefix each line with its RFC 3339 timestamp")] = False,
