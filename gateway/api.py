@@ -7,7 +7,7 @@ can change without the panel noticing. A test pins that the panel imports nothin
 
 from __future__ import annotations
 
-from .audit import AuditLog
+from .audit import ON_BEHALF_OF_META_KEY, AuditLog, on_behalf_of_meta
 from .auth import READ_TOOLS, STATUS_PANEL, TokenStore
 from .backoff import Backoff
 from .config import Settings, load_settings, parse_bool
@@ -28,6 +28,8 @@ from .tokens import (
 )
 
 __all__ = [
+    "on_behalf_of_meta",
+    "ON_BEHALF_OF_META_KEY",
     "client_key",
     "FailureLimiter",
     "parse_since",

@@ -200,7 +200,7 @@ async def _plan_call(
             ctx, who, tool, confirm, state=lambda: planner.state(project), plan=lambda: plan(planner)
         )
     except GatewayError as exc:
-        kit.ops.audit_refusal(tool, shown, who.name, str(exc))
+        kit.ops.audit_refusal(tool, shown, who.name, str(exc), on_behalf_of=kit.acting_for(ctx))
         raise
 
 
@@ -224,7 +224,9 @@ async def settle(
         answer,
         confirm,
         state=lambda: kit.ops.planner.state(project),
-        audit=lambda reason: kit.ops.audit_refusal(tool, shown, pending.caller, reason),
+        audit=lambda reason: kit.ops.audit_refusal(
+            tool, shown, pending.caller, reason, on_behalf_of=kit.acting_for(ctx)
+        ),
     )
 
 

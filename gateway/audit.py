@@ -32,11 +32,26 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from .errors import AuditUnavailable
+from mcp_types import RequestParamsMeta
 
-__all__ = ["AuditLog", "AuditUnavailable", "Intent", "bounded_arguments"]
+from .errors import AuditUnavailable, InvalidInput
+
+__all__ = [
+    "AuditLog",
+    "AuditUnavailable",
+    "Intent",
+    "bounded_arguments",
+    "ON_BEHALF_OF_META_KEY",
+    "on_behalf_of",
+    "on_behalf_of_meta",
+]
+
+# Where a client that acts for a person (the status panel) names them, in the MCP request's `_meta`.
+# It is the caller's claim, recorded beside the caller's own identity, never in place of it.
+ON_BEHALF_OF_META_KEY = "compose-agent/on_behalf_of"
+_MAX_PERSON = 128
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +76,28 @@ class Intent:
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
+
+
+def on_behalf_of(meta: Mapping[str, Any] | None) -> str | None:
+    """The person a request's ``_meta`` says the caller acts for; None when it names no one.
+
+    Raises:
+        InvalidInput: the value is not a name of 1 to 128 printable characters.
+    """
+    if not meta or ON_BEHALF_OF_META_KEY not in meta:
+        return None
+    value = meta[ON_BEHALF_OF_META_KEY]
+    if not isinstance(value, str) or not 1 <= len(value) <= _MAX_PERSON or not value.isprintable():
+        raise InvalidInput(
+            f"_meta[{ON_BEHALF_OF_META_KEY!r}] must name a person in 1 to {_MAX_PERSON} printable characters"
+        )
+    return value
+
+
+def on_behalf_of_meta(person: str) -> RequestParamsMeta:
+    """The request ``_meta`` that names ``person`` as the one the caller acts for."""
+    # An open map (any extra key is allowed), which mypy cannot check for a non-literal key.
+    return cast(RequestParamsMeta, {ON_BEHALF_OF_META_KEY: person})
 
 
 def bounded_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -76,21 +76,40 @@ class Lifecycle:
         services: list[str] | None = None,
         wait: bool = False,
         caller: str = "local",
+        on_behalf_of: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> ActionResult:
-        """Create and start the stack's services, detached; with ``wait``, until they are running/healthy."""
-        wanted = self._validated_services("up", project, services, caller)
+        """Create and start the stack's services, detached; with ``wait``, until they are running/healthy.
+
+        ``on_behalf_of`` is the person the caller acts for (the panel's user), for the audit line.
+        """
+        wanted = self._validated_services("up", project, services, caller, on_behalf_of)
         args = ["up", "--detach", "--remove-orphans"] + (["--wait"] if wait else []) + (wanted or [])
         return await self._mutate(
-            "up", project, args, {"services": wanted, "wait": wait}, caller, progress, need_folder=True
+            "up",
+            project,
+            args,
+            {"services": wanted, "wait": wait},
+            caller,
+            progress,
+            need_folder=True,
+            on_behalf_of=on_behalf_of,
         )
 
     async def down(
-        self, project: str, *, volumes: bool = False, caller: str = "local", progress: ProgressCallback | None = None
+        self,
+        project: str,
+        *,
+        volumes: bool = False,
+        caller: str = "local",
+        on_behalf_of: str | None = None,
+        progress: ProgressCallback | None = None,
     ) -> ActionResult:
         """Stop and remove the stack's containers and networks; named volumes are kept unless ``volumes``."""
         args = ["down", "--remove-orphans"] + (["--volumes"] if volumes else [])
-        return await self._mutate("down", project, args, {"volumes": volumes}, caller, progress)
+        return await self._mutate(
+            "down", project, args, {"volumes": volumes}, caller, progress, on_behalf_of=on_behalf_of
+        )
 
     async def service_action(
         self,
@@ -99,24 +118,34 @@ class Lifecycle:
         *,
         services: list[str] | None = None,
         caller: str = "local",
+        on_behalf_of: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> ActionResult:
         """restart, start or stop the stack's containers, or only those of ``services``.
 
         start creates nothing (that is ``up``); stop keeps the containers.
         """
-        wanted = self._validated_services(action, project, services, caller)
-        return await self._mutate(action, project, [action, *(wanted or [])], {"services": wanted}, caller, progress)
+        wanted = self._validated_services(action, project, services, caller, on_behalf_of)
+        return await self._mutate(
+            action,
+            project,
+            [action, *(wanted or [])],
+            {"services": wanted},
+            caller,
+            progress,
+            on_behalf_of=on_behalf_of,
+        )
 
     def _validated_services(
-        self, action: str, project: str, services: list[str] | None, caller: str
+        self, action: str, project: str, services: list[str] | None, caller: str, on_behalf_of: str | None
     ) -> list[str] | None:
         """Valid service names, or an audited refusal: every mutating call leaves an audit line."""
         try:
             return validate_services(services)
         except GatewayError as exc:
             shown = [str(s)[:100] for s in services or []][:100]
-            self.audit_refusal(action, {"project": str(project)[:100], "services": shown}, caller, str(exc))
+            arguments = {"project": str(project)[:100], "services": shown}
+            self.audit_refusal(action, arguments, caller, str(exc), on_behalf_of=on_behalf_of)
             raise
 
     def audit_refusal(

@@ -168,16 +168,27 @@ class ComposeOperations:
         services: list[str] | None = None,
         wait: bool = False,
         caller: str = "local",
+        on_behalf_of: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> ActionResult:
         """Create and start the stack's services, detached; with ``wait``, until they are running/healthy."""
-        return await self.lifecycle.up(project, services=services, wait=wait, caller=caller, progress=progress)
+        return await self.lifecycle.up(
+            project, services=services, wait=wait, caller=caller, on_behalf_of=on_behalf_of, progress=progress
+        )
 
     async def down(
-        self, project: str, *, volumes: bool = False, caller: str = "local", progress: ProgressCallback | None = None
+        self,
+        project: str,
+        *,
+        volumes: bool = False,
+        caller: str = "local",
+        on_behalf_of: str | None = None,
+        progress: ProgressCallback | None = None,
     ) -> ActionResult:
         """Stop and remove the stack's containers and networks; named volumes are kept unless ``volumes``."""
-        return await self.lifecycle.down(project, volumes=volumes, caller=caller, progress=progress)
+        return await self.lifecycle.down(
+            project, volumes=volumes, caller=caller, on_behalf_of=on_behalf_of, progress=progress
+        )
 
     async def service_action(
         self,
@@ -186,11 +197,16 @@ class ComposeOperations:
         *,
         services: list[str] | None = None,
         caller: str = "local",
+        on_behalf_of: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> ActionResult:
         """restart, start or stop the stack's containers, or only those of ``services``."""
-        return await self.lifecycle.service_action(action, project, services=services, caller=caller, progress=progress)
+        return await self.lifecycle.service_action(
+            action, project, services=services, caller=caller, on_behalf_of=on_behalf_of, progress=progress
+        )
 
-    def audit_refusal(self, tool: str, arguments: dict[str, Any], caller: str, reason: str) -> None:
+    def audit_refusal(
+        self, tool: str, arguments: dict[str, Any], caller: str, reason: str, *, on_behalf_of: str | None = None
+    ) -> None:
         """Record a call that was refused before it ran (scope, read-only, policy)."""
-        self.lifecycle.audit_refusal(tool, arguments, caller, reason)
+        self.lifecycle.audit_refusal(tool, arguments, caller, reason, on_behalf_of=on_behalf_of)

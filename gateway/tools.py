@@ -26,10 +26,11 @@ from .approval import (
     UpPending,
     settle,
 )
+from .audit import on_behalf_of
 from .auth import Principal
 from .confirm import Confirmations
 from .dashboard import PS_TOOL_META
-from .errors import PolicyViolation
+from .errors import GatewayError, PolicyViolation
 from .lifecycle import ServiceAction
 from .logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
 from .models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
@@ -91,13 +92,27 @@ class ToolKit:
 
         Raises:
             PolicyViolation: out of scope (the refusal is audited).
+            InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta`` (audited too).
         """
         principal = caller_of(ctx)
+        try:
+            person = self.acting_for(ctx)
+        except GatewayError as exc:
+            self.ops.audit_refusal(tool, arguments, principal.name, str(exc))
+            raise
         if not principal.may_call(tool):
             reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
-            self.ops.audit_refusal(tool, arguments, principal.name, reason)
+            self.ops.audit_refusal(tool, arguments, principal.name, reason, on_behalf_of=person)
             raise PolicyViolation(reason)
         return principal
+
+    def acting_for(self, ctx: Context) -> str | None:
+        """The person the caller says it acts for (the panel's logged-in user), from the request's ``_meta``.
+
+        Raises:
+            InvalidInput: the ``_meta`` entry is not a short printable name.
+        """
+        return on_behalf_of(ctx.request_context.meta)
 
     def progress(self, ctx: Context) -> Callable[[str], Awaitable[None]]:
         """A callback that turns each Compose event into a progress notification and a log message."""
@@ -238,7 +253,14 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
     ) -> ActionResult:
         who = kit.authorize(ctx, "up", {"project": project, "services": services})
         await settle(ctx, "up", {"project": project, "services": services, "wait": wait}, pending, answer, confirm)
-        return await ops.up(project, services=services, wait=wait, caller=who.name, progress=kit.progress(ctx))
+        return await ops.up(
+            project,
+            services=services,
+            wait=wait,
+            caller=who.name,
+            on_behalf_of=kit.acting_for(ctx),
+            progress=kit.progress(ctx),
+        )
 
     @mcp.tool(
         title="Bring down",
@@ -260,7 +282,9 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
     ) -> ActionResult:
         who = kit.authorize(ctx, "down", {"project": project, "volumes": volumes})
         await settle(ctx, "down", {"project": project, "volumes": volumes}, pending, answer, confirm)
-        return await ops.down(project, volumes=volumes, caller=who.name, progress=kit.progress(ctx))
+        return await ops.down(
+            project, volumes=volumes, caller=who.name, on_behalf_of=kit.acting_for(ctx), progress=kit.progress(ctx)
+        )
 
     for action, (title, idempotent, description) in _SERVICE_TOOLS.items():
         _register_service_tool(mcp, kit, action, title, idempotent, description)
@@ -280,7 +304,12 @@ def _register_service_tool(
         who = kit.authorize(ctx, action, {"project": project, "services": services})
         await settle(ctx, action, {"project": project, "services": services}, pending, answer, confirm)
         return await kit.ops.service_action(
-            action, project, services=services, caller=who.name, progress=kit.progress(ctx)
+            action,
+            project,
+            services=services,
+            caller=who.name,
+            on_behalf_of=kit.acting_for(ctx),
+            progress=kit.progress(ctx),
         )
 
     # One body for three tools, each with its own planner: the SDK reads these annotations to resolve them.

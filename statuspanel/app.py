@@ -75,6 +75,16 @@ def panel(request: Request) -> PanelState:
     return cast(PanelState, request.app.state.panel)
 
 
+def person(request: Request) -> str | None:
+    """Who is acting, for the gateway's audit: the logged-in user, ``local`` in open mode.
+
+    A bearer request names no person (a script holding the panel's token), so it sends none; the
+    audit line then shows the panel's token alone, as the caller.
+    """
+    user = request.scope.get("panel_user")
+    return user if isinstance(user, str) and request.scope.get("panel_auth") != "bearer" else None
+
+
 # --- validation at the edge -------------------------------------------------------------------
 
 
@@ -231,7 +241,9 @@ async def stack_action(request: Request) -> Response:
     if not isinstance(volumes, bool):
         raise BadRequest('"volumes" must be true or false')
     services = validate_services(body.get("services"))
-    result = await panel(request).backend.action(project, cast(Action, action), services=services, volumes=volumes)
+    result = await panel(request).backend.action(
+        project, cast(Action, action), services=services, volumes=volumes, on_behalf_of=person(request)
+    )
     payload = result.model_dump(mode="json")
     if not result.ok:
         payload["error"] = result.message or f"{action} failed"

@@ -48,7 +48,8 @@ class AuthMiddleware:
       bearer requests need none.
 
     Sits inside ``SessionMiddleware`` so ``scope["session"]`` is set. Sets ``scope["panel_user"]``
-    to who is acting: the session's user, ``token`` for a bearer, ``local`` in open mode.
+    to who is acting: the session's user (a username, or ``token`` after a token login), ``local``
+    in open mode, ``token`` for a bearer request, which is also marked ``scope["panel_auth"] = "bearer"``.
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class AuthMiddleware:
         authorization = headers.get("authorization")
         if self.authenticator.check_bearer(authorization):
             scope["panel_user"] = "token"
+            scope["panel_auth"] = "bearer"
             await self.app(scope, receive, send)
             return
 

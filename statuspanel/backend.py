@@ -55,8 +55,16 @@ class Backend(Protocol):
     ) -> LogsResult: ...
 
     async def action(
-        self, project: str, action: Action, *, services: list[str] | None = None, volumes: bool = False
-    ) -> ActionResult: ...
+        self,
+        project: str,
+        action: Action,
+        *,
+        services: list[str] | None = None,
+        volumes: bool = False,
+        on_behalf_of: str | None = None,
+    ) -> ActionResult:
+        """Run ``action``; ``on_behalf_of`` is the person logged in, for the audit line."""
+        ...
 
     async def compose_agent_status(self) -> str:
         """``up``, ``down`` or ``disabled``."""
@@ -135,9 +143,16 @@ class GatewayBackend:
         return LogsResult.model_validate(await self.client.call("logs", args))
 
     async def action(
-        self, project: str, action: Action, *, services: list[str] | None = None, volumes: bool = False
+        self,
+        project: str,
+        action: Action,
+        *,
+        services: list[str] | None = None,
+        volumes: bool = False,
+        on_behalf_of: str | None = None,
     ) -> ActionResult:
-        payload = await self.client.call(action, _action_args(project, action, services, volumes))
+        arguments = _action_args(project, action, services, volumes)
+        payload = await self.client.call(action, arguments, on_behalf_of=on_behalf_of)
         return ActionResult.model_validate(payload)
 
     async def _get(self, path: str) -> httpx2.Response | None:
@@ -217,15 +232,23 @@ class LegacyBackend:
             raise translate(exc) from exc
 
     async def action(
-        self, project: str, action: Action, *, services: list[str] | None = None, volumes: bool = False
+        self,
+        project: str,
+        action: Action,
+        *,
+        services: list[str] | None = None,
+        volumes: bool = False,
+        on_behalf_of: str | None = None,
     ) -> ActionResult:
-        ops = self.operations
+        ops, caller = self.operations, self.caller
         try:
             if action == "down":
-                return await ops.down(project, volumes=volumes, caller=self.caller)
+                return await ops.down(project, volumes=volumes, caller=caller, on_behalf_of=on_behalf_of)
             if action == "up":
-                return await ops.up(project, services=services or None, caller=self.caller)
-            return await ops.service_action(action, project, services=services or None, caller=self.caller)
+                return await ops.up(project, services=services or None, caller=caller, on_behalf_of=on_behalf_of)
+            return await ops.service_action(
+                action, project, services=services or None, caller=caller, on_behalf_of=on_behalf_of
+            )
         except GatewayError as exc:
             raise translate(exc) from exc
 

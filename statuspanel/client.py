@@ -19,9 +19,9 @@ from anyio.abc import TaskStatus
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, TextContent
+from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, RequestParamsMeta, TextContent
 
-from gateway.api import ERROR_META_KEY, READ_TOOLS, Backoff
+from gateway.api import ERROR_META_KEY, READ_TOOLS, Backoff, on_behalf_of_meta
 
 from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, GatewayUnavailable, NotFound, PanelError, for_kind
 
@@ -224,8 +224,13 @@ class GatewayClient:
             raise GatewayUnavailable(detail + "; is it running? The panel reconnects on its own.")
         return self._client
 
-    async def call(self, tool: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def call(
+        self, tool: str, arguments: dict[str, Any] | None = None, *, on_behalf_of: str | None = None
+    ) -> dict[str, Any]:
         """Call one tool and return its structured content.
+
+        ``on_behalf_of`` names the person the panel acts for, in the request's ``_meta``; the
+        gateway's audit line records it beside the panel's own identity.
 
         Raises:
             GatewayUnavailable: no session within ``connect_wait``, or no answer before the deadline.
@@ -233,10 +238,11 @@ class GatewayClient:
         """
         timeout = self.read_timeout if tool in READ_TOOLS else self.action_timeout
         args = {k: v for k, v in (arguments or {}).items() if v is not None}
+        meta = on_behalf_of_meta(on_behalf_of) if on_behalf_of else None
         for attempt in range(2):
             client = await self._wait_connected()
             try:
-                result = await self._call_once(client, tool, args, timeout)
+                result = await self._call_once(client, tool, args, timeout, meta)
             except _SessionLost:
                 if attempt == 0:
                     continue
@@ -248,10 +254,12 @@ class GatewayClient:
             return dict(result.structured_content)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _call_once(self, client: Client, tool: str, args: dict[str, Any], timeout: float) -> CallToolResult:
+    async def _call_once(
+        self, client: Client, tool: str, args: dict[str, Any], timeout: float, meta: RequestParamsMeta | None
+    ) -> CallToolResult:
         try:
             with anyio.fail_after(timeout + 1):
-                return await client.call_tool(tool, args, read_timeout_seconds=timeout)
+                return await client.call_tool(tool, args, read_timeout_seconds=timeout, meta=meta)
         except TimeoutError:
             # A hung gateway looks like this; start over with a fresh session for the next call.
             self._mark_lost(client)

@@ -9,6 +9,7 @@ import anyio
 import pytest
 from mcp import Client
 
+from gateway.audit import ON_BEHALF_OF_META_KEY, on_behalf_of_meta
 from gateway.errors import ERROR_META_KEY
 from gateway.operations import ComposeOperations
 from gateway.server import build_server
@@ -174,3 +175,26 @@ def _compose_processes(project: str) -> list[int]:
         if b"--project-name" in argv and project.encode() in argv:
             found.append(int(entry.name))
     return found
+
+
+async def test_the_person_named_in_meta_is_in_the_audit_lines_and_a_malformed_name_is_refused(
+    ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    async with Client(build_server(ops)) as client:
+        acted = await client.call_tool("stop", {"project": name}, meta=on_behalf_of_meta("alice"))
+        unnamed = await client.call_tool("stop", {"project": name})
+        malformed = await client.call_tool("stop", {"project": name}, meta=on_behalf_of_meta("eve\nforged"))
+    assert not acted.is_error and not unnamed.is_error
+    assert malformed.is_error and (malformed.meta or {}).get(ERROR_META_KEY) == "invalid_input"
+    assert ON_BEHALF_OF_META_KEY in malformed.content[0].text  # type: ignore[union-attr]
+    assert ops.audit is not None
+    stops = [json.loads(line) for line in ops.audit.path.read_text().splitlines() if '"stop"' in line]
+    assert [(r["phase"], r.get("outcome"), r.get("on_behalf_of")) for r in stops] == [
+        ("intent", None, "alice"),
+        ("outcome", "ok", "alice"),
+        ("intent", None, None),
+        ("outcome", "ok", None),
+        ("outcome", "refused", None),
+    ]
+    assert all(r["caller"] == "local" for r in stops)

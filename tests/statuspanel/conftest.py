@@ -227,6 +227,7 @@ class MemoryBackend:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.acted_for: list[str | None] = []  # the on_behalf_of of each action, in order
         self.unavailable = False
         self.metrics_data = CommandExecutionMetrics()
         self.state = {"shop": {"web": "running", "db": "running"}, "blog": {"app": "exited"}}
@@ -286,9 +287,16 @@ class MemoryBackend:
         return LogsResult(project=project, text="\n".join(lines), lines=len(lines), truncated=False)
 
     async def action(
-        self, project: str, action: Action, *, services: list[str] | None = None, volumes: bool = False
+        self,
+        project: str,
+        action: Action,
+        *,
+        services: list[str] | None = None,
+        volumes: bool = False,
+        on_behalf_of: str | None = None,
     ) -> ActionResult:
         self.calls.append((action, {"project": project, "services": services, "volumes": volumes}))
+        self.acted_for.append(on_behalf_of)
         self._check(project)
         self.metrics_data.record_execution(ControlPlane.COMPOSE_AGENT, action)
         return ActionResult(project=project, action=action, ok=True, services=services, duration_ms=1.0)

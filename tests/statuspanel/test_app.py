@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.api import FailureLimiter
-from statuspanel.app import create_app
+from statuspanel.app import ACTIONS, create_app
 from statuspanel.credentials import Authenticator
 from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, bearer
 
@@ -297,3 +297,20 @@ def test_open_mode_lets_local_api_clients_in_but_not_cross_site_posts(backend: M
         assert client.post("/api/v1/stacks/shop/restart").status_code == 200
         cross = client.post("/api/v1/stacks/shop/restart", headers={"Origin": "https://evil.example"})
         assert cross.status_code == 403
+
+
+def test_each_action_names_the_person_logged_in_and_a_bearer_names_no_one(backend: MemoryBackend) -> None:
+    app = create_app(backend, Authenticator(TOKEN, "alice", "s3cret-pass"), session_secret="w" * 32)
+    with TestClient(app, base_url=BASE, follow_redirects=False) as browser:
+        _, csrf = login(browser, username="alice", password="s3cret-pass")
+        assert browser.post("/api/v1/stacks/shop/restart", headers={"X-CSRF-Token": csrf}).status_code == 200
+        browser.cookies.clear()
+        _, csrf = login(browser, token=TOKEN)
+        assert browser.post("/api/v1/stacks/shop/stop", headers={"X-CSRF-Token": csrf}).status_code == 200
+    with TestClient(app, base_url=BASE, follow_redirects=False) as script:
+        assert script.post("/api/v1/stacks/shop/start", headers=bearer()).status_code == 200
+    open_app = create_app(backend, Authenticator(), session_secret="v" * 32)
+    with TestClient(open_app, base_url=BASE, follow_redirects=False) as local:
+        assert local.post("/api/v1/stacks/shop/up").status_code == 200
+    assert [call[0] for call in backend.calls if call[0] in ACTIONS] == ["restart", "stop", "start", "up"]
+    assert backend.acted_for == ["alice", "token", None, "local"]

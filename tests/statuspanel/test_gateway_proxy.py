@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -36,6 +37,17 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) 
             if value:
                 return value
             await anyio.sleep(0.1)
+
+
+async def log_in(browser: httpx2.AsyncClient, username: str, password: str) -> str:
+    """Log in through the form, as a browser does; returns the session's CSRF token for POSTs."""
+    form = re.search(r'name="csrf" value="([^"]+)"', (await browser.get("/login")).text)
+    assert form
+    fields = {"csrf": form.group(1), "username": username, "password": password}
+    assert (await browser.post("/login", data=fields)).status_code == 303
+    page = re.search(r'<meta name="csrf-token" content="([^"]+)"', (await browser.get("/")).text)
+    assert page
+    return page.group(1)
 
 
 def states(ps: dict[str, Any]) -> dict[str, str]:
@@ -113,6 +125,33 @@ async def test_a_50_mb_action_body_gets_413_and_the_gateway_runs_nothing(
         assert metrics["total_count"] == 0, metrics
         ps = (await client.get(f"/api/v1/stacks/{name}")).json()
     assert set(states(ps).values()) == {"missing"}, ps
+
+
+async def test_the_gateway_audits_each_action_with_the_person_logged_in_to_the_panel(
+    stacks: StackFactory, gateway: Gateway, tmp_path: Path
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    env = {"COMPOSE_AGENT_URL": gateway.mcp_url, "STATUS_PANEL_USERNAME": "alice", "STATUS_PANEL_PASSWORD": "pw-alice"}
+    panel = start_panel(tmp_path, env=env, token=gateway.panel_token, name="people")
+    try:
+        async with httpx2.AsyncClient(base_url=panel.base, timeout=120) as browser:
+            csrf = await log_in(browser, "alice", "pw-alice")
+            stop = await browser.post(f"/api/v1/stacks/{name}/stop", headers={"X-CSRF-Token": csrf})
+            assert stop.status_code == 200, stop.text
+        async with api(panel) as script:
+            assert (await script.post(f"/api/v1/stacks/{name}/stop")).status_code == 200
+    finally:
+        panel.stop()
+    audit = Path(gateway.env["COMPOSE_AGENT_STATE_DIR"]) / "audit.log"
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    stops = [line for line in lines if line["tool"] == "stop" and line["arguments"]["project"] == name]
+    assert [(line["phase"], line.get("on_behalf_of")) for line in stops] == [
+        ("intent", "alice"),
+        ("outcome", "alice"),
+        ("intent", None),
+        ("outcome", None),
+    ]
+    assert {line["caller"] for line in stops} == {"status_panel_token"}
 
 
 async def test_gateway_errors_map_to_http_statuses(stacks: StackFactory, gateway: Gateway, panel: Panel) -> None:
@@ -218,7 +257,12 @@ async def test_legacy_mode_runs_in_process_and_counts_status_panel(stacks: Stack
     name = stacks.make(WEB_WORKER, files=STACK_FILES)
     panel = start_panel(
         tmp_path,
-        env={"COMPOSE_AGENT_ENABLED": "false", "STACKS_DIR": str(stacks.root)},
+        env={
+            "COMPOSE_AGENT_ENABLED": "false",
+            "STACKS_DIR": str(stacks.root),
+            "STATUS_PANEL_USERNAME": "alice",
+            "STATUS_PANEL_PASSWORD": "pw-alice",
+        },
         token="legacy-token",
         name="legacy",
     )
@@ -240,8 +284,19 @@ async def test_legacy_mode_runs_in_process_and_counts_status_panel(stacks: Stack
         assert metrics["status_panel_count"] >= 2
         assert metrics["compose_agent_count"] == 0
         assert metrics["last_control_plane"] == "status_panel"
-        audit = (tmp_path / "legacy-state" / "audit.log").read_text().splitlines()
-        assert any(json.loads(line)["control_plane"] == "status_panel" for line in audit)
+        async with httpx2.AsyncClient(base_url=panel.base, timeout=120) as browser:
+            csrf = await log_in(browser, "alice", "pw-alice")
+            stop = await browser.post(
+                f"/api/v1/stacks/{name}/stop", json={"services": ["worker"]}, headers={"X-CSRF-Token": csrf}
+            )
+            assert stop.status_code == 200, stop.text
+        audit = [json.loads(line) for line in (tmp_path / "legacy-state" / "audit.log").read_text().splitlines()]
+        assert any(line["control_plane"] == "status_panel" for line in audit)
+        stops = [line for line in audit if line["tool"] == "stop"]
+        assert [(line["phase"], line.get("on_behalf_of")) for line in stops] == [
+            ("intent", "alice"),
+            ("outcome", "alice"),
+        ]
     finally:
         panel.stop()
 

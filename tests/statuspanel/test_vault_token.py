@@ -75,6 +75,9 @@ def test_the_panel_uses_its_vault_token_and_follows_a_rotation(
 
         new = secrets.token_urlsafe(24)
         openbao.write_token(path, new)
+        # Wait for the refresh in the panel's log, not by presenting the new token until it works: a
+        # wrong token is a failed credential, and the panel limits further failures with 429.
+        poll(lambda: "tokens changed in" in panel.output(), 15, what="the panel to see the rotation")
         with panel.client(new) as client:
             # Accepted by the panel, and presented by it to the gateway, within a refresh or two.
             response = poll(
