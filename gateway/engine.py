@@ -1,11 +1,14 @@
 """Reads through the Docker Engine API: fast, structured, one list call per ``ps``.
 
-Everything here is blocking (docker-py); the operations layer calls it from worker threads.
-Errors from docker-py and requests are translated into :mod:`gateway.errors` at this boundary.
+Everything here is blocking (docker-py), and the operations layer calls it from worker threads,
+except the ``*_async`` reads of ``ps``, which run on the event loop through
+:mod:`gateway.enginehttp` when the engine is a Unix socket. Errors from docker-py and requests are
+translated into :mod:`gateway.errors` at this boundary.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,6 +19,9 @@ from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from anyio import to_thread
+
+from .enginehttp import EngineHTTP, EngineRefused
 from .errors import EngineUnavailable, GatewayError
 from .models import ServiceStatus
 
@@ -145,6 +151,8 @@ class Engine:
         self._client_lock = threading.RLock()
         # container id -> (StartedAt as given, as epoch seconds); see started_at().
         self._started: dict[str, tuple[str, float]] = {}
+        unix = self.docker_host.startswith("unix://")
+        self._reader = EngineHTTP(self.docker_host[len("unix://") :], timeout=timeout) if unix else None
 
     @property
     def client(self) -> docker.APIClient:
@@ -251,6 +259,60 @@ class Engine:
             containers = self.client.containers(all=True, filters={"label": label})
         return [c for c in containers if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
 
+    async def _read_json(self, reader: EngineHTTP, path: str, query: dict[str, str] | None = None) -> Any:
+        """``GET`` on the event loop, in the connection's negotiated API version; None for a 404."""
+        client = self._client
+        # Negotiating is a blocking request, made once per connection.
+        version = client.api_version if client is not None else await to_thread.run_sync(lambda: self.api_version)
+        try:
+            return await reader.get_json(str(version), path, query, missing=None)
+        except EngineUnavailable:
+            self._disconnect()
+            raise
+        except EngineRefused as exc:
+            if exc.status == 400 and _VERSION_REFUSED in exc.reason:
+                self._disconnect()
+                raise EngineUnavailable(
+                    f"the Docker engine refused this connection's API version ({exc.reason}); "
+                    "it is negotiated again on the next call, so retry"
+                ) from exc
+            raise
+
+    async def project_containers_async(self, project: str | None = None) -> list[dict[str, Any]]:
+        """:meth:`project_containers` on the event loop (a worker thread for a TCP engine)."""
+        if self._reader is None:
+            return await to_thread.run_sync(self.project_containers, project)
+        label = f"{PROJECT_LABEL}={project}" if project else PROJECT_LABEL
+        containers = await self._read_json(
+            self._reader, "/containers/json", {"all": "1", "filters": json.dumps({"label": [label]})}
+        )
+        return [c for c in containers if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
+
+    async def started_at_async(self, container: dict[str, Any]) -> str | None:
+        """:meth:`started_at` on the event loop: a cached start time costs no request at all."""
+        bound = uptime_upper_bound(container.get("Status", ""))
+        if bound is None:
+            return None
+        cached = self._fresh_start(container["Id"], bound)
+        if cached is not None:
+            return cached
+        if self._reader is None:
+            return await to_thread.run_sync(self.started_at, container)
+        info = await self._read_json(self._reader, f"/containers/{container['Id']}/json")
+        return None if info is None else self._remember_start(container["Id"], str(info["State"]["StartedAt"]))
+
+    def _fresh_start(self, cid: str, bound: float) -> str | None:
+        cached = self._started.get(cid)
+        if cached is not None and time.time() - cached[1] <= bound + 0.5:
+            return cached[0]
+        return None
+
+    def _remember_start(self, cid: str, started: str) -> str:
+        self._started[cid] = (started, _parse_time(started))
+        if len(self._started) > 4096:
+            self._started.clear()
+        return started
+
     def started_at(self, container: dict[str, Any]) -> str | None:
         """When a running container started, inspecting it only when the cached value may be stale.
 
@@ -264,19 +326,15 @@ class Engine:
         if bound is None:
             return None
         cid = container["Id"]
-        cached = self._started.get(cid)
-        if cached is not None and time.time() - cached[1] <= bound + 0.5:
-            return cached[0]
+        cached = self._fresh_start(cid, bound)
+        if cached is not None:
+            return cached
         with self._translate():
             try:
                 raw = self.client.inspect_container(cid)["State"]["StartedAt"]
             except _not_found():
                 return None
-        started = str(raw)
-        self._started[cid] = (started, _parse_time(started))
-        if len(self._started) > 4096:
-            self._started.clear()
-        return started
+        return self._remember_start(cid, str(raw))
 
     def forget_start_times(self) -> None:
         """Drop cached start times: after a lifecycle action they may all be stale."""

@@ -125,7 +125,7 @@ class Reads:
         if await self._is_swarm(project, stack):
             services = await self._counted("ps", self.catalog.swarm.ps, project)
         else:
-            services = await self._counted("ps", self._ps_rows, project)
+            services = await self._ps_rows(project)
             if stack is None and not services:
                 services = await to_thread.run_sync(self.catalog.swarm.ps, project)
         if stack is None and not services:
@@ -143,12 +143,20 @@ class Reads:
         """A stack folder whose model asks for Swarm (folder-less stacks are found by their containers first)."""
         return stack is not None and (await self.catalog.target(stack)).target == "swarm"
 
-    def _ps_rows(self, project: str) -> list[ServiceStatus]:
-        rows = []
-        for container in self.engine.project_containers(project):
-            started = self.engine.started_at(container) if container.get("State") == "running" else None
-            rows.append(container_to_status(container, started))
-        return rows
+    async def _ps_rows(self, project: str) -> list[ServiceStatus]:
+        # On the event loop, not in a worker thread: this is most of ps, and the thread hop and
+        # docker-py cost several times the request itself (docs/performance.md).
+        ok = False
+        try:
+            rows = []
+            for container in await self.engine.project_containers_async(project):
+                running = container.get("State") == "running"
+                started = await self.engine.started_at_async(container) if running else None
+                rows.append(container_to_status(container, started))
+            ok = True
+            return rows
+        finally:
+            self.metrics.record_execution(self.plane, "ps", ok=ok)
 
     async def logs(
         self,

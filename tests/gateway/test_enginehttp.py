@@ -1,0 +1,115 @@
+"""The async Engine API reader that serves ps: against the real engine, and against a scripted peer.
+
+The scripted peer (a Unix socket the test serves) only isolates HTTP framing that the real engine
+chooses by itself (chunked or not) and a peer that never answers; the real engine is tested too.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import docker
+import pytest
+from anyio.abc import SocketStream
+
+from gateway.engine import Engine
+from gateway.enginehttp import EngineHTTP
+from gateway.errors import EngineUnavailable, GatewayError
+
+pytestmark = pytest.mark.anyio
+
+SOCKET = "/var/run/docker.sock"
+
+
+@pytest.mark.docker
+async def test_the_listing_is_the_one_docker_py_gets(docker_client: docker.DockerClient, busybox_image: str) -> None:
+    project = f"eh{secrets.token_hex(4)}"
+    labels = {"com.docker.compose.project": project, "com.docker.compose.service": "one"}
+    container = docker_client.containers.create(busybox_image, ["sleep", "60"], labels=labels)
+    try:
+        reader = EngineHTTP(SOCKET)
+        query = {"all": "1", "filters": json.dumps({"label": [f"com.docker.compose.project={project}"]})}
+        listed = await reader.get_json("1.41", "/containers/json", query)
+        expected = docker_client.api.containers(all=True, filters={"label": f"com.docker.compose.project={project}"})
+        assert [c["Id"] for c in listed] == [c["Id"] for c in expected] == [container.id]
+        assert listed[0]["Labels"] == expected[0]["Labels"]
+        rows = await Engine().project_containers_async(project)
+        assert [c["Id"] for c in rows] == [container.id]
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+async def test_a_missing_container_is_the_default_given_and_other_errors_keep_the_engines_words(
+    docker_client: docker.DockerClient,
+) -> None:
+    reader = EngineHTTP(SOCKET)
+    assert await reader.get_json("1.41", "/containers/nope-nope/json", missing=None) is None
+    with pytest.raises(GatewayError, match="404 No such container: nope-nope"):
+        await reader.get_json("1.41", "/containers/nope-nope/json")
+
+
+async def test_an_absent_socket_is_an_unavailable_engine_named_by_its_socket(tmp_path: Path) -> None:
+    reader = EngineHTTP(str(tmp_path / "docker.sock"))
+    with pytest.raises(EngineUnavailable, match=f"unix://{tmp_path}/docker.sock .*check that dockerd is running"):
+        await reader.get_json("1.41", "/containers/json")
+
+
+@asynccontextmanager
+async def scripted_engine(path: Path, answer: Callable[[SocketStream], object]) -> AsyncIterator[list[bytes]]:
+    """A Unix socket that reads one request and runs ``answer`` on the connection; yields the requests."""
+    requests: list[bytes] = []
+    listener = await anyio.create_unix_listener(path)
+
+    async def serve(stream: SocketStream) -> None:
+        async with stream:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            requests.append(data)
+            await answer(stream)  # type: ignore[misc]
+
+    async with anyio.create_task_group() as tg, listener:
+        tg.start_soon(listener.serve, serve)
+        yield requests
+        tg.cancel_scope.cancel()
+
+
+async def test_chunked_bodies_split_anywhere_are_read_whole(tmp_path: Path) -> None:
+    body = json.dumps([{"Id": f"c{n}", "Labels": {}} for n in range(200)]).encode()
+    chunks = [body[i : i + 700] for i in range(0, len(body), 700)]
+    wire = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire += b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks) + b"0\r\n\r\n"
+
+    async def answer(stream: SocketStream) -> None:
+        for start in range(0, len(wire), 333):  # boundaries fall inside sizes, CRLFs and data alike
+            await stream.send(wire[start : start + 333])
+
+    async with scripted_engine(tmp_path / "e.sock", answer) as requests:
+        listed = await EngineHTTP(str(tmp_path / "e.sock")).get_json("1.41", "/containers/json", {"all": "1"})
+    assert [c["Id"] for c in listed] == [f"c{n}" for n in range(200)]
+    assert requests[0].startswith(b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\n")
+
+
+async def test_a_length_delimited_body_and_an_error_status_are_read(tmp_path: Path) -> None:
+    async def answer(stream: SocketStream) -> None:
+        message = b'{"message":"client version 1.41 is too old"}'
+        await stream.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(message) + message)
+
+    async with scripted_engine(tmp_path / "e.sock", answer):
+        with pytest.raises(GatewayError, match="400 client version 1.41 is too old"):
+            await EngineHTTP(str(tmp_path / "e.sock")).get_json("1.41", "/containers/json")
+
+
+async def test_an_engine_that_never_answers_is_unavailable_after_the_timeout(tmp_path: Path) -> None:
+    async def answer(stream: SocketStream) -> None:
+        await anyio.sleep_forever()
+
+    async with scripted_engine(tmp_path / "e.sock", answer):
+        with anyio.fail_after(10), pytest.raises(EngineUnavailable, match="no answer within 0.3 s"):
+            await EngineHTTP(str(tmp_path / "e.sock"), timeout=0.3).get_json("1.41", "/containers/json")
