@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -137,12 +138,18 @@ def _self_project(settings: Settings, ops: ComposeOperations) -> str | None:
     return ops.engine.own_project(socket.gethostname())
 
 
+def _own_command() -> str:
+    """This console script's absolute path: a venv's bin folder is rarely on an MCP client's PATH."""
+    beside_python = shutil.which("compose-agent", path=str(Path(sys.executable).parent))
+    return str(Path(beside_python).absolute()) if beside_python else "compose-agent"
+
+
 def _client_config(settings: Settings, args: argparse.Namespace, token: str) -> str:
     stacks = str(settings.stacks_dir.resolve())
     stdio = {
         "mcpServers": {
             "compose-agent": {
-                "command": "compose-agent",
+                "command": _own_command(),
                 "args": ["serve", "--transport", "stdio", "--stacks-dir", stacks],
             }
         }
