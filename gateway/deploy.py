@@ -60,6 +60,7 @@ class Deployer:
         env: Mapping[str, str] | None = None,
         wait: bool = False,
         caller: str = "local",
+        on_behalf_of: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> DeployResult:
         """Validate, guard, keep as the next version, write atomically, then ``up``."""
@@ -73,7 +74,7 @@ class Deployer:
                 arguments["env_names"] = sorted(new_env)
             self._refuse_self(project, "deploy")
         except GatewayError as exc:
-            self.lifecycle.audit_refusal("deploy", arguments, caller, str(exc))
+            self.lifecycle.audit_refusal("deploy", arguments, caller, str(exc), on_behalf_of=on_behalf_of)
             raise
         env_bytes = None if new_env is None else render_env(new_env)
         return await self._apply(
@@ -86,6 +87,7 @@ class Deployer:
             arguments=arguments,
             wait=wait,
             caller=caller,
+            on_behalf_of=on_behalf_of,
             progress=progress,
             env_names=sorted(new_env) if new_env is not None else None,
         )
@@ -97,9 +99,13 @@ class Deployer:
         *,
         wait: bool = False,
         caller: str = "local",
+        on_behalf_of: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> DeployResult:
-        """Bring back the version before the one on disk, or ``version``, and bring it up."""
+        """Bring back the version before the one on disk, or ``version``, and bring it up.
+
+        ``on_behalf_of`` is the person the caller acts for (the panel's user), for the audit lines.
+        """
         arguments: dict[str, Any] = {"project": str(project)[:100], "version": version}
         try:
             validate_project_name(project)
@@ -109,7 +115,7 @@ class Deployer:
             target = await to_thread.run_sync(self.store.rollback_target, project, version)
             snapshot = await to_thread.run_sync(self.store.read, project, target)
         except GatewayError as exc:
-            self.lifecycle.audit_refusal("rollback", arguments, caller, str(exc))
+            self.lifecycle.audit_refusal("rollback", arguments, caller, str(exc), on_behalf_of=on_behalf_of)
             raise
         arguments.update(version=target, sha256=snapshot.sha256)
         return await self._apply(
@@ -122,6 +128,7 @@ class Deployer:
             arguments=arguments,
             wait=wait,
             caller=caller,
+            on_behalf_of=on_behalf_of,
             progress=progress,
             env_names=None,
         )
@@ -145,6 +152,7 @@ class Deployer:
         arguments: dict[str, Any],
         wait: bool,
         caller: str,
+        on_behalf_of: str | None,
         progress: ProgressCallback | None,
         env_names: list[str] | None,
     ) -> DeployResult:
@@ -178,6 +186,7 @@ class Deployer:
                             control_plane=self.lifecycle.plane.value,
                             tool=tool,
                             arguments=arguments,
+                            on_behalf_of=on_behalf_of,
                         )
                     )
                 with running.track(what) as stopped:
@@ -210,7 +219,7 @@ class Deployer:
                 with anyio.CancelScope(shield=True):
                     await to_thread.run_sync(partial(audit.outcome, intent, outcome=outcome, error=error))
             elif outcome == "refused" and error is not None:
-                self.lifecycle.audit_refusal(tool, arguments, caller, error)
+                self.lifecycle.audit_refusal(tool, arguments, caller, error, on_behalf_of=on_behalf_of)
         return DeployResult(
             project=project,
             action="deploy" if tool == "deploy" else "rollback",

@@ -122,7 +122,13 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         arguments = {"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}
         await settle(ctx, "deploy", arguments, pending, answer, confirm, audit_arguments=shown)
         return await deployer.deploy(
-            project, compose_yaml, env=env, wait=wait, caller=who.name, progress=kit.progress(ctx)
+            project,
+            compose_yaml,
+            env=env,
+            wait=wait,
+            caller=who.name,
+            on_behalf_of=kit.acting_for(ctx),
+            progress=kit.progress(ctx),
         )
 
     @mcp.tool(
@@ -146,4 +152,6 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         arguments = {"project": project, "version": version, "wait": wait}
         who = kit.authorize(ctx, "rollback", arguments)
         await settle(ctx, "rollback", arguments, pending, answer, confirm)
-        return await deployer.rollback(project, version, wait=wait, caller=who.name, progress=kit.progress(ctx))
+        return await deployer.rollback(
+            project, version, wait=wait, caller=who.name, on_behalf_of=kit.acting_for(ctx), progress=kit.progress(ctx)
+        )

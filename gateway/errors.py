@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERROR_META_KEY",
+    "CONFIRM_META_KEY",
     "GatewayError",
     "InvalidInput",
     "StackNotFound",
@@ -33,6 +34,8 @@ __all__ = [
 
 # The key under which an error result's ``_meta`` carries the error's kind, e.g. ``stack_not_found``.
 ERROR_META_KEY = "compose-agent/error"
+# Where a confirmation_required result carries its token, so a program need not parse the text.
+CONFIRM_META_KEY = "compose-agent/confirm"
 
 
 class GatewayError(Exception):

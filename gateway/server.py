@@ -25,7 +25,7 @@ from .completion import register_completion
 from .confirm import Confirmations
 from .dashboard import stack_app
 from .deploy_tools import register_deploy_reads, register_deploy_tools
-from .errors import ERROR_META_KEY, GatewayError, InvalidInput, PolicyViolation
+from .errors import CONFIRM_META_KEY, ERROR_META_KEY, ConfirmationRequired, GatewayError, InvalidInput, PolicyViolation
 from .notify import Notifier
 from .operations import ComposeOperations
 from .prompts import register_prompts
@@ -132,12 +132,14 @@ def describe_invalid_arguments(tool: str, error: ValidationError) -> str:
 
 
 def error_result(exc: GatewayError) -> CallToolResult:
-    """A failed call: the message for people and agents as text; its kind for programs in ``_meta``."""
-    return CallToolResult(
-        content=[TextContent(type="text", text=str(exc))],
-        is_error=True,
-        _meta={ERROR_META_KEY: exc.kind},
-    )
+    """A failed call: the message for people and agents as text; its kind for programs in ``_meta``.
+
+    A call that needs confirming also carries its token there, beside the ``confirm="..."`` in the text.
+    """
+    meta: dict[str, Any] = {ERROR_META_KEY: exc.kind}
+    if isinstance(exc, ConfirmationRequired):
+        meta[CONFIRM_META_KEY] = exc.token
+    return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True, _meta=meta)
 
 
 def build_server(

@@ -10,7 +10,7 @@ import pytest
 from mcp import Client
 
 from gateway.audit import ON_BEHALF_OF_META_KEY, on_behalf_of_meta
-from gateway.errors import ERROR_META_KEY
+from gateway.errors import CONFIRM_META_KEY, ERROR_META_KEY
 from gateway.operations import ComposeOperations
 from gateway.server import build_server
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
@@ -198,3 +198,17 @@ async def test_the_person_named_in_meta_is_in_the_audit_lines_and_a_malformed_na
         ("outcome", "refused", None),
     ]
     assert all(r["caller"] == "local" for r in stops)
+
+
+async def test_a_call_that_needs_confirming_carries_its_token_in_meta_as_in_its_text(
+    ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    async with Client(build_server(ops, confirm=["down"])) as client:
+        first = await client.call_tool("down", {"project": name})
+        meta = first.meta or {}
+        assert first.is_error and meta.get(ERROR_META_KEY) == "confirmation_required"
+        token = meta.get(CONFIRM_META_KEY)
+        assert isinstance(token, str) and f'confirm="{token}"' in first.content[0].text  # type: ignore[union-attr]
+        done = await client.call_tool("down", {"project": name, "confirm": token})
+    assert not done.is_error, done.content
