@@ -11,10 +11,27 @@ from .audit import ON_BEHALF_OF_META_KEY, AuditLog, on_behalf_of_meta
 from .auth import READ_TOOLS, STATUS_PANEL, TokenStore
 from .backoff import Backoff
 from .config import Settings, load_settings, parse_bool
-from .errors import ERROR_META_KEY, GatewayError, InvalidInput
+from .errors import CONFIRM_META_KEY, ERROR_META_KEY, ConfirmationRequired, GatewayError, InvalidInput
 from .logs import DEFAULT_TAIL, MAX_TAIL, SINCE_HELP, compile_grep, parse_since, validate_tail
 from .metrics import CommandExecutionMetrics, ControlPlane
-from .models import Action, ActionResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList
+from .models import (
+    Action,
+    ActionResult,
+    DeployResult,
+    DownRisk,
+    LogsResult,
+    PlanAction,
+    PlanResult,
+    PsResult,
+    ServiceStatus,
+    StackInfo,
+    StackList,
+    Verdict,
+    VersionInfo,
+    VersionList,
+    Violation,
+    VolumeRisk,
+)
 from .operations import SERVICE_ACTIONS, ComposeOperations, ServiceAction
 from .ratelimit import FailureLimiter, client_key
 from .stacks import validate_project_name, validate_services
@@ -28,6 +45,17 @@ from .tokens import (
 )
 
 __all__ = [
+    "DownRisk",
+    "PlanAction",
+    "Verdict",
+    "VersionInfo",
+    "Violation",
+    "VolumeRisk",
+    "DeployResult",
+    "PlanResult",
+    "VersionList",
+    "CONFIRM_META_KEY",
+    "ConfirmationRequired",
     "on_behalf_of_meta",
     "ON_BEHALF_OF_META_KEY",
     "client_key",

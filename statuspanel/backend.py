@@ -18,15 +18,19 @@ from gateway.api import (
     Action,
     ActionResult,
     CommandExecutionMetrics,
+    ConfirmationRequired,
     ControlPlane,
+    DeployResult,
     GatewayError,
     LogsResult,
+    PlanResult,
     PsResult,
     StackList,
+    VersionList,
 )
 
 from .client import GatewayClient
-from .errors import PanelError, for_kind
+from .errors import ConfirmationNeeded, PanelError, for_kind
 
 if TYPE_CHECKING:  # importing the operations pulls in docker-py, which normal mode must not need
     from gateway.api import AuditLog, ComposeOperations
@@ -62,8 +66,26 @@ class Backend(Protocol):
         services: list[str] | None = None,
         volumes: bool = False,
         on_behalf_of: str | None = None,
+        confirm: str | None = None,
     ) -> ActionResult:
-        """Run ``action``; ``on_behalf_of`` is the person logged in, for the audit line."""
+        """Run ``action``; ``on_behalf_of`` is the person logged in, for the audit line.
+
+        ``confirm`` is the token of a confirmation the gateway asked for (``policy.confirm``).
+        """
+        ...
+
+    async def plan(self, project: str) -> PlanResult:
+        """What ``up`` would do now, and what ``down`` would remove. Changes nothing."""
+        ...
+
+    async def versions(self, project: str) -> VersionList:
+        """The kept versions of the stack's compose file."""
+        ...
+
+    async def rollback(
+        self, project: str, version: int | None, *, on_behalf_of: str | None = None, confirm: str | None = None
+    ) -> DeployResult:
+        """Bring back an earlier version (the previous one without ``version``) and bring it up."""
         ...
 
     async def compose_agent_status(self) -> str:
@@ -150,10 +172,23 @@ class GatewayBackend:
         services: list[str] | None = None,
         volumes: bool = False,
         on_behalf_of: str | None = None,
+        confirm: str | None = None,
     ) -> ActionResult:
-        arguments = _action_args(project, action, services, volumes)
+        arguments = {**_action_args(project, action, services, volumes), "confirm": confirm}
         payload = await self.client.call(action, arguments, on_behalf_of=on_behalf_of)
         return ActionResult.model_validate(payload)
+
+    async def plan(self, project: str) -> PlanResult:
+        return PlanResult.model_validate(await self.client.call("plan", {"project": project}))
+
+    async def versions(self, project: str) -> VersionList:
+        return VersionList.model_validate(await self.client.call("versions", {"project": project}))
+
+    async def rollback(
+        self, project: str, version: int | None, *, on_behalf_of: str | None = None, confirm: str | None = None
+    ) -> DeployResult:
+        arguments = {"project": project, "version": version, "confirm": confirm}
+        return DeployResult.model_validate(await self.client.call("rollback", arguments, on_behalf_of=on_behalf_of))
 
     async def _get(self, path: str) -> httpx2.Response | None:
         if self._http is None:
@@ -186,6 +221,8 @@ class GatewayBackend:
 
 def translate(exc: GatewayError) -> PanelError:
     """Map the gateway's error hierarchy onto HTTP-shaped panel errors, by the error's kind."""
+    if isinstance(exc, ConfirmationRequired):
+        return ConfirmationNeeded(str(exc), exc.token)
     return for_kind(exc.kind, str(exc))
 
 
@@ -239,7 +276,10 @@ class LegacyBackend:
         services: list[str] | None = None,
         volumes: bool = False,
         on_behalf_of: str | None = None,
+        confirm: str | None = None,
     ) -> ActionResult:
+        # No confirmation tokens here: policy.confirm governs the gateway's tools, and in legacy mode
+        # the panel's own dialog, which shows the plan, is the confirmation.
         ops, caller = self.operations, self.caller
         try:
             if action == "down":
@@ -248,6 +288,28 @@ class LegacyBackend:
                 return await ops.up(project, services=services or None, caller=caller, on_behalf_of=on_behalf_of)
             return await ops.service_action(
                 action, project, services=services or None, caller=caller, on_behalf_of=on_behalf_of
+            )
+        except GatewayError as exc:
+            raise translate(exc) from exc
+
+    async def plan(self, project: str) -> PlanResult:
+        try:
+            return await self.operations.planner.plan(project)
+        except GatewayError as exc:
+            raise translate(exc) from exc
+
+    async def versions(self, project: str) -> VersionList:
+        try:
+            return await self.operations.planner.versions(project)
+        except GatewayError as exc:
+            raise translate(exc) from exc
+
+    async def rollback(
+        self, project: str, version: int | None, *, on_behalf_of: str | None = None, confirm: str | None = None
+    ) -> DeployResult:
+        try:
+            return await self.operations.deployer.rollback(
+                project, version, caller=self.caller, on_behalf_of=on_behalf_of
             )
         except GatewayError as exc:
             raise translate(exc) from exc

@@ -21,9 +21,19 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, RequestParamsMeta, TextContent
 
-from gateway.api import ERROR_META_KEY, READ_TOOLS, Backoff, on_behalf_of_meta
+from gateway.api import CONFIRM_META_KEY, ERROR_META_KEY, READ_TOOLS, Backoff, on_behalf_of_meta
 
-from .errors import ActionFailed, BadRequest, EngineDown, Forbidden, GatewayUnavailable, NotFound, PanelError, for_kind
+from .errors import (
+    ActionFailed,
+    BadRequest,
+    ConfirmationNeeded,
+    EngineDown,
+    Forbidden,
+    GatewayUnavailable,
+    NotFound,
+    PanelError,
+    for_kind,
+)
 
 __all__ = ["GatewayClient", "gateway_base_url", "classify_tool_error", "classify_tool_result"]
 
@@ -41,7 +51,11 @@ def gateway_base_url(mcp_url: str) -> str:
 def classify_tool_result(result: CallToolResult) -> PanelError:
     """The panel error, with the right HTTP status, for a tool's error result."""
     message = _error_text(result)
-    kind = (result.meta or {}).get(ERROR_META_KEY)
+    meta = result.meta or {}
+    kind = meta.get(ERROR_META_KEY)
+    if kind == "confirmation_required":
+        token = meta.get(CONFIRM_META_KEY)
+        return ConfirmationNeeded(message, token if isinstance(token, str) else None)
     if isinstance(kind, str):
         return for_kind(kind, message)
     return classify_tool_error(message)

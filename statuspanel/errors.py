@@ -16,6 +16,8 @@ __all__ = [
     "ActionFailed",
     "GatewayUnavailable",
     "EngineDown",
+    "ConfirmationNeeded",
+    "TryLater",
 ]
 
 
@@ -80,6 +82,28 @@ class EngineDown(PanelError):
         return {"error": "docker engine unavailable", "detail": self.message}
 
 
+class TryLater(PanelError):
+    """The gateway refused for now (its audit cannot be written, or it is stopping); nothing ran."""
+
+    status_code = 503
+
+
+class ConfirmationNeeded(PanelError):
+    """The operator's ``policy.confirm`` asks for this call to be confirmed; nothing was changed.
+
+    The message holds the gateway's plan; the same request with ``confirm`` set to ``token`` acts.
+    """
+
+    status_code = 409
+
+    def __init__(self, message: str, token: str | None) -> None:
+        super().__init__(message)
+        self.token = token
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": self.message, "confirmation_required": True, "confirm": self.token}
+
+
 # The gateway's error kinds (``GatewayError.kind``). A tool result carries the kind as
 # ``structured_content["error"]``; legacy mode reads it off the exception. One table for both.
 _BY_KIND: dict[str, type[PanelError]] = {
@@ -89,6 +113,9 @@ _BY_KIND: dict[str, type[PanelError]] = {
     "compose_failed": ActionFailed,
     "compose_not_found": EngineDown,
     "engine_unavailable": EngineDown,
+    # The gateway cannot write its audit, or is stopping: nothing ran, and trying later may work.
+    "audit_unavailable": TryLater,
+    "shutting_down": TryLater,
 }
 
 

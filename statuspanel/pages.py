@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -12,44 +10,18 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import PsResult, StackInfo
+from gateway.api import StackInfo
 
 from . import __version__
-from .app import ACTIONS, PanelState, panel, validate_project
 from .auth import client_of
 from .csrf import csrf_ok, csrf_token
 from .errors import BadRequest, GatewayUnavailable, PanelError
 from .sessions import LoginMethod
+from .state import ACTIONS, PanelState, panel
+from .validation import validate_project
+from .views import stack_card, version_rows
 
-__all__ = ["routes", "humanize_uptime"]
-
-_FRACTION_RE = re.compile(r"(\.\d{1,6})\d*")
-
-
-def humanize_uptime(started_at: str | None, now: datetime | None = None) -> str:
-    """``2026-11-26T21:00:00.123456789Z`` -> ``3h 12m``; empty when unknown."""
-    if not started_at or started_at.startswith("0001-"):
-        return ""
-    try:
-        # The engine gives nanoseconds; datetime takes at most microseconds.
-        started = datetime.fromisoformat(_FRACTION_RE.sub(r"\1", started_at).replace("Z", "+00:00"))
-    except ValueError:
-        return ""
-    if started.tzinfo is None:
-        started = started.replace(tzinfo=UTC)
-    seconds = int(((now or datetime.now(UTC)) - started).total_seconds())
-    if seconds < 0:
-        return "just now"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    if minutes:
-        return f"{minutes}m {secs}s"
-    return f"{secs}s"
+__all__ = ["routes"]
 
 
 async def _watchdog_status(state: PanelState) -> dict[str, Any] | None:
@@ -96,7 +68,7 @@ async def _dashboard_context(request: Request) -> dict[str, Any]:
         async with anyio.create_task_group() as tg:
             for card in cards:
                 tg.start_soon(load_ps, card)
-        out["stacks"] = [_card_view(card) for card in cards]
+        out["stacks"] = [stack_card(card["info"], card["ps"], card["error"]) for card in cards]
 
     async def load_agent() -> None:
         out["agent"] = await backend.compose_agent_status()
@@ -115,46 +87,6 @@ async def _dashboard_context(request: Request) -> dict[str, Any]:
     out["legacy"] = backend.legacy
     out["control_plane"] = backend.control_plane.value
     return out
-
-
-def _card_view(card: dict[str, Any]) -> dict[str, Any]:
-    info: StackInfo = card["info"]
-    ps: PsResult | None = card["ps"]
-    services = []
-    for svc in ps.services if ps else []:
-        services.append(
-            {
-                "service": svc.service,
-                "container": svc.container,
-                "state": svc.state,
-                "health": svc.health,
-                "exit_code": svc.exit_code,
-                "ports": svc.ports,
-                "image": svc.image,
-                "uptime": humanize_uptime(svc.started_at) if svc.state == "running" else "",
-            }
-        )
-    running = sum(1 for s in services if s["state"] == "running")
-    total = len(services) if ps else info.containers
-    if ps is None:
-        overall = "unknown"
-    elif total and running == total:
-        overall = "running"
-    elif running:
-        overall = "partial"
-    else:
-        overall = "stopped"
-    return {
-        "name": info.name,
-        "external": info.external,
-        # The policy guard's verdict: the stack shows a badge when `up` would be refused.
-        "policy": info.policy,
-        "services": services,
-        "running": running if ps else info.running,
-        "total": total,
-        "overall": overall,
-        "error": card["error"],
-    }
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
@@ -178,6 +110,62 @@ async def dashboard(request: Request) -> Response:
 async def dashboard_fragment(request: Request) -> Response:
     """The dashboard's live part, which the page fetches every few seconds and after each action."""
     return _page(request, "_dashboard.html", await _dashboard_context(request))
+
+
+async def _stack_context(request: Request, project: str) -> dict[str, Any]:
+    """One stack: its card (as on the dashboard) and its kept versions."""
+    backend = panel(request).backend
+    out: dict[str, Any] = {"project": project, "stack": None, "versions": [], "versions_error": None}
+    out.update(error=None, unavailable=None)
+    found: dict[str, Any] = {"info": None, "ps": None, "error": None}
+
+    async def load_info() -> None:
+        try:
+            listing = await backend.list_stacks()
+        except PanelError as exc:
+            found["error"] = exc.message
+            return
+        found["info"] = next((info for info in listing.stacks if info.name == project), None)
+
+    async def load_ps() -> None:
+        try:
+            found["ps"] = await backend.ps(project)
+        except PanelError as exc:
+            found["error"] = exc.message
+
+    async def load_versions() -> None:
+        try:
+            out["versions"] = version_rows(await backend.versions(project))
+        except PanelError as exc:
+            out["versions_error"] = exc.message
+
+    async with anyio.create_task_group() as tg:
+        for job in (load_info, load_ps, load_versions):
+            tg.start_soon(job)
+    if found["info"] is None:
+        out["error"] = found["error"] or f"stack '{project}' not found"
+        return out
+    out["stack"] = stack_card(found["info"], found["ps"], found["error"])
+    return out
+
+
+async def stack_page(request: Request) -> Response:
+    """A stack's page: its services, its actions, and its kept versions with a rollback button each."""
+    try:
+        project = validate_project(request.path_params["project"])
+    except BadRequest as exc:
+        return _page(request, "error.html", {"message": exc.message}, status_code=400)
+    context = await _stack_context(request, project)
+    return _page(request, "stack.html", context, status_code=404 if context["stack"] is None else 200)
+
+
+async def stack_fragment(request: Request) -> Response:
+    """The stack page's live part, fetched every few seconds and after each action."""
+    try:
+        project = validate_project(request.path_params["project"])
+    except BadRequest as exc:
+        return _page(request, "error.html", {"message": exc.message}, status_code=400)
+    return _page(request, "_stack.html", await _stack_context(request, project))
 
 
 async def logs_page(request: Request) -> Response:
@@ -251,6 +239,8 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/", dashboard),
         Route("/ui/dashboard", dashboard_fragment),
+        Route("/stacks/{project}", stack_page),
+        Route("/ui/stacks/{project}", stack_fragment),
         Route("/stacks/{project}/logs", logs_page),
         Route("/login", login, methods=["GET", "POST"]),
         Route("/logout", logout, methods=["POST"]),

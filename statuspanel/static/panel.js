@@ -74,7 +74,8 @@
   var refreshing = false;
 
   function keyOf(button) {
-    return [button.dataset.project, button.dataset.service || "", button.dataset.action].join("|");
+    var what = button.dataset.rollback ? "rollback:" + button.dataset.rollback : button.dataset.action;
+    return [button.dataset.project, button.dataset.service || "", what].join("|");
   }
 
   var filter = document.getElementById("stack-filter");
@@ -99,7 +100,7 @@
   function applyPending() {
     applyFilter();
     if (!dashboard) return;
-    dashboard.querySelectorAll("[data-action]").forEach(function (button) {
+    dashboard.querySelectorAll("[data-action], [data-rollback]").forEach(function (button) {
       var busy = !!pending[keyOf(button)];
       button.classList.toggle("busy", busy);
       button.setAttribute("aria-busy", busy ? "true" : "false");
@@ -113,11 +114,18 @@
     try {
       var response = await fetch(dashboard.dataset.refresh, { credentials: "same-origin", headers: { "Accept": "text/html" } });
       if (response.redirected && response.url.indexOf("/login") !== -1) {
-        window.location.assign("/login?next=/");
+        window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
         return;
       }
       if (response.ok) {
+        // Disclosures a person opened stay open across the refresh.
+        var open = Array.prototype.map.call(dashboard.querySelectorAll("details[open][data-testid]"),
+          function (d) { return d.dataset.testid; });
         dashboard.innerHTML = await response.text();
+        open.forEach(function (id) {
+          var again = dashboard.querySelector('details[data-testid="' + CSS.escape(id) + '"]');
+          if (again) again.open = true;
+        });
         applyPending();
       }
     } catch (e) {
@@ -127,28 +135,135 @@
     }
   }
 
-  async function runAction(button, extra) {
-    var project = button.dataset.project;
-    var service = button.dataset.service;
-    var action = button.dataset.action;
-    var key = keyOf(button);
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+
+  // ---- plans: what up would do, what down would take ----------------------------------------
+  var ACTION_TONE = { create: "ok", recreate: "warn", start: "ok", remove: "bad", unchanged: "muted" };
+
+  function violationText(v) {
+    var where = v.service ? "service '" + v.service + "'" : "the stack";
+    return v.rule + ": " + where + ": " + v.value + " (the operator can allow it with " + v.allow + ")";
+  }
+
+  function renderPlan(box, plan, kind) {
+    box.textContent = "";
+    if (kind === "up") {
+      if (plan.policy && !plan.policy.allowed) {
+        var refused = el("div", "plan-refused");
+        refused.setAttribute("data-testid", "plan-refused");
+        refused.appendChild(el("strong", null, "The policy guard refuses this stack: up will change nothing."));
+        var reasons = el("ul");
+        (plan.policy.violations || []).forEach(function (v) { reasons.appendChild(el("li", null, violationText(v))); });
+        if (plan.policy.error) reasons.appendChild(el("li", null, plan.policy.error));
+        refused.appendChild(reasons);
+        box.appendChild(refused);
+      }
+      var list = el("ul", "plan-list");
+      (plan.actions || []).forEach(function (a) {
+        var item = el("li");
+        item.setAttribute("data-testid", "plan-action-" + a.service);
+        item.appendChild(el("span", "svc-name", a.service));
+        item.appendChild(el("span", "badge badge-" + (ACTION_TONE[a.action] || "muted"), a.action));
+        item.appendChild(el("span", "plan-reason", a.reason));
+        list.appendChild(item);
+      });
+      if (!list.children.length) list.appendChild(el("li", "plan-note", "No services."));
+      box.appendChild(list);
+    } else {
+      var down = plan.down || { containers: [], volumes: [] };
+      box.appendChild(el("div", "plan-heading", down.containers.length
+        ? "Removes " + down.containers.length + " container" + (down.containers.length === 1 ? "" : "s") + ":"
+        : "No containers to remove."));
+      var containers = el("ul", "plan-list");
+      down.containers.forEach(function (name) { containers.appendChild(el("li", "mono small", name)); });
+      box.appendChild(containers);
+      if (down.volumes.length) {
+        box.appendChild(el("div", "plan-heading", "Volumes:"));
+        var volumes = el("ul", "plan-list");
+        down.volumes.forEach(function (v) {
+          var item = el("li");
+          item.setAttribute("data-testid", "plan-volume-" + v.name);
+          item.appendChild(el("span", "mono small", v.name));
+          item.appendChild(el("span", "plan-reason", v.removed_by_down_volumes
+            ? "kept, unless you tick the box below: then it and its data are deleted"
+            : "kept either way (" + v.kind + ")"));
+          volumes.appendChild(item);
+        });
+        box.appendChild(volumes);
+      }
+    }
+    (plan.warnings || []).forEach(function (w) { box.appendChild(el("div", "plan-note", w)); });
+  }
+
+  async function loadPlan(box, project, kind) {
+    box.textContent = "Asking the compose-agent for a plan\u2026";
+    box.setAttribute("data-state", "loading");
+    try {
+      var response = await fetch("/api/v1/stacks/" + encodeURIComponent(project) + "/plan",
+        { credentials: "same-origin", headers: { "Accept": "application/json" } });
+      var payload = await readJson(response);
+      if (box.dataset.project !== project) return; // the dialog moved on to another stack
+      if (response.ok && payload) {
+        renderPlan(box, payload, kind);
+      } else {
+        box.textContent = "";
+        box.appendChild(el("div", "plan-note", "No plan: " + errorText(payload, response)));
+      }
+    } catch (e) {
+      box.textContent = "No plan: the status panel did not answer.";
+    } finally {
+      box.setAttribute("data-state", "done");
+    }
+  }
+
+  // ---- sending actions -----------------------------------------------------------------------
+  var gatewayDialog = document.getElementById("confirm-gateway");
+  var gatewayRetry = null;
+
+  if (gatewayDialog) {
+    gatewayDialog.addEventListener("close", function () {
+      var retry = gatewayRetry;
+      gatewayRetry = null;
+      if (gatewayDialog.returnValue === "confirm" && retry) retry();
+    });
+  }
+
+  // The operator's policy.confirm: show the compose-agent's own plan, and send its token if confirmed.
+  function askGateway(payload, retry) {
+    if (!gatewayDialog || typeof gatewayDialog.showModal !== "function") return false;
+    gatewayRetry = retry;
+    gatewayDialog.returnValue = "";
+    gatewayDialog.querySelector("[data-gateway-plan]").textContent = payload.error || "";
+    gatewayDialog.showModal();
+    gatewayDialog.querySelector('[value="cancel"]').focus();
+    return true;
+  }
+
+  async function send(key, url, body, label, button) {
     if (pending[key]) return;
-    var body = {};
-    if (service) body.services = [service];
-    if (extra) Object.assign(body, extra);
-    var label = action + " " + project + (service ? "/" + service : "");
     pending[key] = true;
     applyPending();
     var note = toast("pending", label + "\u2026", null);
     try {
-      var response = await post("/api/v1/stacks/" + encodeURIComponent(project) + "/" + action, body);
+      var response = await post(url, body);
       var payload = await readJson(response);
       if (note) note.remove();
-      if (response.ok && payload && payload.ok) {
+      if (response.ok && payload && (payload.ok || payload.action === "rollback")) {
         var secs = (payload.duration_ms / 1000).toFixed(1);
         toast("ok", label + " \u2014 done in " + secs + " s", payload.message || null);
       } else if (response.status === 401) {
-        window.location.assign("/login?next=/");
+        window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
+      } else if (response.status === 409 && payload && payload.confirmation_required && payload.confirm) {
+        var token = payload.confirm;
+        var asked = askGateway(payload, function () {
+          send(key, url, Object.assign({}, body, { confirm: token }), label, button);
+        });
+        if (!asked) toast("bad", label + " \u2014 needs confirmation", errorText(payload, response));
       } else {
         toast("bad", label + " \u2014 failed", errorText(payload, response));
       }
@@ -162,33 +277,78 @@
     }
   }
 
-  var dialog = document.getElementById("confirm-down");
+  function runAction(button, extra) {
+    var project = button.dataset.project;
+    var service = button.dataset.service;
+    var action = button.dataset.action;
+    var body = {};
+    if (service) body.services = [service];
+    if (extra) Object.assign(body, extra);
+    var label = action + " " + project + (service ? "/" + service : "");
+    var url = "/api/v1/stacks/" + encodeURIComponent(project) + "/" + action;
+    return send(keyOf(button), url, body, label, button);
+  }
+
+  function runRollback(button) {
+    var project = button.dataset.project;
+    var version = parseInt(button.dataset.rollback, 10);
+    var url = "/api/v1/stacks/" + encodeURIComponent(project) + "/rollback";
+    return send(keyOf(button), url, { version: version }, "roll back " + project + " to v" + version, button);
+  }
+
+  // ---- the confirmation dialogs --------------------------------------------------------------
+  var dialogs = {
+    up: document.getElementById("confirm-up"),
+    down: document.getElementById("confirm-down"),
+    rollback: document.getElementById("confirm-rollback"),
+  };
   var dialogButton = null;
 
-  if (dialog) {
+  Object.keys(dialogs).forEach(function (kind) {
+    var dialog = dialogs[kind];
+    if (!dialog) return;
     dialog.addEventListener("close", function () {
       var button = dialogButton;
       dialogButton = null;
-      if (dialog.returnValue === "confirm" && button) {
-        var volumes = dialog.querySelector('input[name="volumes"]').checked;
-        runAction(button, { volumes: volumes });
-      }
+      if (dialog.returnValue !== "confirm" || !button) return;
+      if (kind === "down") runAction(button, { volumes: dialog.querySelector('input[name="volumes"]').checked });
+      else if (kind === "rollback") runRollback(button);
+      else runAction(button, null);
     });
+  });
+
+  function openDialog(kind, button) {
+    var dialog = dialogs[kind];
+    if (!dialog || typeof dialog.showModal !== "function") return false;
+    dialogButton = button;
+    dialog.returnValue = "";
+    dialog.querySelector("[data-confirm-project]").textContent = button.dataset.project;
+    var version = dialog.querySelector("[data-confirm-version]");
+    if (version) version.textContent = button.dataset.rollback;
+    var volumes = dialog.querySelector('input[name="volumes"]');
+    if (volumes) volumes.checked = false;
+    var box = dialog.querySelector("[data-plan]");
+    if (box) {
+      box.dataset.project = button.dataset.project;
+      loadPlan(box, button.dataset.project, kind);
+    }
+    dialog.showModal();
+    dialog.querySelector('[value="cancel"]').focus();
+    return true;
   }
 
   if (dashboard) {
     dashboard.addEventListener("click", function (event) {
-      var button = event.target.closest("button[data-action]");
-      if (!button || button.disabled) return;
-      if (button.dataset.action === "down" && dialog && typeof dialog.showModal === "function") {
-        dialogButton = button;
-        dialog.returnValue = "";
-        dialog.querySelector("[data-confirm-project]").textContent = button.dataset.project;
-        dialog.querySelector('input[name="volumes"]').checked = false;
-        dialog.showModal();
-        dialog.querySelector('[value="cancel"]').focus();
+      var rollback = event.target.closest("button[data-rollback]");
+      if (rollback && !rollback.disabled) {
+        if (!openDialog("rollback", rollback)) runRollback(rollback);
         return;
       }
+      var button = event.target.closest("button[data-action]");
+      if (!button || button.disabled) return;
+      var action = button.dataset.action;
+      // The whole stack's up and down show the plan first; a single service's buttons act at once.
+      if ((action === "down" || action === "up") && !button.dataset.service && openDialog(action, button)) return;
       runAction(button, null);
     });
     applyFilter();

@@ -6,6 +6,7 @@ behaviour that involves the gateway is also tested through a real ``compose-agen
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -27,15 +28,23 @@ from gateway.api import (
     ActionResult,
     CommandExecutionMetrics,
     ControlPlane,
+    DeployResult,
+    DownRisk,
     LogsResult,
+    PlanAction,
+    PlanResult,
     PsResult,
     ServiceStatus,
     StackInfo,
     StackList,
+    Verdict,
+    VersionInfo,
+    VersionList,
+    VolumeRisk,
 )
 from statuspanel.app import create_app
 from statuspanel.credentials import Authenticator
-from statuspanel.errors import GatewayUnavailable, NotFound
+from statuspanel.errors import ConfirmationNeeded, Forbidden, GatewayUnavailable, NotFound
 from tests.conftest import StackFactory, free_port
 
 STARTUP_TIMEOUT = 30.0
@@ -153,22 +162,27 @@ class Panel(Process):
         return httpx2.Client(base_url=self.base, headers=headers, timeout=60)
 
 
-@pytest.fixture
-def gateway(stacks: StackFactory, tmp_path: Path) -> Iterator[Gateway]:
-    """A real ``compose-agent serve`` over the ``stacks`` dir, with both tokens set."""
+def start_gateway(
+    stacks: StackFactory, tmp_path: Path, *, config: dict[str, Any] | None = None, name: str = "gateway"
+) -> Gateway:
+    """A real ``compose-agent serve`` over the ``stacks`` dir, with both tokens set, and ``config`` as
+    its ``config.json`` (the operator's policy, say)."""
     port = free_port()
     agent_token, panel_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    config_path = tmp_path / (f"{name}-config.json" if config is not None else "no-config.json")
+    if config is not None:
+        config_path.write_text(json.dumps(config))
     env = _clean_env(
         COMPOSE_AGENT_TOKEN=agent_token,
         STATUS_PANEL_TOKEN=panel_token,
-        COMPOSE_AGENT_STATE_DIR=str(tmp_path / "gateway-state"),
-        CONFIG_PATH=str(tmp_path / "no-config.json"),
+        COMPOSE_AGENT_STATE_DIR=str(tmp_path / f"{name}-state"),
+        CONFIG_PATH=str(config_path),
     )
     args = ["compose-agent", "serve", "--port", str(port), "--stacks-dir", str(stacks.root)]
     gw = Gateway(
         args=args,
         env=env,
-        log=tmp_path / "gateway.log",
+        log=tmp_path / f"{name}.log",
         base=f"http://127.0.0.1:{port}",
         port=port,
         agent_token=agent_token,
@@ -177,6 +191,17 @@ def gateway(stacks: StackFactory, tmp_path: Path) -> Iterator[Gateway]:
     gw.start()
     try:
         gw.wait_healthy()
+    except BaseException:
+        gw.stop()
+        raise
+    return gw
+
+
+@pytest.fixture
+def gateway(stacks: StackFactory, tmp_path: Path) -> Iterator[Gateway]:
+    """A real ``compose-agent serve`` over the ``stacks`` dir, with both tokens set."""
+    gw = start_gateway(stacks, tmp_path)
+    try:
         yield gw
     finally:
         gw.stop()
@@ -231,6 +256,7 @@ class MemoryBackend:
         self.unavailable = False
         self.metrics_data = CommandExecutionMetrics()
         self.state = {"shop": {"web": "running", "db": "running"}, "blog": {"app": "exited"}}
+        self.confirm_tools: set[str] = set()  # the operator's policy.confirm, as the gateway would apply it
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -294,12 +320,80 @@ class MemoryBackend:
         services: list[str] | None = None,
         volumes: bool = False,
         on_behalf_of: str | None = None,
+        confirm: str | None = None,
     ) -> ActionResult:
         self.calls.append((action, {"project": project, "services": services, "volumes": volumes}))
         self.acted_for.append(on_behalf_of)
         self._check(project)
+        self._confirmed(action, project, confirm)
         self.metrics_data.record_execution(ControlPlane.COMPOSE_AGENT, action)
         return ActionResult(project=project, action=action, ok=True, services=services, duration_ms=1.0)
+
+    def _confirmed(self, tool: str, project: str, confirm: str | None) -> None:
+        """As the gateway does with ``policy.confirm``: the first call gets the plan and a token."""
+        if tool not in self.confirm_tools:
+            return
+        if confirm is None:
+            raise ConfirmationNeeded(
+                f"{tool} on '{project}' needs confirmation; nothing was changed.\nwould remove: {project}-web-1\n"
+                f'To go ahead, repeat the same call with confirm="{CONFIRM_TOKEN}".',
+                CONFIRM_TOKEN,
+            )
+        if confirm != CONFIRM_TOKEN:
+            raise Forbidden("the confirmation token is unknown, already used or expired; nothing was changed")
+
+    async def plan(self, project: str) -> PlanResult:
+        self.calls.append(("plan", {"project": project}))
+        self._check(project)
+        states = self.state[project]
+        return PlanResult(
+            project=project,
+            version=2,
+            actions=[
+                PlanAction(service=svc, action="unchanged" if state == "running" else "start", reason=f"it is {state}")
+                for svc, state in sorted(states.items())
+            ],
+            policy=Verdict(allowed=project != "blog", rules=[] if project != "blog" else ["privileged"]),
+            down=DownRisk(
+                containers=[f"{project}-{svc}-1" for svc in sorted(states)],
+                volumes=[VolumeRisk(name=f"{project}_data", kind="named", removed_by_down_volumes=True)],
+            ),
+        )
+
+    async def versions(self, project: str) -> VersionList:
+        self.calls.append(("versions", {"project": project}))
+        self._check(project)
+        kept = [
+            VersionInfo(
+                version=n,
+                created=f"2026-11-2{n}T10:00:00Z",
+                sha256=f"{n}" * 64,
+                source="deploy",
+                caller="compose_agent_token",
+                current=n == 2,
+            )
+            for n in (1, 2)
+        ]
+        return VersionList(project=project, current=2, versions=kept)
+
+    async def rollback(
+        self, project: str, version: int | None, *, on_behalf_of: str | None = None, confirm: str | None = None
+    ) -> DeployResult:
+        self.calls.append(("rollback", {"project": project, "version": version}))
+        self.acted_for.append(on_behalf_of)
+        self._check(project)
+        self._confirmed("rollback", project, confirm)
+        return DeployResult(
+            project=project,
+            action="rollback",
+            version=version or 1,
+            previous_version=2,
+            sha256="1" * 64,
+            created=False,
+            changes=[],
+            duration_ms=1.0,
+            message=f"rollback finished on '{project}': version {version or 1} is on disk and up",
+        )
 
     async def compose_agent_status(self) -> str:
         return "down" if self.unavailable else "up"
@@ -311,6 +405,7 @@ class MemoryBackend:
 # -- the app alone, over the in-memory backend (test_app.py, test_security.py) ----------------------
 
 APP_TOKEN = "panel-token-for-tests"
+CONFIRM_TOKEN = "confirm-token-for-tests"
 # The panel answers only to loopback names by default, and TestClient's own "testserver" is not one.
 APP_BASE = "http://127.0.0.1:5001"
 

@@ -7,10 +7,11 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
-from gateway.api import FailureLimiter
-from statuspanel.app import ACTIONS, create_app
+from gateway.api import FailureLimiter, PsResult, ServiceStatus, StackInfo, StackList
+from statuspanel.app import create_app
 from statuspanel.credentials import Authenticator
-from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, bearer
+from statuspanel.state import ACTIONS
+from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, CONFIRM_TOKEN, MemoryBackend, bearer
 
 TOKEN = APP_TOKEN
 BASE = APP_BASE
@@ -314,3 +315,132 @@ def test_each_action_names_the_person_logged_in_and_a_bearer_names_no_one(backen
         assert local.post("/api/v1/stacks/shop/up").status_code == 200
     assert [call[0] for call in backend.calls if call[0] in ACTIONS] == ["restart", "stop", "start", "up"]
     assert backend.acted_for == ["alice", "token", None, "local"]
+
+
+# --- plans, versions, rollback and the operator's confirmations ----------------------------------
+
+
+def test_the_plan_route_answers_the_plan_tools_object_and_changes_nothing(
+    client: TestClient, backend: MemoryBackend
+) -> None:
+    plan = client.get("/api/v1/stacks/shop/plan", headers=bearer())
+    assert plan.status_code == 200, plan.text
+    body = plan.json()
+    assert set(body) == {"project", "version", "actions", "policy", "down", "warnings"}
+    assert [(a["service"], a["action"]) for a in body["actions"]] == [("db", "unchanged"), ("web", "unchanged")]
+    assert body["down"]["containers"] == ["shop-db-1", "shop-web-1"]
+    assert client.get("/api/v1/stacks/nope/plan", headers=bearer()).status_code == 404
+    assert client.get("/api/v1/stacks/Bad!/plan", headers=bearer()).status_code == 400
+    assert [call[0] for call in backend.calls] == ["plan", "plan"]
+
+
+def test_versions_are_listed_and_a_rollback_names_its_version_and_the_person(
+    client: TestClient, backend: MemoryBackend
+) -> None:
+    versions = client.get("/api/v1/stacks/shop/versions", headers=bearer()).json()
+    assert versions["current"] == 2 and [v["version"] for v in versions["versions"]] == [1, 2]
+    _, csrf = login(client, username="admin", password="s3cret-pass")
+    back = client.post("/api/v1/stacks/shop/rollback", json={"version": 1}, headers={"X-CSRF-Token": csrf})
+    assert back.status_code == 200, back.text
+    assert back.json()["version"] == 1 and back.json()["action"] == "rollback"
+    assert backend.calls[-1] == ("rollback", {"project": "shop", "version": 1})
+    assert backend.acted_for[-1] == "admin"
+    assert client.post("/api/v1/stacks/shop/rollback", headers={"X-CSRF-Token": csrf}).status_code == 200
+    assert backend.calls[-1] == ("rollback", {"project": "shop", "version": None})
+    assert client.post("/api/v1/stacks/shop/rollback", json={"version": 1}).status_code == 403  # no CSRF
+
+
+@pytest.mark.parametrize(
+    "body", [{"version": "1"}, {"version": True}, {"version": 0}, {"version": 1.5}, {"versions": 1}, {"confirm": 7}]
+)
+def test_a_malformed_rollback_is_400_and_nothing_runs(client: TestClient, backend: MemoryBackend, body: object) -> None:
+    response = client.post("/api/v1/stacks/shop/rollback", json=body, headers=bearer())
+    assert response.status_code == 400, response.text
+    assert not [call for call in backend.calls if call[0] == "rollback"]
+
+
+def test_a_confirmation_the_operator_asks_for_is_409_with_the_plan_and_the_same_call_with_its_token_acts(
+    client: TestClient, backend: MemoryBackend
+) -> None:
+    backend.confirm_tools = {"down"}
+    first = client.post("/api/v1/stacks/shop/down", json={"volumes": True}, headers=bearer())
+    assert first.status_code == 409, first.text
+    body = first.json()
+    assert body["confirmation_required"] is True and body["confirm"] == CONFIRM_TOKEN
+    assert "would remove: shop-web-1" in body["error"]
+    for token, status in (("not a token!", 400), ("wrong-token", 403), (CONFIRM_TOKEN, 200)):
+        again = client.post("/api/v1/stacks/shop/down", json={"volumes": True, "confirm": token}, headers=bearer())
+        assert again.status_code == status, (token, again.text)
+    assert [call[0] for call in backend.calls].count("down") == 3  # the malformed token never reached it
+
+
+# --- the stack page, and swarm stacks --------------------------------------------------------------
+
+
+def test_a_stacks_page_lists_its_versions_with_a_rollback_button_for_each_earlier_one(client: TestClient) -> None:
+    login(client, token=TOKEN)
+    page = client.get("/stacks/shop")
+    assert page.status_code == 200
+    html = page.text
+    assert 'data-testid="stack-shop"' in html and 'data-testid="state-shop-web"' in html
+    assert 'data-testid="version-2"' in html and 'data-testid="version-1"' in html
+    assert 'data-testid="rollback-1"' in html and 'data-testid="rollback-2"' not in html  # not the current one
+    assert html.index('data-testid="version-2"') < html.index('data-testid="version-1"')  # newest first
+    assert 'data-refresh="/ui/stacks/shop"' in html
+    assert 'data-testid="confirm-rollback"' in html
+    fragment = client.get("/ui/stacks/shop").text
+    assert 'data-testid="rollback-1"' in fragment and "<html" not in fragment
+    missing = client.get("/stacks/nope")
+    assert missing.status_code == 404 and "not found" in missing.text
+    assert client.get("/stacks/Bad!").status_code == 400
+    assert 'href="/stacks/shop"' in client.get("/").text  # the dashboard links to it
+
+
+class SwarmBackend(MemoryBackend):
+    """Beside the two Compose stacks, a swarm stack of two replicas on two nodes, one of them failing."""
+
+    async def list_stacks(self) -> StackList:
+        listing = await super().list_stacks()
+        swarm = StackInfo(name="edge", external=False, containers=3, running=1, target="swarm")
+        return StackList(stacks=[*listing.stacks, swarm])
+
+    async def ps(self, project: str) -> PsResult:
+        if project != "edge":
+            return await super().ps(project)
+
+        def task(slot: int, node: str, state: str, desired: str, error: str | None = None) -> ServiceStatus:
+            return ServiceStatus(
+                service="web",
+                container=f"edge_web.{slot}.task{slot}{state}",
+                state=state,
+                image="busybox:latest",
+                node=node,
+                desired_state=desired,
+                error=error,
+            )
+
+        rows = [
+            task(1, "node-a", "running", "running"),
+            task(2, "node-b", "failed", "running", "task: non-zero exit (1)"),
+            ServiceStatus(service="worker", state="stopped", image="busybox:latest", desired_state="shutdown"),
+        ]
+        return PsResult(project=project, services=rows)
+
+
+def test_a_swarm_stack_shows_each_service_with_its_replicas_and_their_nodes() -> None:
+    backend = SwarmBackend()
+    app = create_app(backend, Authenticator(), session_secret="s" * 32)
+    with TestClient(app, base_url=BASE, follow_redirects=False) as client:
+        html = client.get("/ui/dashboard").text
+    card = html[html.index('data-testid="stack-edge"') :]
+    assert 'data-target="swarm"' in card
+    assert re.search(r'data-testid="target-edge"[^>]*>swarm · 2 nodes<', card)
+    assert re.search(r'data-testid="replicas-edge-web">1/2 running<', card)
+    assert re.search(r'data-testid="replicas-edge-worker">stopped<', card)
+    assert card.count('data-testid="task-edge-web"') == 2
+    assert ">node-a<" in card and ">node-b<" in card and "task: non-zero exit (1)" in card
+    assert 'data-testid="stack-count-edge">1/2 running<' in card
+    # One row per service, with its buttons once, not once per replica.
+    assert card.count('data-testid="action-edge-web-restart"') == 1
+    # Compose stacks keep one row per container.
+    assert 'data-testid="state-shop-web"' in html and 'data-target="compose"' in html

@@ -18,10 +18,11 @@ from starlette.testclient import TestClient
 
 from gateway.api import ControlPlane, GatewayError, load_settings
 from statuspanel.__main__ import allowed_hosts, control_plane, https_only
-from statuspanel.app import create_app, validate_since
+from statuspanel.app import create_app
 from statuspanel.credentials import Authenticator
 from statuspanel.errors import BadRequest
 from statuspanel.hosts import AllowedHosts
+from statuspanel.validation import validate_since
 from tests.conftest import free_port
 from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, _clean_env, bearer, start_panel
 
