@@ -75,6 +75,8 @@ class StackCatalog:
         # The docker CLI gets the Compose CLI's environment: the same variables, the same exclusions.
         self.swarm = swarm or SwarmBackend(engine, lambda: DockerCli.locate(None, compose.located().env))
         self._defined: dict[str, _Defined] = {}
+        # name -> (checked, files' signature, whether they mention the target block): see _mentions.
+        self._mentions: dict[str, tuple[float, tuple[tuple[str, float, int], ...], bool]] = {}
 
     def folders(self) -> dict[str, Stack]:
         """Every stack folder under the stacks dir, by name."""
@@ -173,7 +175,7 @@ class StackCatalog:
         if stack.folder is None:
             swarm = await self.swarm_has(stack.name)
             return StackTarget("swarm") if swarm else StackTarget()
-        if not await to_thread.run_sync(_mentions_target, stack.folder):
+        if not await self._mentions_target(stack, fresh=fresh):
             return StackTarget()
         if fresh:
             self._defined.pop(stack.name, None)
@@ -183,6 +185,23 @@ class StackCatalog:
             return entry.target
         swarm = await self.swarm_has(stack.name)
         return StackTarget("swarm") if swarm else StackTarget()
+
+    async def _mentions_target(self, stack: Stack, *, fresh: bool) -> bool:
+        """:func:`_mentions_target`, cached like the model: every ps asks, and reading the files (in a
+        worker thread) was a fifth of a ps call's CPU. Trusted for ``_DEFINED_TTL_S``, then kept while
+        the files' signature holds."""
+        assert stack.folder is not None
+        now = time.monotonic()
+        cached = self._mentions.get(stack.name)
+        if cached is not None and not fresh and now - cached[0] < _DEFINED_TTL_S:
+            return cached[2]
+        signature = files_signature(stack.folder)
+        if cached is not None and cached[1] == signature:
+            self._mentions[stack.name] = (now, signature, cached[2])
+            return cached[2]
+        mentions = await to_thread.run_sync(_mentions_target, stack.folder)
+        self._mentions[stack.name] = (now, signature, mentions)
+        return mentions
 
     async def _entry(self, stack: Stack) -> _Defined | None:
         """What the stack's model says (services, target), cached by file mtimes; None when it cannot load."""
@@ -209,6 +228,7 @@ class StackCatalog:
         """Drop what is cached about ``project``: a write may have changed it."""
         # The guard's verdict stays: it is re-checked against the files themselves before each use.
         self._defined.pop(project, None)
+        self._mentions.pop(project, None)
 
 
 def _scaled_services(model: Mapping[str, Any]) -> list[str]:
