@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 import docker
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+
+from tests.polling import eventually as _eventually
 
 from .conftest import DOCKER_SOCKET, Deployment, WebStack
 
@@ -43,12 +44,7 @@ async def call(client: Client, tool: str, **arguments: Any) -> Any:
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    try:
-        with anyio.fail_after(timeout):
-            while not await check():
-                await anyio.sleep(POLL_S)
-    except TimeoutError:
-        pytest.fail(f"not within {timeout:.0f} s: {what}")
+    await _eventually(check, timeout=timeout, interval=POLL_S, what=what)
 
 
 async def get_text(url: str) -> str | None:

@@ -6,7 +6,6 @@ import random
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 
-import anyio
 import pytest
 
 from gateway.engine import _demultiplex
@@ -23,6 +22,7 @@ from gateway.logs import (
 )
 from gateway.operations import ComposeOperations
 from tests.conftest import StackFactory
+from tests.polling import eventually
 
 NOW = 1_800_000_000.0
 
@@ -216,9 +216,7 @@ services:
 
 
 async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    with anyio.fail_after(timeout):
-        while not await check():
-            await anyio.sleep(0.1)
+    await eventually(check, timeout=timeout, interval=0.1)
 
 
 @pytest.mark.anyio

@@ -23,17 +23,12 @@ from gateway.errors import (
 from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory, random_name
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 
-async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    with anyio.fail_after(timeout):
-        while True:
-            result = await predicate()
-            if result:
-                return result
-            await anyio.sleep(interval)
+wait_until = eventually
 
 
 async def test_up_ps_logs_and_down_on_a_two_service_stack(ops: ComposeOperations, stacks: StackFactory) -> None:

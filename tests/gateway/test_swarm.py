@@ -19,6 +19,7 @@ from gateway.errors import InvalidInput, SwarmFailed, SwarmUnavailable
 from gateway.swarm import STOPPED_REPLICAS_LABEL, SwarmBackend
 from tests.conftest import StackFactory
 from tests.gateway.swarm_fixtures import TWO_REPLICAS, remove_stack, swarm
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -38,12 +39,7 @@ services:
 
 
 async def poll(predicate: Any, timeout: float = 60.0) -> Any:
-    with anyio.fail_after(timeout):
-        while True:
-            result = await predicate()
-            if result:
-                return result
-            await anyio.sleep(0.2)
+    return await eventually(predicate, timeout=timeout, interval=0.2)
 
 
 @pytest.fixture

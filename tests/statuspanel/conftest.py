@@ -46,23 +46,14 @@ from statuspanel.app import create_app
 from statuspanel.credentials import Authenticator
 from statuspanel.errors import ConfirmationNeeded, Forbidden, GatewayUnavailable, NotFound
 from tests.conftest import StackFactory, free_port
+from tests.polling import wait_for
 
 STARTUP_TIMEOUT = 30.0
 
 
 def poll(condition: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
     """Call ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - keep polling; reported on timeout
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"{what} not met within {timeout}s (last error: {last_exc})")
+    return wait_for(condition, timeout=timeout, interval=interval, what=what, ignore=(Exception,))
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ import httpx2
 import pytest
 
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
+from tests.polling import eventually
 from tests.statuspanel.conftest import Gateway, Panel, start_panel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -30,13 +31,8 @@ def api(panel: Panel, token: str | None = "default") -> httpx2.AsyncClient:
 
 
 async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy, under ``anyio.fail_after``."""
-    with anyio.fail_after(timeout):
-        while True:
-            value = await check()
-            if value:
-                return value
-            await anyio.sleep(0.1)
+    """Poll ``check`` until it returns something truthy."""
+    return await eventually(check, timeout=timeout, interval=0.1, what=what)
 
 
 async def log_in(browser: httpx2.AsyncClient, username: str, password: str) -> str:

@@ -11,6 +11,7 @@ import docker.errors
 import pytest
 
 from tests.conftest import random_name
+from tests.polling import eventually_in_thread
 from watchdog import ComposeAgentWatchdog, WatchdogConfig
 
 # A target that runs until stopped and exits at once on SIGTERM.
@@ -89,9 +90,4 @@ async def supervising(watchdog: ComposeAgentWatchdog) -> AsyncIterator[ComposeAg
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``predicate`` (it may call docker-py: it runs in a thread) until true, or fail."""
-    try:
-        with anyio.fail_after(timeout):
-            while not await anyio.to_thread.run_sync(predicate):
-                await anyio.sleep(0.02)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
+    await eventually_in_thread(predicate, timeout=timeout, interval=0.02, what=what)
