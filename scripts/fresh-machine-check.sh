@@ -104,7 +104,7 @@ EOF
 }
 
 build_image() {
-  local variant="$1" include="$2" tag="$3" rootfs="$work/rootfs-$1" added
+  local variant="$1" include="$2" tag="$3" rootfs="$work/rootfs-$1" added old
   say "building the $variant root filesystem (debootstrap --variant=minbase --include=$include $suite_name)"
   debootstrap --variant=minbase --include="$include" "$suite_name" "$rootfs" "$mirror" \
     >"$work/debootstrap-$variant.log" 2>&1 || {
@@ -120,10 +120,13 @@ deb http://deb.debian.org/debian-security $suite_name-security main
 EOF
   # No package lists, as on a machine that never ran apt-get update.
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
+  old="$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)"
   tar -C "$rootfs" --numeric-owner -c . | docker import \
     -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' -c 'ENV LANG=C.UTF-8' \
     -m "fresh Debian 12 $variant (scripts/fresh-machine-check.sh)" - "$tag" >/dev/null
   rm -rf "$rootfs"
+  # The image this one replaces (--rebuild) would otherwise stay behind untagged.
+  if [ -n "$old" ]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
   say "imported $tag ($added CA certificate(s) of this machine added)"
 }
 
@@ -255,7 +258,8 @@ if [ "$suite" = 1 ]; then
   say "python3: bash scripts/test.sh (the whole suite; log: /root/test.log in $machine)"
   in_machine "$machine" "$suite_timeout" <<<'bash scripts/test.sh >/root/test.log 2>&1' || {
     docker exec "$machine" tail -n 60 /root/test.log >&2 || true
-    fail "python3: bash scripts/test.sh (its log's end is above)"
+    docker cp "$machine:/root/test.log" "/tmp/$run_id-test.log" 2>/dev/null || true
+    fail "python3: bash scripts/test.sh (its log's end is above; all of it: /tmp/$run_id-test.log)"
   }
   docker exec "$machine" tail -n 15 /root/test.log >&2
   say "python3: the suite passed in $((SECONDS - t0)) s"
