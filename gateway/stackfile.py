@@ -20,6 +20,8 @@ from typing import Any, Literal, cast
 
 from .errors import InvalidInput
 
+STACK_FILE_VERSION = "3.9"
+
 __all__ = [
     "TARGET_KEY",
     "DEFAULT_RESOLVE_IMAGE",
@@ -109,6 +111,9 @@ def to_stack_file(model: Mapping[str, Any], services: list[str] | None = None) -
             (a port published on one host address, a published port range).
     """
     document = {k: copy.deepcopy(v) for k, v in model.items() if k != "name"}
+    # Docker CLIs before 23 refuse a stack file without a version ("unsupported Compose file
+    # version: 1.0"); 3.9 is the newest they know, and later CLIs read it unchanged.
+    document["version"] = STACK_FILE_VERSION
     all_services: dict[str, Any] = document.get("services") or {}
     if services:
         unknown = sorted(set(services) - set(all_services))
