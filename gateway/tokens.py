@@ -124,21 +124,9 @@ class GeneratedTokenSource:
         if stat.S_IMODE(directory.stat().st_mode) & 0o077:
             os.chmod(directory, 0o700)
         tokens = {key: secrets.token_urlsafe(32) for key in TOKEN_KEYS}
-        # Write a private temp file, then link it into place: readers never see half a file, and
-        # if another process won the race we keep its tokens rather than overwrite them.
-        fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=directory)  # mkstemp creates it 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(tokens, fh, indent=2)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                return
-        finally:
-            os.unlink(tmp)
+        # If another process won the race, keep its tokens rather than overwrite them.
+        if not write_private_json(self.path, tokens, replace=False):
+            return
         self.created = True
         logger.info("generated new tokens in %s", self.path)
 
@@ -168,6 +156,32 @@ class GeneratedTokenSource:
         return tokens
 
 
+def write_private_json(path: Path, data: dict[str, str], *, replace: bool) -> bool:
+    """Write ``data`` as JSON to ``path``, mode 0600, atomically: a reader never sees half a file.
+
+    The file is written and synced under a temporary name beside ``path``, then renamed over it
+    (``replace``) or linked into place only if ``path`` does not exist yet. Returns False when it
+    did not replace an existing file.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=path.parent)  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 # Beside the state dir's own token file: a folder holding only the status panel's token, for a
 # panel that must not read the gateway's full-scope token (the deployment mounts just this folder).
 PANEL_SHARE_DIR = "panel"
@@ -184,15 +198,7 @@ def share_panel_token(state_dir: Path, token: str | None) -> Path:
         path.unlink(missing_ok=True)
         return path
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=directory)  # created 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"status_panel_token": token}, fh)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private_json(path, {"status_panel_token": token}, replace=True)
     return path
 
 
