@@ -16,9 +16,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, closing, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
 from anyio import to_thread
 
 from .enginehttp import EngineHTTP, EngineRefused
@@ -135,6 +138,13 @@ def negotiate_version(server: Mapping[str, Any], newest_known: str) -> str:
     return max(chosen, oldest, key=_version_tuple)
 
 
+@dataclass
+class _Flight:
+    done: anyio.Event
+    result: list[dict[str, Any]] | None = None
+    error: GatewayError | None = None
+
+
 class Engine:
     """A thin, thread-safe wrapper over docker-py's low-level client.
 
@@ -153,6 +163,10 @@ class Engine:
         self._started: dict[str, tuple[str, float]] = {}
         unix = self.docker_host.startswith("unix://")
         self._reader = EngineHTTP(self.docker_host[len("unix://") :], timeout=timeout) if unix else None
+        # Listings in flight, so that concurrent identical ones share one engine request; see
+        # project_containers_async. Keyed by project, generation and event loop.
+        self._flights: dict[tuple[str, int, object], _Flight] = {}
+        self._generation = 0
 
     @property
     def client(self) -> docker.APIClient:
@@ -279,14 +293,44 @@ class Engine:
             raise
 
     async def project_containers_async(self, project: str | None = None) -> list[dict[str, Any]]:
-        """:meth:`project_containers` on the event loop (a worker thread for a TCP engine)."""
+        """:meth:`project_containers` on the event loop (a worker thread for a TCP engine).
+
+        Concurrent calls for the same project share one engine request: a call that comes while
+        that listing is on its way waits for it rather than asking again. Twenty clients polling
+        one stack cost the engine and this process one listing per round trip, not twenty. The
+        answer is never older than the request in flight when the call came, and never older than
+        the gateway's own last change: :meth:`forget_start_times` (after every lifecycle action)
+        starts a new generation that joins nothing asked before it.
+        """
         if self._reader is None:
             return await to_thread.run_sync(self.project_containers, project)
-        label = f"{PROJECT_LABEL}={project}" if project else PROJECT_LABEL
-        containers = await self._read_json(
-            self._reader, "/containers/json", {"all": "1", "filters": json.dumps({"label": [label]})}
-        )
-        return [c for c in containers if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
+        key = (project or "", self._generation, anyio.lowlevel.current_token())
+        while True:
+            flight = self._flights.get(key)
+            if flight is None:
+                break
+            # The same listing is on its way: share its answer instead of asking the engine again.
+            await flight.done.wait()
+            if flight.error is not None:
+                raise _copy(flight.error)
+            if flight.result is not None:
+                return list(flight.result)
+            # Its caller was cancelled before the answer came: ask anew.
+        flight = _Flight(anyio.Event())
+        self._flights[key] = flight
+        try:
+            label = f"{PROJECT_LABEL}={project}" if project else PROJECT_LABEL
+            containers = await self._read_json(
+                self._reader, "/containers/json", {"all": "1", "filters": json.dumps({"label": [label]})}
+            )
+            flight.result = [c for c in containers if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
+            return list(flight.result)
+        except GatewayError as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._flights[key]
+            flight.done.set()
 
     async def started_at_async(self, container: dict[str, Any]) -> str | None:
         """:meth:`started_at` on the event loop: a cached start time costs no request at all."""
@@ -337,8 +381,10 @@ class Engine:
         return self._remember_start(cid, str(raw))
 
     def forget_start_times(self) -> None:
-        """Drop cached start times: after a lifecycle action they may all be stale."""
+        """Drop cached start times, and join no listing asked before now: after a lifecycle action
+        either may be stale."""
         self._started.clear()
+        self._generation += 1
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         with self._translate():
@@ -419,6 +465,14 @@ def _explanation(response: Any) -> str:
         return str(response.json().get("message", ""))[:300]
     except ValueError:
         return str(response.text)[:300]
+
+
+def _copy(error: GatewayError) -> GatewayError:
+    """A fresh exception for each caller that shared a failed listing (one instance raised in many
+    tasks would collect all of their tracebacks)."""
+    if isinstance(error, EngineRefused):
+        return EngineRefused(error.status, error.reason)
+    return type(error)(str(error))
 
 
 def _parse_time(raw: str) -> float:

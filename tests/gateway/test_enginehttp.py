@@ -61,8 +61,8 @@ async def test_an_absent_socket_is_an_unavailable_engine_named_by_its_socket(tmp
 
 
 @asynccontextmanager
-async def scripted_engine(path: Path, answer: Callable[[SocketStream], object]) -> AsyncIterator[list[bytes]]:
-    """A Unix socket that reads one request and runs ``answer`` on the connection; yields the requests."""
+async def scripted_engine(path: Path, answer: Callable[[SocketStream, bytes], object]) -> AsyncIterator[list[bytes]]:
+    """A Unix socket that reads one request and runs ``answer(connection, request)``; yields the requests."""
     requests: list[bytes] = []
     listener = await anyio.create_unix_listener(path)
 
@@ -72,7 +72,7 @@ async def scripted_engine(path: Path, answer: Callable[[SocketStream], object]) 
             while b"\r\n\r\n" not in data:
                 data += await stream.receive()
             requests.append(data)
-            await answer(stream)  # type: ignore[misc]
+            await answer(stream, data)  # type: ignore[misc]
 
     async with anyio.create_task_group() as tg, listener:
         tg.start_soon(listener.serve, serve)
@@ -86,7 +86,7 @@ async def test_chunked_bodies_split_anywhere_are_read_whole(tmp_path: Path) -> N
     wire = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     wire += b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks) + b"0\r\n\r\n"
 
-    async def answer(stream: SocketStream) -> None:
+    async def answer(stream: SocketStream, request: bytes) -> None:
         for start in range(0, len(wire), 333):  # boundaries fall inside sizes, CRLFs and data alike
             await stream.send(wire[start : start + 333])
 
@@ -97,7 +97,7 @@ async def test_chunked_bodies_split_anywhere_are_read_whole(tmp_path: Path) -> N
 
 
 async def test_a_length_delimited_body_and_an_error_status_are_read(tmp_path: Path) -> None:
-    async def answer(stream: SocketStream) -> None:
+    async def answer(stream: SocketStream, request: bytes) -> None:
         message = b'{"message":"client version 1.41 is too old"}'
         await stream.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(message) + message)
 
@@ -107,9 +107,71 @@ async def test_a_length_delimited_body_and_an_error_status_are_read(tmp_path: Pa
 
 
 async def test_an_engine_that_never_answers_is_unavailable_after_the_timeout(tmp_path: Path) -> None:
-    async def answer(stream: SocketStream) -> None:
+    async def answer(stream: SocketStream, request: bytes) -> None:
         await anyio.sleep_forever()
 
     async with scripted_engine(tmp_path / "e.sock", answer):
         with anyio.fail_after(10), pytest.raises(EngineUnavailable, match="no answer within 0.3 s"):
             await EngineHTTP(str(tmp_path / "e.sock"), timeout=0.3).get_json("1.41", "/containers/json")
+
+
+def version_or_listing(listing: list[dict[str, object]], delay: anyio.Event | None = None) -> Callable[..., object]:
+    """An engine that answers /version (for the negotiation) and a container listing, slowly if asked."""
+
+    async def answer(stream: SocketStream, request: bytes) -> None:
+        if b"/version" in request.split(b"\r\n", 1)[0]:
+            body = json.dumps({"ApiVersion": "1.41", "MinAPIVersion": "1.12", "Version": "20.10"}).encode()
+        else:
+            if delay is not None:
+                await delay.wait()
+            body = json.dumps(listing).encode()
+        await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+
+    return answer
+
+
+def listings(requests: list[bytes]) -> int:
+    return sum(1 for r in requests if b"/containers/json" in r.split(b"\r\n", 1)[0])
+
+
+async def test_concurrent_listings_of_one_project_share_one_engine_request(tmp_path: Path) -> None:
+    release = anyio.Event()
+    listing: list[dict[str, object]] = [{"Id": "c1", "Labels": {"com.docker.compose.project": "p"}}]
+    async with scripted_engine(tmp_path / "e.sock", version_or_listing(listing, release)) as requests:
+        engine = Engine(f"unix://{tmp_path}/e.sock")
+        await anyio.to_thread.run_sync(lambda: engine.api_version)  # negotiate first, as a running gateway has
+        answers: list[list[dict[str, object]]] = []
+
+        async def ps() -> None:
+            answers.append(await engine.project_containers_async("p"))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(ps)
+            with anyio.fail_after(10):
+                while listings(requests) < 1:
+                    await anyio.sleep(0.01)
+            release.set()
+        engine.close()
+    assert [[c["Id"] for c in a] for a in answers] == [["c1"]] * 5
+    assert listings(requests) == 1
+
+
+async def test_a_listing_asked_before_a_lifecycle_action_is_not_shared_after_it(tmp_path: Path) -> None:
+    release = anyio.Event()
+    async with scripted_engine(tmp_path / "e.sock", version_or_listing([], release)) as requests:
+        engine = Engine(f"unix://{tmp_path}/e.sock")
+        await anyio.to_thread.run_sync(lambda: engine.api_version)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(engine.project_containers_async, "p")
+            with anyio.fail_after(10):
+                while listings(requests) < 1:
+                    await anyio.sleep(0.01)
+            engine.forget_start_times()  # what the write path does after up, restart, ...
+            tg.start_soon(engine.project_containers_async, "p")
+            with anyio.fail_after(10):
+                while listings(requests) < 2:
+                    await anyio.sleep(0.01)
+            release.set()
+        engine.close()
+    assert listings(requests) == 2
