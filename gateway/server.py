@@ -7,8 +7,8 @@ operations API and MCP, and nothing about Docker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context
@@ -19,7 +19,7 @@ from pydantic import AnyHttpUrl, ValidationError
 
 from . import __version__
 from .approval import audit_view
-from .audit import bounded_arguments
+from .audit import bounded_arguments, on_behalf_of
 from .auth import DEPLOY_TOOLS, LOCAL, WRITE_TOOLS, GatewayTokenVerifier
 from .completion import register_completion
 from .confirm import Confirmations
@@ -45,8 +45,15 @@ stop/down to change state. down removes containers (named volumes are kept unles
 To add or change a stack, send its whole compose file to deploy (plan shows first what it would
 do; versions and rollback undo it). Errors say what to do next; read them."""
 
+
 # (tool, bounded arguments, caller, reason): how a refusal at the protocol edge is recorded.
-RefusalAudit = Callable[[str, dict[str, Any], str, str], None]
+class RefusalAudit(Protocol):
+    """How a refusal at the protocol edge is recorded (``ComposeOperations.audit_refusal``)."""
+
+    def __call__(
+        self, tool: str, arguments: dict[str, Any], caller: str, reason: str, *, on_behalf_of: str | None = None
+    ) -> None: ...
+
 
 # JSON Schema names of the Python types a caller can send, for messages about a wrong type.
 _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
@@ -115,7 +122,13 @@ class GatewayServer(StackResources):
         if self._audit_refusal is None:
             return
         caller = caller_of(context).name if context is not None else LOCAL.name
-        self._audit_refusal(name[:100], bounded_arguments(audit_view(arguments)), caller, reason)
+        try:
+            person = on_behalf_of(context.request_context.meta) if context is not None else None
+        except (InvalidInput, ValueError):
+            # A malformed name (refused with the call anyway), or no request to read it from.
+            person = None
+        shown = bounded_arguments(audit_view(arguments))
+        self._audit_refusal(name[:100], shown, caller, reason, on_behalf_of=person)
 
 
 def describe_invalid_arguments(tool: str, error: ValidationError) -> str:

@@ -24,6 +24,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from gateway.audit import on_behalf_of_meta
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.conftest import GatewayProcess, start_gateway, stop_process
 
@@ -157,7 +158,9 @@ async def test_calls_refused_at_the_protocol_edge_are_audited(tmp_path: Path, st
     try:
         async with mcp_client(gw, gw.panel_token) as client:
             long_name = await client.call_tool("ps", {"project": "a" * 64})
-            many = await client.call_tool("up", {"project": project, "services": [f"s{n}" for n in range(1000)]})
+            many = await client.call_tool(
+                "up", {"project": project, "services": [f"s{n}" for n in range(1000)]}, meta=on_behalf_of_meta("alice")
+            )
         async with mcp_client(read_only) as client:
             write = await client.call_tool("down", {"project": project})
         assert long_name.is_error and many.is_error and write.is_error
@@ -170,6 +173,7 @@ async def test_calls_refused_at_the_protocol_edge_are_audited(tmp_path: Path, st
         assert refusals[0]["arguments"]["project"].startswith("a" * 64)
         assert "'project'" in refusals[0]["error"] and "'services'" in refusals[1]["error"]
         assert refusals[1]["arguments"]["services"][-1] == "...(1000 items)"
+        assert "on_behalf_of" not in refusals[0] and refusals[1]["on_behalf_of"] == "alice"
         assert not [r for r in audit_records(gw.audit) if r["phase"] == "intent"]  # nothing ran
 
         (refused_write,) = audit_records(read_only.audit)
