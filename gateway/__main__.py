@@ -46,6 +46,9 @@ from .watch import StackWatcher
 
 logger = logging.getLogger("gateway")
 
+# How long a stopping stdio server may wait for its stdin reader before it exits regardless.
+_STDIO_EXIT_GRACE_S = 2.0
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -292,6 +295,12 @@ async def _serve_stdio(
                     logger.info("%s: stopping", signal.Signals(signum).name)
                     await running.drain(settings.shutdown_timeout)
                     tg.cancel_scope.cancel()
+                    # The SDK reads stdin in a worker thread that no cancellation interrupts: while the
+                    # client keeps the pipe open, nothing else would end this process. By now every
+                    # command is stopped and its outcome is on disk (fsynced), so a last resort is safe.
+                    exit_later = threading.Timer(_STDIO_EXIT_GRACE_S, os._exit, args=(0,))
+                    exit_later.daemon = True
+                    exit_later.start()
                     return
 
         tg.start_soon(stop_on_signal)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +31,9 @@ from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.conftest import GatewayProcess, start_gateway, stop_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+INITIALIZE_PARAMS = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
 
 
 def audit_records(path: Path) -> list[dict[str, Any]]:
@@ -186,3 +191,43 @@ async def test_calls_refused_at_the_protocol_edge_are_audited(tmp_path: Path, st
     finally:
         stop_process(gw.process)
         stop_process(read_only.process)
+
+
+async def test_sigterm_on_stdio_also_stops_a_running_up_and_records_it(tmp_path: Path, stacks: StackFactory) -> None:
+    project = stacks.make(NEVER_HEALTHY)
+    audit = tmp_path / "stdio-audit.log"
+    env = {**os.environ, "AUDIT_LOG": str(audit), "COMPOSE_AGENT_STATE_DIR": str(tmp_path / "state")}
+    argv = [sys.executable, "-m", "gateway", "serve", "--transport", "stdio", "--stacks-dir", str(stacks.root)]
+    with (tmp_path / "stdio.err").open("wb") as stderr:  # the child keeps its own copy
+        process = subprocess.Popen(
+            [*argv, "--shutdown-timeout", "1"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
+        )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        messages = [
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "up", "arguments": {"project": project, "wait": True}},
+            },
+        ]
+        process.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
+        process.stdin.flush()
+        await wait_for_intent(audit, "up", project)
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            while process.poll() is None:
+                await anyio.sleep(0.1)
+        assert compose_pids(project) == []
+        (outcome,) = [r for r in audit_records(audit) if r["phase"] == "outcome" and r["tool"] == "up"]
+        assert outcome["outcome"] == "interrupted" and outcome["caller"] == "local"
+    finally:
+        process.kill()
+        process.wait()
+        process.stdin.close()
+        process.stdout.close()
+        for pid in compose_pids(project):
+            os.killpg(pid, signal.SIGKILL)
