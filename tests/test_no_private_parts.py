@@ -36,6 +36,12 @@ KNOWN_DEPENDENCY_PRIVATES = frozenset(
         "_session",  # mcp Context: use its public request_context and session
     }
 )
+# Names with a leading underscore that their owner documents as public API.
+DOCUMENTED_PUBLIC = frozenset(
+    {
+        "os._exit",  # the os module's documented exit without cleanup, e.g. for a thread blocked on stdin
+    }
+)
 _ATTRIBUTE_FUNCTIONS = frozenset({"getattr", "setattr", "hasattr", "delattr"})
 
 
@@ -74,6 +80,8 @@ def private_accesses(tree: ast.Module, own: set[str]) -> list[tuple[int, str]]:
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and _is_private(node.attr) and not _on_self(node.value):
+            if ast.unparse(node) in DOCUMENTED_PUBLIC:
+                continue
             if node.attr in KNOWN_DEPENDENCY_PRIVATES or node.attr not in own:
                 found.append((node.lineno, ast.unparse(node)))
         elif (
