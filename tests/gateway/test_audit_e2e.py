@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from gateway.audit import on_behalf_of_meta
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.conftest import GatewayProcess, start_gateway, stop_process
+from tests.polling import eventually_in_thread
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -38,6 +39,18 @@ INITIALIZE_PARAMS = {"protocolVersion": "2025-06-18", "capabilities": {}, "clien
 
 def audit_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def compose_up_pids(project: str) -> list[int]:
+    """Processes of ``docker compose up`` for ``project``: the command itself, not the guard's ``config``."""
+    return [pid for pid in compose_pids(project) if b"up" in _argv(pid)]
+
+
+def _argv(pid: int) -> list[bytes]:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
 
 
 def compose_pids(project: str) -> list[int]:
@@ -138,7 +151,8 @@ async def test_sigterm_waits_for_a_running_up_then_ends_its_process_group_and_re
 
             tg.start_soon(call_up)
             await wait_for_intent(gw.audit, "up", project)
-            assert compose_pids(project)
+            # The intent is written before the policy guard and the lock; SIGTERM must find up running.
+            await eventually_in_thread(lambda: compose_up_pids(project), what="docker compose up runs")
             gw.process.send_signal(signal.SIGTERM)
             with anyio.fail_after(30):
                 while gw.process.poll() is None:
@@ -217,6 +231,7 @@ async def test_sigterm_on_stdio_also_stops_a_running_up_and_records_it(tmp_path:
         process.stdin.write(b"".join(json.dumps(m).encode() + b"\n" for m in messages))
         process.stdin.flush()
         await wait_for_intent(audit, "up", project)
+        await eventually_in_thread(lambda: compose_up_pids(project), what="docker compose up runs")
         process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             while process.poll() is None:
