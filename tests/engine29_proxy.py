@@ -64,6 +64,8 @@ class Engine29Proxy:
     #: False makes it a plain pass-through (the local engine as it is): a test flips it to play an upgrade.
     engine29: bool = True
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    #: Every stream still open, both sides: ``stop`` waits until each has really closed its socket.
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set, repr=False)
     _server: asyncio.AbstractServer | None = field(default=None, repr=False)
 
     @property
@@ -92,18 +94,34 @@ class Engine29Proxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A closed transport lets go of its socket only on a later turn of the loop; the loop is
+        # closed right after this, so wait for that turn here rather than leave sockets to the GC.
+        for writer in list(self._writers):
+            await _close(writer)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_unix_connection(self.upstream)
+        self._writers.add(writer)
+        return reader, writer
+
+    async def _release(self, writer: asyncio.StreamWriter) -> None:
+        self._writers.discard(writer)
+        await _close(writer)
 
     async def _track(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(writer)
         try:
             await self._handle(reader, writer)
         except _GONE:
             pass
         finally:
             self._tasks.discard(task)
-            writer.close()
+            await self._release(writer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -136,13 +154,13 @@ class Engine29Proxy:
             await self._forward(reader, writer, f"{method} {new_target} {protocol}", headers)
 
     async def _version(self, writer: asyncio.StreamWriter, method: str, target: str, headers: list[str]) -> None:
-        up_reader, up_writer = await asyncio.open_unix_connection(self.upstream)
+        up_reader, up_writer = await self._open_upstream()
         try:
             kept = [h for h in headers if h.split(":", 1)[0].strip().lower() != "connection"]
             up_writer.write(_request(f"{method} {target} HTTP/1.1", [*kept, "Connection: close"]))
             raw = await up_reader.read()
         finally:
-            up_writer.close()
+            await self._release(up_writer)
         head, _, body = raw.partition(b"\r\n\r\n")
         if b"transfer-encoding: chunked" in head.lower():
             body = _unchunk(body)
@@ -169,7 +187,7 @@ class Engine29Proxy:
             # One request per connection: the engine closes after answering, and so do we.
             headers = [h for h in headers if h.split(":", 1)[0].strip().lower() not in ("connection", "keep-alive")]
             headers.append("Connection: close")
-        up_reader, up_writer = await asyncio.open_unix_connection(self.upstream)
+        up_reader, up_writer = await self._open_upstream()
 
         async def client_to_engine() -> None:
             # The request body, then (after a 101) whatever the client writes to a hijacked stream.
@@ -194,7 +212,14 @@ class Engine29Proxy:
         finally:
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
-            up_writer.close()
+            await self._release(up_writer)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close ``writer`` and wait (briefly, and even when cancelled) until its socket is gone."""
+    writer.close()
+    with suppress(*_GONE, asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), timeout=2)
 
 
 async def _refuse(writer: asyncio.StreamWriter, message: str) -> None:
