@@ -30,6 +30,7 @@ from gateway.audit import on_behalf_of_meta
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.conftest import GatewayProcess, start_gateway, stop_process
 from tests.polling import eventually_in_thread
+from tests.processes import compose_pids, compose_up_pids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -39,33 +40,6 @@ INITIALIZE_PARAMS = {"protocolVersion": "2025-06-18", "capabilities": {}, "clien
 
 def audit_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def compose_up_pids(project: str) -> list[int]:
-    """Processes of ``docker compose up`` for ``project``: the command itself, not the guard's ``config``."""
-    return [pid for pid in compose_pids(project) if b"up" in _argv(pid)]
-
-
-def _argv(pid: int) -> list[bytes]:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return []
-
-
-def compose_pids(project: str) -> list[int]:
-    """Processes of a Compose CLI run for ``project`` (its argv names the project)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--project-name" in argv and project.encode() in argv:
-            pids.append(int(entry.name))
-    return pids
 
 
 @asynccontextmanager

@@ -24,6 +24,7 @@ from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory, random_name
 from tests.polling import eventually
+from tests.processes import compose_pids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -205,24 +206,13 @@ async def test_cancelling_an_up_stops_the_compose_process(ops: ComposeOperations
         if "Started" in text:
             started.set()
 
-    def compose_processes() -> list[str]:
-        found = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                args = cmdline.read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--project-name" in args and name.encode() in args:
-                found.append(cmdline.parent.name)
-        return found
-
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: ops.up(name, wait=True, progress=on_event))
         with anyio.fail_after(30):
             await started.wait()
-        assert compose_processes(), "the compose process should be running while up --wait waits"
+        assert compose_pids(name), "the compose process should be running while up --wait waits"
         tg.cancel_scope.cancel()
-    assert compose_processes() == []
+    assert compose_pids(name) == []
     assert json.loads(ops.audit.path.read_text().splitlines()[-1])["outcome"] == "cancelled"  # type: ignore[union-attr]
 
 

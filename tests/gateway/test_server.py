@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anyio
 import pytest
@@ -14,6 +13,7 @@ from gateway.errors import CONFIRM_META_KEY, ERROR_META_KEY
 from gateway.operations import ComposeOperations
 from gateway.server import build_server
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
+from tests.processes import compose_pids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -133,7 +133,7 @@ async def test_cancelling_a_call_stops_its_compose_process(ops: ComposeOperation
                 await anyio.sleep(0.1)
         # No Compose process of this project is left running.
         with anyio.fail_after(15):
-            while _compose_processes(name):
+            while compose_pids(name):
                 await anyio.sleep(0.1)
         # The server is still usable after the cancellation.
         assert not (await client.call_tool("ps", {"project": name})).is_error
@@ -160,21 +160,6 @@ async def test_a_string_is_never_taken_for_a_boolean_or_an_integer(
     downs = [json.loads(line) for line in ops.audit.path.read_text().splitlines() if '"down"' in line]
     assert [(r["phase"], r["outcome"]) for r in downs] == [("outcome", "refused")]
     assert "'volumes'" in downs[0]["error"] and downs[0]["caller"] == "local"
-
-
-def _compose_processes(project: str) -> list[int]:
-    """PIDs of running processes whose command line names ``project`` as the compose project."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--project-name" in argv and project.encode() in argv:
-            found.append(int(entry.name))
-    return found
 
 
 async def test_the_person_named_in_meta_is_in_the_audit_lines_and_a_malformed_name_is_refused(
