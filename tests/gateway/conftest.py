@@ -19,6 +19,7 @@ from gateway.config import load_settings
 from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
 from tests.conftest import StackFactory, free_port
+from tests.gateway.mcp_tools import REPO
 
 
 @pytest.fixture
@@ -132,16 +133,19 @@ def gateway(tmp_path: Path, stacks: StackFactory) -> Iterator[GatewayProcess]:
 
 
 def inspector_path() -> str:
-    """The pinned MCP Inspector CLI; .ci/run installs it and exports MCP_INSPECTOR."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    """The pinned MCP Inspector CLI: ``MCP_INSPECTOR`` when set, else the one scripts/setup.sh installs.
+
+    Setup puts it into this checkout's ``.venv/inspector`` (pinned by scripts/inspector/package-lock.json),
+    and scripts/test.sh exports MCP_INSPECTOR to that path unless the caller names another.
+    """
     candidates = [
         os.environ.get("MCP_INSPECTOR", ""),
-        str(cache / "compose-agent" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"),
+        str(REPO / ".venv" / "inspector" / "node_modules" / ".bin" / "mcp-inspector"),
     ]
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             return candidate
     pytest.fail(
-        "the MCP Inspector CLI is missing: run .ci/run, or "
-        "`npm install @modelcontextprotocol/inspector@2.12.0` and set MCP_INSPECTOR"
+        "the MCP Inspector CLI is missing: run scripts/setup.sh (it installs it into .venv/inspector), "
+        "or `npm ci` in a copy of scripts/inspector and set MCP_INSPECTOR to its node_modules/.bin/mcp-inspector"
     )
