@@ -6,6 +6,7 @@ A missing engine is an error, not a skip: deselect with ``-m 'not docker'`` on p
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import socket
@@ -15,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.engine29_proxy import Engine29Proxy, engine29_proxy
 
 BUSYBOX_IMAGE = "compose-agent-test-busybox:latest"
 _BUSYBOX_DOCKERFILE = 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox","--install","-s","/bin"]\n'
@@ -47,6 +50,13 @@ def docker_client():  # type: ignore[no-untyped-def]
         pytest.fail(f"these tests need a running Docker engine (start dockerd, see .ci/run): {exc}")
     yield client
     client.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[Engine29Proxy]:
+    """A Docker Engine 29 emulated in front of the local engine (see tests/engine29_proxy.py)."""
+    with engine29_proxy(os.environ.get("DOCKER_HOST")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

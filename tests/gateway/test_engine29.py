@@ -10,7 +10,6 @@ engine. The gateway and the Compose CLI it runs both reach the engine through it
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,12 @@ from mcp.client.streamable_http import streamable_http_client
 from gateway.engine import Engine, negotiate_version
 from gateway.errors import EngineUnavailable
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
-from tests.engine29_proxy import TOO_OLD, Engine29Proxy, engine29_proxy
+from tests.engine29_proxy import TOO_OLD, Engine29Proxy
 from tests.gateway.conftest import start_gateway, stop_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 NEWEST_KNOWN = docker.constants.DEFAULT_DOCKER_API_VERSION
-
-
-@pytest.fixture
-def proxy() -> Iterator[Engine29Proxy]:
-    with engine29_proxy(os.environ.get("DOCKER_HOST")) as running:
-        yield running
 
 
 def _at_least_1_44(version: str) -> bool:

@@ -7,14 +7,11 @@ path below v1.44 gets HTTP 400 "client version ... is too old"). Everything else
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import anyio
 import docker.constants
 import pytest
 
-from tests.engine29_proxy import Engine29Proxy, engine29_proxy
+from tests.engine29_proxy import Engine29Proxy
 from watchdog import ComposeAgentWatchdog
 
 from .conftest import Targets, config, supervising, wait_until
@@ -22,12 +19,6 @@ from .conftest import Targets, config, supervising, wait_until
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 NEWEST_KNOWN = docker.constants.DEFAULT_DOCKER_API_VERSION
-
-
-@pytest.fixture
-def proxy() -> Iterator[Engine29Proxy]:
-    with engine29_proxy(os.environ.get("DOCKER_HOST")) as running:
-        yield running
 
 
 async def test_the_watchdog_restarts_its_target_through_engine_29(targets: Targets, proxy: Engine29Proxy) -> None:
