@@ -133,9 +133,8 @@ def stacks(tmp_path: Path, busybox_image: str) -> Iterator[StackFactory]:
     factory.cleanup()
 
 
-# A two-service stack that starts in under a second and stops at once on SIGTERM.
-WEB_WORKER = """
-services:
+# The web service of the test stacks: busybox httpd serving ./site, healthy as soon as it answers.
+WEB_SERVICE = """
   web:
     image: {image}
     init: true
@@ -148,13 +147,20 @@ services:
       interval: 1s
       timeout: 2s
       retries: 5
-  worker:
+"""
+
+# A two-service stack that starts in under a second and stops at once on SIGTERM.
+WEB_WORKER = (
+    "\nservices:"
+    + WEB_SERVICE
+    + """  worker:
     image: {image}
     init: true
     command: ["sh", "-c", "i=0; while true; do i=$$((i+1)); echo tick $$i; sleep 0.2; done"]
 volumes:
   data:
 """
+)
 
 STACK_FILES = {"site/index.html": "hello from the test stack\n"}
 

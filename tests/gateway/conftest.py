@@ -20,6 +20,7 @@ from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
 from tests.conftest import StackFactory, free_port
 from tests.gateway.mcp_tools import REPO
+from tests.gateway.policy_cases import OUTSIDE_MARKER
 
 
 @pytest.fixture
@@ -39,6 +40,20 @@ def ops(stacks: StackFactory, audit_path: Path) -> Iterator[ComposeOperations]:
     yield operations
     operations.close()
     audit.close()
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A folder beside the stacks dir, holding files no stack may read, each carrying OUTSIDE_MARKER."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "secret.env").write_text(f"MARKER={OUTSIDE_MARKER}\n")
+    (folder / "other.yaml").write_text(
+        f"services:\n  base:\n    image: busybox\n    command: {OUTSIDE_MARKER}\n"
+        f"    environment:\n      MARKER: {OUTSIDE_MARKER}\n"
+    )
+    (folder / "Dockerfile").write_text("FROM scratch\n")
+    return folder
 
 
 @dataclass

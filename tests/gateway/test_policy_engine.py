@@ -27,7 +27,7 @@ from gateway.operations import ComposeOperations
 from gateway.policy import Policy, StackRules
 from tests.conftest import StackFactory
 from tests.gateway.conftest import start_gateway, stop_process
-from tests.gateway.test_policy import HOSTILE, OUTSIDE_MARKER
+from tests.gateway.policy_cases import HOSTILE, ORDINARY, OUTSIDE_MARKER, ordinary_files
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -41,16 +41,6 @@ def make_ops(root: Path, audit: AuditLog, policy: Policy | None = None) -> Compo
         settings = settings.model_copy(update={"policy": policy})
     environ = {**os.environ, "THE_MARKER": ENV_MARKER, "AWS_SECRET_ACCESS_KEY": ENV_MARKER}
     return ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    folder = tmp_path / "outside"
-    folder.mkdir()
-    (folder / "secret.env").write_text(f"MARKER={OUTSIDE_MARKER}\n")
-    (folder / "other.yaml").write_text(f"services:\n  base:\n    image: busybox\n    command: {OUTSIDE_MARKER}\n")
-    (folder / "Dockerfile").write_text("FROM scratch\n")
-    return folder
 
 
 @pytest.fixture
@@ -102,68 +92,10 @@ async def test_a_hostile_stack_is_refused_by_up_and_nothing_is_created(
     assert (last["tool"], last["outcome"]) == ("up", "refused") and all(rule in last["error"] for rule in rules)
 
 
-RUNNABLE = """
-include:
-  - extra/compose.yaml
-services:
-  web:
-    image: {image}
-    init: true
-    command: ["httpd", "-f", "-p", "8080", "-h", "/srv"]
-    ports: ["127.0.0.1::8080"]
-    volumes:
-      - ./site:/srv:ro
-      - data:/data
-    healthcheck:
-      test: ["CMD", "wget", "-q", "-O-", "http://127.0.0.1:8080/"]
-      interval: 1s
-      retries: 20
-  api:
-    build: ./api
-    init: true
-    command: ["sleep", "3600"]
-    env_file: [app.env]
-    environment:
-      TAG: ${TAG}
-    depends_on:
-      web:
-        condition: service_healthy
-    secrets: [token]
-    security_opt: ["no-new-privileges:true"]
-    volumes:
-      - cache:/cache
-      - type: tmpfs
-        target: /tmp
-  worker:
-    extends:
-      file: common.yaml
-      service: base
-volumes:
-  data:
-  cache:
-    driver_opts: {type: tmpfs, device: tmpfs}
-secrets:
-  token:
-    file: ./token.txt
-"""
-
-
 async def test_an_ordinary_stack_still_runs(
     guarded: ComposeOperations, stacks: StackFactory, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
-    sleeper = "    image: {image}\n    init: true\n    command: ['sleep', '3600']\n".replace("{image}", stacks.image)
-    name = stacks.make(
-        RUNNABLE,
-        files={
-            "site/index.html": "hello\n",
-            "api/Dockerfile": 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox","--install","-s","/bin"]\n',
-            "app.env": "MODE=test\n",
-            "token.txt": "t\n",
-            ".env": "TAG=from-dotenv\n",
-            "common.yaml": "services:\n  base:\n" + sleeper + "    env_file: app.env\n",
-            "extra/compose.yaml": "services:\n  extra:\n" + sleeper + "    volumes: ['./data:/data']\n",
-        },
-    )
+    name = stacks.make(ORDINARY, files=ordinary_files(stacks.image))
     shutil.copy(shutil.which("busybox") or "/bin/busybox", stacks.root / name / "api" / "busybox")
     try:
         result = await guarded.up(name, wait=True)
