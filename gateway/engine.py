@@ -208,6 +208,8 @@ class Engine:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+        if self._reader is not None:
+            self._reader.close()
 
     def translate(self) -> AbstractContextManager[None]:
         """A context that turns docker-py errors into gateway errors, for callers of :attr:`client`."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import anyio
@@ -175,3 +175,95 @@ async def test_a_listing_asked_before_a_lifecycle_action_is_not_shared_after_it(
             release.set()
         engine.close()
     assert listings(requests) == 2
+
+
+@asynccontextmanager
+async def keepalive_engine(path: Path, close_after: int | None = None) -> AsyncIterator[list[tuple[int, bytes]]]:
+    """An engine that answers every request on a connection, as dockerd does, until the client closes.
+
+    With ``close_after``, it closes each connection after that many answers, without saying so in
+    the answer (as an engine that restarts, or drops idle connections, does). Yields (connection
+    number, request line) per request.
+    """
+    seen: list[tuple[int, bytes]] = []
+    listener = await anyio.create_unix_listener(path)
+    connections = 0
+
+    async def serve(stream: SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        number = connections
+        async with stream:
+            data = b""
+            answered = 0
+            while close_after is None or answered < close_after:
+                while b"\r\n\r\n" not in data:
+                    try:
+                        data += await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        return
+                head, _, data = data.partition(b"\r\n\r\n")
+                seen.append((number, head.split(b"\r\n", 1)[0]))
+                body = json.dumps([{"Id": f"c{len(seen)}"}]).encode()
+                await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                answered += 1
+
+    async with anyio.create_task_group() as tg, listener:
+        tg.start_soon(listener.serve, serve)
+        yield seen
+        tg.cancel_scope.cancel()
+
+
+async def test_one_kept_connection_serves_request_after_request(tmp_path: Path) -> None:
+    reader = EngineHTTP(str(tmp_path / "e.sock"))
+    async with keepalive_engine(tmp_path / "e.sock") as seen:
+        answers = [await reader.get_json("1.41", "/containers/json") for _ in range(5)]
+    reader.close()
+    assert [a[0]["Id"] for a in answers] == ["c1", "c2", "c3", "c4", "c5"]
+    assert [number for number, _ in seen] == [1] * 5
+
+
+async def test_a_kept_connection_the_engine_closed_is_replaced_and_the_request_sent_again(tmp_path: Path) -> None:
+    reader = EngineHTTP(str(tmp_path / "e.sock"))
+    async with keepalive_engine(tmp_path / "e.sock", close_after=2) as seen:
+        answers = [await reader.get_json("1.41", "/containers/json", {"n": str(n)}) for n in range(5)]
+    reader.close()
+    # Every request was answered once; the ones that met a closed connection went out again on a new one.
+    assert len(answers) == 5
+    assert [line for _, line in seen] == [b"GET /v1.41/containers/json?n=%d HTTP/1.1" % n for n in range(5)]
+    assert [number for number, _ in seen] == [1, 1, 2, 2, 3]
+
+
+async def test_an_answer_that_says_close_leaves_no_connection_to_reuse(tmp_path: Path) -> None:
+    listing: list[dict[str, object]] = [{"Id": "c1", "Labels": {}}]
+    async with scripted_engine(tmp_path / "e.sock", version_or_listing(listing)) as requests:
+        reader = EngineHTTP(str(tmp_path / "e.sock"))
+        for _ in range(3):
+            assert await reader.get_json("1.41", "/containers/json") == listing
+        reader.close()
+    # The scripted engine serves one request per connection and says Connection: close.
+    assert len(requests) == 3
+
+
+async def test_a_request_cancelled_mid_answer_does_not_leave_its_connection_for_the_next(tmp_path: Path) -> None:
+    release = anyio.Event()
+    body = json.dumps([{"Id": "c1"}]).encode()
+
+    async def answer(stream: SocketStream, request: bytes) -> None:
+        # The first request's head comes at once, its body only after the client gave up.
+        if not release.is_set():
+            await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+            await release.wait()
+            with suppress(anyio.BrokenResourceError):
+                await stream.send(body)
+            return
+        await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    async with scripted_engine(tmp_path / "e.sock", answer) as requests:
+        reader = EngineHTTP(str(tmp_path / "e.sock"))
+        with anyio.move_on_after(0.3):
+            await reader.get_json("1.41", "/containers/json")
+        release.set()
+        assert await reader.get_json("1.41", "/containers/json") == [{"Id": "c1"}]
+        reader.close()
+    assert len(requests) == 2  # a new connection, not the cancelled one with its late answer
