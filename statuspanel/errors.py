@@ -64,22 +64,26 @@ class ActionFailed(PanelError):
     status_code = 502
 
 
-class GatewayUnavailable(PanelError):
+class _Unavailable(PanelError):
+    """A part the operations need is out of reach: the answer names the part, the detail says why."""
+
+    status_code = 503
+    part = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"error": f"{self.part} unavailable", "detail": self.message}
+
+
+class GatewayUnavailable(_Unavailable):
     """The compose-agent cannot be reached or did not answer in time."""
 
-    status_code = 503
-
-    def to_json(self) -> dict[str, object]:
-        return {"error": "compose-agent unavailable", "detail": self.message}
+    part = "compose-agent"
 
 
-class EngineDown(PanelError):
+class EngineDown(_Unavailable):
     """The Docker engine behind the operations cannot be reached."""
 
-    status_code = 503
-
-    def to_json(self) -> dict[str, object]:
-        return {"error": "docker engine unavailable", "detail": self.message}
+    part = "docker engine"
 
 
 class TryLater(PanelError):

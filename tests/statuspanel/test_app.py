@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 from gateway.api import FailureLimiter, PsResult, ServiceStatus, StackInfo, StackList
 from statuspanel.app import create_app
 from statuspanel.credentials import Authenticator
+from statuspanel.errors import GatewayUnavailable, for_kind
 from statuspanel.state import ACTIONS
 from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, CONFIRM_TOKEN, MemoryBackend, bearer
 
@@ -111,6 +112,15 @@ def test_gateway_unavailable_is_503(client: TestClient, backend: MemoryBackend) 
     response = client.get("/api/v1/stacks", headers=bearer())
     assert response.status_code == 503
     assert response.json()["error"] == "compose-agent unavailable"
+
+
+def test_an_unreachable_engine_or_gateway_answers_503_naming_the_part_and_why() -> None:
+    engine = for_kind("engine_unavailable", "no socket at /var/run/docker.sock")
+    assert engine.status_code == 503
+    assert engine.to_json() == {"error": "docker engine unavailable", "detail": "no socket at /var/run/docker.sock"}
+    gateway = GatewayUnavailable("no answer within 30s")
+    assert gateway.status_code == 503
+    assert gateway.to_json() == {"error": "compose-agent unavailable", "detail": "no answer within 30s"}
 
 
 def test_logs_pass_filters_and_unix_since_on_as_given(client: TestClient, backend: MemoryBackend) -> None:
