@@ -8,7 +8,8 @@ import logging
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -24,7 +25,7 @@ from statuspanel.errors import BadRequest
 from statuspanel.hosts import AllowedHosts
 from statuspanel.validation import validate_since
 from tests.conftest import free_port
-from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, _clean_env, bearer, start_panel
+from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, Panel, _clean_env, bearer, start_panel
 
 TOKEN = APP_TOKEN
 BASE = APP_BASE
@@ -209,22 +210,36 @@ def _nowhere() -> str:
     return f"http://127.0.0.1:{free_port()}/mcp"
 
 
+@contextmanager
+def served_panel(
+    tmp_path: Path,
+    name: str,
+    *,
+    token: str | None = None,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> Iterator[tuple[Panel, httpx2.Client]]:
+    """A served panel whose gateway is not there, and a client to it; the panel stops on the way out."""
+    panel = start_panel(
+        tmp_path, env={"COMPOSE_AGENT_URL": _nowhere(), **(env or {})}, token=token, name=name, args=args
+    )
+    try:
+        with httpx2.Client(base_url=panel.base, headers=headers, timeout=timeout) as http:
+            yield panel, http
+    finally:
+        panel.stop()
+
+
 def test_the_served_panel_refuses_other_hosts_and_honours_the_variable(tmp_path: Path) -> None:
-    default = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere()}, token=None, name="default")
-    try:
-        with httpx2.Client(base_url=default.base, timeout=10) as http:
-            assert http.get("/api/v1/stacks/shop", headers={"Host": "attacker.example"}).status_code == 400
-            assert http.get("/health", headers={"Host": "[::1]:5001"}).status_code == 200
-    finally:
-        default.stop()
-    env = {"COMPOSE_AGENT_URL": _nowhere(), "STATUS_PANEL_ALLOWED_HOSTS": "127.0.0.1,panel.example"}
-    narrowed = start_panel(tmp_path, env=env, token=None, name="narrowed")
-    try:
-        with httpx2.Client(base_url=narrowed.base, timeout=10) as http:
-            assert http.get("/health", headers={"Host": "panel.example"}).status_code == 200
-            assert http.get("/health", headers={"Host": "localhost"}).status_code == 400
-    finally:
-        narrowed.stop()
+    with served_panel(tmp_path, "default") as (_, http):
+        assert http.get("/api/v1/stacks/shop", headers={"Host": "attacker.example"}).status_code == 400
+        assert http.get("/health", headers={"Host": "[::1]:5001"}).status_code == 200
+    env = {"STATUS_PANEL_ALLOWED_HOSTS": "127.0.0.1,panel.example"}
+    with served_panel(tmp_path, "narrowed", env=env) as (narrowed, http):
+        assert http.get("/health", headers={"Host": "panel.example"}).status_code == 200
+        assert http.get("/health", headers={"Host": "localhost"}).status_code == 400
     assert "answering to hosts: 127.0.0.1, panel.example" in narrowed.output()
 
 
@@ -346,11 +361,8 @@ def test_https_only_reads_true_and_false_and_refuses_anything_else() -> None:
 
 def test_the_served_panel_marks_its_cookie_secure_only_when_told(tmp_path: Path) -> None:
     def cookie_of(name: str, **env: str) -> str:
-        panel = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere(), **env}, token="t" * 24, name=name)
-        try:
-            return httpx2.get(panel.base + "/login", timeout=10).headers["set-cookie"].lower()
-        finally:
-            panel.stop()
+        with served_panel(tmp_path, name, token="t" * 24, env=env) as (_, http):
+            return http.get("/login").headers["set-cookie"].lower()
 
     assert "; secure" not in cookie_of("plain")
     assert "; secure" in cookie_of("secure", STATUS_PANEL_HTTPS_ONLY="true")
@@ -400,36 +412,28 @@ def test_the_served_panel_limits_failures_per_connecting_address_whatever_x_forw
     tmp_path: Path,
 ) -> None:
     token = "t" * 24
-    panel = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere()}, token=token, name="direct")
-    try:
-        with httpx2.Client(base_url=panel.base, timeout=10) as http:
-            answers = [
-                http.get(
-                    "/api/v1/stacks",
-                    headers={"Authorization": "Bearer guess", "X-Forwarded-For": f"198.51.100.{n}"},
-                ).status_code
-                for n in range(40)
-            ]
-            assert answers == [401] * 5 + [429] * 35
-            # The valid token from the same address, and the probes, are not limited.
-            assert http.get("/ui/dashboard", headers={"Authorization": f"Bearer {token}"}).status_code == 200
-            assert http.get("/health").status_code == 200
-    finally:
-        panel.stop()
+    with served_panel(tmp_path, "direct", token=token) as (_, http):
+        answers = [
+            http.get(
+                "/api/v1/stacks",
+                headers={"Authorization": "Bearer guess", "X-Forwarded-For": f"198.51.100.{n}"},
+            ).status_code
+            for n in range(40)
+        ]
+        assert answers == [401] * 5 + [429] * 35
+        # The valid token from the same address, and the probes, are not limited.
+        assert http.get("/ui/dashboard", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert http.get("/health").status_code == 200
 
 
 def test_x_forwarded_for_counts_only_from_the_proxies_the_operator_names(tmp_path: Path) -> None:
     args = ["--forwarded-allow-ips", "127.0.0.1"]
-    panel = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere()}, token="t" * 24, name="proxied", args=args)
-    try:
-        with httpx2.Client(base_url=panel.base, timeout=10) as http:
-            for n in range(10):
-                headers = {"Authorization": "Bearer guess", "X-Forwarded-For": f"198.51.100.{n}"}
-                assert http.get("/api/v1/stacks", headers=headers).status_code == 401
-            same = {"Authorization": "Bearer guess", "X-Forwarded-For": "198.51.100.0"}
-            assert [http.get("/api/v1/stacks", headers=same).status_code for _ in range(5)] == [401] * 4 + [429]
-    finally:
-        panel.stop()
+    with served_panel(tmp_path, "proxied", token="t" * 24, args=args) as (panel, http):
+        for n in range(10):
+            headers = {"Authorization": "Bearer guess", "X-Forwarded-For": f"198.51.100.{n}"}
+            assert http.get("/api/v1/stacks", headers=headers).status_code == 401
+        same = {"Authorization": "Bearer guess", "X-Forwarded-For": "198.51.100.0"}
+        assert [http.get("/api/v1/stacks", headers=same).status_code for _ in range(5)] == [401] * 4 + [429]
     assert "trusting proxy headers from 127.0.0.1" in panel.output()
 
 
@@ -482,21 +486,18 @@ def test_a_huge_login_form_gets_413(client: TestClient) -> None:
 
 def test_the_served_panel_answers_413_to_50_mb_whether_declared_or_chunked(tmp_path: Path) -> None:
     token = "t" * 24
-    panel = start_panel(tmp_path, env={"COMPOSE_AGENT_URL": _nowhere()}, token=token, name="big")
     fifty_mb = 50 * 1024 * 1024
 
     def chunks() -> Iterator[bytes]:
         for _ in range(50):
             yield b" " * (fifty_mb // 50)
 
-    try:
-        with httpx2.Client(base_url=panel.base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-            declared = http.post("/api/v1/stacks/shop/up", content=b" " * fifty_mb)
-            assert declared.status_code == 413, declared.text
-            chunked = http.post("/api/v1/stacks/shop/up", content=chunks())
-            assert chunked.status_code == 413, chunked.text
-            # A body within the limit reaches the proxy (here, a gateway that is not there).
-            assert http.post("/api/v1/stacks/shop/up", content=b"{}").status_code == 503
-    finally:
-        panel.stop()
+    auth = {"Authorization": f"Bearer {token}"}
+    with served_panel(tmp_path, "big", token=token, headers=auth, timeout=60) as (panel, http):
+        declared = http.post("/api/v1/stacks/shop/up", content=b" " * fifty_mb)
+        assert declared.status_code == 413, declared.text
+        chunked = http.post("/api/v1/stacks/shop/up", content=chunks())
+        assert chunked.status_code == 413, chunked.text
+        # A body within the limit reaches the proxy (here, a gateway that is not there).
+        assert http.post("/api/v1/stacks/shop/up", content=b"{}").status_code == 503
     assert panel.output().count("refused a request body over 1048576 bytes") == 2
