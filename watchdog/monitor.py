@@ -24,15 +24,13 @@ from .engine import connect, version_refused
 from .errors import DockerUnavailable
 from .events import EventStream
 from .health import Health, State, advice, classify
+from .outage import EngineOutage
 from .scheduler import Change, RestartScheduler, Status
 from .status import bind_socket, create_app, serve_status
 
 __all__ = ["ComposeAgentWatchdog", "kv"]
 
 logger = logging.getLogger(__name__)
-
-#: The first pause after the engine stops answering; it doubles on each failed try, up to the check interval.
-FIRST_RETRY_SECS = 1.0
 
 _LEVELS = {
     State.HEALTHY: logging.INFO,
@@ -94,11 +92,7 @@ class ComposeAgentWatchdog:
         self.status_port: int | None = None
         self._started = anyio.Event()
         self._events_open = config.watch_events
-        # The engine outage in progress, if any: when it began, how many checks failed, and when to try again.
-        self._outage_since: float | None = None
-        self._failed_checks = 0
-        self._retry_delay = 0.0
-        self._retry_at: float | None = None
+        self._outage = EngineOutage(max_delay=config.check_interval_secs)
         self._own_client = False
 
     def status(self) -> Status:
@@ -203,8 +197,8 @@ class ComposeAgentWatchdog:
         usually in the past (a restart that fell due, the end of a stable period), and heeding it
         would inspect again at once, in a tight loop, for as long as the outage lasts.
         """
-        if self._retry_at is not None:
-            return self._retry_at
+        if self._outage.retry_at is not None:
+            return self._outage.retry_at
         wakeup = self.scheduler.next_wakeup()
         return next_check if wakeup is None else min(next_check, wakeup)
 
@@ -251,43 +245,34 @@ class ComposeAgentWatchdog:
 
     def _check_failed(self, exc: DockerUnavailable) -> None:
         """Back off before the next try, and log the outage once, not once per try."""
-        target = self.config.target_container
-        self._failed_checks += 1
-        if self._outage_since is None:
-            self._outage_since = self._now()
-            self._retry_delay = min(FIRST_RETRY_SECS, self.config.check_interval_secs)
-        else:
-            self._retry_delay = min(self._retry_delay * 2, self.config.check_interval_secs)
-        self._retry_at = self._now() + self._retry_delay
+        outage = self._outage
+        outage.failed(self._now())
         logger.log(
-            logging.WARNING if self._failed_checks == 1 else logging.DEBUG,
+            logging.WARNING if outage.failed_checks == 1 else logging.DEBUG,
             "%s",
             kv(
                 event="check_failed",
-                target=target,
+                target=self.config.target_container,
                 error=str(exc),
-                failed_checks=self._failed_checks,
-                retry_in_s=self._retry_delay,
+                failed_checks=outage.failed_checks,
+                retry_in_s=outage.retry_delay,
             ),
         )
 
     def _check_answered(self) -> None:
         """End the outage, if there was one, with one line."""
-        if self._outage_since is None:
+        recovery = self._outage.answered(self._now())
+        if recovery is None:
             return
         logger.info(
             "%s",
             kv(
                 event="check_recovered",
                 target=self.config.target_container,
-                outage_s=round(self._now() - self._outage_since, 3),
-                failed_checks=self._failed_checks,
+                outage_s=recovery.outage_s,
+                failed_checks=recovery.failed_checks,
             ),
         )
-        self._outage_since = None
-        self._failed_checks = 0
-        self._retry_delay = 0.0
-        self._retry_at = None
 
     async def _renegotiate(self) -> None:
         """Replace the client the engine refused with a newly negotiated one; the events follow it."""
@@ -370,35 +355,25 @@ class ComposeAgentWatchdog:
                     stable_period_s=self.config.stable_period,
                 ),
             )
-        elif change.state is State.GAVE_UP:
-            diagnosis = change.diagnosis or State.UNHEALTHY
-            logger.error(
-                "%s",
-                kv(
-                    event="transition",
-                    target=target,
-                    previous=change.previous,
-                    state=change.state,
+        else:
+            transition = {"event": "transition", "target": target, "previous": change.previous, "state": change.state}
+            if change.state is State.GAVE_UP:
+                diagnosis = change.diagnosis or State.UNHEALTHY
+                line = kv(
+                    **transition,
                     diagnosis=diagnosis,
                     reason=change.reason,
                     restart_attempts=change.restart_attempts,
                     action=f"stopped restarting; {advice(diagnosis, change.reason)}",
-                ),
-            )
-        else:
-            logger.log(
-                _LEVELS.get(change.state, logging.INFO),
-                "%s",
-                kv(
-                    event="transition",
-                    target=target,
-                    previous=change.previous,
-                    state=change.state,
+                )
+            else:
+                line = kv(
+                    **transition,
                     reason=change.reason,
                     restart_attempts=change.restart_attempts,
                     next_restart_in_s=change.next_restart_in_s,
                     engine_restart_count=health.restart_count,
-                ),
-            )
+                )
+            logger.log(_LEVELS.get(change.state, logging.INFO), "%s", line)
         if self._on_change is not None:
             self._on_change(change)

@@ -27,6 +27,16 @@ def make(clock: FakeClock, **overrides: object) -> RestartScheduler:
     return RestartScheduler(WatchdogConfig.model_validate(overrides), now=clock, wall=lambda: 1_700_000_000.0)
 
 
+def restarted_once(clock: FakeClock, **overrides: object) -> RestartScheduler:
+    """A scheduler whose target failed, was restarted 10 s later (the initial delay), and now runs healthy."""
+    scheduler = make(clock, **overrides)
+    scheduler.observe(DOWN)
+    clock.advance(10)
+    scheduler.record_restart()
+    scheduler.observe(UP)
+    return scheduler
+
+
 def run_until_gave_up(scheduler: RestartScheduler, clock: FakeClock, failure: Health) -> list[float]:
     """Keep failing; return the delay the scheduler waited before each restart."""
     delays = []
@@ -104,11 +114,7 @@ def test_a_brief_healthy_spell_does_not_reset_the_counter() -> None:
 
 def test_counter_resets_after_ten_check_intervals_of_health_by_default() -> None:
     clock = FakeClock()
-    scheduler = make(clock, check_interval_secs=30)
-    scheduler.observe(DOWN)
-    clock.advance(10)
-    scheduler.record_restart()
-    scheduler.observe(UP)
+    scheduler = restarted_once(clock, check_interval_secs=30)
     assert scheduler.next_wakeup() == pytest.approx(clock() + 300)
     clock.advance(299.9)
     assert [c.kind for c in scheduler.observe(UP)] == []
@@ -121,11 +127,8 @@ def test_counter_resets_after_ten_check_intervals_of_health_by_default() -> None
 
 def test_an_explicit_stable_period_overrides_the_default() -> None:
     clock = FakeClock()
-    scheduler = make(clock, check_interval_secs=30, stable_period_secs=5)
-    scheduler.observe(DOWN)
-    clock.advance(10)
-    scheduler.record_restart()
-    scheduler.observe(UP)
+    scheduler = restarted_once(clock, check_interval_secs=30, stable_period_secs=5)
+    assert scheduler.attempts == 1
     clock.advance(5)
     scheduler.observe(UP)
     assert scheduler.attempts == 0
@@ -133,11 +136,7 @@ def test_an_explicit_stable_period_overrides_the_default() -> None:
 
 def test_after_a_reset_the_schedule_starts_again_from_the_initial_delay() -> None:
     clock = FakeClock()
-    scheduler = make(clock, stable_period_secs=60)
-    scheduler.observe(DOWN)
-    clock.advance(10)
-    scheduler.record_restart()
-    scheduler.observe(UP)
+    scheduler = restarted_once(clock, stable_period_secs=60)
     clock.advance(60)
     scheduler.observe(UP)
     scheduler.observe(DOWN)
@@ -159,10 +158,15 @@ def test_not_found_gets_no_restart_and_clears_the_counter() -> None:
     assert not scheduler.restart_due() and scheduler.next_wakeup() is None
 
 
-def test_after_giving_up_a_target_that_comes_back_healthy_is_reported_and_the_counter_resets() -> None:
-    clock = FakeClock()
+def gave_up_after_one_restart(clock: FakeClock) -> RestartScheduler:
     scheduler = make(clock, max_restart_attempts=1)
     run_until_gave_up(scheduler, clock, DOWN)
+    assert scheduler.state is State.GAVE_UP
+    return scheduler
+
+
+def test_after_giving_up_a_target_that_comes_back_healthy_is_reported_and_the_counter_resets() -> None:
+    scheduler = gave_up_after_one_restart(FakeClock())
     changes = scheduler.observe(UP)
     assert [(c.previous, c.state) for c in changes] == [(State.GAVE_UP, State.HEALTHY)]
     assert scheduler.attempts == 0
@@ -171,9 +175,7 @@ def test_after_giving_up_a_target_that_comes_back_healthy_is_reported_and_the_co
 
 
 def test_after_giving_up_a_target_that_disappears_is_not_found() -> None:
-    clock = FakeClock()
-    scheduler = make(clock, max_restart_attempts=1)
-    run_until_gave_up(scheduler, clock, DOWN)
+    scheduler = gave_up_after_one_restart(FakeClock())
     changes = scheduler.observe(GONE)
     assert [(c.previous, c.state) for c in changes] == [(State.GAVE_UP, State.NOT_FOUND)]
     assert scheduler.attempts == 0
