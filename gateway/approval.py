@@ -41,7 +41,6 @@ __all__ = [
     "ConfirmGate",
     "CONFIRM_DESCRIPTION",
     "asker_for",
-    "settle",
     "deploy_audit_arguments",
     "audit_view",
     "UpPending",
@@ -202,32 +201,6 @@ async def _plan_call(
     except GatewayError as exc:
         kit.ops.audit_refusal(tool, shown, who.name, str(exc), on_behalf_of=kit.acting_for(ctx))
         raise
-
-
-async def settle(
-    ctx: Context,
-    tool: str,
-    arguments: dict[str, Any],
-    pending: Pending,
-    answer: Answer,
-    confirm: str | None,
-    audit_arguments: dict[str, Any] | None = None,
-) -> None:
-    """In a tool body, before it acts: go ahead, or raise (see :meth:`ConfirmGate.settle`)."""
-    kit = _kit(ctx)
-    shown = audit_arguments if audit_arguments is not None else arguments
-    project = str(arguments["project"])
-    await kit.gate.settle(
-        tool,
-        arguments,
-        pending,
-        answer,
-        confirm,
-        state=lambda: kit.ops.planner.state(project),
-        audit=lambda reason: kit.ops.audit_refusal(
-            tool, shown, pending.caller, reason, on_behalf_of=kit.acting_for(ctx)
-        ),
-    )
 
 
 async def plan_up(project: str, services: list[str] | None, wait: bool, confirm: str | None, ctx: Context) -> Pending:

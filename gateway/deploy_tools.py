@@ -16,7 +16,6 @@ from .approval import (
     RollbackAnswer,
     RollbackPending,
     deploy_audit_arguments,
-    settle,
 )
 from .candidate import MAX_COMPOSE_BYTES, MAX_ENV_NAMES
 from .models import DeployResult, PlanResult, VersionList
@@ -117,19 +116,10 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         wait: Wait = False,
         confirm: Confirm = None,
     ) -> DeployResult:
-        shown = deploy_audit_arguments(project, compose_yaml)
-        who = kit.authorize(ctx, "deploy", shown)
         arguments = {"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}
-        await settle(ctx, "deploy", arguments, pending, answer, confirm, audit_arguments=shown)
-        return await deployer.deploy(
-            project,
-            compose_yaml,
-            env=env,
-            wait=wait,
-            caller=who.name,
-            on_behalf_of=kit.acting_for(ctx),
-            progress=kit.progress(ctx),
-        )
+        shown = deploy_audit_arguments(project, compose_yaml)
+        acting = await kit.cleared(ctx, "deploy", arguments, pending, answer, confirm, shown=shown)
+        return await deployer.deploy(project, compose_yaml, env=env, wait=wait, **acting)
 
     @mcp.tool(
         title="Roll back",
@@ -149,9 +139,7 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         wait: Wait = False,
         confirm: Confirm = None,
     ) -> DeployResult:
-        arguments = {"project": project, "version": version, "wait": wait}
-        who = kit.authorize(ctx, "rollback", arguments)
-        await settle(ctx, "rollback", arguments, pending, answer, confirm)
-        return await deployer.rollback(
-            project, version, wait=wait, caller=who.name, on_behalf_of=kit.acting_for(ctx), progress=kit.progress(ctx)
+        acting = await kit.cleared(
+            ctx, "rollback", {"project": project, "version": version, "wait": wait}, pending, answer, confirm
         )
+        return await deployer.rollback(project, version, wait=wait, **acting)

@@ -8,8 +8,7 @@ result (see :mod:`gateway.server`). New tool families live in modules of their o
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
@@ -19,15 +18,17 @@ from .access import principal_of
 from .approval import (
     CONFIRM_DESCRIPTION,
     SERVICE_CONFIRMATION,
+    Answer,
     ConfirmGate,
     DownAnswer,
     DownPending,
+    Pending,
     UpAnswer,
     UpPending,
-    settle,
 )
 from .audit import on_behalf_of
 from .auth import Principal
+from .compose import ProgressCallback
 from .confirm import Confirmations
 from .dashboard import PS_TOOL_META
 from .errors import GatewayError, PolicyViolation
@@ -39,6 +40,7 @@ from .operations import ComposeOperations
 
 __all__ = [
     "ToolKit",
+    "Acting",
     "Project",
     "Services",
     "Confirm",
@@ -75,6 +77,14 @@ def write_annotations(*, destructive: bool, idempotent: bool) -> ToolAnnotations
 def caller_of(ctx: Context) -> Principal:
     """Who is calling: the principal of the request's verified token (``LOCAL`` on stdio)."""
     return principal_of(ctx)
+
+
+class Acting(TypedDict):
+    """The keywords every write operation takes: who calls, the person it acts for, where events go."""
+
+    caller: str
+    on_behalf_of: str | None
+    progress: ProgressCallback
 
 
 class ToolKit:
@@ -114,7 +124,7 @@ class ToolKit:
         """
         return on_behalf_of(ctx.request_context.meta)
 
-    def progress(self, ctx: Context) -> Callable[[str], Awaitable[None]]:
+    def progress(self, ctx: Context) -> ProgressCallback:
         """A callback that turns each Compose event into a progress notification and a log message."""
         count = 0
         notifier = self.notifier
@@ -127,6 +137,46 @@ class ToolKit:
                 await notifier.log_to_request(ctx.request_context, "info", "compose", message)
 
         return report
+
+    async def cleared(
+        self,
+        ctx: Context,
+        tool: str,
+        arguments: dict[str, Any],
+        pending: Pending,
+        answer: Answer,
+        confirm: str | None,
+        *,
+        shown: dict[str, Any] | None = None,
+        scope_shown: dict[str, Any] | None = None,
+    ) -> Acting:
+        """What a write tool's body does before it acts: check the scope, then settle the confirmation.
+
+        ``arguments`` are what a confirmation is bound to. Refusals' audit lines record ``shown``
+        instead when given (deploy's hide the file), and a scope refusal records ``scope_shown``
+        where that differs.
+
+        Returns the operation's keywords: ``ops.up(project, ..., **acting)``.
+
+        Raises:
+            PolicyViolation: out of scope, a token that does not fit, or a person who declined.
+            ConfirmationRequired: the policy asks for a confirmation this call does not carry.
+            InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta``.
+        """
+        audited = arguments if shown is None else shown
+        who = self.authorize(ctx, tool, audited if scope_shown is None else scope_shown)
+        person = self.acting_for(ctx)
+        project = str(arguments["project"])
+        await self.gate.settle(
+            tool,
+            arguments,
+            pending,
+            answer,
+            confirm,
+            state=lambda: self.ops.planner.state(project),
+            audit=lambda reason: self.ops.audit_refusal(tool, audited, pending.caller, reason, on_behalf_of=person),
+        )
+        return Acting(caller=who.name, on_behalf_of=person, progress=self.progress(ctx))
 
 
 def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
@@ -251,16 +301,12 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         ] = False,
         confirm: Confirm = None,
     ) -> ActionResult:
-        who = kit.authorize(ctx, "up", {"project": project, "services": services})
-        await settle(ctx, "up", {"project": project, "services": services, "wait": wait}, pending, answer, confirm)
-        return await ops.up(
-            project,
-            services=services,
-            wait=wait,
-            caller=who.name,
-            on_behalf_of=kit.acting_for(ctx),
-            progress=kit.progress(ctx),
+        arguments = {"project": project, "services": services, "wait": wait}
+        # A scope refusal in the body has always been audited without wait; kept so audit lines stay the same.
+        acting = await kit.cleared(
+            ctx, "up", arguments, pending, answer, confirm, scope_shown={"project": project, "services": services}
         )
+        return await ops.up(project, services=services, wait=wait, **acting)
 
     @mcp.tool(
         title="Bring down",
@@ -280,11 +326,8 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         ] = False,
         confirm: Confirm = None,
     ) -> ActionResult:
-        who = kit.authorize(ctx, "down", {"project": project, "volumes": volumes})
-        await settle(ctx, "down", {"project": project, "volumes": volumes}, pending, answer, confirm)
-        return await ops.down(
-            project, volumes=volumes, caller=who.name, on_behalf_of=kit.acting_for(ctx), progress=kit.progress(ctx)
-        )
+        acting = await kit.cleared(ctx, "down", {"project": project, "volumes": volumes}, pending, answer, confirm)
+        return await ops.down(project, volumes=volumes, **acting)
 
     for action, (title, idempotent, description) in _SERVICE_TOOLS.items():
         _register_service_tool(mcp, kit, action, title, idempotent, description)
@@ -296,21 +339,13 @@ def _register_service_tool(
     async def service_tool(
         project: Project,
         ctx: Context,
-        pending: Any,
-        answer: Any,
+        pending: Pending,
+        answer: Answer,
         services: Services = None,
         confirm: Confirm = None,
     ) -> ActionResult:
-        who = kit.authorize(ctx, action, {"project": project, "services": services})
-        await settle(ctx, action, {"project": project, "services": services}, pending, answer, confirm)
-        return await kit.ops.service_action(
-            action,
-            project,
-            services=services,
-            caller=who.name,
-            on_behalf_of=kit.acting_for(ctx),
-            progress=kit.progress(ctx),
-        )
+        acting = await kit.cleared(ctx, action, {"project": project, "services": services}, pending, answer, confirm)
+        return await kit.ops.service_action(action, project, services=services, **acting)
 
     # One body for three tools, each with its own planner: the SDK reads these annotations to resolve them.
     service_tool.__annotations__ = {**service_tool.__annotations__, **SERVICE_CONFIRMATION[action]}
