@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import tracemalloc
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -215,8 +215,27 @@ services:
 """
 
 
-async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    await eventually(check, timeout=timeout, interval=0.1)
+async def up_until_logged(
+    ops: ComposeOperations,
+    stacks: StackFactory,
+    compose: str,
+    *markers: str,
+    up: list[str] | None = None,
+    read: list[str] | None = None,
+    tail: int = 100,
+    timeout: float = 30.0,
+) -> str:
+    """Bring up a new stack of ``compose`` (only the ``up`` services, if named) and return its name once
+    the last ``tail`` lines of its logs (of the ``read`` services, if named) hold every marker."""
+    name = stacks.make(compose)
+    await ops.up(name, services=up)
+
+    async def logged() -> bool:
+        text = (await ops.logs(name, services=read, tail=tail)).text
+        return all(marker in text for marker in markers)
+
+    await eventually(logged, timeout=timeout, interval=0.1, what=f"the logs of {name} hold {markers}")
+    return name
 
 
 @pytest.mark.anyio
@@ -224,14 +243,7 @@ async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> N
 async def test_each_line_of_two_services_carries_the_label_of_the_service_that_printed_it(
     ops: ComposeOperations, stacks: StackFactory
 ) -> None:
-    name = stacks.make(TWO_TALKERS)
-    await ops.up(name)
-
-    async def both_done() -> bool:
-        text = (await ops.logs(name, tail=100)).text
-        return "marker-alpha 40" in text and "marker-beta 40" in text
-
-    await poll(both_done)
+    name = await up_until_logged(ops, stacks, TWO_TALKERS, "marker-alpha 40", "marker-beta 40")
     lines = (await ops.logs(name, tail=100)).text.splitlines()
     assert len(lines) == 80
     for line in lines:
@@ -245,13 +257,7 @@ async def test_each_line_of_two_services_carries_the_label_of_the_service_that_p
 @pytest.mark.anyio
 @pytest.mark.docker
 async def test_the_epoch_as_since_reads_every_line(ops: ComposeOperations, stacks: StackFactory) -> None:
-    name = stacks.make(TWO_TALKERS)
-    await ops.up(name, services=["alpha"])
-
-    async def done() -> bool:
-        return "marker-alpha 40" in (await ops.logs(name, tail=100)).text
-
-    await poll(done)
+    name = await up_until_logged(ops, stacks, TWO_TALKERS, "marker-alpha 40", up=["alpha"])
     for since in ("1970-01-01T00:00:00Z", "0"):
         logs = await ops.logs(name, tail=100, since=since)
         assert logs.lines == 40 and logs.text.splitlines()[0] == "alpha | marker-alpha 1"
@@ -280,13 +286,7 @@ services:
 async def test_a_20_mb_log_read_with_a_1_kb_budget_holds_a_small_part_of_it(
     ops: ComposeOperations, stacks: StackFactory
 ) -> None:
-    name = stacks.make(FLOOD)
-    await ops.up(name)
-
-    async def flooded() -> bool:
-        return "flood-done" in (await ops.logs(name, services=["flood"], tail=1)).text
-
-    await poll(flooded, timeout=120)
+    name = await up_until_logged(ops, stacks, FLOOD, "flood-done", read=["flood"], tail=1, timeout=120)
     tracemalloc.start()
     try:
         logs = await ops.logs(name, services=["flood"], tail=10_000, max_bytes=1024)

@@ -271,21 +271,22 @@ async def test_a_malformed_compose_file_gives_composes_own_error(ops: ComposeOpe
     assert ops.metrics.snapshot()["failure_count"] >= 2
 
 
-async def test_logs_keep_the_newest_lines_within_the_byte_cap(ops: ComposeOperations, stacks: StackFactory) -> None:
-    compose = """
-services:
-  talker:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "seq 1 3000; sleep 3600"]
-"""
-    name = stacks.make(compose)
+async def up_one_printer(ops: ComposeOperations, stacks: StackFactory, service: str, script: str, last: str) -> str:
+    """Bring up a stack of one service running ``sh -c script``; return once its newest log line ends in ``last``."""
+    name = stacks.make(
+        f'services:\n  {service}:\n    image: {{image}}\n    init: true\n    command: ["sh", "-c", "{script}"]\n'
+    )
     await ops.up(name)
 
-    async def all_written() -> bool:
-        return (await ops.logs(name, tail=1)).text.endswith("3000")
+    async def printed() -> bool:
+        return (await ops.logs(name, tail=1)).text.endswith(last)
 
-    await wait_until(all_written)
+    await wait_until(printed, what=f"{service} printed {last!r}")
+    return name
+
+
+async def test_logs_keep_the_newest_lines_within_the_byte_cap(ops: ComposeOperations, stacks: StackFactory) -> None:
+    name = await up_one_printer(ops, stacks, "talker", "seq 1 3000; sleep 3600", last="3000")
     logs = await ops.logs(name, tail=3000, max_bytes=2048)
     assert logs.truncated and logs.dropped_lines > 0
     assert logs.text.splitlines()[-1] == "talker | 3000"
@@ -294,20 +295,7 @@ services:
 
 
 async def test_logs_since_excludes_older_lines(ops: ComposeOperations, stacks: StackFactory) -> None:
-    compose = """
-services:
-  once:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "echo early; sleep 3600"]
-"""
-    name = stacks.make(compose)
-    await ops.up(name)
-
-    async def early_written() -> bool:
-        return "early" in (await ops.logs(name)).text
-
-    await wait_until(early_written)
+    name = await up_one_printer(ops, stacks, "once", "echo early; sleep 3600", last="early")
     assert (await ops.logs(name, since="2000-01-01T00:00:00Z")).lines == 1
     assert (await ops.logs(name, since="2099-01-01T00:00:00Z")).lines == 0
 

@@ -56,6 +56,20 @@ async def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
             await anyio.sleep(0.02)
 
 
+async def refreshing_from_vault(bao: OpenBao, background: Background) -> tuple[str, dict[str, str], TokenStore]:
+    """Seed both tokens of a fresh deployment in ``bao``, load them, and refresh them every 0.2 s from then on.
+
+    Returns the deployment's hash, the seeded tokens and the store they were loaded into.
+    """
+    deployment = fresh_hash()
+    seeded = _seed(bao, deployment)
+    source = VaultTokenSource(VaultClient(bao.address, bao.root_token), deployment)
+    store = TokenStore()
+    await load_initial_tokens(source, store, timeout=5)
+    background(lambda: refresh_tokens_forever(source, store, interval=0.2))
+    return deployment, seeded, store
+
+
 @pytest.fixture
 async def background() -> AsyncIterator[Background]:
     """Run coroutines in a task group that is cancelled when the test ends."""
@@ -251,12 +265,7 @@ async def test_a_rotation_in_vault_is_accepted_and_the_old_token_refused_without
     openbao: OpenBao,
     background: Background,
 ) -> None:
-    deployment = fresh_hash()
-    seeded = _seed(openbao, deployment)
-    source = VaultTokenSource(VaultClient(openbao.address, openbao.root_token), deployment)
-    store = TokenStore()
-    await load_initial_tokens(source, store, timeout=5)
-    background(lambda: refresh_tokens_forever(source, store, interval=0.2))
+    deployment, seeded, store = await refreshing_from_vault(openbao, background)
 
     rotated = secrets.token_urlsafe(16)
     openbao.write_token(f"agent/{deployment}/compose_agent_token", rotated)
@@ -267,12 +276,7 @@ async def test_a_rotation_in_vault_is_accepted_and_the_old_token_refused_without
 
 
 async def test_deleting_one_secret_in_vault_revokes_that_token(openbao: OpenBao, background: Background) -> None:
-    deployment = fresh_hash()
-    seeded = _seed(openbao, deployment)
-    source = VaultTokenSource(VaultClient(openbao.address, openbao.root_token), deployment)
-    store = TokenStore()
-    await load_initial_tokens(source, store, timeout=5)
-    background(lambda: refresh_tokens_forever(source, store, interval=0.2))
+    deployment, seeded, store = await refreshing_from_vault(openbao, background)
 
     openbao.delete_latest(f"agent/{deployment}/status_panel_token")
 
@@ -287,12 +291,7 @@ async def test_vault_stopped_mid_run_keeps_the_last_good_tokens_and_warns_withou
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with start_openbao(tmp_path) as bao:
-        deployment = fresh_hash()
-        seeded = _seed(bao, deployment)
-        source = VaultTokenSource(VaultClient(bao.address, bao.root_token), deployment)
-        store = TokenStore()
-        await load_initial_tokens(source, store, timeout=5)
-        background(lambda: refresh_tokens_forever(source, store, interval=0.2))
+        _, seeded, store = await refreshing_from_vault(bao, background)
 
         bao.stop()
 
