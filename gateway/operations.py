@@ -10,20 +10,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from .audit import AuditLog
 from .catalog import StackCatalog
-from .compose import ComposeCli, ComposeLocator, ProgressCallback
+from .compose import ComposeCli, ComposeLocator
 from .config import Settings
 from .deploy import Deployer
 from .dockercli import DockerCli
 from .engine import Engine
 from .guard import PolicyGuard
 from .lifecycle import SERVICE_ACTIONS, Lifecycle, ServiceAction
-from .logs import DEFAULT_BYTES, DEFAULT_TAIL
 from .metrics import CommandExecutionMetrics, ControlPlane
-from .models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from .planner import Planner
 from .reads import Reads
 from .swarm import SwarmBackend
@@ -36,6 +33,11 @@ class ComposeOperations:
     """Compose operations on the stacks under one stacks dir, plus running folder-less projects.
 
     Stacks whose compose file opts in to Docker Swarm run there, through the same operations.
+
+    The reads ``list_stacks``, ``ps``, ``logs`` and ``config`` are :class:`~gateway.reads.Reads`'
+    methods; the writes ``up``, ``down`` and ``service_action`` (restart, start, stop), and
+    ``audit_refusal``, are :class:`~gateway.lifecycle.Lifecycle`'s. ``planner`` and ``deployer``
+    hold plan, versions, deploy and rollback.
     """
 
     def __init__(
@@ -65,6 +67,16 @@ class ComposeOperations:
         # deploy, rollback and their reads; versions are kept in the stacks dir (see gateway.versions).
         self.planner = Planner(self.catalog, VersionStore(self.catalog.stacks_dir), plane=plane, metrics=self.metrics)
         self.deployer = Deployer(self.catalog, self.lifecycle, self.planner)
+        # The operations are the parts' own methods, bound here: their signatures and docstrings
+        # are written once, where the work is done, and a call takes no extra hop.
+        self.list_stacks = self.reads.list_stacks
+        self.ps = self.reads.ps
+        self.logs = self.reads.logs
+        self.config = self.reads.config
+        self.up = self.lifecycle.up
+        self.down = self.lifecycle.down
+        self.service_action = self.lifecycle.service_action
+        self.audit_refusal = self.lifecycle.audit_refusal
 
     @classmethod
     def from_settings(
@@ -128,85 +140,3 @@ class ComposeOperations:
 
     def close(self) -> None:
         self.engine.close()
-
-    # -- reads ----------------------------------------------------------------------------------
-
-    async def list_stacks(self) -> StackList:
-        """Every stack folder, plus running compose projects that have none (marked external)."""
-        return await self.reads.list_stacks()
-
-    async def ps(self, project: str) -> PsResult:
-        """Every container of the stack, plus defined services that have none (state ``missing``)."""
-        return await self.reads.ps(project)
-
-    async def logs(
-        self,
-        project: str,
-        *,
-        services: list[str] | None = None,
-        tail: int = DEFAULT_TAIL,
-        since: str | None = None,
-        grep: str | None = None,
-        timestamps: bool = False,
-        max_bytes: int = DEFAULT_BYTES,
-    ) -> LogsResult:
-        """The last ``tail`` lines of each selected container, merged in time order and bounded in bytes."""
-        return await self.reads.logs(
-            project, services=services, tail=tail, since=since, grep=grep, timestamps=timestamps, max_bytes=max_bytes
-        )
-
-    async def config(self, project: str) -> ConfigResult:
-        """The stack's compose model as Compose validates and normalises it."""
-        return await self.reads.config(project)
-
-    # -- writes ---------------------------------------------------------------------------------
-
-    async def up(
-        self,
-        project: str,
-        *,
-        services: list[str] | None = None,
-        wait: bool = False,
-        caller: str = "local",
-        on_behalf_of: str | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> ActionResult:
-        """Create and start the stack's services, detached; with ``wait``, until they are running/healthy."""
-        return await self.lifecycle.up(
-            project, services=services, wait=wait, caller=caller, on_behalf_of=on_behalf_of, progress=progress
-        )
-
-    async def down(
-        self,
-        project: str,
-        *,
-        volumes: bool = False,
-        caller: str = "local",
-        on_behalf_of: str | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> ActionResult:
-        """Stop and remove the stack's containers and networks; named volumes are kept unless ``volumes``."""
-        return await self.lifecycle.down(
-            project, volumes=volumes, caller=caller, on_behalf_of=on_behalf_of, progress=progress
-        )
-
-    async def service_action(
-        self,
-        action: ServiceAction,
-        project: str,
-        *,
-        services: list[str] | None = None,
-        caller: str = "local",
-        on_behalf_of: str | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> ActionResult:
-        """restart, start or stop the stack's containers, or only those of ``services``."""
-        return await self.lifecycle.service_action(
-            action, project, services=services, caller=caller, on_behalf_of=on_behalf_of, progress=progress
-        )
-
-    def audit_refusal(
-        self, tool: str, arguments: dict[str, Any], caller: str, reason: str, *, on_behalf_of: str | None = None
-    ) -> None:
-        """Record a call that was refused before it ran (scope, read-only, policy)."""
-        self.lifecycle.audit_refusal(tool, arguments, caller, reason, on_behalf_of=on_behalf_of)
