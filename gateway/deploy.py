@@ -9,7 +9,7 @@
    (see :mod:`gateway.versions`), and brought up.
 
 Invalid YAML, a failed validation or a policy refusal leave the stack's files, its versions and
-the engine exactly as they were. ``rollback`` is the same path with a kept version's files.
+the engine exactly as they were. ``rollback`` is the same path with a kept version's change.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,20 @@ from .versions import Snapshot, VersionStore, sha256_hex
 __all__ = ["Deployer"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Change:
+    """What deploy or rollback does: put these files into the stack's folder, then bring it up."""
+
+    compose: bytes
+    env: bytes | None
+    wait: bool
+    # deploy without env: the .env on disk stays (``env`` is then None).
+    keep_env: bool = False
+    # rollback: the kept version that comes back; None records the files as a new version.
+    version: int | None = None
+    env_names: list[str] | None = None
 
 
 class Deployer:
@@ -76,20 +91,12 @@ class Deployer:
         except GatewayError as exc:
             self.lifecycle.audit_refusal("deploy", arguments, caller, str(exc), on_behalf_of=on_behalf_of)
             raise
-        env_bytes = None if new_env is None else render_env(new_env)
+        if new_env is None:
+            change = _Change(data, None, wait, keep_env=True)
+        else:
+            change = _Change(data, render_env(new_env), wait, env_names=sorted(new_env))
         return await self._apply(
-            "deploy",
-            project,
-            data,
-            env_bytes,
-            keep_env=new_env is None,
-            target=None,
-            arguments=arguments,
-            wait=wait,
-            caller=caller,
-            on_behalf_of=on_behalf_of,
-            progress=progress,
-            env_names=sorted(new_env) if new_env is not None else None,
+            "deploy", project, change, arguments, caller=caller, on_behalf_of=on_behalf_of, progress=progress
         )
 
     async def rollback(
@@ -118,19 +125,9 @@ class Deployer:
             self.lifecycle.audit_refusal("rollback", arguments, caller, str(exc), on_behalf_of=on_behalf_of)
             raise
         arguments.update(version=target, sha256=snapshot.sha256)
+        change = _Change(snapshot.compose, snapshot.env, wait, version=target)
         return await self._apply(
-            "rollback",
-            project,
-            snapshot.compose,
-            snapshot.env,
-            keep_env=False,
-            target=target,
-            arguments=arguments,
-            wait=wait,
-            caller=caller,
-            on_behalf_of=on_behalf_of,
-            progress=progress,
-            env_names=None,
+            "rollback", project, change, arguments, caller=caller, on_behalf_of=on_behalf_of, progress=progress
         )
 
     def _refuse_self(self, project: str, tool: str) -> None:
@@ -144,17 +141,12 @@ class Deployer:
         self,
         tool: str,
         project: str,
-        compose: bytes,
-        env: bytes | None,
-        *,
-        keep_env: bool,
-        target: int | None,
+        change: _Change,
         arguments: dict[str, Any],
-        wait: bool,
+        *,
         caller: str,
         on_behalf_of: str | None,
         progress: ProgressCallback | None,
-        env_names: list[str] | None,
     ) -> DeployResult:
         started = time.perf_counter()
         events: list[str] = []
@@ -172,9 +164,10 @@ class Deployer:
             async with self.lifecycle.lock(project):
                 folder = self.catalog.stacks_dir / project
                 existing = await to_thread.run_sync(VersionStore.on_disk, folder)
-                if keep_env:
+                env = change.env
+                if change.keep_env:
                     env = existing[1].env if existing is not None else None
-                snapshot = Snapshot(compose, env)
+                snapshot = Snapshot(change.compose, env)
                 cli = await self.catalog.compose.get()
                 model, old_model = await self._check(cli, project, existing, snapshot, tool)
                 if audit is not None:
@@ -192,12 +185,12 @@ class Deployer:
                 with running.track(what) as stopped:
                     ran = True
                     previous, version, compose_path = await to_thread.run_sync(
-                        self._write, project, existing[1] if existing else None, snapshot, target, caller, env_names
+                        self._write, project, existing[1] if existing else None, snapshot, change, caller
                     )
                     # The outcome line says which version this became; the intent could not know it yet.
                     arguments.update(version=version, previous_version=previous)
                     self.catalog.forget(project)
-                    await self._up(project, compose_path, wait, on_event, version, previous)
+                    await self._up(project, compose_path, change.wait, on_event, version, previous)
                 if stopped.cancelled_caught:
                     raise running.interruption(what)
             outcome = "ok"
@@ -228,7 +221,7 @@ class Deployer:
             sha256=snapshot.sha256,
             created=existing is None,
             changes=_changes(old_model, model),
-            env_names=env_names,
+            env_names=change.env_names,
             duration_ms=round(duration, 1),
             events=events,
             message=f"{tool} finished on '{project}': version {version} is on disk and up",
@@ -240,7 +233,7 @@ class Deployer:
         """Compose's model of the new files (and of the old ones), once Compose and the guard accept them.
 
         Raises:
-            InvalidInput: Compose rejects the new files.
+            InvalidInput: Compose rejects the new change.
             PolicyRefused: the guard refuses them.
         """
         folder = self.catalog.stacks_dir / project
@@ -281,9 +274,8 @@ class Deployer:
         project: str,
         on_disk: Snapshot | None,
         snapshot: Snapshot,
-        target: int | None,
+        change: _Change,
         caller: str,
-        env_names: list[str] | None,
     ) -> tuple[int | None, int, Path]:
         """Keep what is on disk (unless a version holds it) and the new files, install them, mark them current.
 
@@ -297,9 +289,9 @@ class Deployer:
             if on_disk is not None and previous is None:
                 # Written or edited by hand: kept first, so the deploy can be undone.
                 previous = self.store.record(project, on_disk, source="disk", caller=caller)
-            version = target
+            version = change.version
             if version is None:
-                names = tuple(env_names) if env_names is not None else ()
+                names = tuple(change.env_names) if change.env_names is not None else ()
                 version = self.store.record(project, snapshot, source="deploy", caller=caller, env_names=names)
             compose_path = self.store.install(project, snapshot)
             self.store.set_current(project, version)
