@@ -18,7 +18,7 @@ from playwright.async_api import Browser, Page, ViewportSize, async_playwright, 
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.statuspanel.conftest import Panel
 
-__all__ = ["browser", "shot", "watch_for_violations", "log_in", "running_stack", "DESKTOP", "PHONE"]
+__all__ = ["browser", "shot", "watch_for_violations", "log_in", "logged_in_page", "running_stack", "DESKTOP", "PHONE"]
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
@@ -67,6 +67,20 @@ async def log_in(page: Page, panel: Panel, *, wrong_first: bool = True) -> None:
     await page.get_by_test_id("login-token").fill(panel.token)
     await page.get_by_test_id("login-submit").click()
     await expect(page.get_by_test_id("dashboard")).to_be_visible()
+
+
+async def logged_in_page(
+    browser: Browser, panel: Panel, *, wrong_first: bool = True, viewport: ViewportSize = DESKTOP
+) -> tuple[Page, list[str]]:
+    """A page in a context of its own, logged in as :func:`log_in` does, and what its CSP blocks from then on.
+
+    Close it with ``page.context.close()``.
+    """
+    context = await browser.new_context(viewport=viewport)
+    page = await context.new_page()
+    violations = watch_for_violations(page)
+    await log_in(page, panel, wrong_first=wrong_first)
+    return page, violations
 
 
 def running_stack(stacks: StackFactory, panel: Panel) -> str:

@@ -11,7 +11,7 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from tests.conftest import StackFactory
-from tests.statuspanel.browser import DESKTOP, PHONE, browser, log_in, running_stack, shot, watch_for_violations
+from tests.statuspanel.browser import PHONE, browser, log_in, logged_in_page, running_stack, shot
 from tests.statuspanel.conftest import Gateway, Panel
 
 __all__ = ["browser"]  # the fixture, imported for pytest
@@ -23,10 +23,7 @@ async def test_a_person_manages_a_stack_from_the_browser(
     stacks: StackFactory, gateway: Gateway, panel: Panel, browser: Browser
 ) -> None:
     name = running_stack(stacks, panel)
-    context = await browser.new_context(viewport=DESKTOP)
-    page = await context.new_page()
-    violations = watch_for_violations(page)
-    await log_in(page, panel)
+    page, violations = await logged_in_page(browser, panel)
 
     card = page.get_by_test_id(f"stack-{name}")
     await expect(card).to_be_visible()
@@ -82,7 +79,7 @@ async def test_a_person_manages_a_stack_from_the_browser(
     await expect(worker_state).to_have_text("missing", timeout=15_000)
     # Everything above ran under the panel's CSP, with no inline script or style to block.
     assert violations == []
-    await context.close()
+    await page.context.close()
 
 
 async def test_the_dashboard_works_at_phone_width_and_shows_a_banner_when_the_gateway_dies(

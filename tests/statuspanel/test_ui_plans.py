@@ -19,7 +19,7 @@ from playwright.async_api import Browser, expect
 
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.swarm_fixtures import TWO_REPLICAS, remove_stack, swarm
-from tests.statuspanel.browser import DESKTOP, browser, log_in, running_stack, shot, watch_for_violations
+from tests.statuspanel.browser import browser, logged_in_page, running_stack, shot
 from tests.statuspanel.conftest import Gateway, Panel, start_gateway, start_panel
 
 __all__ = ["browser", "swarm"]  # the fixtures, imported for pytest
@@ -68,10 +68,7 @@ async def test_up_and_down_show_the_plan_first_and_a_refused_stack_says_why(
     panel = confirming_panel
     name = running_stack(stacks, panel)
     refused = stacks.make(PRIVILEGED)
-    context = await browser.new_context(viewport=DESKTOP)
-    page = await context.new_page()
-    violations = watch_for_violations(page)
-    await log_in(page, panel, wrong_first=False)
+    page, violations = await logged_in_page(browser, panel, wrong_first=False)
 
     # The refused stack: a badge, its reasons on the card, and the plan says up will change nothing.
     await page.get_by_test_id("stack-filter").fill(refused)
@@ -120,7 +117,7 @@ async def test_up_and_down_show_the_plan_first_and_a_refused_stack_says_why(
     await page.get_by_test_id("confirm-up-ok").click()
     await expect(page.get_by_test_id(f"state-{name}-worker")).to_have_text("running", timeout=60_000)
     assert violations == []
-    await context.close()
+    await page.context.close()
 
 
 async def test_a_stacks_page_lists_its_versions_and_rolls_back_to_one(
@@ -136,10 +133,7 @@ async def test_a_stacks_page_lists_its_versions_and_rolls_back_to_one(
             deployed = await client.call_tool("deploy", {"project": name, "compose_yaml": compose, "wait": True})
     assert not deployed.is_error, deployed.content
 
-    context = await browser.new_context(viewport=DESKTOP)
-    page = await context.new_page()
-    violations = watch_for_violations(page)
-    await log_in(page, panel, wrong_first=False)
+    page, violations = await logged_in_page(browser, panel, wrong_first=False)
     await page.goto(f"{panel.base}/stacks/{name}")
     await expect(page.get_by_test_id("version-2").get_by_test_id("version-current")).to_be_visible()
     await expect(page.get_by_test_id("version-1")).to_contain_text("disk")
@@ -167,7 +161,7 @@ async def test_a_stacks_page_lists_its_versions_and_rolls_back_to_one(
     outcome = [r for r in rollbacks if r["tool"] == "rollback" and r["phase"] == "outcome"][-1]
     assert outcome["outcome"] == "ok" and outcome["on_behalf_of"] == "token"  # logged in with the token
     assert violations == []
-    await context.close()
+    await page.context.close()
 
 
 async def test_a_swarm_stack_shows_its_replicas_and_their_nodes(
@@ -180,10 +174,7 @@ async def test_a_swarm_stack_shows_its_replicas_and_their_nodes(
         )
         assert up.status_code == 200, up.text
         beside = stacks.make(WEB_WORKER, files=STACK_FILES)
-        context = await browser.new_context(viewport=DESKTOP)
-        page = await context.new_page()
-        violations = watch_for_violations(page)
-        await log_in(page, panel, wrong_first=False)
+        page, violations = await logged_in_page(browser, panel, wrong_first=False)
         await page.get_by_test_id("stack-filter").fill(name)
         card = page.get_by_test_id(f"stack-{name}")
         await expect(card).to_have_attribute("data-target", "swarm")
@@ -197,6 +188,6 @@ async def test_a_swarm_stack_shows_its_replicas_and_their_nodes(
         await page.get_by_test_id("stack-filter").fill(beside)
         await expect(page.get_by_test_id(f"stack-{beside}")).to_have_attribute("data-target", "compose")
         assert violations == []
-        await context.close()
+        await page.context.close()
     finally:
         remove_stack(name)
