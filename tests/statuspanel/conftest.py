@@ -93,6 +93,15 @@ class Process:
         self.process = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         out.close()
 
+    def launch(self) -> None:
+        """Start, and wait until healthy; a process that never gets there is stopped."""
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
     def wait_healthy(self, timeout: float = STARTUP_TIMEOUT) -> None:
         def healthy() -> bool:
             assert self.process is not None
@@ -153,39 +162,50 @@ class Panel(Process):
         return httpx2.Client(base_url=self.base, headers=headers, timeout=60)
 
 
-def start_gateway(
-    stacks: StackFactory, tmp_path: Path, *, config: dict[str, Any] | None = None, name: str = "gateway"
+def launch_gateway(
+    stacks: StackFactory,
+    tmp_path: Path,
+    *,
+    env: dict[str, str],
+    name: str = "gateway",
+    agent_token: str = "",
+    panel_token: str = "",
 ) -> Gateway:
-    """A real ``compose-agent serve`` over the ``stacks`` dir, with both tokens set, and ``config`` as
-    its ``config.json`` (the operator's policy, say)."""
+    """A healthy ``compose-agent serve`` over the ``stacks`` dir, with ``env`` over a clean environment.
+
+    The state dir and ``config.json`` are the test's own unless ``env`` names others; ``agent_token`` and
+    ``panel_token`` only record what ``env`` gives the gateway, for the test to present.
+    """
     port = free_port()
-    agent_token, panel_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    config_path = tmp_path / (f"{name}-config.json" if config is not None else "no-config.json")
-    if config is not None:
-        config_path.write_text(json.dumps(config))
-    env = _clean_env(
-        COMPOSE_AGENT_TOKEN=agent_token,
-        STATUS_PANEL_TOKEN=panel_token,
-        COMPOSE_AGENT_STATE_DIR=str(tmp_path / f"{name}-state"),
-        CONFIG_PATH=str(config_path),
-    )
-    args = ["compose-agent", "serve", "--port", str(port), "--stacks-dir", str(stacks.root)]
+    defaults = {
+        "COMPOSE_AGENT_STATE_DIR": str(tmp_path / f"{name}-state"),
+        "CONFIG_PATH": str(tmp_path / "no-config.json"),
+    }
     gw = Gateway(
-        args=args,
-        env=env,
+        args=["compose-agent", "serve", "--port", str(port), "--stacks-dir", str(stacks.root)],
+        env=_clean_env(**{**defaults, **env}),
         log=tmp_path / f"{name}.log",
         base=f"http://127.0.0.1:{port}",
         port=port,
         agent_token=agent_token,
         panel_token=panel_token,
     )
-    gw.start()
-    try:
-        gw.wait_healthy()
-    except BaseException:
-        gw.stop()
-        raise
+    gw.launch()
     return gw
+
+
+def start_gateway(
+    stacks: StackFactory, tmp_path: Path, *, config: dict[str, Any] | None = None, name: str = "gateway"
+) -> Gateway:
+    """A real ``compose-agent serve`` over the ``stacks`` dir, with both tokens set, and ``config`` as
+    its ``config.json`` (the operator's policy, say)."""
+    agent_token, panel_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    env = {"COMPOSE_AGENT_TOKEN": agent_token, "STATUS_PANEL_TOKEN": panel_token}
+    if config is not None:
+        config_path = tmp_path / f"{name}-config.json"
+        config_path.write_text(json.dumps(config))
+        env["CONFIG_PATH"] = str(config_path)
+    return launch_gateway(stacks, tmp_path, env=env, name=name, agent_token=agent_token, panel_token=panel_token)
 
 
 @pytest.fixture
@@ -213,12 +233,7 @@ def start_panel(
     panel = Panel(
         args=command, env=full_env, log=tmp_path / f"{name}.log", base=f"http://127.0.0.1:{port}", token=token
     )
-    panel.start()
-    try:
-        panel.wait_healthy()
-    except BaseException:
-        panel.stop()
-        raise
+    panel.launch()
     return panel
 
 

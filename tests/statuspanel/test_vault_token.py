@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import StackFactory, free_port
+from tests.conftest import StackFactory
 from tests.gateway.vault_fixtures import OpenBao, fresh_hash, openbao  # noqa: F401 - the fixture
-from tests.statuspanel.conftest import Gateway, Panel, _clean_env, poll, start_panel
+from tests.statuspanel.conftest import Gateway, Panel, launch_gateway, poll, start_panel
 
 pytestmark = [pytest.mark.vault, pytest.mark.docker]
 
@@ -31,22 +31,8 @@ def vault_gateway(openbao: OpenBao, stacks: StackFactory, tmp_path: Path) -> Ite
     deployment = fresh_hash()
     openbao.write_token(f"agent/{deployment}/compose_agent_token", secrets.token_urlsafe(24))
     openbao.write_token(f"agent/{deployment}/status_panel_token", secrets.token_urlsafe(24))
-    port = free_port()
-    env = _clean_env(
-        **vault_env(openbao, deployment, "compose_agent_token"),
-        COMPOSE_AGENT_STATE_DIR=str(tmp_path / "gateway-state"),
-        CONFIG_PATH=str(tmp_path / "no-config.json"),
-    )
-    gw = Gateway(
-        args=["compose-agent", "serve", "--port", str(port), "--stacks-dir", str(stacks.root)],
-        env=env,
-        log=tmp_path / "gateway.log",
-        base=f"http://127.0.0.1:{port}",
-        port=port,
-    )
-    gw.start()
+    gw = launch_gateway(stacks, tmp_path, env=vault_env(openbao, deployment, "compose_agent_token"))
     try:
-        gw.wait_healthy()
         yield gw, deployment
     finally:
         gw.stop()
@@ -99,17 +85,8 @@ def test_the_panel_reads_the_token_the_gateway_generated_in_a_shared_state_dir(
     stacks: StackFactory, tmp_path: Path
 ) -> None:
     state = tmp_path / "shared-state"
-    port = free_port()
-    gateway = Gateway(
-        args=["compose-agent", "serve", "--port", str(port), "--stacks-dir", str(stacks.root)],
-        env=_clean_env(COMPOSE_AGENT_STATE_DIR=str(state), CONFIG_PATH=str(tmp_path / "no-config.json")),
-        log=tmp_path / "gateway.log",
-        base=f"http://127.0.0.1:{port}",
-        port=port,
-    )
-    gateway.start()
+    gateway = launch_gateway(stacks, tmp_path, env={"COMPOSE_AGENT_STATE_DIR": str(state)})
     try:
-        gateway.wait_healthy()
         tokens = json.loads((state / "tokens.json").read_text())
         panel = start_panel(
             tmp_path, env={"COMPOSE_AGENT_STATE_DIR": str(state), "COMPOSE_AGENT_URL": gateway.mcp_url}, token=None
