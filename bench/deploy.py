@@ -20,19 +20,22 @@ table; nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Sample, ensure_busybox_image, machine_context, random_name  # noqa: E402 - beside its helpers
+from _common import (  # noqa: E402 - a script beside its helpers, not a package
+    Sample,
+    ensure_busybox_image,
+    random_name,
+    run_and_report,
+    time_async_calls,
+)
 
 from gateway.config import load_settings  # noqa: E402
 from gateway.metrics import ControlPlane  # noqa: E402
@@ -51,15 +54,6 @@ services:
 """
 
 
-async def timed(name: str, fn: Callable[[], Awaitable[object]], iterations: int) -> Sample:
-    sample = Sample(name)
-    for _ in range(iterations):
-        started = time.perf_counter()
-        await fn()
-        sample.values.append((time.perf_counter() - started) * 1000)
-    return sample
-
-
 async def main(args: argparse.Namespace) -> list[Sample]:
     image = ensure_busybox_image()
     samples: list[Sample] = []
@@ -75,21 +69,26 @@ async def main(args: argparse.Namespace) -> list[Sample]:
         )
         try:
             await ops.deployer.deploy(project, first)
-            samples.append(await timed("plan, the stack as it is", lambda: ops.planner.plan(project), args.iterations))
+            n = args.iterations
             samples.append(
-                await timed("plan, a changed compose file", lambda: ops.planner.plan(project, second), args.iterations)
+                await time_async_calls("plan, the stack as it is", lambda: ops.planner.plan(project), iterations=n)
             )
             samples.append(
-                await timed("deploy, the same file (no-op up)", lambda: ops.deployer.deploy(project, first), 3)
+                await time_async_calls(
+                    "plan, a changed compose file", lambda: ops.planner.plan(project, second), iterations=n
+                )
+            )
+            samples.append(
+                await time_async_calls(
+                    "deploy, the same file (no-op up)", lambda: ops.deployer.deploy(project, first), iterations=3
+                )
             )
             changed, back = Sample("deploy, one service changed (recreates it)"), Sample("rollback (recreates it)")
             for _ in range(args.iterations):
-                started = time.perf_counter()
-                await ops.deployer.deploy(project, second)
-                changed.values.append((time.perf_counter() - started) * 1000)
-                started = time.perf_counter()
-                await ops.deployer.rollback(project)
-                back.values.append((time.perf_counter() - started) * 1000)
+                with changed.timing():
+                    await ops.deployer.deploy(project, second)
+                with back.timing():
+                    await ops.deployer.rollback(project)
             samples += [changed, back]
             folder = root / project
             compose = ["docker", "compose", "-p", project, "-f", str(folder / "compose.yaml")]
@@ -106,8 +105,8 @@ async def main(args: argparse.Namespace) -> list[Sample]:
                     )
                 )
 
-            samples.append(await timed("bare compose up -d, nothing to do", bare_up, args.iterations))
-            samples.append(await timed("bare compose config --format json", bare_config, args.iterations))
+            samples.append(await time_async_calls("bare compose up -d, nothing to do", bare_up, iterations=n))
+            samples.append(await time_async_calls("bare compose config --format json", bare_config, iterations=n))
         finally:
             subprocess.run(
                 ["docker", "compose", "-p", project, "down", "-v", "-t", "1"], capture_output=True, check=False
@@ -120,12 +119,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--json", type=Path)
-    arguments = parser.parse_args()
-    before = machine_context()
-    results = anyio.run(main, arguments)
-    print(f"machine: {before} -> {machine_context()}")
-    print("| operation | p50 ms | p95 ms |\n|---|---|---|")
-    for sample in results:
-        print(f"| {sample.name} | {sample.p50:.1f} | {sample.p95:.1f} |")
-    if arguments.json:
-        arguments.json.write_text(json.dumps([s.as_dict() for s in results], indent=2))
+    run_and_report(main, parser.parse_args())

@@ -21,20 +21,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import Sample, ensure_busybox_image, machine_context, random_name  # noqa: E402 - a script beside its helpers
+from _common import (  # noqa: E402 - a script beside its helpers, not a package
+    Sample,
+    ensure_busybox_image,
+    interrupt_on_sigterm,
+    machine_context,
+    random_name,
+)
 
 from gateway.engine import Engine, container_to_status  # noqa: E402
 
@@ -72,10 +76,7 @@ def main() -> int:
     compose_file.write_text(compose_yaml(ensure_busybox_image(), args.services))
     compose = ["docker", "compose", "-p", project, "-f", str(compose_file)]
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    interrupt_on_sigterm()
     before = machine_context()
     pinned = docker.APIClient(version="1.41")
     engine = Engine()

@@ -17,18 +17,14 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import anyio
@@ -42,9 +38,13 @@ from _common import (  # noqa: E402 - a script beside its helpers, not a package
     Sample,
     ensure_busybox_image,
     free_port,
+    interrupt_on_sigterm,
     machine_context,
     random_name,
+    run_main,
+    stop_process,
     time_calls,
+    wait_for_health,
 )
 
 SERVICES = 10
@@ -160,28 +160,11 @@ class Bench:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.http_server.poll() is not None:
-                raise RuntimeError(f"the HTTP server exited: see {self.root / 'http-server.log'}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the HTTP server did not answer /health within 30 s")
-            time.sleep(0.05)
+        wait_for_health(f"http://127.0.0.1:{self.http_port}", self.http_server, self.root / "http-server.log")
 
     def close(self) -> None:
-        if self.http_server is not None and self.http_server.poll() is None:
-            self.http_server.terminate()
-            try:
-                self.http_server.wait(10)
-            except subprocess.TimeoutExpired:
-                self.http_server.kill()
-                self.http_server.wait()
+        if self.http_server is not None:
+            stop_process(self.http_server)
         if self.stack_up:
             done = self.compose("down", "-v", "--remove-orphans", "-t", "2", check=False)
             if done.returncode != 0:
@@ -287,13 +270,11 @@ class Bench:
             base()
         sample, base_sample = Sample(name), Sample(base_name)
         for _ in range(iterations):
-            started = time.perf_counter()
-            await call()
-            sample.values.append((time.perf_counter() - started) * 1000)
+            with sample.timing():
+                await call()
             # Blocking the event loop here is harmless: no MCP message is in flight between calls.
-            started = time.perf_counter()
-            base()
-            base_sample.values.append((time.perf_counter() - started) * 1000)
+            with base_sample.timing():
+                base()
         self.record(sample)
         self.record(base_sample)
 
@@ -330,6 +311,7 @@ class Bench:
                 env=self.server_env(),
             )
             with open(self.root / "startup-server.log", "a") as errlog:
+                # The clock stops at the answer, before the client shuts the server down.
                 started = time.perf_counter()
                 async with Client(stdio_transport(params, errlog)) as client:
                     tools = await client.list_tools()
@@ -415,14 +397,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same clean-up path as Ctrl-C.
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt_on_sigterm()
     before = machine_context()
     bench = Bench(args)
     with ExitStack() as stack:
@@ -462,8 +439,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; the stack and servers were removed", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -24,15 +24,11 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from types import FrameType
 
 import anyio
 import docker
@@ -41,7 +37,15 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ensure_busybox_image, free_port, machine_context, random_name  # noqa: E402 - a script beside its helpers
+from _common import (  # noqa: E402 - a script beside its helpers, not a package
+    ensure_busybox_image,
+    free_port,
+    interrupt_on_sigterm,
+    machine_context,
+    random_name,
+    stop_process,
+    wait_for_health,
+)
 
 LINES = 9_999
 MARKER = "flood-done"
@@ -129,17 +133,7 @@ class Bench:
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.server.poll() is not None:
-                raise RuntimeError((self.root / "server.log").read_text()[-2000:])
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
-                    return
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the gateway did not answer /health within 30 s") from None
-                time.sleep(0.05)
+        wait_for_health(f"http://127.0.0.1:{self.port}", self.server, self.root / "server.log")
 
     async def read_logs(self, calls: int) -> tuple[int, int, list[dict[str, object]]]:
         """RSS just before (KiB), peak during (KiB), and each call's result summary."""
@@ -168,13 +162,8 @@ class Bench:
         return before, peak, results
 
     def close(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            self.server.terminate()
-            try:
-                self.server.wait(10)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        if self.server is not None:
+            stop_process(self.server)
         if self.folder.exists():
             self.compose("down", "-v", "-t", "1")
         self.api.close()
@@ -189,10 +178,7 @@ def main() -> int:
     parser.add_argument("--gateway-source", help="run the gateway from this checkout instead")
     args = parser.parse_args()
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    interrupt_on_sigterm()
     bench = Bench(args)
     context = machine_context()
     try:

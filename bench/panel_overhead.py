@@ -22,7 +22,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import anyio
@@ -31,43 +30,19 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import (  # noqa: E402 - a script beside its helpers, not a package
     Sample,
     ensure_busybox_image,
     free_port,
     machine_context,
     random_name,
+    stop_process,
+    wait_for_health,
 )
 
-STACK = """
-services:
-  web:
-    image: {image}
-    init: true
-    command: ["httpd", "-f", "-p", "8080", "-h", "/"]
-  worker:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "while true; do sleep 1; done"]
-  cache:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "while true; do sleep 1; done"]
-"""
-
-
-def wait_health(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            if httpx2.get(base + "/health", timeout=1).status_code == 200:
-                return
-        except httpx2.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{base}/health did not answer within {timeout}s")
+# The tests' two-service stack: an httpd with a healthcheck and a worker that logs all the time.
+from tests.conftest import STACK_FILES, WEB_WORKER  # noqa: E402
 
 
 async def measure(
@@ -96,12 +71,10 @@ async def measure(
             await via_panel()
         # Alternate, so drift in the machine's load hits both series alike.
         for _ in range(iterations):
-            started = time.perf_counter()
-            await via_gateway()
-            gateway.values.append((time.perf_counter() - started) * 1000)
-            started = time.perf_counter()
-            await via_panel()
-            panel.values.append((time.perf_counter() - started) * 1000)
+            with gateway.timing():
+                await via_gateway()
+            with panel.timing():
+                await via_panel()
     return [gateway, panel]
 
 
@@ -120,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         stack_dir = root / "stacks" / project
         stack_dir.mkdir(parents=True)
-        (stack_dir / "compose.yaml").write_text(STACK.replace("{image}", image))
+        (stack_dir / "compose.yaml").write_text(WEB_WORKER.replace("{image}", image))
+        for rel, text in STACK_FILES.items():
+            (stack_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stack_dir / rel).write_text(text)
         env = {
             **os.environ,
             "COMPOSE_AGENT_TOKEN": agent_token,
@@ -141,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                         stderr=subprocess.STDOUT,
                     )
                 )
-                wait_health(f"http://127.0.0.1:{gw_port}", procs[-1])
+                wait_for_health(f"http://127.0.0.1:{gw_port}", procs[-1], root / "gateway.log", timeout=60)
                 procs.append(
                     subprocess.Popen(
                         [sys.executable, "-m", "statuspanel", "serve", "--port", str(panel_port)]
@@ -152,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 panel_base = f"http://127.0.0.1:{panel_port}"
-                wait_health(panel_base, procs[-1])
+                wait_for_health(panel_base, procs[-1], root / "panel.log", timeout=60)
                 up = httpx2.post(
                     f"{panel_base}/api/v1/stacks/{project}/up",
                     headers={"Authorization": f"Bearer {token}"},
@@ -163,11 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples = anyio.run(measure, gateway_url, panel_base, token, project, args.iterations, args.warmup)
         finally:
             for proc in reversed(procs):
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_process(proc)
             subprocess.run(
                 ["docker", "compose", "-p", project, "down", "-v", "-t", "1"],
                 cwd=stack_dir,

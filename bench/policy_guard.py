@@ -20,17 +20,15 @@ Nothing is created on the engine; ``list_stacks`` only lists containers. Prints 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Sample, machine_context, random_name  # noqa: E402 - a script beside its helpers
+from _common import Sample, random_name, run_and_report, time_async_calls  # noqa: E402 - a script beside its helpers
 
 import gateway.guard  # noqa: E402
 from gateway.compose import ComposeCli  # noqa: E402
@@ -82,15 +80,6 @@ def write(folder: Path, files: dict[str, str]) -> None:
         (folder / rel).write_text(text)
 
 
-async def timed(name: str, fn, iterations: int) -> Sample:  # type: ignore[no-untyped-def]
-    sample = Sample(name)
-    for _ in range(iterations):
-        started = time.perf_counter()
-        await fn()
-        sample.values.append((time.perf_counter() - started) * 1000)
-    return sample
-
-
 async def main(args: argparse.Namespace) -> list[Sample]:
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,30 +107,43 @@ async def main(args: argparse.Namespace) -> list[Sample]:
         async def enforce_unchanged() -> None:
             await reusing.enforce(stack, cli, "up")
 
-        samples.append(await timed("raw reference pass", raw, args.iterations))
-        samples.append(await timed("full evaluation (a changed or new stack)", evaluate, args.iterations))
-        samples.append(await timed("up's guard when nothing changed (re-checked)", enforce_unchanged, args.iterations))
-        samples.append(await timed("bare compose config, for comparison", bare_config, args.iterations))
+        samples.append(await time_async_calls("raw reference pass", raw, iterations=args.iterations))
+        samples.append(
+            await time_async_calls("full evaluation (a changed or new stack)", evaluate, iterations=args.iterations)
+        )
+        samples.append(
+            await time_async_calls(
+                "up's guard when nothing changed (re-checked)", enforce_unchanged, iterations=args.iterations
+            )
+        )
+        samples.append(
+            await time_async_calls("bare compose config, for comparison", bare_config, iterations=args.iterations)
+        )
 
         settings = load_settings({"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}, stacks_dir=root)
         cold = Sample(f"list_stacks, {args.stacks} stacks, cold: first answer")
         complete = Sample(f"list_stacks, {args.stacks} stacks, cold: until every stack is marked")
         for _ in range(max(3, args.iterations // 10)):
             ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=os.environ)
-            started = time.perf_counter()
-            listing = await ops.list_stacks()
-            cold.values.append((time.perf_counter() - started) * 1000)
-            while any(entry.policy is None and not entry.external for entry in listing.stacks):
-                listing = await ops.list_stacks()
-            complete.values.append((time.perf_counter() - started) * 1000)
+            with complete.timing():
+                with cold.timing():
+                    listing = await ops.list_stacks()
+                while any(entry.policy is None and not entry.external for entry in listing.stacks):
+                    listing = await ops.list_stacks()
             ops.close()
         samples += [cold, complete]
         ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=os.environ)
         await ops.list_stacks()
-        samples.append(await timed(f"list_stacks, {args.stacks} stacks, warm (within TTL)", ops.list_stacks, 50))
+        samples.append(
+            await time_async_calls(
+                f"list_stacks, {args.stacks} stacks, warm (within TTL)", ops.list_stacks, iterations=50
+            )
+        )
         gateway.guard.MARK_TTL_S = 0.0
         samples.append(
-            await timed(f"list_stacks, {args.stacks} stacks, warm (signatures re-stat-ed)", ops.list_stacks, 50)
+            await time_async_calls(
+                f"list_stacks, {args.stacks} stacks, warm (signatures re-stat-ed)", ops.list_stacks, iterations=50
+            )
         )
         ops.close()
     return samples
@@ -152,12 +154,4 @@ if __name__ == "__main__":
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--stacks", type=int, default=20)
     parser.add_argument("--json", type=Path)
-    arguments = parser.parse_args()
-    before = machine_context()
-    results = anyio.run(main, arguments)
-    print(f"machine: {before} -> {machine_context()}")
-    print("| operation | p50 ms | p95 ms |\n|---|---|---|")
-    for sample in results:
-        print(f"| {sample.name} | {sample.p50:.1f} | {sample.p95:.1f} |")
-    if arguments.json:
-        arguments.json.write_text(json.dumps([s.as_dict() for s in results], indent=2))
+    run_and_report(main, parser.parse_args())

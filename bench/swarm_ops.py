@@ -17,8 +17,6 @@ import json
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -26,7 +24,14 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import Sample, ensure_busybox_image, machine_context, random_name  # noqa: E402 - a script beside its helpers
+from _common import (  # noqa: E402 - a script beside its helpers, not a package
+    Sample,
+    ensure_busybox_image,
+    machine_context,
+    markdown_table,
+    random_name,
+    time_async_calls,
+)
 
 from gateway.config import load_settings  # noqa: E402
 from gateway.metrics import ControlPlane  # noqa: E402
@@ -45,17 +50,6 @@ def write(root: Path, text: str, image: str, files: dict[str, str] | None = None
     return name
 
 
-async def timed(name: str, call: Callable[[], Awaitable[object]], iterations: int = 1, warmup: int = 0) -> Sample:
-    for _ in range(warmup):
-        await call()
-    sample = Sample(name)
-    for _ in range(iterations):
-        started = time.perf_counter()
-        await call()
-        sample.values.append((time.perf_counter() - started) * 1000)
-    return sample
-
-
 async def run(iterations: int) -> list[Sample]:
     image = ensure_busybox_image()
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,18 +62,24 @@ async def run(iterations: int) -> list[Sample]:
         try:
             n, w = iterations, 3
             return [
-                await timed("swarm: up --wait (2 replicas, 3 s settle included)", lambda: ops.up(on_swarm, wait=True)),
-                await timed("compose: up --wait (2 services)", lambda: ops.up(on_compose, wait=True)),
-                await timed("swarm: ps (2 tasks)", lambda: ops.ps(on_swarm), n, w),
-                await timed("compose: ps (2 containers)", lambda: ops.ps(on_compose), n, w),
-                await timed("list_stacks (one of each)", ops.list_stacks, n, w),
-                await timed("swarm: logs tail=200", lambda: ops.logs(on_swarm), n, w),
-                await timed("compose: logs tail=200", lambda: ops.logs(on_compose), n, w),
-                await timed("swarm: restart (rolling, monitor 1 s)", lambda: ops.service_action("restart", on_swarm)),
-                await timed("swarm: stop (scale to 0)", lambda: ops.service_action("stop", on_swarm)),
-                await timed("swarm: start (scale back)", lambda: ops.service_action("start", on_swarm)),
-                await timed("swarm: down (until tasks are gone)", lambda: ops.down(on_swarm)),
-                await timed("compose: down", lambda: ops.down(on_compose, volumes=True)),
+                await time_async_calls(
+                    "swarm: up --wait (2 replicas, 3 s settle included)", lambda: ops.up(on_swarm, wait=True)
+                ),
+                await time_async_calls("compose: up --wait (2 services)", lambda: ops.up(on_compose, wait=True)),
+                await time_async_calls("swarm: ps (2 tasks)", lambda: ops.ps(on_swarm), iterations=n, warmup=w),
+                await time_async_calls(
+                    "compose: ps (2 containers)", lambda: ops.ps(on_compose), iterations=n, warmup=w
+                ),
+                await time_async_calls("list_stacks (one of each)", ops.list_stacks, iterations=n, warmup=w),
+                await time_async_calls("swarm: logs tail=200", lambda: ops.logs(on_swarm), iterations=n, warmup=w),
+                await time_async_calls("compose: logs tail=200", lambda: ops.logs(on_compose), iterations=n, warmup=w),
+                await time_async_calls(
+                    "swarm: restart (rolling, monitor 1 s)", lambda: ops.service_action("restart", on_swarm)
+                ),
+                await time_async_calls("swarm: stop (scale to 0)", lambda: ops.service_action("stop", on_swarm)),
+                await time_async_calls("swarm: start (scale back)", lambda: ops.service_action("start", on_swarm)),
+                await time_async_calls("swarm: down (until tasks are gone)", lambda: ops.down(on_swarm)),
+                await time_async_calls("compose: down", lambda: ops.down(on_compose, volumes=True)),
             ]
         finally:
             ops.close()
@@ -97,9 +97,7 @@ def main() -> None:
             samples = anyio.run(run, args.iterations)
     finally:
         client.close()
-    print("| operation | n | p50 ms | p95 ms |\n|---|---|---|---|")
-    for s in samples:
-        print(f"| {s.name} | {len(s.values)} | {s.p50:.1f} | {s.p95:.1f} |")
+    print(markdown_table(samples))
     print(f"\n{machine_context()}")
     if args.json:
         args.json.write_text(json.dumps({"samples": [s.as_dict() for s in samples], **machine_context()}, indent=2))
