@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -35,9 +36,64 @@ from .errors import ConfirmationNeeded, PanelError, for_kind
 if TYPE_CHECKING:  # importing the operations pulls in docker-py, which normal mode must not need
     from gateway.api import AuditLog, ComposeOperations
 
-__all__ = ["Backend", "GatewayBackend", "LegacyBackend", "merge_metrics"]
+__all__ = ["ActionCall", "Backend", "GatewayBackend", "LegacyBackend", "LogsCall", "RollbackCall", "merge_metrics"]
 
 logger = logging.getLogger(__name__)
+
+
+# One call of an operation, as a route asks for it. Each builds the arguments of the gateway's tool;
+# the in-process operation takes the same ones by the same names, so both backends send what one
+# method built.
+
+
+@dataclass(frozen=True)
+class LogsCall:
+    """The last ``tail`` lines of ``services`` (every one when none), since ``since``, matching ``grep``."""
+
+    project: str
+    services: list[str] | None
+    tail: int
+    since: str | None
+    grep: str | None
+
+    def arguments(self) -> dict[str, Any]:
+        """The ``logs`` tool's arguments."""
+        return {**asdict(self), "services": self.services or None}
+
+
+@dataclass(frozen=True)
+class ActionCall:
+    """up, down, restart, start or stop; ``on_behalf_of`` is the person logged in, for the audit line.
+
+    ``confirm`` is the token of a confirmation the gateway asked for (``policy.confirm``).
+    """
+
+    project: str
+    action: Action
+    services: list[str] | None = None
+    volumes: bool = False
+    on_behalf_of: str | None = None
+    confirm: str | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The tool's arguments but ``confirm``: ``down`` takes ``volumes``, the others ``services``."""
+        if self.action == "down":
+            return {"project": self.project, "volumes": self.volumes}
+        return {"project": self.project, "services": self.services or None}
+
+
+@dataclass(frozen=True)
+class RollbackCall:
+    """Bring back ``version`` (the one before the current without it) and bring it up."""
+
+    project: str
+    version: int | None
+    on_behalf_of: str | None = None
+    confirm: str | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """The ``rollback`` tool's arguments but ``confirm``."""
+        return {"project": self.project, "version": self.version}
 
 
 class Backend(Protocol):
@@ -54,24 +110,10 @@ class Backend(Protocol):
 
     async def ps(self, project: str) -> PsResult: ...
 
-    async def logs(
-        self, project: str, *, services: list[str] | None, tail: int, since: str | None, grep: str | None
-    ) -> LogsResult: ...
+    async def logs(self, call: LogsCall) -> LogsResult: ...
 
-    async def action(
-        self,
-        project: str,
-        action: Action,
-        *,
-        services: list[str] | None = None,
-        volumes: bool = False,
-        on_behalf_of: str | None = None,
-        confirm: str | None = None,
-    ) -> ActionResult:
-        """Run ``action``; ``on_behalf_of`` is the person logged in, for the audit line.
-
-        ``confirm`` is the token of a confirmation the gateway asked for (``policy.confirm``).
-        """
+    async def action(self, call: ActionCall) -> ActionResult:
+        """Run ``call.action`` on the stack, for the person in ``call.on_behalf_of``."""
         ...
 
     async def plan(self, project: str) -> PlanResult:
@@ -82,9 +124,7 @@ class Backend(Protocol):
         """The kept versions of the stack's compose file."""
         ...
 
-    async def rollback(
-        self, project: str, version: int | None, *, on_behalf_of: str | None = None, confirm: str | None = None
-    ) -> DeployResult:
+    async def rollback(self, call: RollbackCall) -> DeployResult:
         """Bring back an earlier version (the previous one without ``version``) and bring it up."""
         ...
 
@@ -122,12 +162,6 @@ def merge_metrics(*snapshots: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _action_args(project: str, action: Action, services: list[str] | None, volumes: bool) -> dict[str, Any]:
-    if action == "down":
-        return {"project": project, "volumes": volumes}
-    return {"project": project, "services": services or None}
-
-
 class GatewayBackend:
     """Every operation is a tool call on the compose-agent, which records it as ``compose_agent``."""
 
@@ -158,24 +192,12 @@ class GatewayBackend:
     async def ps(self, project: str) -> PsResult:
         return PsResult.model_validate(await self.client.call("ps", {"project": project}))
 
-    async def logs(
-        self, project: str, *, services: list[str] | None, tail: int, since: str | None, grep: str | None
-    ) -> LogsResult:
-        args = {"project": project, "services": services or None, "tail": tail, "since": since, "grep": grep}
-        return LogsResult.model_validate(await self.client.call("logs", args))
+    async def logs(self, call: LogsCall) -> LogsResult:
+        return LogsResult.model_validate(await self.client.call("logs", call.arguments()))
 
-    async def action(
-        self,
-        project: str,
-        action: Action,
-        *,
-        services: list[str] | None = None,
-        volumes: bool = False,
-        on_behalf_of: str | None = None,
-        confirm: str | None = None,
-    ) -> ActionResult:
-        arguments = {**_action_args(project, action, services, volumes), "confirm": confirm}
-        payload = await self.client.call(action, arguments, on_behalf_of=on_behalf_of)
+    async def action(self, call: ActionCall) -> ActionResult:
+        arguments = {**call.arguments(), "confirm": call.confirm}
+        payload = await self.client.call(call.action, arguments, on_behalf_of=call.on_behalf_of)
         return ActionResult.model_validate(payload)
 
     async def plan(self, project: str) -> PlanResult:
@@ -184,11 +206,10 @@ class GatewayBackend:
     async def versions(self, project: str) -> VersionList:
         return VersionList.model_validate(await self.client.call("versions", {"project": project}))
 
-    async def rollback(
-        self, project: str, version: int | None, *, on_behalf_of: str | None = None, confirm: str | None = None
-    ) -> DeployResult:
-        arguments = {"project": project, "version": version, "confirm": confirm}
-        return DeployResult.model_validate(await self.client.call("rollback", arguments, on_behalf_of=on_behalf_of))
+    async def rollback(self, call: RollbackCall) -> DeployResult:
+        arguments = {**call.arguments(), "confirm": call.confirm}
+        payload = await self.client.call("rollback", arguments, on_behalf_of=call.on_behalf_of)
+        return DeployResult.model_validate(payload)
 
     async def _get(self, path: str) -> httpx2.Response | None:
         if self._http is None:
@@ -260,35 +281,23 @@ class LegacyBackend:
         except GatewayError as exc:
             raise translate(exc) from exc
 
-    async def logs(
-        self, project: str, *, services: list[str] | None, tail: int, since: str | None, grep: str | None
-    ) -> LogsResult:
+    async def logs(self, call: LogsCall) -> LogsResult:
         try:
-            return await self.operations.logs(project, services=services or None, tail=tail, since=since, grep=grep)
+            return await self.operations.logs(**call.arguments())
         except GatewayError as exc:
             raise translate(exc) from exc
 
-    async def action(
-        self,
-        project: str,
-        action: Action,
-        *,
-        services: list[str] | None = None,
-        volumes: bool = False,
-        on_behalf_of: str | None = None,
-        confirm: str | None = None,
-    ) -> ActionResult:
+    async def action(self, call: ActionCall) -> ActionResult:
         # No confirmation tokens here: policy.confirm governs the gateway's tools, and in legacy mode
         # the panel's own dialog, which shows the plan, is the confirmation.
-        ops, caller = self.operations, self.caller
+        ops, action, arguments = self.operations, call.action, call.arguments()
+        caller, on_behalf_of = self.caller, call.on_behalf_of
         try:
             if action == "down":
-                return await ops.down(project, volumes=volumes, caller=caller, on_behalf_of=on_behalf_of)
+                return await ops.down(**arguments, caller=caller, on_behalf_of=on_behalf_of)
             if action == "up":
-                return await ops.up(project, services=services or None, caller=caller, on_behalf_of=on_behalf_of)
-            return await ops.service_action(
-                action, project, services=services or None, caller=caller, on_behalf_of=on_behalf_of
-            )
+                return await ops.up(**arguments, caller=caller, on_behalf_of=on_behalf_of)
+            return await ops.service_action(action, **arguments, caller=caller, on_behalf_of=on_behalf_of)
         except GatewayError as exc:
             raise translate(exc) from exc
 
@@ -304,12 +313,10 @@ class LegacyBackend:
         except GatewayError as exc:
             raise translate(exc) from exc
 
-    async def rollback(
-        self, project: str, version: int | None, *, on_behalf_of: str | None = None, confirm: str | None = None
-    ) -> DeployResult:
+    async def rollback(self, call: RollbackCall) -> DeployResult:
         try:
             return await self.operations.deployer.rollback(
-                project, version, caller=self.caller, on_behalf_of=on_behalf_of
+                **call.arguments(), caller=self.caller, on_behalf_of=call.on_behalf_of
             )
         except GatewayError as exc:
             raise translate(exc) from exc

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.api import Action
 
 from . import __version__
+from .backend import ActionCall, LogsCall, RollbackCall
 from .errors import BadRequest, NotFound, PanelError
 from .state import ACTIONS, panel, person
 from .validation import (
@@ -115,7 +116,8 @@ async def stack_logs(request: Request) -> Response:
     tail, since, grep = validate_tail(q.get("tail")), validate_since(q.get("since")), validate_grep(q.get("grep"))
     # Taken before the call: a follower passing it back as `since` misses no line written meanwhile.
     asked_at = time.time()
-    result = await panel(request).backend.logs(project, services=services, tail=tail, since=since, grep=grep)
+    call = LogsCall(project, services=services, tail=tail, since=since, grep=grep)
+    result = await panel(request).backend.logs(call)
     return JSONResponse(result.model_dump(mode="json"), headers={"X-Panel-Time": rfc3339(asked_at)})
 
 
@@ -136,7 +138,7 @@ async def stack_action(request: Request) -> Response:
         raise BadRequest('"volumes" must be true or false')
     services = validate_services(body.get("services"))
     confirm = validate_confirm(body.get("confirm"))
-    result = await panel(request).backend.action(
+    call = ActionCall(
         project,
         cast(Action, action),
         services=services,
@@ -144,6 +146,7 @@ async def stack_action(request: Request) -> Response:
         on_behalf_of=person(request),
         confirm=confirm,
     )
+    result = await panel(request).backend.action(call)
     payload = result.model_dump(mode="json")
     if not result.ok:
         payload["error"] = result.message or f"{action} failed"
@@ -173,7 +176,8 @@ async def stack_rollback(request: Request) -> Response:
     if unknown:
         raise BadRequest(f"unknown field(s) {', '.join(unknown)} for rollback; allowed: confirm, version")
     version, confirm = validate_version(body.get("version")), validate_confirm(body.get("confirm"))
-    result = await panel(request).backend.rollback(project, version, on_behalf_of=person(request), confirm=confirm)
+    call = RollbackCall(project, version, on_behalf_of=person(request), confirm=confirm)
+    result = await panel(request).backend.rollback(call)
     return JSONResponse(result.model_dump(mode="json"))
 
 

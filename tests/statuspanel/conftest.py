@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.api import (
-    Action,
     ActionResult,
     CommandExecutionMetrics,
     ControlPlane,
@@ -43,6 +42,7 @@ from gateway.api import (
     VolumeRisk,
 )
 from statuspanel.app import create_app
+from statuspanel.backend import ActionCall, LogsCall, RollbackCall
 from statuspanel.credentials import Authenticator
 from statuspanel.errors import ConfirmationNeeded, Forbidden, GatewayUnavailable, NotFound
 from tests.conftest import StackFactory, free_port
@@ -309,29 +309,18 @@ class MemoryBackend:
             ],
         )
 
-    async def logs(
-        self, project: str, *, services: list[str] | None, tail: int, since: str | None, grep: str | None
-    ) -> LogsResult:
-        args = {"project": project, "services": services, "tail": tail, "since": since, "grep": grep}
-        self.calls.append(("logs", args))
-        self._check(project)
-        lines = [f"web | line {i}" for i in range(tail)]
-        return LogsResult(project=project, text="\n".join(lines), lines=len(lines), truncated=False)
+    async def logs(self, call: LogsCall) -> LogsResult:
+        self.calls.append(("logs", asdict(call)))  # the call as the route made it
+        self._check(call.project)
+        lines = [f"web | line {i}" for i in range(call.tail)]
+        return LogsResult(project=call.project, text="\n".join(lines), lines=len(lines), truncated=False)
 
-    async def action(
-        self,
-        project: str,
-        action: Action,
-        *,
-        services: list[str] | None = None,
-        volumes: bool = False,
-        on_behalf_of: str | None = None,
-        confirm: str | None = None,
-    ) -> ActionResult:
-        self.calls.append((action, {"project": project, "services": services, "volumes": volumes}))
-        self.acted_for.append(on_behalf_of)
+    async def action(self, call: ActionCall) -> ActionResult:
+        project, action, services = call.project, call.action, call.services
+        self.calls.append((action, {"project": project, "services": services, "volumes": call.volumes}))
+        self.acted_for.append(call.on_behalf_of)
         self._check(project)
-        self._confirmed(action, project, confirm)
+        self._confirmed(action, project, call.confirm)
         self.metrics_data.record_execution(ControlPlane.COMPOSE_AGENT, action)
         return ActionResult(project=project, action=action, ok=True, services=services, duration_ms=1.0)
 
@@ -382,13 +371,12 @@ class MemoryBackend:
         ]
         return VersionList(project=project, current=2, versions=kept)
 
-    async def rollback(
-        self, project: str, version: int | None, *, on_behalf_of: str | None = None, confirm: str | None = None
-    ) -> DeployResult:
+    async def rollback(self, call: RollbackCall) -> DeployResult:
+        project, version = call.project, call.version
         self.calls.append(("rollback", {"project": project, "version": version}))
-        self.acted_for.append(on_behalf_of)
+        self.acted_for.append(call.on_behalf_of)
         self._check(project)
-        self._confirmed("rollback", project, confirm)
+        self._confirmed("rollback", project, call.confirm)
         return DeployResult(
             project=project,
             action="rollback",

@@ -276,6 +276,12 @@ async def test_legacy_mode_runs_in_process_and_counts_status_panel(stacks: Stack
             assert (await client.post(f"/api/v1/stacks/{name}/up")).status_code == 200
             assert states((await client.get(f"/api/v1/stacks/{name}")).json())["worker"] == "running"
             assert (await client.get("/api/v1/stacks/nope")).status_code == 404
+            # logs and rollback reach the in-process operations too; this stack was never deployed.
+            logs = await client.get(f"/api/v1/stacks/{name}/logs?services=web&tail=5")
+            assert logs.status_code == 200, logs.text
+            assert logs.json()["project"] == name and logs.json()["lines"] <= 5
+            rollback = await client.post(f"/api/v1/stacks/{name}/rollback", json={"version": 7})
+            assert rollback.status_code == 400 and "has no kept versions" in rollback.json()["error"], rollback.text
             metrics = (await client.get("/api/v1/metrics")).json()
         assert metrics["status_panel_count"] >= 2
         assert metrics["compose_agent_count"] == 0
@@ -293,6 +299,9 @@ async def test_legacy_mode_runs_in_process_and_counts_status_panel(stacks: Stack
             ("intent", "alice"),
             ("outcome", "alice"),
         ]
+        async with api(panel) as client:
+            assert (await client.post(f"/api/v1/stacks/{name}/down", json={"volumes": True})).status_code == 200
+            assert set(states((await client.get(f"/api/v1/stacks/{name}")).json()).values()) == {"missing"}
     finally:
         panel.stop()
 
