@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from .catalog import StackCatalog
 from .compose import ComposeCli, ProgressCallback
 from .errors import ComposeFailed, GatewayError, InvalidInput, PolicyViolation, ShuttingDown
 from .guard import refusal
-from .lifecycle import Lifecycle
+from .lifecycle import EventLog, Lifecycle
 from .models import DeployResult, ServiceChange
 from .planner import Planner
 from .stacks import Stack, validate_project_name
@@ -149,15 +148,9 @@ class Deployer:
         progress: ProgressCallback | None,
     ) -> DeployResult:
         started = time.perf_counter()
-        events: list[str] = []
-
-        async def on_event(text: str) -> None:
-            events.append(text)
-            if progress is not None:
-                await progress(text)
-
+        events = EventLog(progress)
         what = f"{tool} on '{project}'"
-        audit, running = self.lifecycle.audit, self.lifecycle.running
+        running = self.lifecycle.running
         intent: Intent | None = None
         outcome, error, ran = "error", None, False
         try:
@@ -170,18 +163,8 @@ class Deployer:
                 snapshot = Snapshot(change.compose, env)
                 cli = await self.catalog.compose.get()
                 model, old_model = await self._check(cli, project, existing, snapshot, tool)
-                if audit is not None:
-                    # On disk before the first file changes: if this raises, nothing is written.
-                    intent = await to_thread.run_sync(
-                        partial(
-                            audit.intent,
-                            caller=caller,
-                            control_plane=self.lifecycle.plane.value,
-                            tool=tool,
-                            arguments=arguments,
-                            on_behalf_of=on_behalf_of,
-                        )
-                    )
+                # On disk before the first file changes: if this raises, nothing is written.
+                intent = await self.lifecycle.write_intent(tool, arguments, caller, on_behalf_of)
                 with running.track(what) as stopped:
                     ran = True
                     previous, version, compose_path = await to_thread.run_sync(
@@ -190,7 +173,7 @@ class Deployer:
                     # The outcome line says which version this became; the intent could not know it yet.
                     arguments.update(version=version, previous_version=previous)
                     self.catalog.forget(project)
-                    await self._up(project, compose_path, change.wait, on_event, version, previous)
+                    await self._up(project, compose_path, change.wait, events, version, previous)
                 if stopped.cancelled_caught:
                     raise running.interruption(what)
             outcome = "ok"
@@ -208,9 +191,8 @@ class Deployer:
             duration = (time.perf_counter() - started) * 1000
             self.catalog.engine.forget_start_times()
             self.lifecycle.metrics.record_execution(self.lifecycle.plane, tool, ok=outcome == "ok")
-            if intent is not None and audit is not None:
-                with anyio.CancelScope(shield=True):
-                    await to_thread.run_sync(partial(audit.outcome, intent, outcome=outcome, error=error))
+            if intent is not None:
+                await self.lifecycle.write_outcome(intent, outcome, error)
             elif outcome == "refused" and error is not None:
                 self.lifecycle.audit_refusal(tool, arguments, caller, error, on_behalf_of=on_behalf_of)
         return DeployResult(
@@ -223,7 +205,7 @@ class Deployer:
             changes=_changes(old_model, model),
             env_names=change.env_names,
             duration_ms=round(duration, 1),
-            events=events,
+            events=events.lines,
             message=f"{tool} finished on '{project}': version {version} is on disk and up",
         )
 

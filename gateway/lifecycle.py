@@ -32,12 +32,25 @@ from .shutdown import RunningCommands
 from .stackfile import StackTarget
 from .stacks import Stack, validate_services
 
-__all__ = ["Lifecycle", "ServiceAction", "SERVICE_ACTIONS"]
+__all__ = ["EventLog", "Lifecycle", "ServiceAction", "SERVICE_ACTIONS"]
 
 logger = logging.getLogger(__name__)
 
 ServiceAction = Literal["restart", "start", "stop"]
 SERVICE_ACTIONS: tuple[ServiceAction, ...] = ("restart", "start", "stop")
+
+
+class EventLog:
+    """Compose's events of one call: kept for its result, and passed on to the caller's progress."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.lines: list[str] = []
+        self._progress = progress
+
+    async def __call__(self, text: str) -> None:
+        self.lines.append(text)
+        if self._progress is not None:
+            await self._progress(text)
 
 
 class Lifecycle:
@@ -164,6 +177,33 @@ class Lifecycle:
                 on_behalf_of=on_behalf_of,
             )
 
+    async def write_intent(
+        self, tool: str, arguments: dict[str, Any], caller: str, on_behalf_of: str | None
+    ) -> Intent | None:
+        """The call's intent line, on disk before anything changes; None without an audit log.
+
+        Raises:
+            AuditUnavailable: the line cannot be written, so the call must not run.
+        """
+        if self.audit is None:
+            return None
+        return await to_thread.run_sync(
+            partial(
+                self.audit.intent,
+                caller=caller,
+                control_plane=self.plane.value,
+                tool=tool,
+                arguments=arguments,
+                on_behalf_of=on_behalf_of,
+            )
+        )
+
+    async def write_outcome(self, intent: Intent | None, outcome: str, error: str | None) -> None:
+        """How the call announced by ``intent`` ended; shielded, so a cancelled call records it too."""
+        if intent is not None and self.audit is not None:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(partial(self.audit.outcome, intent, outcome=outcome, error=error))
+
     async def _mutate(
         self,
         action: str,
@@ -188,33 +228,17 @@ class Lifecycle:
         except GatewayError as exc:
             self.audit_refusal(action, arguments, caller, str(exc), on_behalf_of=on_behalf_of)
             raise
-        events: list[str] = []
-
-        async def on_event(text: str) -> None:
-            events.append(text)
-            if progress is not None:
-                await progress(text)
-
+        events = EventLog(progress)
         what = f"{action} on '{project}'"
         intent: Intent | None = None
         outcome, error, note, ran = "error", None, "", False
         try:
             async with self.lock(project):
-                if self.audit is not None:
-                    # Written ahead and on disk before Compose starts: if this raises, nothing runs.
-                    intent = await to_thread.run_sync(
-                        partial(
-                            self.audit.intent,
-                            caller=caller,
-                            control_plane=self.plane.value,
-                            tool=action,
-                            arguments=arguments,
-                            on_behalf_of=on_behalf_of,
-                        )
-                    )
+                # Written ahead and on disk before Compose starts: if this raises, nothing runs.
+                intent = await self.write_intent(action, arguments, caller, on_behalf_of)
                 with self.running.track(what) as stopped:
                     ran = True
-                    note = await self._run(action, stack, args, on_event, arguments)
+                    note = await self._run(action, stack, args, events, arguments)
                 if stopped.cancelled_caught:
                     raise self.running.interruption(what)
             outcome = "ok"
@@ -239,16 +263,14 @@ class Lifecycle:
             self.catalog.forget(project)
             self.catalog.engine.forget_start_times()
             self.metrics.record_execution(self.plane, action, ok=outcome == "ok")
-            if intent is not None and self.audit is not None:
-                with anyio.CancelScope(shield=True):
-                    await to_thread.run_sync(partial(self.audit.outcome, intent, outcome=outcome, error=error))
+            await self.write_outcome(intent, outcome, error)
         return ActionResult(
             project=project,
             action=action,
             ok=True,
             services=arguments.get("services"),
             duration_ms=round(duration, 1),
-            events=events,
+            events=events.lines,
             message=f"{action} finished on '{project}'{note}",
         )
 
