@@ -79,7 +79,7 @@ class Deployer:
     ) -> DeployResult:
         """Validate, guard, keep as the next version, write atomically, then ``up``."""
         arguments: dict[str, Any] = {"project": str(project)[:100]}
-        try:
+        with self.lifecycle.audit_refusals("deploy", arguments, caller, on_behalf_of):
             validate_project_name(project)
             data = validate_compose_yaml(compose_yaml)
             arguments.update(sha256=sha256_hex(data), bytes=len(data))
@@ -87,9 +87,6 @@ class Deployer:
             if new_env is not None:
                 arguments["env_names"] = sorted(new_env)
             self._refuse_self(project, "deploy")
-        except GatewayError as exc:
-            self.lifecycle.audit_refusal("deploy", arguments, caller, str(exc), on_behalf_of=on_behalf_of)
-            raise
         if new_env is None:
             change = _Change(data, None, wait, keep_env=True)
         else:
@@ -113,16 +110,13 @@ class Deployer:
         ``on_behalf_of`` is the person the caller acts for (the panel's user), for the audit lines.
         """
         arguments: dict[str, Any] = {"project": str(project)[:100], "version": version}
-        try:
+        with self.lifecycle.audit_refusals("rollback", arguments, caller, on_behalf_of):
             validate_project_name(project)
             if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
                 raise InvalidInput("version must be a positive whole number, as listed by versions")
             self._refuse_self(project, "rollback")
             target = await to_thread.run_sync(self.store.rollback_target, project, version)
             snapshot = await to_thread.run_sync(self.store.read, project, target)
-        except GatewayError as exc:
-            self.lifecycle.audit_refusal("rollback", arguments, caller, str(exc), on_behalf_of=on_behalf_of)
-            raise
         arguments.update(version=target, sha256=snapshot.sha256)
         change = _Change(snapshot.compose, snapshot.env, wait, version=target)
         return await self._apply(

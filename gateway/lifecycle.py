@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, Literal
 
@@ -153,12 +155,23 @@ class Lifecycle:
         self, action: str, project: str, services: list[str] | None, caller: str, on_behalf_of: str | None
     ) -> list[str] | None:
         """Valid service names, or an audited refusal: every mutating call leaves an audit line."""
-        try:
+        shown = {"project": str(project)[:100], "services": [str(s)[:100] for s in services or []][:100]}
+        with self.audit_refusals(action, shown, caller, on_behalf_of):
             return validate_services(services)
+
+    @contextmanager
+    def audit_refusals(
+        self, tool: str, arguments: dict[str, Any], caller: str, on_behalf_of: str | None
+    ) -> Iterator[None]:
+        """Record a :class:`GatewayError` raised in the block as a refusal of ``tool``, then let it through.
+
+        For the checks before a call runs. ``arguments`` is read when the error comes, so the block
+        may add to it.
+        """
+        try:
+            yield
         except GatewayError as exc:
-            shown = [str(s)[:100] for s in services or []][:100]
-            arguments = {"project": str(project)[:100], "services": shown}
-            self.audit_refusal(action, arguments, caller, str(exc), on_behalf_of=on_behalf_of)
+            self.audit_refusal(tool, arguments, caller, str(exc), on_behalf_of=on_behalf_of)
             raise
 
     def audit_refusal(
@@ -218,16 +231,13 @@ class Lifecycle:
     ) -> ActionResult:
         arguments = {"project": project, **{k: v for k, v in arguments.items() if v not in (None, False)}}
         started = time.perf_counter()
-        try:
+        with self.audit_refusals(action, arguments, caller, on_behalf_of):
             stack = await self.catalog.resolve(project, need_folder=need_folder)
             if self.self_project and project == self.self_project:
                 raise PolicyViolation(
                     f"refusing to {action} '{project}': the compose-agent itself runs in this project, "
                     "and must not switch off its own supervisor path; manage it from the host"
                 )
-        except GatewayError as exc:
-            self.audit_refusal(action, arguments, caller, str(exc), on_behalf_of=on_behalf_of)
-            raise
         events = EventLog(progress)
         what = f"{action} on '{project}'"
         intent: Intent | None = None
