@@ -1,6 +1,7 @@
 """Load on the gateway: concurrent MCP clients over Streamable HTTP, against a trivial tool's floor.
 
-    python bench/load.py [--clients 20] [--duration 60] [--rounds 3] [--cpu-duration 10] [--json out.json]
+    python bench/load.py [--clients 20] [--duration 60] [--rounds 3] [--cpu-duration 10] [--rate 150]
+                         [--json out.json]
 
 One run; each phase on a fresh set of clients (worker processes, so that the clients' own CPU
 does not queue behind one interpreter), every client connected, listed and warmed by one call
@@ -17,7 +18,14 @@ before the clock starts:
      carries one argument, as ``ps``'s does (the SDK's own argument handling costs CPU too).
 
 CPU time is the server process's own (user + system, from ``/proc/<pid>/stat``), so it does not
-move with the machine's load the way latency does; Compose CLI children are not counted. The
+move with the machine's load the way latency does; Compose CLI children are not counted.
+
+The CPU rounds run twice, in turns: **saturated** (every client calls as fast as it can) and
+**paced** (the clients together make ``--rate`` calls a second, evenly spread, a rate both servers
+keep up with). A saturated server batches more work into each turn of its event loop, so its CPU
+per call falls as its rate rises, and the faster server is flattered; on a shared machine the rates
+of the two also move with whatever else runs. Paced, both answer the same calls a second, so their
+CPU per call compares the work each call costs. The
 gateway runs with ``--token-rate 100000``: the clients share one token, and the default per-token
 rate (20/s) is meant for one agent, not for twenty. Nothing here asserts; it prints figures.
 """
@@ -31,7 +39,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +47,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import anyio
@@ -52,9 +58,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402 - a script beside its helpers, not a package
     ensure_busybox_image,
     free_port,
+    interrupt_on_sigterm,
     machine_context,
     percentile,
     random_name,
+    run_main,
+    stop_process,
 )
 
 MIX = (("ps", 0.79), ("logs", 0.20), ("restart", 0.01))
@@ -122,16 +131,26 @@ class WorkerResult:
 
 
 def _arguments(tool: str, project: str) -> dict[str, Any]:
-    return {
+    table: dict[str, dict[str, Any]] = {
         "logs": {"project": project, "services": ["logger"], "tail": 200},
         "restart": {"project": project, "services": ["worker"]},
         "ping": {},
-    }.get(tool, {"project": project})
+    }
+    return table.get(tool, {"project": project})
 
 
 async def _client_loop(
-    url: str, token: str, plan: str, project: str, start: float, until: float, seed: int, out: WorkerResult
+    url: str,
+    token: str,
+    plan: str,
+    project: str,
+    start: float,
+    until: float,
+    seed: int,
+    out: WorkerResult,
+    interval: float = 0.0,
 ) -> None:
+    """Call tools from ``start`` to ``until``: back to back, or (``interval`` > 0) one call every ``interval`` s."""
     rng = random.Random(seed)
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60.0, read=300.0)) as http:
@@ -142,8 +161,13 @@ async def _client_loop(
             await client.call_tool(
                 "ps" if plan == "mix" else plan, _arguments("ps" if plan == "mix" else plan, project)
             )
-            await anyio.sleep(max(0.0, start - time.monotonic()))
+            # Paced clients start at spread-out offsets, so that their calls do not come in bursts.
+            next_at = start + (rng.uniform(0.0, interval) if interval else 0.0)
+            await anyio.sleep(max(0.0, next_at - time.monotonic()))
             while time.monotonic() < until:
+                if interval:
+                    # The next slot; a client that fell behind skips slots rather than catch up in a burst.
+                    next_at = max(next_at + interval, time.monotonic())
                 if plan == "mix":
                     tool = rng.choices([t for t, _ in MIX], weights=[w for _, w in MIX])[0]
                 else:
@@ -163,10 +187,21 @@ async def _client_loop(
                         out.error_samples.append(f"{tool}: {detail}")
                 else:
                     out.latencies.setdefault(tool, []).append(elapsed)
+                if interval:
+                    await anyio.sleep(max(0.0, next_at - time.monotonic()))
 
 
 def _worker(
-    url: str, token: str, plan: str, project: str, clients: int, start_at: float, until: float, seed: int, queue: Any
+    url: str,
+    token: str,
+    plan: str,
+    project: str,
+    clients: int,
+    start_at: float,
+    until: float,
+    seed: int,
+    interval: float,
+    queue: Any,
 ) -> None:
     out = WorkerResult()
 
@@ -175,7 +210,7 @@ def _worker(
         deadline = time.monotonic() + (until - time.time())
         async with anyio.create_task_group() as tg:
             for n in range(clients):
-                tg.start_soon(_client_loop, url, token, plan, project, start, deadline, seed * 1000 + n, out)
+                tg.start_soon(_client_loop, url, token, plan, project, start, deadline, seed * 1000 + n, out, interval)
 
     try:
         anyio.run(main)
@@ -243,8 +278,18 @@ class Phase:
 
 
 def run_phase(
-    name: str, url: str, token: str, plan: str, project: str, pid: int, args: argparse.Namespace, seconds: float
+    name: str,
+    url: str,
+    token: str,
+    plan: str,
+    project: str,
+    pid: int,
+    args: argparse.Namespace,
+    seconds: float,
+    rate: float = 0.0,
 ) -> Phase:
+    """One phase on fresh clients; ``rate`` > 0 paces them to that many calls a second in all."""
+    interval = args.clients / rate if rate > 0 else 0.0
     procs = max(1, min(args.procs, args.clients))
     per = [args.clients // procs + (1 if n < args.clients % procs else 0) for n in range(procs)]
     ctx = multiprocessing.get_context("spawn")
@@ -253,7 +298,9 @@ def run_phase(
     start_at = time.time() + 8.0
     until = start_at + seconds
     workers = [
-        ctx.Process(target=_worker, args=(url, token, plan, project, n, start_at, until, i, queue), daemon=True)
+        ctx.Process(
+            target=_worker, args=(url, token, plan, project, n, start_at, until, i, interval, queue), daemon=True
+        )
         for i, n in enumerate(per)
     ]
     for worker in workers:
@@ -367,34 +414,37 @@ class LoadBench:
         floor, floor_url = self.start([sys.executable, __file__, "--serve-floor"], "floor", env)
         print(f"stack {self.project}; gateway pid {gateway.pid}, floor pid {floor.pid}", flush=True)
         a = self.args
-        report: dict[str, Any] = {}
+        report: dict[str, Phase] = {}
+        ratios: dict[str, list[float]] = {}
         if a.duration > 0:
             report["mix"] = run_phase("mix", gateway_url, self.token, "mix", self.project, gateway.pid, a, a.duration)
         # ps and the floor take turns, so that a change in the machine's load falls on both alike.
-        rounds: list[tuple[Phase, Phase, Phase]] = []
-        for n in range(1, a.rounds + 1):
-            ps = run_phase(f"ps {n}", gateway_url, self.token, "ps", self.project, gateway.pid, a, a.cpu_duration)
-            ping = run_phase(f"floor {n}", floor_url, self.token, "ping", self.project, floor.pid, a, a.cpu_duration)
-            echo = run_phase(f"echo {n}", floor_url, self.token, "echo", self.project, floor.pid, a, a.cpu_duration)
-            rounds.append((ps, ping, echo))
-        if rounds:
-            report["ps"] = merged("ps", [r[0] for r in rounds])
-            report["floor"] = merged("floor", [r[1] for r in rounds])
-            report["echo"] = merged("echo", [r[2] for r in rounds])
-        out = {name: phase.as_dict() for name, phase in report.items()}
-        out["ratios"] = [round(ps.cpu_ms_per_call() / ping.cpu_ms_per_call(), 2) for ps, ping, _ in rounds]
-        out["ratios_echo"] = [round(ps.cpu_ms_per_call() / echo.cpu_ms_per_call(), 2) for ps, _, echo in rounds]
+        for mode, rate in (("", 0.0), ("paced ", a.rate)):
+            if mode and rate <= 0:
+                continue
+            rounds: list[tuple[Phase, Phase, Phase]] = []
+            for n in range(1, a.rounds + 1):
+                ps, ping, echo = (
+                    run_phase(f"{mode}{label} {n}", url, self.token, tool, self.project, pid, a, a.cpu_duration, rate)
+                    for label, url, tool, pid in (
+                        ("ps", gateway_url, "ps", gateway.pid),
+                        ("floor", floor_url, "ping", floor.pid),
+                        ("echo", floor_url, "echo", floor.pid),
+                    )
+                )
+                rounds.append((ps, ping, echo))
+            if rounds:
+                for i, label in enumerate(("ps", "floor", "echo")):
+                    report[f"{mode}{label}"] = merged(f"{mode}{label}", [r[i] for r in rounds])
+                ratios[f"{mode}ping"] = [round(r[0].cpu_ms_per_call() / r[1].cpu_ms_per_call(), 2) for r in rounds]
+                ratios[f"{mode}echo"] = [round(r[0].cpu_ms_per_call() / r[2].cpu_ms_per_call(), 2) for r in rounds]
+        out: dict[str, Any] = {name: phase.as_dict() for name, phase in report.items()}
+        out["ratios"] = ratios
         return out
 
     def close(self) -> None:
         for proc in self.processes:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, timeout=15)
         if self.stack_up:
             self.compose("down", "-v", "--remove-orphans", "-t", "2", check=False)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -405,7 +455,7 @@ def markdown(report: dict[str, Any]) -> str:
         "| phase | calls/s | errors | server CPU per call | tool | p50 | p99 |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
-    for phase in (v for k, v in report.items() if not k.startswith("ratios")):
+    for phase in (v for k, v in report.items() if k != "ratios"):
         first = True
         for tool, figures in phase["tools"].items():
             lead = (
@@ -420,19 +470,18 @@ def markdown(report: dict[str, Any]) -> str:
     if "mix" in report:
         mix = report["mix"]["rss_mib"]
         out.append(f"RSS of the gateway during the mix (s, MiB): {', '.join(f'{t:g}s {r:g}' for t, r in mix)}")
-    for floor, key, what in (("floor", "ratios", "`ping()`"), ("echo", "ratios_echo", "`echo(project)`")):
-        if "ps" in report and floor in report:
-            ratio = report["ps"]["cpu_ms_per_call"] / report[floor]["cpu_ms_per_call"]
-            rounds = ", ".join(f"{r:.2f}x" for r in report[key])
-            out.append(
-                f"CPU per `ps` call / CPU per trivial {what} call, same run: {ratio:.2f}x over all rounds "
-                f"(rounds: {rounds}); the target is at most 1.5x"
-            )
+    for mode, how in (("", "saturated"), ("paced ", "paced")):
+        for floor, what in (("floor", "`ping()`"), ("echo", "`echo(project)`")):
+            if f"{mode}ps" in report and f"{mode}{floor}" in report:
+                ratio = report[f"{mode}ps"]["cpu_ms_per_call"] / report[f"{mode}{floor}"]["cpu_ms_per_call"]
+                rounds = ", ".join(
+                    f"{r:.2f}x" for r in report["ratios"][f"{mode}{'ping' if floor == 'floor' else 'echo'}"]
+                )
+                out.append(
+                    f"{how}: CPU per `ps` call / CPU per trivial {what} call, same run: {ratio:.2f}x over all "
+                    f"rounds (rounds: {rounds}); the target is at most 1.5x"
+                )
     return "\n".join(out)
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,13 +491,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of the mixed phase (default 60)")
     parser.add_argument("--cpu-duration", type=float, default=10.0, help="seconds of each ps and floor phase")
     parser.add_argument("--rounds", type=int, default=3, help="ps and floor phases, taking turns (default 3)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=150.0,
+        help="calls a second, all clients together, of the paced CPU rounds (default 150; 0 skips them)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here as JSON")
     parser.add_argument("--serve-floor", nargs=2, metavar=("PORT", "TOKEN"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_floor:
         serve_floor(int(args.serve_floor[0]), args.serve_floor[1])
         return 0
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt_on_sigterm()
     before = machine_context()
     bench = LoadBench(args)
     try:
@@ -468,8 +523,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; the stack and servers were removed", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
