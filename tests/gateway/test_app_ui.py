@@ -12,25 +12,27 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from playwright.async_api import Browser, Route, async_playwright, expect
+from playwright.async_api import Browser, Route, expect
 
 from gateway.dashboard import APP_MIME_TYPE, APP_URI, EXTENSION_ID
 from gateway.operations import ComposeOperations
 from gateway.server import build_server
+from tests.chromium import browser
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.conftest import GatewayProcess
 from tests.gateway.mcp_tools import mcp_tools_modules
 
+__all__ = ["browser"]  # the fixture, imported for pytest
+
 pytestmark = pytest.mark.anyio
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 HARNESS = Path(__file__).parent / "app_harness"
 ORIGIN = "http://harness.test"
 SHOTS = os.environ.get("MCP_APP_SCREENSHOTS")
@@ -51,16 +53,6 @@ async def test_ps_links_a_self_contained_mcp_app_resource(ops: ComposeOperations
     # Self-contained: nothing is fetched, so the view works in a sandbox with no network at all.
     assert "<script src" not in html and "<link" not in html and not re.search(r"(src|href)=\"?(https?:)?//", html)
     assert (content.meta or {})["ui"]["csp"] == {"connectDomains": [], "resourceDomains": []}
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 def serve_harness(modules: Path) -> Callable[[Route], Awaitable[None]]:

@@ -1,39 +1,27 @@
 """What the browser tests share: a headless Chromium, logging in, screenshots, and watching the CSP.
 
 Set ``PANEL_SCREENSHOTS=docs/images`` to save the screenshots the docs show. Import the fixture into a
-test module: ``from tests.statuspanel.browser import browser``.
+test module: ``from tests.statuspanel.browser import browser`` (it is :mod:`tests.chromium`'s).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
-import pytest
-from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
+from playwright.async_api import Browser, Page, ViewportSize, expect
 
+from tests.chromium import browser
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.statuspanel.conftest import Panel
 
 __all__ = ["browser", "shot", "watch_for_violations", "log_in", "logged_in_page", "running_stack", "DESKTOP", "PHONE"]
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 DESKTOP: ViewportSize = {"width": 1280, "height": 800}
 PHONE: ViewportSize = {"width": 390, "height": 844}
 SHOTS = os.environ.get("PANEL_SCREENSHOTS")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 async def shot(page: Page, name: str, *, full_page: bool = False) -> None:
