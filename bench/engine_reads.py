@@ -40,7 +40,8 @@ from _common import (  # noqa: E402 - a script beside its helpers, not a package
     random_name,
 )
 
-from gateway.engine import Engine, container_to_status  # noqa: E402
+from gateway.containers import container_to_status  # noqa: E402
+from gateway.engine import Engine  # noqa: E402
 
 
 def compose_yaml(image: str, services: int) -> str:

@@ -19,8 +19,9 @@ from typing import Any
 from anyio import to_thread
 
 from .compose import ComposeLocator
+from .containers import PROJECT_LABEL
 from .dockercli import DockerCli
-from .engine import PROJECT_LABEL, Engine
+from .engine import Engine
 from .errors import GatewayError, InvalidInput, StackNotFound
 from .guard import PolicyGuard, refusal
 from .policy import Policy, verdict

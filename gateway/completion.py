@@ -14,7 +14,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import Completion, CompletionArgument, CompletionContext, PromptReference, ResourceTemplateReference
 
 from .access import current_principal, remember_requests
-from .engine import SERVICE_LABEL
+from .containers import SERVICE_LABEL
 from .errors import GatewayError
 from .operations import ComposeOperations
 from .prompts import PROMPT_NAMES

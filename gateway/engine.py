@@ -11,113 +11,34 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 from anyio import to_thread
 
+from .containers import ONEOFF_LABEL, PROJECT_LABEL, parse_time, uptime_upper_bound
 from .enginehttp import EngineHTTP, EngineRefused
 from .errors import EngineUnavailable, GatewayError
-from .models import ServiceStatus
+from .logs import demultiplex
 
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["Engine", "PROJECT_LABEL", "SERVICE_LABEL", "container_to_status", "negotiate_version", "parse_status"]
+__all__ = ["Engine", "negotiate_version"]
 
 logger = logging.getLogger(__name__)
 
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
-NUMBER_LABEL = "com.docker.compose.container-number"
-ONEOFF_LABEL = "com.docker.compose.oneoff"
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 # How much of a streamed log answer is read at a time.
 _READ_CHUNK = 64 * 1024
 # What an engine says when it will not speak the version asked for ("client version 1.41 is too old").
 _VERSION_REFUSED = "client version"
-
-_HEALTH_RE = re.compile(r"\((healthy|unhealthy|health: starting)\)")
-_EXIT_RE = re.compile(r"^Exited \((-?\d+)\)")
-# "Up 5 seconds", "Up About a minute", "Up Less than a second (healthy)", "Up 3 hours (Paused)"
-_UP_RE = re.compile(
-    r"^Up (Less than a second|About an? (minute|hour)|(\d+) (second|minute|hour|day|week|month|year)s?)"
-)
-_UNIT_SECONDS = {
-    "second": 1,
-    "minute": 60,
-    "hour": 3600,
-    "day": 86400,
-    "week": 604800,
-    "month": 2678400,
-    "year": 31622400,
-}
-
-
-def parse_status(status: str) -> tuple[str | None, int | None]:
-    """Health and exit code from the list endpoint's human ``Status`` string, which saves an inspect."""
-    health_match = _HEALTH_RE.search(status)
-    health = None
-    if health_match:
-        health = "starting" if health_match.group(1) == "health: starting" else health_match.group(1)
-    exit_match = _EXIT_RE.match(status)
-    return health, int(exit_match.group(1)) if exit_match else None
-
-
-def uptime_upper_bound(status: str) -> float | None:
-    """The longest uptime a ``Status`` of "Up ..." can stand for, in seconds; None if not running."""
-    match = _UP_RE.match(status)
-    if not match:
-        return None
-    if match.group(1) == "Less than a second":
-        return 1.0
-    if match.group(2):
-        return 2.0 * _UNIT_SECONDS[match.group(2)]
-    return (int(match.group(3)) + 1) * _UNIT_SECONDS[match.group(4)]
-
-
-def _format_ports(ports: list[dict[str, Any]]) -> list[str]:
-    seen: list[str] = []
-    for port in ports:
-        private, proto = port.get("PrivatePort"), port.get("Type", "tcp")
-        public = port.get("PublicPort")
-        if public:
-            ip = port.get("IP") or "0.0.0.0"
-            # The engine lists a port once per address family; one line per binding is enough.
-            ip = "0.0.0.0" if ip == "::" else ip
-            text = f"{ip}:{public}->{private}/{proto}"
-        else:
-            text = f"{private}/{proto}"
-        if text not in seen:
-            seen.append(text)
-    return seen
-
-
-def container_to_status(container: dict[str, Any], started_at: str | None = None) -> ServiceStatus:
-    """One entry of the Engine's container list as a :class:`ServiceStatus`."""
-    labels = container.get("Labels") or {}
-    status = container.get("Status", "")
-    health, exit_code = parse_status(status)
-    names = container.get("Names") or [""]
-    state = container.get("State", "unknown")
-    return ServiceStatus(
-        service=labels.get(SERVICE_LABEL, "?"),
-        container=names[0].lstrip("/") or container.get("Id", "")[:12],
-        state=state,
-        health=health,
-        exit_code=exit_code if state in ("exited", "dead") else None,
-        ports=_format_ports(container.get("Ports") or []),
-        image=container.get("Image"),
-        started_at=started_at,
-    )
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -354,7 +275,7 @@ class Engine:
         return None
 
     def _remember_start(self, cid: str, started: str) -> str:
-        self._started[cid] = (started, _parse_time(started))
+        self._started[cid] = (started, parse_time(started))
         if len(self._started) > 4096:
             self._started.clear()
         return started
@@ -424,7 +345,7 @@ class Engine:
                     raise GatewayError(f"Docker engine error: {response.status_code} {_explanation(response)}")
                 # Whole blocks rather than iter_content's one piece per HTTP chunk: the engine sends
                 # each line as a chunk of its own, and a piece at a time costs a third more.
-                yield from _demultiplex(iter(lambda: response.raw.read(_READ_CHUNK), b""))
+                yield from demultiplex(iter(lambda: response.raw.read(_READ_CHUNK), b""))
 
     def own_project(self, hostname: str) -> str | None:
         """The compose project of the container this process runs in, if it runs in one."""
@@ -434,32 +355,6 @@ class Engine:
             return None
         project = labels.get(PROJECT_LABEL)
         return str(project) if project else None
-
-
-def _demultiplex(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """The payload of the engine's stdout/stderr frames (8-byte header: stream, 0, 0, 0, size), or a TTY's raw bytes."""
-    pending = bytearray()
-    framed: bool | None = None
-    for chunk in chunks:
-        if framed is None:
-            if not chunk:
-                continue
-            framed = chunk[0] in (0, 1, 2)
-        if not framed:
-            yield chunk
-            continue
-        pending += chunk
-        payloads = []
-        at = 0
-        while len(pending) - at >= 8:
-            end = at + 8 + int.from_bytes(pending[at + 4 : at + 8], "big")
-            if end > len(pending):
-                break
-            payloads.append(bytes(pending[at + 8 : end]))
-            at = end
-        del pending[:at]
-        if payloads:
-            yield b"".join(payloads)
 
 
 def _explanation(response: Any) -> str:
@@ -475,14 +370,6 @@ def _copy(error: GatewayError) -> GatewayError:
     if isinstance(error, EngineRefused):
         return EngineRefused(error.status, error.reason)
     return type(error)(str(error))
-
-
-def _parse_time(raw: str) -> float:
-    # The engine's RFC 3339 with nanoseconds: fromisoformat keeps the microseconds (Python 3.11+).
-    try:
-        return datetime.fromisoformat(raw).timestamp()
-    except ValueError:
-        return 0.0
 
 
 def _not_found() -> type[Exception]:

@@ -28,6 +28,7 @@ __all__ = [
     "LogCollector",
     "collect_log",
     "merge_newest",
+    "demultiplex",
 ]
 
 DEFAULT_TAIL = 200
@@ -347,3 +348,29 @@ def bound_lines(
             collector.newest = newest  # one budget for all labels: the pairs are merged already
         collector.add_line(raw)
     return newest.lines(), newest.dropped
+
+
+def demultiplex(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The payload of the engine's stdout/stderr frames (8-byte header: stream, 0, 0, 0, size), or a TTY's raw bytes."""
+    pending = bytearray()
+    framed: bool | None = None
+    for chunk in chunks:
+        if framed is None:
+            if not chunk:
+                continue
+            framed = chunk[0] in (0, 1, 2)
+        if not framed:
+            yield chunk
+            continue
+        pending += chunk
+        payloads = []
+        at = 0
+        while len(pending) - at >= 8:
+            end = at + 8 + int.from_bytes(pending[at + 4 : at + 8], "big")
+            if end > len(pending):
+                break
+            payloads.append(bytes(pending[at + 8 : end]))
+            at = end
+        del pending[:at]
+        if payloads:
+            yield b"".join(payloads)

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .engine import SERVICE_LABEL
+from .containers import SERVICE_LABEL
 from .models import DownRisk, PlanAction, PlanResult, VolumeRisk
 from .versions import Snapshot
 

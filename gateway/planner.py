@@ -28,7 +28,7 @@ from .candidate import (
 )
 from .catalog import StackCatalog
 from .compose import ComposeCli
-from .engine import SERVICE_LABEL
+from .containers import SERVICE_LABEL
 from .errors import ComposeFailed, GatewayError
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import DownRisk, PlanResult, Verdict, VersionInfo, VersionList

@@ -19,7 +19,7 @@ import regex
 from anyio import to_thread
 
 from .catalog import StackCatalog
-from .engine import NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL, container_to_status
+from .containers import NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL, container_to_status
 from .errors import GatewayError, InvalidInput
 from .logs import (
     DEFAULT_BYTES,

@@ -40,7 +40,7 @@ from pydantic import AnyUrl
 
 from .access import current_principal, principal_of_request, remember_requests, require_scope
 from .auth import Principal
-from .engine import PROJECT_LABEL
+from .containers import PROJECT_LABEL
 from .errors import GatewayError, InvalidInput
 from .logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_TAIL
 from .notify import MAX_SUBSCRIPTIONS, Notifier

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .engine import parse_status
+from .containers import parse_status
 from .logs import split_log
 from .models import ServiceStatus
 

@@ -29,7 +29,7 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 
-from .engine import PROJECT_LABEL
+from .containers import PROJECT_LABEL
 from .errors import EngineUnavailable, GatewayError
 from .notify import Notifier
 from .operations import ComposeOperations

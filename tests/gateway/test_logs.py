@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.engine import _demultiplex
 from gateway.errors import InvalidInput
 from gateway.logs import (
     MAX_HELD_LINE,
@@ -16,6 +15,7 @@ from gateway.logs import (
     bound_lines,
     collect_log,
     compile_grep,
+    demultiplex,
     merge_logs,
     merge_newest,
     parse_since,
@@ -193,11 +193,11 @@ def test_the_engines_frames_are_unwrapped_however_they_are_cut() -> None:
         bytes([1 + i % 2, 0, 0, 0]) + len(p).to_bytes(4, "big") + p for i, p in enumerate([b"ab\n", b"", b"c" * 300])
     )
     for size in (1, 5, 8, 9, len(frames)):
-        assert b"".join(_demultiplex(iter([frames[i : i + size] for i in range(0, len(frames), size)]))) == (
+        assert b"".join(demultiplex(iter([frames[i : i + size] for i in range(0, len(frames), size)]))) == (
             b"ab\n" + b"c" * 300
         )
     raw = [b"2026-01-01T00:00:00Z tty line\n", b"2026-01-01T00:00:01Z more\n"]
-    assert list(_demultiplex(iter(raw))) == raw  # a TTY's answer is not framed
+    assert list(demultiplex(iter(raw))) == raw  # a TTY's answer is not framed
 
 
 # --- against a real engine ------------------------------------------------------------------------
