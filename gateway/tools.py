@@ -104,6 +104,10 @@ class ToolKit:
             PolicyViolation: out of scope (the refusal is audited).
             InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta`` (audited too).
         """
+        return self._authorized(ctx, tool, arguments)[0]
+
+    def _authorized(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> tuple[Principal, str | None]:
+        """:meth:`authorize`, and the person the caller acts for, read once."""
         principal = caller_of(ctx)
         try:
             person = self.acting_for(ctx)
@@ -114,7 +118,7 @@ class ToolKit:
             reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
             self.ops.audit_refusal(tool, arguments, principal.name, reason, on_behalf_of=person)
             raise PolicyViolation(reason)
-        return principal
+        return principal, person
 
     def acting_for(self, ctx: Context) -> str | None:
         """The person the caller says it acts for (the panel's logged-in user), from the request's ``_meta``.
@@ -164,8 +168,7 @@ class ToolKit:
             InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta``.
         """
         audited = arguments if shown is None else shown
-        who = self.authorize(ctx, tool, audited if scope_shown is None else scope_shown)
-        person = self.acting_for(ctx)
+        who, person = self._authorized(ctx, tool, audited if scope_shown is None else scope_shown)
         project = str(arguments["project"])
         await self.gate.settle(
             tool,
