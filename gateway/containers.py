@@ -106,7 +106,7 @@ def container_to_status(container: dict[str, Any], started_at: str | None = None
 
 def parse_time(raw: str) -> float:
     """The engine's RFC 3339 time (``StartedAt``) as a Unix timestamp; 0.0 when it is not one."""
-    # The engine's RFC 3339 with nanoseconds: fromisoformat keeps the microseconds (Python 3.11+).
+    # The engine writes nanoseconds; Python 3.11's fromisoformat reads them, keeping microseconds.
     try:
         return datetime.fromisoformat(raw).timestamp()
     except ValueError:

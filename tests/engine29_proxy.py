@@ -107,8 +107,9 @@ class Engine29Proxy:
         return reader, writer
 
     async def _release(self, writer: asyncio.StreamWriter) -> None:
-        self._writers.discard(writer)
+        # Forgotten only once closed: a stream whose close was cancelled is closed again by stop().
         await _close(writer)
+        self._writers.discard(writer)
 
     async def _track(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -216,9 +217,9 @@ class Engine29Proxy:
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
-    """Close ``writer`` and wait (briefly, and even when cancelled) until its socket is gone."""
+    """Close ``writer`` and wait (briefly) until its socket is gone."""
     writer.close()
-    with suppress(*_GONE, asyncio.CancelledError, TimeoutError):
+    with suppress(*_GONE, TimeoutError):
         await asyncio.wait_for(writer.wait_closed(), timeout=2)
 
 
