@@ -30,7 +30,7 @@ from .logs import demultiplex
 if TYPE_CHECKING:
     import docker
 
-__all__ = ["Engine", "negotiate_version"]
+__all__ = ["Engine", "LISTING_MAX_AGE_S", "negotiate_version"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 _READ_CHUNK = 64 * 1024
 # What an engine says when it will not speak the version asked for ("client version 1.41 is too old").
 _VERSION_REFUSED = "client version"
+#: The longest a listing kept current by the event stream answers ps before it is asked again. It
+#: bounds what an event the engine dropped or delayed could hide; events end a listing far sooner.
+LISTING_MAX_AGE_S = 1.0
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -88,6 +91,11 @@ class Engine:
         # project_containers_async. Keyed by project, generation and event loop.
         self._flights: dict[tuple[str, int, object], _Flight] = {}
         self._generation = 0
+        # Listings kept while the engine's event stream is followed (gateway.watch tells us), by
+        # project: (when asked, monotonic; the listing). Any event of the project ends its entry.
+        self._watching = False
+        self._listings: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._changes = 0  # events and stream changes seen; a listing asked across one is not kept
 
     @property
     def client(self) -> docker.APIClient:
@@ -224,10 +232,22 @@ class Engine:
         answer is never older than the request in flight when the call came, and never older than
         the gateway's own last change: :meth:`forget_start_times` (after every lifecycle action)
         starts a new generation that joins nothing asked before it.
+
+        While the engine's event stream is followed (:meth:`events_followed`), a listing is also
+        kept, and answers again until an event of its project arrives (:meth:`container_changed`),
+        the stream drops, the gateway acts, or :data:`LISTING_MAX_AGE_S` passes. A listing asked
+        while any event arrived is not kept: it may predate that event. So between polls of a
+        steady stack the engine is asked about once a second, and a change made by anyone shows
+        as soon as its event reaches the gateway.
         """
         if self._reader is None:
             return await to_thread.run_sync(self.project_containers, project)
-        key = (project or "", self._generation, anyio.lowlevel.current_token())
+        name = project or ""
+        if self._watching:
+            kept = self._listings.get(name)
+            if kept is not None and time.monotonic() - kept[0] < LISTING_MAX_AGE_S:
+                return list(kept[1])
+        key = (name, self._generation, anyio.lowlevel.current_token())
         while True:
             flight = self._flights.get(key)
             if flight is None:
@@ -241,12 +261,15 @@ class Engine:
             # Its caller was cancelled before the answer came: ask anew.
         flight = _Flight(anyio.Event())
         self._flights[key] = flight
+        asked, changes = time.monotonic(), self._changes
         try:
             label = f"{PROJECT_LABEL}={project}" if project else PROJECT_LABEL
             containers = await self._read_json(
                 self._reader, "/containers/json", {"all": "1", "filters": json.dumps({"label": [label]})}
             )
             flight.result = [c for c in containers if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
+            if self._watching and self._changes == changes:
+                self._listings[name] = (asked, flight.result)
             return list(flight.result)
         except GatewayError as exc:
             flight.error = exc
@@ -254,6 +277,31 @@ class Engine:
         finally:
             del self._flights[key]
             flight.done.set()
+
+    def events_followed(self, following: bool) -> None:
+        """Told by the event stream's follower when the stream opens (True) or drops (False).
+
+        Call on the event loop that runs :meth:`project_containers_async`. Either way every kept
+        listing goes: before the stream opened, events could have been missed.
+        """
+        self._watching = following
+        self._forget_listings()
+
+    def container_changed(self, project: str, container_id: str | None = None, action: str = "") -> None:
+        """Told of an event of one of ``project``'s containers: its kept listing is stale.
+
+        A (re)start also ends the container's cached start time, which the uptime in its status
+        text could not tell from the previous one within that text's granularity.
+        """
+        self._listings.pop(project, None)
+        self._listings.pop("", None)
+        self._changes += 1
+        if container_id and action in ("start", "restart"):
+            self._started.pop(container_id, None)
+
+    def _forget_listings(self) -> None:
+        self._listings.clear()
+        self._changes += 1
 
     async def started_at_async(self, container: dict[str, Any]) -> str | None:
         """:meth:`started_at` on the event loop: a cached start time costs no request at all."""
@@ -270,7 +318,10 @@ class Engine:
 
     def _fresh_start(self, cid: str, bound: float) -> str | None:
         cached = self._started.get(cid)
-        if cached is not None and time.time() - cached[1] <= bound + 0.5:
+        # While events are followed the status text may come from a kept listing, up to
+        # LISTING_MAX_AGE_S old; and a start event has already dropped a restarted container's entry.
+        slack = 0.5 + (LISTING_MAX_AGE_S if self._watching else 0.0)
+        if cached is not None and time.time() - cached[1] <= bound + slack:
             return cached[0]
         return None
 
@@ -304,10 +355,11 @@ class Engine:
         return self._remember_start(cid, str(raw))
 
     def forget_start_times(self) -> None:
-        """Drop cached start times, and join no listing asked before now: after a lifecycle action
-        either may be stale."""
+        """Drop cached start times and kept listings, and join no listing asked before now: after a
+        lifecycle action any of them may be stale."""
         self._started.clear()
         self._generation += 1
+        self._forget_listings()
 
     def inspect(self, container_id: str) -> dict[str, Any]:
         with self._translate():

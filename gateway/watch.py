@@ -10,6 +10,10 @@ the resource list changed. Both are level triggers: the first event is sent at o
 that may follow it (``up`` of ten services) once more at the end of a short window, not once per
 container.
 
+Each event, and each time the stream opens or drops, is first told to the
+:class:`~gateway.engine.Engine` on the event loop, so that the listings it keeps for ``ps`` never
+outlive an event that reached the gateway.
+
 The stream is ``GET /events`` through the docker-py client's own HTTP session, streamed, rather than
 the client's ``events()``: the stream that call returns cannot release its socket without reaching
 into its private response. A plain streamed response can be shut from another thread
@@ -18,6 +22,7 @@ into its private response. A plain streamed response can be shut from another th
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -73,11 +78,25 @@ class StackWatcher:
         send, receive = anyio.create_memory_object_stream[str](1024)
         self._names = {name for name, _ in await stack_names(self.ops)}
         token = anyio.lowlevel.current_token()
+        engine = self.ops.engine
 
-        def deliver(project: str) -> None:
+        def on_loop(fn: Callable[..., None], *args: Any) -> None:
+            # Run on the event loop, in the order events came; the follower waits for it.
             try:
-                anyio.from_thread.run_sync(send.send_nowait, project, token=token)
-            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError):
+                anyio.from_thread.run_sync(fn, *args, token=token)
+            except RuntimeError:
+                pass  # the loop is closing
+
+        def followed(following: bool) -> None:
+            if not (following and self._closed.is_set()):  # a late "open" after run() ended changes nothing
+                engine.events_followed(following)
+
+        def arrived(project: str, container_id: str | None, action: str) -> None:
+            # The engine's kept listing goes first: a ps after this line must ask the engine.
+            engine.container_changed(project, container_id, action)
+            try:
+                send.send_nowait(project)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # a backlog this deep is refetched by everyone anyway
 
         self._closed.clear()
@@ -86,11 +105,17 @@ class StackWatcher:
                 tg.start_soon(self._rescan_forever)
                 tg.start_soon(self._notify_forever, receive)
                 try:
-                    await anyio.to_thread.run_sync(self._follow, deliver, abandon_on_cancel=True)
+                    await anyio.to_thread.run_sync(
+                        self._follow,
+                        functools.partial(on_loop, followed),
+                        functools.partial(on_loop, arrived),
+                        abandon_on_cancel=True,
+                    )
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             self.close()
+            engine.events_followed(False)
             send.close()
 
     def close(self) -> None:
@@ -136,8 +161,9 @@ class StackWatcher:
         # A created or destroyed container may be the first or last of a project.
         await self.rescan()
 
-    def _follow(self, deliver: Callable[[str], None]) -> None:
-        """Block in a worker thread, handing each relevant event's project to ``deliver``, until closed."""
+    def _follow(self, followed: Callable[[bool], None], arrived: Callable[[str, str | None, str], None]) -> None:
+        """Block in a worker thread until closed: say when the stream opens and drops (``followed``),
+        and hand each relevant event's project, container id and action to ``arrived``."""
         failures = 0
         while not self._closed.is_set():
             try:
@@ -156,17 +182,20 @@ class StackWatcher:
                 self._stream = stream
                 if self._closed.is_set():
                     _shut(stream)
+            followed(True)
             self.connected.set()
             failures = 0
             try:
                 for event in _events(stream):
                     project = _project_of(event)
                     if project is not None:
-                        deliver(project)
+                        arrived(project, _container_of(event), _action_of(event))
             except Exception as exc:  # noqa: BLE001 - whatever broke the stream, the cure is to reconnect
                 if not self._closed.is_set():
                     logger.debug("Engine events stream dropped: %r", exc)
             finally:
+                if not self._closed.is_set():
+                    followed(False)  # before anything else: listings kept from here on could go stale unseen
                 self.connected.clear()
                 with self._stream_lock:
                     self._stream = None
@@ -176,8 +205,17 @@ class StackWatcher:
                 self._closed.wait(_RECONNECT_DELAY_S)
 
 
+def _action_of(event: dict[str, Any]) -> str:
+    return str(event.get("Action") or event.get("status") or "")
+
+
+def _container_of(event: dict[str, Any]) -> str | None:
+    container = (event.get("Actor") or {}).get("ID") or event.get("id")
+    return str(container) if container else None
+
+
 def _project_of(event: dict[str, Any]) -> str | None:
-    action = str(event.get("Action") or event.get("status") or "")
+    action = _action_of(event)
     # "health_status: healthy" and friends carry the new health after a colon.
     if action.split(":", 1)[0] not in STATE_ACTIONS and not action.startswith("health_status"):
         return None

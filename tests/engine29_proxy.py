@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 __all__ = ["API_VERSION", "MIN_API_VERSION", "TOO_OLD", "Engine29Proxy", "engine29_proxy"]
 
@@ -59,6 +60,8 @@ class Engine29Proxy:
     upstream: str
     #: (method, path as the client sent it) for every request, in order.
     requests: list[tuple[str, str]] = field(default_factory=list)
+    #: The decoded query of each of those requests.
+    queries: list[str] = field(default_factory=list)
     #: Requests refused for their API version.
     refused: list[str] = field(default_factory=list)
     #: False makes it a plain pass-through (the local engine as it is): a test flips it to play an upgrade.
@@ -67,6 +70,7 @@ class Engine29Proxy:
     #: Every stream still open, both sides: ``stop`` waits until each has really closed its socket.
     _writers: set[asyncio.StreamWriter] = field(default_factory=set, repr=False)
     _server: asyncio.AbstractServer | None = field(default=None, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
 
     @property
     def docker_host(self) -> str:
@@ -76,16 +80,30 @@ class Engine29Proxy:
         """The API versions clients put in their paths (``1.45``, ...)."""
         return {m.group(1) + "." + m.group(2) for _, p in self.requests if (m := _VERSIONED.fullmatch(p))}
 
-    def count(self, suffix: str) -> int:
-        """How many requests had a path (version stripped, query dropped) equal to ``suffix``."""
+    def count(self, suffix: str, *, query_has: str = "") -> int:
+        """How many requests had a path (version stripped, query dropped) equal to ``suffix``, and
+        (when given) ``query_has`` in their decoded query."""
         total = 0
-        for _, p in list(self.requests):
+        for (_, p), query in zip(list(self.requests), list(self.queries), strict=False):
             match = _VERSIONED.fullmatch(p)
-            total += (match.group(3) if match else p) == suffix
+            total += (match.group(3) if match else p) == suffix and query_has in query
         return total
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._server = await asyncio.start_unix_server(self._track, self.path)
+
+    def drop_connections(self) -> None:
+        """End every connection in flight, event streams included, as an engine restart would; keep
+        listening. Callable from any thread but the proxy's own."""
+        assert self._loop is not None, "start() first"
+        asyncio.run_coroutine_threadsafe(self._drop(), self._loop).result(timeout=10)
+
+    async def _drop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
         """Stop listening and end every connection in flight."""
@@ -118,8 +136,8 @@ class Engine29Proxy:
         self._writers.add(writer)
         try:
             await self._handle(reader, writer)
-        except _GONE:
-            pass
+        except (*_GONE, asyncio.CancelledError):
+            pass  # cancelled by stop() or drop_connections(): ends quietly, not as a logged error
         finally:
             self._tasks.discard(task)
             await self._release(writer)
@@ -132,6 +150,7 @@ class Engine29Proxy:
         request_line, *headers = head[:-4].decode("latin-1").split("\r\n")
         method, target, protocol = request_line.split(" ", 2)
         path, sep, query = target.partition("?")
+        self.queries.append(unquote(query))
         self.requests.append((method, path))
         if not self.engine29:
             await self._forward(reader, writer, request_line, headers, rewrite=False)
