@@ -6,6 +6,7 @@ holds the current tokens and answers "whose token is this?" in constant time.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -146,8 +147,14 @@ def principal_from_access_token(access: AccessToken | None) -> Principal:
     """
     if access is None:
         return LOCAL
-    if access.client_id not in PRINCIPALS:
+    return _principal(access.client_id, tuple(access.scopes))
+
+
+@functools.lru_cache(maxsize=64)
+def _principal(client_id: str, scopes: tuple[str, ...]) -> Principal:
+    # Once per token and scope set, not once per call: every tool call asks.
+    if client_id not in PRINCIPALS:
         # An identity we did not issue gets no tools at all rather than a default.
-        return Principal(access.client_id, frozenset())
-    granted = frozenset(scope.removeprefix("tool:") for scope in access.scopes if scope.startswith("tool:"))
-    return Principal(access.client_id, granted & ALL_TOOLS)
+        return Principal(client_id, frozenset())
+    granted = frozenset(scope.removeprefix("tool:") for scope in scopes if scope.startswith("tool:"))
+    return Principal(client_id, granted & ALL_TOOLS)

@@ -55,6 +55,9 @@ class Reads:
         self.engine = catalog.engine
         self.plane = plane
         self.metrics = metrics
+        # The last ps rows of each stack, by the engine's container entry each came from. A kept
+        # or shared listing hands out the same entries, so polls of a steady stack build no rows.
+        self._rows: dict[str, dict[int, tuple[dict[str, Any], ServiceStatus]]] = {}
 
     async def _counted(self, tool: str, fn: Callable[..., T], *args: Any) -> T:
         ok = False
@@ -148,13 +151,24 @@ class Reads:
         # docker-py cost several times the request itself (docs/performance.md).
         ok = False
         try:
-            rows = []
-            for container in await self.engine.project_containers_async(project):
-                running = container.get("State") == "running"
-                started = await self.engine.started_at_async(container) if running else None
-                rows.append(container_to_status(container, started))
+            containers = await self.engine.project_containers_async(project)
+            made = self._rows.get(project, {})
+            rows: dict[int, tuple[dict[str, Any], ServiceStatus]] = {}
+            for container in containers:
+                # The row made from this very entry still holds: its start time could only have
+                # changed with an event or an action of the gateway, and either ends the listing.
+                row = made.get(id(container))
+                if row is None or row[0] is not container:
+                    running = container.get("State") == "running"
+                    started = await self.engine.started_at_async(container) if running else None
+                    row = (container, container_to_status(container, started))
+                rows[id(container)] = row
+            if rows:
+                self._rows[project] = rows
+            else:
+                self._rows.pop(project, None)  # kept for stacks that have containers, not for any name asked
             ok = True
-            return rows
+            return [row for _, row in rows.values()]
         finally:
             self.metrics.record_execution(self.plane, "ps", ok=ok)
 

@@ -7,7 +7,9 @@ validated against a strict pattern before they are joined to the stacks dir.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -86,10 +88,21 @@ def _compose_file(folder: Path) -> Path | None:
 
 
 def find_stack(stacks_dir: Path, name: str) -> Stack | None:
-    """The stack folder called ``name`` (already validated), without listing the whole stacks dir."""
+    """The stack folder called ``name`` (already validated), without listing the whole stacks dir.
+
+    A stat per candidate file, as every ps does: the paths are built once per name, not each time.
+    """
+    folder, candidates = _candidates(stacks_dir, name)
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return Stack(name, folder, candidate)
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _candidates(stacks_dir: Path, name: str) -> tuple[Path, tuple[Path, ...]]:
     folder = stacks_dir / name
-    compose_file = _compose_file(folder)
-    return Stack(name, folder, compose_file) if compose_file is not None else None
+    return folder, tuple(folder / filename for filename in COMPOSE_FILENAMES)
 
 
 def discover_stacks(stacks_dir: Path) -> dict[str, Stack]:
