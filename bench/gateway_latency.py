@@ -154,7 +154,9 @@ class Bench:
         with open(self.root / "http-server.log", "wb") as log:
             self.http_server = subprocess.Popen(
                 [*server_command(), "serve", "--transport", "http", "--port", str(self.http_port)]
-                + ["--stacks-dir", str(self.stacks_dir), "--log-level", "WARNING"],
+                + ["--stacks-dir", str(self.stacks_dir), "--log-level", "WARNING"]
+                # The bench calls back to back, faster than the per-token rate meant for one agent.
+                + ["--token-rate", "100000", "--token-burst", "100000"],
                 env=self.server_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             with open(root / "gateway.log", "wb") as gw_log, open(root / "panel.log", "wb") as panel_log:
                 procs.append(
                     subprocess.Popen(
-                        ["compose-agent", "serve", "--port", str(gw_port), "--stacks-dir", str(root / "stacks")],
+                        ["compose-agent", "serve", "--port", str(gw_port), "--stacks-dir", str(root / "stacks")]
+                        # Back-to-back calls, faster than the per-token rate meant for one panel.
+                        + ["--token-rate", "100000", "--token-burst", "100000"],
                         env=env,
                         stdout=gw_log,
                         stderr=subprocess.STDOUT,
