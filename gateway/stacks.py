@@ -79,14 +79,6 @@ def validate_services(services: Iterable[str] | None) -> list[str] | None:
     return result or None
 
 
-def _compose_file(folder: Path) -> Path | None:
-    for filename in COMPOSE_FILENAMES:
-        candidate = folder / filename
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def find_stack(stacks_dir: Path, name: str) -> Stack | None:
     """The stack folder called ``name`` (already validated), without listing the whole stacks dir.
 
@@ -119,9 +111,6 @@ def discover_stacks(stacks_dir: Path) -> dict[str, Stack]:
         logger.warning("the stacks dir %s is not a directory", stacks_dir)
         return stacks
     for entry in entries:
-        if not entry.is_dir() or not _PROJECT_RE.fullmatch(entry.name):
-            continue
-        compose_file = _compose_file(entry)
-        if compose_file is not None:
-            stacks[entry.name] = Stack(entry.name, entry, compose_file)
+        if _PROJECT_RE.fullmatch(entry.name) and (stack := find_stack(stacks_dir, entry.name)) is not None:
+            stacks[entry.name] = stack
     return stacks
