@@ -7,7 +7,7 @@ temporary folder, brought up with ``docker compose`` and removed afterwards, als
 
 1. Does negotiating the API version cost anything per call? It compares, alternating call by call,
    the list of the project's containers through a docker-py client pinned to 1.41 (what the gateway
-   did before) and through the gateway's :class:`~gateway.engine.Engine`, which negotiates once per
+   did before) and through the gateway's :class:`~gateway.engine.client.Engine`, which negotiates once per
    connection. It also times a fresh connection's first call, which is where the one
    ``GET /version`` goes, against a pinned client's first call.
 2. Does reading the start time from the list's "Up 5 minutes" text (and inspecting only when the
@@ -40,8 +40,8 @@ from _common import (  # noqa: E402 - a script beside its helpers, not a package
     random_name,
 )
 
-from gateway.containers import container_to_status  # noqa: E402
-from gateway.engine import Engine  # noqa: E402
+from gateway.engine.client import Engine  # noqa: E402
+from gateway.engine.containers import container_to_status  # noqa: E402
 
 
 def compose_yaml(image: str, services: int) -> str:

@@ -30,14 +30,14 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Sample, random_name, run_and_report, time_async_calls  # noqa: E402 - a script beside its helpers
 
-import gateway.guard  # noqa: E402
-from gateway.compose import ComposeCli  # noqa: E402
+import gateway.policy.guard  # noqa: E402
+from gateway.compose.cli import ComposeCli  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
-from gateway.guard import PolicyGuard  # noqa: E402
 from gateway.metrics import ControlPlane  # noqa: E402
 from gateway.operations import ComposeOperations  # noqa: E402
-from gateway.policy import Policy  # noqa: E402
-from gateway.references import collect_references  # noqa: E402
+from gateway.policy.guard import PolicyGuard  # noqa: E402
+from gateway.policy.references import collect_references  # noqa: E402
+from gateway.policy.rules import Policy  # noqa: E402
 from gateway.stacks import find_stack  # noqa: E402
 
 FULL = """
@@ -139,7 +139,7 @@ async def main(args: argparse.Namespace) -> list[Sample]:
                 f"list_stacks, {args.stacks} stacks, warm (within TTL)", ops.list_stacks, iterations=50
             )
         )
-        gateway.guard.MARK_TTL_S = 0.0
+        gateway.policy.guard.MARK_TTL_S = 0.0
         samples.append(
             await time_async_calls(
                 f"list_stacks, {args.stacks} stacks, warm (signatures re-stat-ed)", ops.list_stacks, iterations=50

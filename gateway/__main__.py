@@ -22,18 +22,9 @@ import anyio
 from mcp.server.subscriptions import InMemorySubscriptionBus
 
 from . import __version__
-from .app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
 from .audit import AuditLog
-from .auth import STATUS_PANEL, TokenStore
-from .config import Settings, load_settings
-from .errors import AuditUnavailable, GatewayError
-from .metrics import ControlPlane
-from .notify import Notifier
-from .operations import ComposeOperations
-from .ratelimit import FailureLimiter, SessionCounter, TokenBucket
-from .server import build_server
-from .shutdown import RunningCommands
-from .tokens import (
+from .auth.principals import STATUS_PANEL, TokenStore
+from .auth.tokens import (
     GeneratedTokenSource,
     TokenSource,
     load_initial_tokens,
@@ -41,8 +32,17 @@ from .tokens import (
     share_panel_token,
     token_source_from_settings,
 )
-from .vault_cli import add_vault_parser, run_vault_command
-from .watch import StackWatcher
+from .cli.vault import add_vault_parser, run_vault_command
+from .compose.running import RunningCommands
+from .config import Settings, load_settings
+from .errors import AuditUnavailable, GatewayError
+from .mcp.app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
+from .mcp.notify import Notifier
+from .mcp.server import build_server
+from .mcp.watch import StackWatcher
+from .metrics import ControlPlane
+from .operations import ComposeOperations
+from .ratelimit import FailureLimiter, SessionCounter, TokenBucket
 
 logger = logging.getLogger("gateway")
 
@@ -210,7 +210,7 @@ async def _serve_http(
 ) -> int:
     import uvicorn
 
-    from .auth import GatewayTokenVerifier
+    from .auth.principals import GatewayTokenVerifier
 
     store = TokenStore()
     source = token_source_from_settings(settings)

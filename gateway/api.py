@@ -8,11 +8,19 @@ can change without the panel noticing. A test pins that the panel imports nothin
 from __future__ import annotations
 
 from .audit import ON_BEHALF_OF_META_KEY, AuditLog, on_behalf_of_meta
-from .auth import READ_TOOLS, STATUS_PANEL, TokenStore
+from .auth.principals import READ_TOOLS, STATUS_PANEL, TokenStore
+from .auth.tokens import (
+    EnvTokenSource,
+    GeneratedTokenSource,
+    TokenSource,
+    load_initial_tokens,
+    refresh_tokens_forever,
+    token_source_from_settings,
+)
 from .backoff import Backoff
 from .config import Settings, load_settings, parse_bool
+from .engine.logs import DEFAULT_TAIL, MAX_TAIL, SINCE_HELP, compile_grep, parse_since, validate_tail
 from .errors import CONFIRM_META_KEY, ERROR_META_KEY, ConfirmationRequired, GatewayError, InvalidInput
-from .logs import DEFAULT_TAIL, MAX_TAIL, SINCE_HELP, compile_grep, parse_since, validate_tail
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import (
     Action,
@@ -35,14 +43,6 @@ from .models import (
 from .operations import SERVICE_ACTIONS, ComposeOperations, ServiceAction
 from .ratelimit import FailureLimiter, client_key
 from .stacks import validate_project_name, validate_services
-from .tokens import (
-    EnvTokenSource,
-    GeneratedTokenSource,
-    TokenSource,
-    load_initial_tokens,
-    refresh_tokens_forever,
-    token_source_from_settings,
-)
 
 __all__ = [
     "DownRisk",

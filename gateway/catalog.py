@@ -2,7 +2,7 @@
 
 The catalog answers "which stack is this name?", lists every stack, and knows which services a
 stack's compose model defines (from Compose itself, cached by the files' mtimes), and where it
-runs: Compose, or Docker Swarm for a stack whose compose file opts in (see :mod:`gateway.swarm`).
+runs: Compose, or Docker Swarm for a stack whose compose file opts in (see :mod:`gateway.swarm.backend`).
 It holds the policy guard, so that no Compose run it starts reads a file outside the stack's folder.
 """
 
@@ -18,16 +18,16 @@ from typing import Any
 
 from anyio import to_thread
 
-from .compose import ComposeLocator
-from .containers import PROJECT_LABEL
-from .dockercli import DockerCli
-from .engine import Engine
+from .compose.cli import ComposeLocator
+from .engine.client import Engine
+from .engine.containers import PROJECT_LABEL
 from .errors import GatewayError, InvalidInput, StackNotFound
-from .guard import PolicyGuard, refusal
-from .policy import Policy, verdict
-from .stackfile import TARGET_KEY, StackTarget, stack_target
+from .policy.guard import PolicyGuard, refusal
+from .policy.rules import Policy, verdict
 from .stacks import Stack, discover_stacks, find_stack, validate_project_name
-from .swarm import SwarmBackend
+from .swarm.backend import SwarmBackend
+from .swarm.dockercli import DockerCli
+from .swarm.stackfile import TARGET_KEY, StackTarget, stack_target
 
 __all__ = ["StackCatalog", "files_signature"]
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .auth import DEPLOY_TOOLS
+from .auth.principals import DEPLOY_TOOLS
 from .errors import ConfigError
 from .metrics import ControlPlane
-from .policy import Policy
+from .policy.rules import Policy
 
 __all__ = ["Settings", "load_settings", "parse_bool", "default_state_dir", "NAME_PATTERN", "check_name"]
 

@@ -2,7 +2,7 @@
 
 The MCP server calls it; the status panel calls it in-process in legacy mode. It is a thin
 facade over three parts: the stack catalog (:mod:`gateway.catalog`), the reads
-(:mod:`gateway.reads`) and the write path (:mod:`gateway.lifecycle`).
+(:mod:`gateway.reads`) and the write path (:mod:`gateway.compose.lifecycle`).
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from pathlib import Path
 
 from .audit import AuditLog
 from .catalog import StackCatalog
-from .compose import ComposeCli, ComposeLocator
+from .compose.cli import ComposeCli, ComposeLocator
+from .compose.lifecycle import SERVICE_ACTIONS, Lifecycle, ServiceAction
 from .config import Settings
-from .deploy import Deployer
-from .dockercli import DockerCli
-from .engine import Engine
-from .guard import PolicyGuard
-from .lifecycle import SERVICE_ACTIONS, Lifecycle, ServiceAction
+from .deploy.deployer import Deployer
+from .deploy.planner import Planner
+from .deploy.versions import VersionStore
+from .engine.client import Engine
 from .metrics import CommandExecutionMetrics, ControlPlane
-from .planner import Planner
+from .policy.guard import PolicyGuard
 from .reads import Reads
-from .swarm import SwarmBackend
-from .versions import VersionStore
+from .swarm.backend import SwarmBackend
+from .swarm.dockercli import DockerCli
 
 __all__ = ["ComposeOperations", "SERVICE_ACTIONS", "ServiceAction"]
 
@@ -36,7 +36,7 @@ class ComposeOperations:
 
     The reads ``list_stacks``, ``ps``, ``logs`` and ``config`` are :class:`~gateway.reads.Reads`'
     methods; the writes ``up``, ``down`` and ``service_action`` (restart, start, stop), and
-    ``audit_refusal``, are :class:`~gateway.lifecycle.Lifecycle`'s. ``planner`` and ``deployer``
+    ``audit_refusal``, are :class:`~gateway.compose.lifecycle.Lifecycle`'s. ``planner`` and ``deployer``
     hold plan, versions, deploy and rollback.
     """
 
@@ -64,7 +64,7 @@ class ComposeOperations:
         self.lifecycle = Lifecycle(
             self.catalog, plane=plane, metrics=self.metrics, audit=audit, self_project=self_project
         )
-        # deploy, rollback and their reads; versions are kept in the stacks dir (see gateway.versions).
+        # deploy, rollback and their reads; versions are kept in the stacks dir (see gateway.deploy.versions).
         self.planner = Planner(self.catalog, VersionStore(self.catalog.stacks_dir), plane=plane, metrics=self.metrics)
         self.deployer = Deployer(self.catalog, self.lifecycle, self.planner)
         # The operations are the parts' own methods, bound here: their signatures and docstrings

@@ -4,7 +4,7 @@ list_stacks, ps and logs go through the Engine API (one list call, selected by t
 label); config asks Compose for the normalised model, once the policy guard allows the stack.
 list_stacks and ps carry the guard's verdict on each stack folder (cached by the files'
 signature). Every read that reaches Docker is counted. A swarm stack's ps and logs read its
-tasks and service logs instead (:mod:`gateway.swarm`).
+tasks and service logs instead (:mod:`gateway.swarm.backend`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import regex
 from anyio import to_thread
 
 from .catalog import StackCatalog
-from .containers import NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL, container_to_status
-from .errors import GatewayError, InvalidInput
-from .logs import (
+from .engine.containers import NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL, container_to_status
+from .engine.logs import (
     DEFAULT_BYTES,
     DEFAULT_TAIL,
     MAX_BYTES,
@@ -33,10 +32,11 @@ from .logs import (
     parse_since,
     validate_tail,
 )
+from .errors import GatewayError, InvalidInput
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList, Verdict
-from .stackfile import Target
 from .stacks import Stack, validate_project_name, validate_services
+from .swarm.stackfile import Target
 
 __all__ = ["Reads"]
 

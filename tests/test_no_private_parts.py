@@ -3,7 +3,7 @@
 A name with a leading underscore is its owner's to change in any release: the MCP SDK's
 ``MCPServer._lowlevel_server`` and ``ServerSession._connection``, docker-py's ``_response`` on an
 events stream. Code that reads them breaks silently on an upgrade, so each has a public
-replacement (see the modules that used them: gateway/resources.py, notify.py, watch.py,
+replacement (see the modules that used them: gateway/mcp/resources.py, notify.py, watch.py,
 watchdog/events.py). This scan keeps them from coming back:
 
 - ``obj._name`` on anything but ``self``/``cls``, unless our own code defines ``_name``;

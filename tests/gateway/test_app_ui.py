@@ -21,9 +21,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from playwright.async_api import Browser, Route, expect
 
-from gateway.dashboard import APP_MIME_TYPE, APP_URI, EXTENSION_ID
+from gateway.mcp.dashboard import APP_MIME_TYPE, APP_URI, EXTENSION_ID
+from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
-from gateway.server import build_server
 from tests.chromium import browser
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.conftest import GatewayProcess

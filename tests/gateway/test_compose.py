@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.compose import ComposeCli, compose_environment, describe_event
+from gateway.compose.cli import ComposeCli, compose_environment, describe_event
 
 
 def test_the_cli_sees_only_allowlisted_variables_never_secrets_or_steering_ones() -> None:

@@ -12,10 +12,10 @@ import pytest
 from mcp import Client
 from mcp.types import CallToolResult
 
+from gateway.deploy.versions import STATE_DIRNAME
 from gateway.errors import ERROR_META_KEY
+from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
-from gateway.server import build_server
-from gateway.versions import STATE_DIRNAME
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, random_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]

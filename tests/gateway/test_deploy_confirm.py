@@ -11,10 +11,10 @@ from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.types import CallToolResult, ElicitRequestParams, ElicitResult
 
-from gateway.confirm import Confirmations
+from gateway.deploy.confirm import Confirmations
 from gateway.errors import ERROR_META_KEY, ConfirmationRequired, PolicyViolation
+from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
-from gateway.server import build_server
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, random_name
 from tests.gateway.test_deploy import container_ids, content, two
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.deploy.versions import STATE_DIRNAME, Snapshot, VersionStore
 from gateway.errors import InvalidInput
 from gateway.stacks import discover_stacks
-from gateway.versions import STATE_DIRNAME, Snapshot, VersionStore
 
 
 def snap(text: str, env: str | None = None) -> Snapshot:

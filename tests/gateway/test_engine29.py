@@ -21,7 +21,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from gateway.engine import Engine, negotiate_version
+from gateway.engine.client import Engine, negotiate_version
 from gateway.errors import EngineUnavailable
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.engine29_proxy import TOO_OLD, Engine29Proxy

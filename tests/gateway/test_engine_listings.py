@@ -1,7 +1,7 @@
 """Listings kept between polls while the engine's event stream is followed, and what ends them.
 
 The engine side (counting its requests through a pass-through proxy) and the whole loop: a
-:class:`~gateway.watch.StackWatcher` following the real engine's events, a change made behind the
+:class:`~gateway.mcp.watch.StackWatcher` following the real engine's events, a change made behind the
 gateway's back, and a dropped event stream.
 """
 
@@ -21,15 +21,15 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.subscriptions import InMemorySubscriptionBus
 
-from gateway import engine as engine_module
-from gateway import watch as watch_module
 from gateway.config import load_settings
-from gateway.containers import PROJECT_LABEL, SERVICE_LABEL
-from gateway.engine import Engine
+from gateway.engine import client as engine_module
+from gateway.engine.client import Engine
+from gateway.engine.containers import PROJECT_LABEL, SERVICE_LABEL
+from gateway.mcp import watch as watch_module
+from gateway.mcp.notify import Notifier
+from gateway.mcp.watch import StackWatcher
 from gateway.metrics import ControlPlane
-from gateway.notify import Notifier
 from gateway.operations import ComposeOperations
-from gateway.watch import StackWatcher
 from tests.conftest import random_name
 from tests.engine29_proxy import Engine29Proxy, engine29_proxy
 from tests.gateway.conftest import start_gateway, stop_process

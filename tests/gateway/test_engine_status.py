@@ -18,8 +18,8 @@ import anyio
 import docker
 import pytest
 
-from gateway.containers import parse_status, uptime_upper_bound
-from gateway.engine import Engine
+from gateway.engine.client import Engine
+from gateway.engine.containers import parse_status, uptime_upper_bound
 from tests.conftest import random_name
 from tests.engine29_proxy import engine29_proxy
 

@@ -17,8 +17,8 @@ import docker
 import pytest
 from anyio.abc import SocketStream
 
-from gateway.engine import Engine
-from gateway.enginehttp import EngineHTTP
+from gateway.engine.client import Engine
+from gateway.engine.transport import EngineHTTP
 from gateway.errors import EngineUnavailable, GatewayError
 
 pytestmark = pytest.mark.anyio

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.errors import InvalidInput
-from gateway.logs import (
+from gateway.engine.logs import (
     MAX_HELD_LINE,
     GrepClock,
     bound_lines,
@@ -20,6 +19,7 @@ from gateway.logs import (
     merge_newest,
     parse_since,
 )
+from gateway.errors import InvalidInput
 from gateway.operations import ComposeOperations
 from tests.conftest import StackFactory
 from tests.polling import eventually

@@ -7,10 +7,10 @@ from mcp import Client
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPDeprecationWarning
 
-from gateway.notify import Notifier
+from gateway.mcp.notify import Notifier
+from gateway.mcp.resources import status_uri
+from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
-from gateway.resources import status_uri
-from gateway.server import build_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 

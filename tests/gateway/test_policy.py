@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from gateway.compose import ComposeCli, ComposeOutput
+from gateway.compose.cli import ComposeCli, ComposeOutput
 from gateway.config import load_settings
 from gateway.errors import ComposeFailed, ConfigError, PolicyRefused
-from gateway.guard import PolicyGuard, refusal
-from gateway.policy import Policy, StackRules
+from gateway.policy.guard import PolicyGuard, refusal
+from gateway.policy.rules import Policy, StackRules
 from gateway.stacks import Stack, find_stack
 from tests.conftest import StackFactory
 from tests.gateway.policy_cases import HOSTILE, ORDINARY, OUTSIDE_MARKER, ordinary_files
@@ -144,9 +144,9 @@ async def test_symlinks_are_judged_by_where_they_point(stacks: StackFactory, out
 async def test_marks_are_cached_until_a_file_that_shapes_the_model_changes(
     stacks: StackFactory, outside: Path, cli: ComposeCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gateway.guard
+    import gateway.policy.guard
 
-    monkeypatch.setattr(gateway.guard, "MARK_TTL_S", 0.0)
+    monkeypatch.setattr(gateway.policy.guard, "MARK_TTL_S", 0.0)
     stack = make(stacks, "include: [inner.yaml]\nservices: {}\n", outside, {"inner.yaml": "services: {}\n"})
     assert stack.folder is not None
     counting = CountingCli(cli)

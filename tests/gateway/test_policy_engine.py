@@ -24,7 +24,7 @@ from gateway.config import load_settings
 from gateway.errors import ERROR_META_KEY, PolicyRefused
 from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
-from gateway.policy import Policy, StackRules
+from gateway.policy.rules import Policy, StackRules
 from tests.conftest import StackFactory
 from tests.gateway.conftest import start_gateway, stop_process
 from tests.gateway.policy_cases import HOSTILE, ORDINARY, OUTSIDE_MARKER, ordinary_files

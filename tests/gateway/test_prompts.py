@@ -9,8 +9,8 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
+from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
-from gateway.server import build_server
 from tests.conftest import StackFactory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]

@@ -6,9 +6,9 @@ import pytest
 from mcp import Client
 from mcp_types import PromptReference, ResourceTemplateReference
 
+from gateway.mcp.resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE
+from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
-from gateway.resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE
-from gateway.server import build_server
 from tests.conftest import StackFactory, random_name
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]

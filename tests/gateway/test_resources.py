@@ -14,11 +14,11 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from gateway.dashboard import APP_URI
-from gateway.logs import MAX_TAIL
+from gateway.engine.logs import MAX_TAIL
+from gateway.mcp.dashboard import APP_URI
+from gateway.mcp.resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE, tool_for_uri
+from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
-from gateway.resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE, tool_for_uri
-from gateway.server import build_server
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 
 pytestmark = pytest.mark.anyio

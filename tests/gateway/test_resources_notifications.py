@@ -22,11 +22,11 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
 from mcp_types import LoggingMessageNotificationParams, ServerNotification
 
-from gateway.notify import Notifier
+from gateway.mcp.notify import Notifier
+from gateway.mcp.resources import status_uri
+from gateway.mcp.server import GatewayServer, build_server
+from gateway.mcp.watch import StackWatcher
 from gateway.operations import ComposeOperations
-from gateway.resources import status_uri
-from gateway.server import GatewayServer, build_server
-from gateway.watch import StackWatcher
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, random_name
 from tests.gateway.conftest import GatewayProcess
 

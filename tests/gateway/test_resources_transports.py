@@ -22,8 +22,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import PromptReference, ResourceTemplateReference
 
-from gateway.dashboard import APP_MIME_TYPE, APP_URI
-from gateway.resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE
+from gateway.mcp.dashboard import APP_MIME_TYPE, APP_URI
+from gateway.mcp.resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.conftest import GatewayProcess
 

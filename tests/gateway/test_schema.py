@@ -9,8 +9,8 @@ import jsonschema
 import pytest
 from pydantic import TypeAdapter
 
+from gateway.mcp.schema import flatten_schema
 from gateway.models import ActionResult, LogsResult, PsResult, StackList
-from gateway.schema import flatten_schema
 
 GOOD_PS = {
     "project": "shop",

@@ -10,8 +10,8 @@ from mcp import Client
 
 from gateway.audit import ON_BEHALF_OF_META_KEY, on_behalf_of_meta
 from gateway.errors import CONFIRM_META_KEY, ERROR_META_KEY
+from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
-from gateway.server import build_server
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
 from tests.processes import compose_pids
 

@@ -12,11 +12,11 @@ import anyio
 import docker
 import pytest
 
-from gateway.compose import ComposeCli
-from gateway.dockercli import DockerCli
-from gateway.engine import Engine
+from gateway.compose.cli import ComposeCli
+from gateway.engine.client import Engine
 from gateway.errors import InvalidInput, SwarmFailed, SwarmUnavailable
-from gateway.swarm import STOPPED_REPLICAS_LABEL, SwarmBackend
+from gateway.swarm.backend import STOPPED_REPLICAS_LABEL, SwarmBackend
+from gateway.swarm.dockercli import DockerCli
 from tests.conftest import StackFactory
 from tests.gateway.swarm_fixtures import TWO_REPLICAS, remove_stack, swarm
 from tests.polling import eventually

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from gateway.compose import ComposeCli
+from gateway.compose.cli import ComposeCli
 from gateway.errors import InvalidInput
-from gateway.stackfile import DEFAULT_RESOLVE_IMAGE, StackTarget, stack_target, to_stack_file
+from gateway.swarm.stackfile import DEFAULT_RESOLVE_IMAGE, StackTarget, stack_target, to_stack_file
 from tests.conftest import random_name
 from tests.gateway.swarm_fixtures import remove_stack, swarm  # noqa: F401 - the fallback asks for the fixture
 

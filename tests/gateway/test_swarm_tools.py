@@ -13,8 +13,8 @@ import pytest
 from mcp import Client
 
 from gateway.errors import InvalidInput, PolicyRefused
+from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
-from gateway.server import build_server
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.swarm_fixtures import TWO_REPLICAS, remove_stack, swarm
 

@@ -13,10 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from gateway.auth import COMPOSE_AGENT, STATUS_PANEL, TokenStore
-from gateway.config import Settings, load_settings
-from gateway.errors import ConfigError, VaultError
-from gateway.tokens import (
+from gateway.auth.principals import COMPOSE_AGENT, STATUS_PANEL, TokenStore
+from gateway.auth.tokens import (
     EnvTokenSource,
     GeneratedTokenSource,
     VaultTokenSource,
@@ -24,7 +22,9 @@ from gateway.tokens import (
     refresh_tokens_forever,
     token_source_from_settings,
 )
-from gateway.vault import VaultClient
+from gateway.auth.vault import VaultClient
+from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError, VaultError
 from tests.conftest import free_port
 from tests.gateway import vault_fixtures
 from tests.gateway.vault_fixtures import OpenBao, fresh_hash, start_openbao
@@ -219,7 +219,7 @@ async def test_a_key_missing_in_vault_is_left_out(openbao: OpenBao) -> None:
 async def test_start_up_waits_for_tokens_that_appear_before_the_timeout(
     openbao: OpenBao, background: Background, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.tokens")
+    caplog.set_level(logging.INFO, logger="gateway.auth.tokens")
     deployment = fresh_hash()
     source = VaultTokenSource(VaultClient(openbao.address, openbao.root_token), deployment)
     store = TokenStore()
@@ -296,7 +296,7 @@ async def test_vault_stopped_mid_run_keeps_the_last_good_tokens_and_warns_withou
         bao.stop()
 
         def warned() -> bool:
-            return any(r.levelno == logging.WARNING and r.name == "gateway.tokens" for r in caplog.records)
+            return any(r.levelno == logging.WARNING and r.name == "gateway.auth.tokens" for r in caplog.records)
 
         await _until(warned, timeout=5)
         # Let a few more failed refreshes go by, then check nothing was dropped.

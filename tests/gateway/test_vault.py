@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.auth.vault import SecretMissing, VaultClient
+from gateway.cli.vault import add_vault_parser, run_vault_command
 from gateway.config import load_settings
 from gateway.errors import ConfigError, VaultError
-from gateway.vault import SecretMissing, VaultClient
-from gateway.vault_cli import add_vault_parser, run_vault_command
 from tests.conftest import free_port
 from tests.gateway import vault_fixtures
 from tests.gateway.vault_fixtures import OpenBao, fresh_hash

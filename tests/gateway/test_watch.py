@@ -6,9 +6,9 @@ import anyio
 import pytest
 from mcp.server.subscriptions import InMemorySubscriptionBus
 
-from gateway.notify import Notifier
+from gateway.mcp.notify import Notifier
+from gateway.mcp.watch import StackWatcher
 from gateway.operations import ComposeOperations
-from gateway.watch import StackWatcher
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 

@@ -1,6 +1,6 @@
 """The MCP App's page and the panel look alike: the CSS the page copies from the panel stays the panel's.
 
-``gateway/ui/stack.html`` is one self-contained file that hosts load as a resource, so it cannot link
+``gateway/mcp/ui/stack.html`` is one self-contained file that hosts load as a resource, so it cannot link
 ``panel.css``; it carries copies of the parts between ``/* shared: NAME */`` and ``/* end shared: NAME */``.
 """
 
@@ -30,21 +30,21 @@ def panel_css() -> str:
 
 
 def app_page() -> str:
-    # The way the gateway reads it to serve it (gateway/dashboard.py).
-    return resources.files("gateway").joinpath("ui/stack.html").read_text(encoding="utf-8")
+    # The way the gateway reads it to serve it (gateway/mcp/dashboard.py).
+    return resources.files("gateway.mcp").joinpath("ui/stack.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("part", PARTS)
 def test_the_mcp_app_carries_the_panels_shared_css_unchanged(part: str) -> None:
     panel, app = shared_parts(panel_css()), shared_parts(app_page())
     assert part in panel, f"statuspanel/static/panel.css has no part marked /* shared: {part} */"
-    assert part in app, f"gateway/ui/stack.html has no part marked /* shared: {part} */"
+    assert part in app, f"gateway/mcp/ui/stack.html has no part marked /* shared: {part} */"
     drift = "".join(
         difflib.unified_diff(
             panel[part].splitlines(keepends=True),
             app[part].splitlines(keepends=True),
             "statuspanel/static/panel.css",
-            "gateway/ui/stack.html",
+            "gateway/mcp/ui/stack.html",
         )
     )
     assert panel[part] == app[part], f"the {part} part differs; copy it from panel.css into stack.html:\n{drift}"

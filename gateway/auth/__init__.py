@@ -1,0 +1,1 @@
+"""Who may call: principals and scopes, token sources, and Vault. No MCP SDK here."""

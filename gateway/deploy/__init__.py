@@ -1,0 +1,1 @@
+"""Agents change stacks through tools, not files: deploy, plan, versions and confirmations."""

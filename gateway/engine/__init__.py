@@ -1,0 +1,1 @@
+"""The Docker Engine API: the client and its transport, container listings, logs."""

@@ -1,0 +1,104 @@
+"""Who is asking: the caller behind an MCP request, for every surface that is not a tool.
+
+Tools, resources, prompts and completion share one rule: a caller reads only what the tools in its
+scope could show it. Each non-tool read names the tool whose scope covers it (``config`` for a
+compose file, ``logs`` for log lines, ``ps`` for state) and is refused exactly as that tool would be.
+
+Some of the MCPServer's public seams are not handed the request they serve (``list_resources()``,
+the ``@completion()`` function). :func:`remember_requests` installs a middleware that makes the
+request being served known to them, through :func:`current_principal`.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import Context, MCPServer
+from starlette.requests import Request
+
+from ..auth.principals import Principal, principal_from_access_token
+from ..errors import PolicyViolation
+from ..operations import ComposeOperations
+
+__all__ = [
+    "access_token_of",
+    "current_principal",
+    "principal_of",
+    "principal_of_request",
+    "remember_requests",
+    "require_scope",
+]
+
+# The request being served, set by the middleware for the length of its handling (one task).
+_REQUEST: ContextVar[ServerRequestContext[Any, Any] | None] = ContextVar("compose_agent_request", default=None)
+
+
+def access_token_of(request: object) -> AccessToken | None:
+    """The verified token of the HTTP request a message came in on; on stdio, none.
+
+    It is read off the request itself: a Streamable HTTP session runs in the context of the request
+    that opened it, so the context variable could name a token that has since been rotated out.
+    """
+    if isinstance(request, Request):
+        user = request.scope.get("user")
+        if isinstance(user, AuthenticatedUser):
+            return user.access_token
+    return get_access_token()
+
+
+def principal_of_request(request_context: ServerRequestContext[Any, Any]) -> Principal:
+    """The caller behind a low-level request; ``LOCAL`` on stdio, which has no token."""
+    return principal_from_access_token(access_token_of(request_context.request))
+
+
+def principal_of(ctx: Context[Any, Any]) -> Principal:
+    """The caller behind a request, from the MCPServer context handed to tools, resources and prompts."""
+    return principal_of_request(ctx.request_context)
+
+
+async def _remember_request(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    token = _REQUEST.set(ctx)
+    try:
+        return await call_next(ctx)
+    finally:
+        _REQUEST.reset(token)
+
+
+def remember_requests(mcp: MCPServer) -> None:
+    """Make every request ``mcp`` serves known to :func:`current_principal` (once per server)."""
+    if _remember_request not in mcp.middleware:
+        mcp.middleware.append(_remember_request)
+
+
+def current_principal() -> Principal:
+    """The caller behind the request being served; outside one, the caller of the transport (``LOCAL`` on stdio)."""
+    request_context = _REQUEST.get()
+    if request_context is None:
+        return principal_from_access_token(get_access_token())
+    return principal_of_request(request_context)
+
+
+def require_scope(
+    ops: ComposeOperations, principal: Principal, tool: str, what: str, arguments: dict[str, Any]
+) -> None:
+    """Refuse (and audit) a read the caller's scope does not cover.
+
+    ``tool`` is the tool whose scope covers the read; ``what`` names the read in the audit line
+    (``resources/read``, ``prompts/get``, ...).
+
+    Raises:
+        PolicyViolation: the caller's token may not call ``tool``.
+    """
+    if principal.may_call(tool):
+        return
+    reason = (
+        f"the token of '{principal.name}' may not call '{tool}', so it may not read this either; "
+        "use a token whose scope includes it"
+    )
+    ops.audit_refusal(what, arguments, principal.name, reason)
+    raise PolicyViolation(reason)

@@ -1,0 +1,331 @@
+"""The gateway's HTTP face: Streamable HTTP at /mcp, SSE at /sse (+ /messages/), /health and metrics.
+
+All on one port. MCP routes need a bearer token; /health and the metrics routes do not.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..compose.running import RunningCommands
+from ..operations import ComposeOperations
+from ..ratelimit import FailureLimiter, SessionCounter, TokenBucket, client_key
+
+__all__ = ["build_http_app", "transport_security_for", "EdgeLimiter", "Limits", "Shutdown"]
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+
+
+def transport_security_for(host: str, allowed_hosts: list[str]) -> TransportSecuritySettings:
+    """DNS-rebinding protection that stays on, also in a container bound to 0.0.0.0.
+
+    ``allowed_hosts`` are Host header patterns (``compose-agent:*``); ``["*"]`` turns the check off.
+    """
+    if allowed_hosts == ["*"]:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    hosts = list(allowed_hosts) or ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    if not allowed_hosts and host not in LOOPBACK_HOSTS and host not in ("0.0.0.0", "::"):
+        hosts.append(f"{host}:*")
+    origins = [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+OPEN_PATHS = frozenset({"/health", "/api/v1/metrics", "/metrics"})
+_SESSION_HEADER = b"mcp-session-id"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the HTTP edge enforces before a request reaches the MCP SDK.
+
+    ``identify`` maps a presented bearer token to its principal's name (None: not a valid token).
+    It is checked first, so a valid token is never counted against, nor refused for, the failures
+    of whoever else shares its address.
+    """
+
+    identify: Callable[[str], str | None]
+    failures: FailureLimiter = field(default_factory=FailureLimiter)
+    rate: TokenBucket | None = None
+    sessions: SessionCounter | None = None
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """How the app stops: ``requested`` turns true on the server's stop signal (it is polled)."""
+
+    running: RunningCommands
+    timeout: float
+    requested: Callable[[], bool]
+
+
+def _bearer(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    for name, value in scope["headers"]:
+        if name == wanted:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _too_many(message: str, retry_after: float) -> Response:
+    """429 with Retry-After, and a JSON-RPC error body: the clients on these paths speak MCP."""
+    seconds = max(1, math.ceil(retry_after))
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32000, "message": message}}
+    return JSONResponse(body, status_code=429, headers={"Retry-After": str(seconds)})
+
+
+class EdgeLimiter:
+    """Failed-login limiting per client address, and rate and session limits per token.
+
+    ``/health`` and the metrics routes pass untouched. A request with a valid token is subject
+    only to its own token's limits. A request without one is refused with 429 once its address
+    has failed too often; its 401 answers are what is counted. The address is the one the server
+    sees: uvicorn rewrites it from proxy headers only for ``--forwarded-allow-ips``.
+    """
+
+    def __init__(self, app: ASGIApp, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = _bearer(scope)
+        principal = self.limits.identify(token) if token else None
+        if principal is None:
+            await self._unauthenticated(scope, receive, send)
+            return
+        rate = self.limits.rate
+        if rate is not None:
+            wait = rate.take(principal)
+            if wait is not None:
+                message = f"the token of '{principal}' is over its request rate of {rate.rate:g}/s; slow down"
+                await _too_many(message, wait)(scope, receive, send)
+                return
+        sessions = self.limits.sessions
+        path: str = scope["path"]
+        if sessions is None:
+            await self.app(scope, receive, send)
+        elif path == "/mcp" or path.startswith("/mcp/"):
+            await self._streamable(sessions, principal, scope, receive, send)
+        elif path == "/sse":
+            await self._sse(sessions, principal, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _unauthenticated(self, scope: Scope, receive: Receive, send: Send) -> None:
+        failures = self.limits.failures
+        client = scope.get("client")
+        key = client_key(client[0] if client else None)
+        retry = failures.retry_after(key)
+        if retry is not None:
+            message = "too many failed logins from this address; wait, then retry with a valid token"
+            await _too_many(message, retry)(scope, receive, send)
+            return
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                failures.record_failure(key)
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+    def _session_refusal(self, sessions: SessionCounter, principal: str) -> Response:
+        message = (
+            f"the token of '{principal}' has {sessions.limit} open sessions, the most allowed; end sessions "
+            f"you no longer use (HTTP DELETE), or wait for idle ones to close after {sessions.idle_timeout:g} s"
+        )
+        return _too_many(message, sessions.idle_timeout)
+
+    async def _streamable(
+        self, sessions: SessionCounter, principal: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        session_id = _header(scope, _SESSION_HEADER)
+        if session_id is None:
+            # No session yet: the SDK opens one for this request, so it takes a place first.
+            if not sessions.reserve(principal):
+                await self._session_refusal(sessions, principal)(scope, receive, send)
+                return
+            opened: list[str] = []
+
+            async def on_open(message: Message) -> None:
+                if message["type"] == "http.response.start" and message["status"] < 400:
+                    for name, value in message.get("headers", []):
+                        if name.lower() == _SESSION_HEADER:
+                            opened.append(value.decode("latin-1"))
+                    if opened:
+                        sessions.opened(principal, opened[0])
+                await send(message)
+
+            try:
+                await self.app(scope, receive, on_open)
+            finally:
+                if not opened:
+                    sessions.release(principal)
+            return
+
+        deleting = scope["method"] == "DELETE"
+
+        async def on_reply(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status == 404 or (deleting and status < 300):
+                    sessions.closed(session_id)
+            await send(message)
+
+        sessions.begin(session_id)
+        try:
+            await self.app(scope, receive, on_reply)
+        finally:
+            sessions.end(session_id)
+
+    async def _sse(self, sessions: SessionCounter, principal: str, scope: Scope, receive: Receive, send: Send) -> None:
+        # An SSE session lives exactly as long as its GET stream: it holds a place until the stream ends.
+        if not sessions.reserve(principal):
+            await self._session_refusal(sessions, principal)(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            sessions.release(principal)
+
+
+def build_http_app(
+    mcp: MCPServer,
+    ops: ComposeOperations,
+    *,
+    host: str = "127.0.0.1",
+    allowed_hosts: list[str] | None = None,
+    background: list[BackgroundTask] | None = None,
+    limits: Limits,
+    shutdown: Shutdown | None = None,
+) -> ASGIApp:
+    """One ASGI app for every HTTP route of the gateway, behind the :class:`EdgeLimiter`.
+
+    ``background`` tasks (token refresh) run for the app's lifetime in its lifespan task group.
+    With ``shutdown``, a stop waits for running Compose commands first (see :mod:`gateway.compose.running`).
+    """
+    security = transport_security_for(host, allowed_hosts or [])
+    sessions = limits.sessions
+    streamable = mcp.streamable_http_app(
+        transport_security=security,
+        host=host,
+        # The SDK closes idle sessions on the same clock the per-token count forgets them by.
+        session_idle_timeout=sessions.idle_timeout if sessions else 300.0,
+        # Its own cap is global, so one token could fill it: set it where the per-token caps of
+        # the two HTTP principals cannot reach it, so that only those ever refuse.
+        max_sessions=None if sessions is None else 2 * sessions.limit + 1,
+    )
+    sse = mcp.sse_app(transport_security=security, host=host)
+
+    async def health(request: Request) -> Response:
+        engine = "up"
+        try:
+            await anyio.to_thread.run_sync(ops.engine.ping)
+        except Exception:  # noqa: BLE001 - any failure means the same to a health probe
+            engine = "down"
+        # Always 200: an engine outage is not the gateway's fault, and restarting it would not help.
+        return JSONResponse(
+            {"status": "ok" if engine == "up" else "degraded", "version": __version__, "engine": engine}
+        )
+
+    async def metrics_json(request: Request) -> Response:
+        return JSONResponse(ops.metrics.snapshot())
+
+    async def metrics_text(request: Request) -> Response:
+        return PlainTextResponse(ops.metrics.prometheus(), media_type="text/plain; version=0.0.4")
+
+    # SSE sessions live in their GET request; a shutdown ends them through these scopes.
+    sse_streams: set[anyio.CancelScope] = set()
+
+    async def serve_sessions(*, task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as scope:
+            async with mcp.session_manager.run():
+                task_status.started(scope)
+                await anyio.sleep_forever()
+
+    async def stop_when_asked(sessions_scope: anyio.CancelScope) -> None:
+        """On the server's stop: let running commands finish (bounded), then end every MCP session.
+
+        Ending the sessions closes their open streams, so the server's own wait for open
+        connections ends at once instead of at its timeout.
+        """
+        assert shutdown is not None
+        while not shutdown.requested():
+            await anyio.sleep(0.2)
+        stopped = await shutdown.running.drain(shutdown.timeout)
+        if stopped:
+            logger.warning("stopped at shutdown: %s", ", ".join(stopped))
+        sessions_scope.cancel()
+        for scope in list(sse_streams):
+            scope.cancel()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            sessions_scope: anyio.CancelScope = await tg.start(serve_sessions)
+            for task in background or []:
+                tg.start_soon(task)
+            if shutdown is not None:
+                tg.start_soon(stop_when_asked, sessions_scope)
+            yield
+            if shutdown is not None:
+                # Stopped without the server's signal (a test, an embedding app): still drain.
+                await shutdown.running.drain(shutdown.timeout)
+            tg.cancel_scope.cancel()
+
+    plain = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/api/v1/metrics", metrics_json),
+            Route("/metrics", metrics_text),
+        ],
+        lifespan=lifespan,
+    )
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await plain(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        if path == "/sse":
+            with anyio.CancelScope() as stream:
+                sse_streams.add(stream)
+                try:
+                    await sse(scope, receive, send)
+                finally:
+                    sse_streams.discard(stream)
+        elif path.startswith("/messages/"):
+            await sse(scope, receive, send)
+        elif path == "/mcp" or path.startswith("/mcp/"):
+            await streamable(scope, receive, send)
+        else:
+            await plain(scope, receive, send)
+
+    return EdgeLimiter(dispatch, limits)

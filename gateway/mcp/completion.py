@@ -1,0 +1,89 @@
+"""Argument completion: stack names for ``project``, and that stack's services for ``service``.
+
+Completion answers for the gateway's own prompts and resource templates; any other reference gets
+an empty answer, as the protocol asks. Names are shown only to callers whose scope could list
+them: ``list_stacks`` for stacks, ``ps`` for services.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from anyio import to_thread
+from mcp.server.mcpserver import MCPServer
+from mcp_types import Completion, CompletionArgument, CompletionContext, PromptReference, ResourceTemplateReference
+
+from ..engine.containers import SERVICE_LABEL
+from ..errors import GatewayError
+from ..operations import ComposeOperations
+from ..stacks import validate_project_name
+from .access import current_principal, remember_requests
+from .prompts import PROMPT_NAMES
+from .resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE, stack_names
+
+__all__ = ["register_completion", "MAX_VALUES"]
+
+logger = logging.getLogger(__name__)
+
+# The protocol caps one answer at 100 values.
+MAX_VALUES = 100
+_TEMPLATES = (COMPOSE_FILE_TEMPLATE, STATUS_TEMPLATE, LOGS_TEMPLATE)
+
+
+def _answer(candidates: list[str], prefix: str) -> Completion:
+    # Prefix matches first, then names that merely contain what was typed.
+    lowered = prefix.lower()
+    starts = [c for c in candidates if c.lower().startswith(lowered)]
+    contains = [c for c in candidates if lowered in c.lower() and c not in starts]
+    matches = starts + contains
+    return Completion(values=matches[:MAX_VALUES], total=len(matches), has_more=len(matches) > MAX_VALUES)
+
+
+def _empty() -> Completion:
+    return Completion(values=[], total=0, has_more=False)
+
+
+async def service_names(ops: ComposeOperations, project: str) -> list[str]:
+    """The services a stack defines or has containers for, without counting a ``ps``."""
+    names: set[str] = set()
+    try:
+        containers = await to_thread.run_sync(ops.engine.project_containers, project)
+    except GatewayError:
+        containers = []
+    names.update(str(c["Labels"].get(SERVICE_LABEL)) for c in containers if c["Labels"].get(SERVICE_LABEL))
+    stack = ops.catalog.folder(project)
+    if stack is not None:
+        names.update(await ops.catalog.defined_services(stack))
+    return sorted(names)
+
+
+def register_completion(mcp: MCPServer, ops: ComposeOperations) -> None:
+    """Serve ``completion/complete`` on ``mcp`` (and so declare the completions capability)."""
+    remember_requests(mcp)  # the completion function is not handed its request: the caller comes from it
+
+    # MCPServer.completion() carries no annotations, hence the ignore; the function it takes is typed.
+    @mcp.completion()  # type: ignore[no-untyped-call, untyped-decorator]
+    async def complete(
+        ref: PromptReference | ResourceTemplateReference,
+        argument: CompletionArgument,
+        context: CompletionContext | None,
+    ) -> Completion:
+        if isinstance(ref, PromptReference):
+            if ref.name not in PROMPT_NAMES:
+                return _empty()
+        elif ref.uri not in _TEMPLATES:
+            return _empty()
+        principal = current_principal()
+        name, value = argument.name, argument.value
+        if name == "project" and principal.may_call("list_stacks"):
+            folders_only = not isinstance(ref, PromptReference) and ref.uri == COMPOSE_FILE_TEMPLATE
+            stacks = await stack_names(ops)
+            return _answer([n for n, external in stacks if not (folders_only and external)], value)
+        if name == "service" and principal.may_call("ps"):
+            project = ((context.arguments if context else None) or {}).get("project", "")
+            try:
+                validate_project_name(project)
+            except GatewayError:
+                return _empty()  # no project chosen yet: nothing to complete from
+            return _answer(await service_names(ops, project), value)
+        return _empty()

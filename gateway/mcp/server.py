@@ -1,0 +1,202 @@
+"""The MCP server: the compose tools, their error results, and what the server publishes.
+
+Transports live elsewhere (:mod:`gateway.mcp.app` for HTTP; stdio via the SDK). This module knows the
+operations API and MCP, and nothing about Docker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.types import CallToolResult, InputRequiredResult, TextContent, Tool
+from pydantic import AnyHttpUrl, ValidationError
+
+from .. import __version__
+from ..audit import bounded_arguments, on_behalf_of
+from ..auth.principals import DEPLOY_TOOLS, LOCAL, WRITE_TOOLS, GatewayTokenVerifier
+from ..deploy.confirm import Confirmations
+from ..errors import CONFIRM_META_KEY, ERROR_META_KEY, ConfirmationRequired, GatewayError, InvalidInput, PolicyViolation
+from ..operations import ComposeOperations
+from .completion import register_completion
+from .confirmation import audit_view
+from .dashboard import stack_app
+from .deploy_tools import register_deploy_reads, register_deploy_tools
+from .notify import Notifier
+from .prompts import register_prompts
+from .resources import StackResources, register_resources
+from .schema import flatten_schema
+from .tools import ToolKit, caller_of, register_read_tools, register_write_tools
+
+__all__ = ["build_server", "error_result", "GatewayServer", "INSTRUCTIONS"]
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+Manage Docker Compose stacks on this host. A stack is addressed by its name (the compose project
+name, e.g. "shop"), never by a path. Start with list_stacks, then ps to see each service's state
+and health, logs to read recent output (use grep and since to narrow it), and up/restart/start/
+stop/down to change state. down removes containers (named volumes are kept unless volumes=true).
+To add or change a stack, send its whole compose file to deploy (plan shows first what it would
+do; versions and rollback undo it). Errors say what to do next; read them."""
+
+
+# (tool, bounded arguments, caller, reason): how a refusal at the protocol edge is recorded.
+class RefusalAudit(Protocol):
+    """How a refusal at the protocol edge is recorded (``ComposeOperations.audit_refusal``)."""
+
+    def __call__(
+        self, tool: str, arguments: dict[str, Any], caller: str, reason: str, *, on_behalf_of: str | None = None
+    ) -> None: ...
+
+
+# JSON Schema names of the Python types a caller can send, for messages about a wrong type.
+_JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
+
+
+class GatewayServer(StackResources):
+    """An MCPServer whose failed calls are error results every client can read.
+
+    A tool raises :class:`GatewayError`; the result then carries the message as text content and
+    no ``structuredContent``, because the TypeScript SDK's clients (the Inspector, Claude Desktop,
+    Cursor, VS Code) validate ``structuredContent`` against the tool's output schema even in an
+    error result. The machine-readable kind travels in ``_meta``.
+    """
+
+    def __init__(self, *args: Any, audit_refusal: RefusalAudit | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._flat_schemas: dict[str, dict[str, Any]] = {}
+        self._audit_refusal = audit_refusal
+        self.read_only = False
+        # What the tools share; resolvers reach it through their context's server.
+        self.kit: ToolKit | None = None
+
+    async def list_tools(self) -> list[Tool]:
+        """The tools, with flat output schemas: the same documents validate, and clients check them faster."""
+        tools = await super().list_tools()
+        for tool in tools:
+            if tool.output_schema is not None:
+                flat = self._flat_schemas.get(tool.name)
+                if flat is None:
+                    flat = self._flat_schemas[tool.name] = flatten_schema(tool.output_schema)
+                tool.output_schema = flat
+        return tools
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        """Run a tool; a call refused before its tool ran (unknown tool, invalid arguments) is audited here.
+
+        This is the one place every tools/call passes, so no refusal depends on a tool remembering
+        to audit it: a write tool called in read-only mode (it is not registered), or a call the
+        input schema refuses (a 64-character name, 1,000 services), leaves its line too.
+        """
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, GatewayError):
+                return error_result(cause)
+            if isinstance(cause, ValidationError):
+                refused = InvalidInput(describe_invalid_arguments(name, cause))
+                self._refused(name, arguments, context, str(refused))
+                return error_result(refused)
+            if cause is None and name not in {tool.name for tool in await self.list_tools()}:
+                if self.read_only and (name in WRITE_TOOLS or name in DEPLOY_TOOLS):
+                    # The gateway's own answer, not the SDK's "Unknown tool": the caller learns why.
+                    offered = ", ".join(sorted(tool.name for tool in await self.list_tools()))
+                    read_only = PolicyViolation(
+                        f"'{name}' changes stacks, and this gateway runs in --read-only mode; it offers only {offered}"
+                    )
+                    self._refused(name, arguments, context, str(read_only))
+                    return error_result(read_only)
+                self._refused(name, arguments, context, f"no tool named {name[:100]!r}")
+            raise
+
+    def _refused(self, name: str, arguments: dict[str, Any], context: Context | None, reason: str) -> None:
+        if self._audit_refusal is None:
+            return
+        caller = caller_of(context).name if context is not None else LOCAL.name
+        try:
+            person = on_behalf_of(context.request_context.meta) if context is not None else None
+        except (InvalidInput, ValueError):
+            # A malformed name (refused with the call anyway), or no request to read it from.
+            person = None
+        shown = bounded_arguments(audit_view(arguments))
+        self._audit_refusal(name[:100], shown, caller, reason, on_behalf_of=person)
+
+
+def describe_invalid_arguments(tool: str, error: ValidationError) -> str:
+    """Which arguments were refused and what each should be; never the values themselves."""
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "arguments"
+        message = item["msg"]
+        given = _JSON_TYPES.get(type(item.get("input")))
+        if item["type"].endswith("_type") and given is not None:
+            message += f", got {given}"
+        problems.append(f"'{where}': {message}")
+    return f"invalid arguments for '{tool}': " + "; ".join(problems)
+
+
+def error_result(exc: GatewayError) -> CallToolResult:
+    """A failed call: the message for people and agents as text; its kind for programs in ``_meta``.
+
+    A call that needs confirming also carries its token there, beside the ``confirm="..."`` in the text.
+    """
+    meta: dict[str, Any] = {ERROR_META_KEY: exc.kind}
+    if isinstance(exc, ConfirmationRequired):
+        meta[CONFIRM_META_KEY] = exc.token
+    return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True, _meta=meta)
+
+
+def build_server(
+    ops: ComposeOperations,
+    *,
+    read_only: bool = False,
+    token_verifier: GatewayTokenVerifier | None = None,
+    issuer_url: str = "http://127.0.0.1:8765",
+    notifier: Notifier | None = None,
+    confirm: Iterable[str] = (),
+) -> GatewayServer:
+    """An MCP server exposing the compose tools over ``ops``, and the stacks as resources and prompts.
+
+    With ``token_verifier``, HTTP transports require a bearer token and every call is checked against
+    the token's scopes. Without one (stdio), the caller is the local user who started the process.
+    In ``read_only`` mode the tools that change anything are not registered at all. The tools in
+    ``confirm`` (the operator's ``policy.confirm``) act only once confirmed.
+
+    ``notifier`` carries stack changes and log messages to hosts; the entry point runs it (and a
+    :class:`~gateway.mcp.watch.StackWatcher` feeding it) for the server's lifetime. Without one, the
+    server makes its own, which serves subscriptions and log levels but hears of no changes.
+    """
+    auth = AuthSettings(issuer_url=AnyHttpUrl(issuer_url), resource_server_url=None) if token_verifier else None
+    notifier = notifier or Notifier(InMemorySubscriptionBus())
+    mcp = GatewayServer(
+        "compose-agent",
+        audit_refusal=ops.audit_refusal,
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        token_verifier=token_verifier,
+        auth=auth,
+        log_level="WARNING",
+        extensions=[stack_app()],
+        subscriptions=notifier.bus,
+    )
+    mcp.read_only = read_only
+    kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm))
+    register_read_tools(mcp, kit)
+    register_deploy_reads(mcp, kit)
+    if not read_only:
+        register_write_tools(mcp, kit)
+        register_deploy_tools(mcp, kit)
+    register_resources(mcp, ops, notifier)
+    register_prompts(mcp, ops)
+    register_completion(mcp, ops)
+    notifier.install(mcp.middleware)
+    return mcp

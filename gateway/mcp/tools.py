@@ -1,0 +1,361 @@
+"""The compose tools: list_stacks, ps, logs, config, and the lifecycle tools.
+
+Each tool checks the caller's scope, calls the operations API and returns its pydantic model. A
+failure is raised as a :class:`~gateway.errors.GatewayError`; the server turns it into an error
+result (see :mod:`gateway.mcp.server`). New tool families live in modules of their own with a
+``register_*(mcp, kit)`` function like the ones here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypedDict
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
+from pydantic import Field, Strict
+
+from ..audit import on_behalf_of
+from ..auth.principals import Principal
+from ..compose.cli import ProgressCallback
+from ..compose.lifecycle import ServiceAction
+from ..deploy.confirm import Confirmations
+from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
+from ..errors import GatewayError, PolicyViolation
+from ..models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
+from ..operations import ComposeOperations
+from .access import principal_of
+from .confirmation import (
+    CONFIRM_DESCRIPTION,
+    SERVICE_CONFIRMATION,
+    Answer,
+    ConfirmGate,
+    DownAnswer,
+    DownPending,
+    Pending,
+    UpAnswer,
+    UpPending,
+)
+from .dashboard import PS_TOOL_META
+from .notify import Notifier
+
+__all__ = [
+    "ToolKit",
+    "Acting",
+    "Project",
+    "Services",
+    "Confirm",
+    "StrictBool",
+    "READ_ONLY",
+    "write_annotations",
+    "register_read_tools",
+    "register_write_tools",
+    "caller_of",
+]
+
+Project = Annotated[
+    str,
+    Field(description="Stack name as shown by list_stacks (lowercase letters, digits, '-', '_')", max_length=63),
+]
+Services = Annotated[
+    list[str] | None,
+    Field(description="Only these services (names from ps); omit for every service of the stack", max_length=100),
+]
+Confirm = Annotated[str | None, Field(description=CONFIRM_DESCRIPTION, max_length=64)]
+# A string is never a boolean or a number in a tool call: "true" or "5" is refused, not coerced.
+StrictBool = Annotated[bool, Strict()]
+StrictInt = Annotated[int, Strict()]
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+
+def write_annotations(*, destructive: bool, idempotent: bool) -> ToolAnnotations:
+    return ToolAnnotations(
+        read_only_hint=False, destructive_hint=destructive, idempotent_hint=idempotent, open_world_hint=False
+    )
+
+
+def caller_of(ctx: Context) -> Principal:
+    """Who is calling: the principal of the request's verified token (``LOCAL`` on stdio)."""
+    return principal_of(ctx)
+
+
+class Acting(TypedDict):
+    """The keywords every write operation takes: who calls, the person it acts for, where events go."""
+
+    caller: str
+    on_behalf_of: str | None
+    progress: ProgressCallback
+
+
+class ToolKit:
+    """What every tool family needs: the operations, the caller's scope check, progress, confirmations."""
+
+    def __init__(
+        self, ops: ComposeOperations, notifier: Notifier | None = None, confirmations: Confirmations | None = None
+    ) -> None:
+        self.ops = ops
+        self.notifier = notifier
+        self.gate = ConfirmGate(confirmations or Confirmations())
+
+    def authorize(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> Principal:
+        """The caller of this request, if its token's scope includes ``tool``.
+
+        Raises:
+            PolicyViolation: out of scope (the refusal is audited).
+            InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta`` (audited too).
+        """
+        return self._authorized(ctx, tool, arguments)[0]
+
+    def _authorized(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> tuple[Principal, str | None]:
+        """:meth:`authorize`, and the person the caller acts for, read once."""
+        principal = caller_of(ctx)
+        try:
+            person = self.acting_for(ctx)
+        except GatewayError as exc:
+            self.ops.audit_refusal(tool, arguments, principal.name, str(exc))
+            raise
+        if not principal.may_call(tool):
+            reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
+            self.ops.audit_refusal(tool, arguments, principal.name, reason, on_behalf_of=person)
+            raise PolicyViolation(reason)
+        return principal, person
+
+    def acting_for(self, ctx: Context) -> str | None:
+        """The person the caller says it acts for (the panel's logged-in user), from the request's ``_meta``.
+
+        Raises:
+            InvalidInput: the ``_meta`` entry is not a short printable name.
+        """
+        return on_behalf_of(ctx.request_context.meta)
+
+    def progress(self, ctx: Context) -> ProgressCallback:
+        """A callback that turns each Compose event into a progress notification and a log message."""
+        count = 0
+        notifier = self.notifier
+
+        async def report(message: str) -> None:
+            nonlocal count
+            count += 1
+            await ctx.report_progress(count, None, message)
+            if notifier is not None:
+                await notifier.log_to_request(ctx.request_context, "info", "compose", message)
+
+        return report
+
+    async def cleared(
+        self,
+        ctx: Context,
+        tool: str,
+        arguments: dict[str, Any],
+        pending: Pending,
+        answer: Answer,
+        confirm: str | None,
+        *,
+        shown: dict[str, Any] | None = None,
+        scope_shown: dict[str, Any] | None = None,
+    ) -> Acting:
+        """What a write tool's body does before it acts: check the scope, then settle the confirmation.
+
+        ``arguments`` are what a confirmation is bound to. Refusals' audit lines record ``shown``
+        instead when given (deploy's hide the file), and a scope refusal records ``scope_shown``
+        where that differs.
+
+        Returns the operation's keywords: ``ops.up(project, ..., **acting)``.
+
+        Raises:
+            PolicyViolation: out of scope, a token that does not fit, or a person who declined.
+            ConfirmationRequired: the policy asks for a confirmation this call does not carry.
+            InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta``.
+        """
+        audited = arguments if shown is None else shown
+        who, person = self._authorized(ctx, tool, audited if scope_shown is None else scope_shown)
+        project = str(arguments["project"])
+        await self.gate.settle(
+            tool,
+            arguments,
+            pending,
+            answer,
+            confirm,
+            state=lambda: self.ops.planner.state(project),
+            audit=lambda reason: self.ops.audit_refusal(tool, audited, pending.caller, reason, on_behalf_of=person),
+        )
+        return Acting(caller=who.name, on_behalf_of=person, progress=self.progress(ctx))
+
+
+def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
+    """list_stacks, ps, logs and config: allowed in read-only mode."""
+    ops = kit.ops
+
+    @mcp.tool(
+        title="List stacks",
+        annotations=READ_ONLY,
+        description=(
+            "List every compose stack on this host: folders under the stacks dir, and running compose "
+            "projects without a folder (external: they can be read, restarted, stopped and brought down, "
+            "but not brought up). Shows how many containers each has and how many run, and its target: "
+            "compose, or swarm for a Docker Swarm stack. Call this first."
+        ),
+    )
+    async def list_stacks(ctx: Context) -> StackList:
+        kit.authorize(ctx, "list_stacks", {})
+        return await ops.list_stacks()
+
+    @mcp.tool(
+        title="Service status",
+        annotations=READ_ONLY,
+        # Hosts with MCP Apps render the result as the stack view (see gateway.mcp.dashboard).
+        meta=PS_TOOL_META,
+        description=(
+            "Show each service of a stack: container name, state (running, exited, missing = defined but "
+            "has no container, ...), health (healthy/unhealthy/starting, or null without a healthcheck), "
+            "exit code, published ports, image and start time. Use it to see what runs and what does not. "
+            "For a swarm stack: one entry per task, with its task state, node, desired_state and error."
+        ),
+    )
+    async def ps(project: Project, ctx: Context) -> PsResult:
+        kit.authorize(ctx, "ps", {"project": project})
+        return await ops.ps(project)
+
+    @mcp.tool(
+        title="Read logs",
+        annotations=READ_ONLY,
+        description=(
+            "Read recent log lines of a stack, newest last, each prefixed with its service. Takes the last "
+            f"`tail` lines of each container (default {DEFAULT_TAIL}, at most {MAX_TAIL}), optionally only "
+            "after `since` (RFC 3339, relative like 10m, or Unix seconds) and only lines matching `grep`. "
+            "The answer is capped in bytes, keeping the newest lines; `truncated` says when older ones were "
+            "dropped. Narrow with grep/since rather than raising tail."
+        ),
+    )
+    async def logs(
+        project: Project,
+        ctx: Context,
+        services: Services = None,
+        tail: Annotated[
+            StrictInt, Field(ge=1, le=MAX_TAIL, description="Lines per container, from the end")
+        ] = DEFAULT_TAIL,
+        since: Annotated[
+            str | None,
+            Field(description="Only newer lines: RFC 3339 time, relative (30s, 10m, 2h, 1d) or Unix seconds"),
+        ] = None,
+        grep: Annotated[str | None, Field(description="Only lines matching this regular expression")] = None,
+        timestamps: Annotated[StrictBool, Field(description="Prefix each line with its RFC 3339 timestamp")] = False,
+        max_bytes: Annotated[
+            StrictInt, Field(ge=1024, le=MAX_BYTES, description="Cap on the answer's size; newest lines are kept")
+        ] = DEFAULT_BYTES,
+    ) -> LogsResult:
+        kit.authorize(ctx, "logs", {"project": project})
+        return await ops.logs(
+            project, services=services, tail=tail, since=since, grep=grep, timestamps=timestamps, max_bytes=max_bytes
+        )
+
+    @mcp.tool(
+        title="Compose config",
+        annotations=READ_ONLY,
+        description=(
+            "Show a stack's compose model as Docker Compose validates and normalises it (JSON): services, "
+            "images, ports, volumes, networks, with variables interpolated. Fails with Compose's own error "
+            "when the compose file is malformed. Needs the stack's folder (not for external stacks)."
+        ),
+    )
+    async def config(project: Project, ctx: Context) -> ConfigResult:
+        kit.authorize(ctx, "config", {"project": project})
+        return await ops.config(project)
+
+
+# restart, start and stop differ only in the Compose verb, their annotations and their words.
+_SERVICE_TOOLS: dict[ServiceAction, tuple[str, bool, str]] = {
+    "restart": (
+        "Restart",
+        False,
+        "Restart a stack's running containers, or only the given services (docker compose restart).",
+    ),
+    "start": (
+        "Start",
+        True,
+        "Start a stack's existing, stopped containers (docker compose start). Creates nothing: use up.",
+    ),
+    "stop": ("Stop", True, "Stop a stack's running containers without removing them (docker compose stop)."),
+}
+
+
+def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
+    """up, down, restart, start and stop: not registered in read-only mode."""
+    ops = kit.ops
+
+    @mcp.tool(
+        title="Bring up",
+        annotations=write_annotations(destructive=False, idempotent=True),
+        description=(
+            "Create and start a stack's services in the background (docker compose up -d), recreating "
+            "containers whose configuration changed. With `wait`, return only when services are running "
+            "and healthy. Sends a progress notification per Compose event. Needs the stack's folder. "
+            "A stack whose compose file has `x-compose-agent: {target: swarm}` is deployed to Docker Swarm."
+        ),
+    )
+    async def up(
+        project: Project,
+        ctx: Context,
+        pending: UpPending,
+        answer: UpAnswer,
+        services: Services = None,
+        wait: Annotated[
+            StrictBool, Field(description="Wait until services are running/healthy before returning")
+        ] = False,
+        confirm: Confirm = None,
+    ) -> ActionResult:
+        arguments = {"project": project, "services": services, "wait": wait}
+        # A scope refusal in the body has always been audited without wait; kept so audit lines stay the same.
+        acting = await kit.cleared(
+            ctx, "up", arguments, pending, answer, confirm, scope_shown={"project": project, "services": services}
+        )
+        return await ops.up(project, services=services, wait=wait, **acting)
+
+    @mcp.tool(
+        title="Bring down",
+        annotations=write_annotations(destructive=True, idempotent=True),
+        description=(
+            "Stop and remove a stack's containers and networks (docker compose down). Named volumes, and "
+            "so the data, are kept unless `volumes` is true. Works for external stacks too."
+        ),
+    )
+    async def down(
+        project: Project,
+        ctx: Context,
+        pending: DownPending,
+        answer: DownAnswer,
+        volumes: Annotated[
+            StrictBool, Field(description="Also delete the stack's named volumes and their data")
+        ] = False,
+        confirm: Confirm = None,
+    ) -> ActionResult:
+        acting = await kit.cleared(ctx, "down", {"project": project, "volumes": volumes}, pending, answer, confirm)
+        return await ops.down(project, volumes=volumes, **acting)
+
+    for action, (title, idempotent, description) in _SERVICE_TOOLS.items():
+        _register_service_tool(mcp, kit, action, title, idempotent, description)
+
+
+def _register_service_tool(
+    mcp: MCPServer, kit: ToolKit, action: ServiceAction, title: str, idempotent: bool, description: str
+) -> None:
+    async def service_tool(
+        project: Project,
+        ctx: Context,
+        pending: Pending,
+        answer: Answer,
+        services: Services = None,
+        confirm: Confirm = None,
+    ) -> ActionResult:
+        acting = await kit.cleared(ctx, action, {"project": project, "services": services}, pending, answer, confirm)
+        return await kit.ops.service_action(action, project, services=services, **acting)
+
+    # One body for three tools, each with its own planner: the SDK reads these annotations to resolve them.
+    service_tool.__annotations__ = {**service_tool.__annotations__, **SERVICE_CONFIRMATION[action]}
+
+    mcp.tool(
+        name=action,
+        title=title,
+        annotations=write_annotations(destructive=False, idempotent=idempotent),
+        description=description,
+    )(service_tool)

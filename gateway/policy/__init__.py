@@ -1,0 +1,1 @@
+"""The policy guard: the rules, the file references, and the verdicts on a stack."""

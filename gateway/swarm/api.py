@@ -1,0 +1,248 @@
+"""Swarm through the Engine API: the blocking calls behind :mod:`gateway.swarm.backend`, run in worker threads.
+
+It reads a stack's services and tasks by the ``com.docker.stack.namespace`` label, updates services
+from the spec and version it just read, and says whether an action has converged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.client import Engine
+from ..errors import InvalidInput, SwarmFailed, SwarmUnavailable
+from ..models import ServiceStatus
+from .stackfile import TARGET_KEY
+from .tasks import NAMESPACE_LABEL, is_failure, service_name, task_rows
+
+__all__ = ["SwarmApi", "StackCounts", "STOPPED_REPLICAS_LABEL", "replicas"]
+
+logger = logging.getLogger(__name__)
+
+# Set by `stop` on each service it scales to zero: the replicas `start` gives back.
+STOPPED_REPLICAS_LABEL = "com.compose-agent.stopped-replicas"
+# A service whose new tasks failed this often during one action is reported instead of waited for.
+_FAILURES_BEFORE_GIVING_UP = 3
+
+
+@dataclass(frozen=True)
+class StackCounts:
+    """A swarm stack as ``list_stacks`` shows it: its current tasks, and how many of them run."""
+
+    tasks: int
+    running: int
+
+
+class SwarmApi:
+    """Blocking Engine API calls on the engine's swarm."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def check_manager(self, project: str) -> None:
+        """Blocking. Return if the engine is a swarm manager, else say how to make it one.
+
+        Raises:
+            SwarmUnavailable: not in a swarm, a worker, or a locked swarm.
+        """
+        with self.engine.translate():
+            swarm = self.engine.client.info().get("Swarm") or {}
+        state = swarm.get("LocalNodeState")
+        if state == "active" and swarm.get("ControlAvailable"):
+            return
+        where = f"the engine at DOCKER_HOST={self.engine.docker_host}"
+        if state == "active":
+            why = (
+                f"{where} is a swarm worker, not a manager: point the gateway at a manager node "
+                "(DOCKER_HOST, see docs/swarm.md), or promote this one with `docker node promote`"
+            )
+        elif state == "locked":
+            why = f"the swarm of {where} is locked: unlock it with `docker swarm unlock`"
+        elif state in ("pending", "error"):
+            why = f"{where} is {state} in its swarm ({swarm.get('Error') or 'no detail'}); see `docker info`"
+        else:
+            why = (
+                f"{where} is not part of a swarm: run `docker swarm init` there (or join it to a swarm as a "
+                f"manager), or remove the {TARGET_KEY} block to run the stack with Compose"
+            )
+        raise SwarmUnavailable(f"stack '{project}' asks for Docker Swarm ({TARGET_KEY}: target: swarm), but {why}")
+
+    def services(self, project: str | None) -> list[dict[str, Any]]:
+        """The stack's services (or every stack's); empty where the engine is no swarm manager."""
+        import docker.errors
+
+        label = f"{NAMESPACE_LABEL}={project}" if project else NAMESPACE_LABEL
+        with self.engine.translate():
+            try:
+                services: list[dict[str, Any]] = self.engine.client.services(filters={"label": label})
+            except docker.errors.APIError as exc:
+                if exc.status_code == 503:  # "This node is not a swarm manager": so there are no swarm stacks
+                    return []
+                raise
+        return services
+
+    def tasks(self, project: str | None) -> list[dict[str, Any]]:
+        label = f"{NAMESPACE_LABEL}={project}" if project else NAMESPACE_LABEL
+        with self.engine.translate():
+            tasks: list[dict[str, Any]] = self.engine.client.tasks(filters={"label": label})
+        return tasks
+
+    def select(self, project: str, services: list[str] | None) -> list[dict[str, Any]]:
+        found = self.services(project)
+        if not found:
+            raise SwarmFailed(f"swarm stack '{project}' has no services; bring it up first")
+        if not services:
+            return sorted(found, key=lambda s: str(s["Spec"]["Name"]))
+        by_name = {service_name(project, s): s for s in found}
+        unknown = sorted(set(services) - set(by_name))
+        if unknown:
+            raise InvalidInput(
+                f"swarm stack '{project}' has no service(s) {', '.join(unknown)}; its services: "
+                f"{', '.join(sorted(by_name))}"
+            )
+        return [by_name[name] for name in services]
+
+    def stacks(self) -> dict[str, StackCounts]:
+        """Blocking. Every swarm stack the engine manages, by name; empty when it manages none."""
+        services = self.services(None)
+        if not services:
+            return {}
+        names = {str(s["Spec"].get("Labels", {}).get(NAMESPACE_LABEL)) for s in services}
+        counts = {name: [0, 0] for name in names}
+        for task in self.tasks(None):
+            name = (task.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {}).get(NAMESPACE_LABEL)
+            if name in counts and task.get("DesiredState") not in ("shutdown", "remove"):
+                counts[name][0] += 1
+                counts[name][1] += task.get("Status", {}).get("State") == "running"
+        return {name: StackCounts(*c) for name, c in counts.items()}
+
+    def has_stack(self, project: str) -> bool:
+        """Blocking. Whether the swarm runs services of a stack called ``project``."""
+        return bool(self.services(project))
+
+    def ps(self, project: str) -> list[ServiceStatus]:
+        """Blocking. One entry per current task of the stack (see :func:`task_rows`)."""
+        services = self.services(project)
+        if not services:
+            return []
+        tasks = self.tasks(project)
+        with self.engine.translate():
+            nodes = {n["ID"]: n.get("Description", {}).get("Hostname") for n in self.engine.client.nodes()}
+            # Health lives on the container, which only the node running it knows: shown for local tasks.
+            local = self.engine.client.containers(all=True, filters={"label": f"{NAMESPACE_LABEL}={project}"})
+        return task_rows(project, services, tasks, nodes, local)
+
+    def update(
+        self,
+        svc: dict[str, Any],
+        *,
+        force: bool = False,
+        labels: dict[str, str] | None = None,
+        replicas: int | None = None,
+    ) -> None:
+        """Update one service from the spec and version just read: a concurrent change is refused, not lost."""
+        spec = svc["Spec"]
+        template = dict(spec["TaskTemplate"])
+        if force:
+            template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
+        mode = spec.get("Mode") if replicas is None else {"Replicated": {"Replicas": replicas}}
+        with self.engine.translate():
+            self.engine.client.update_service(
+                svc["ID"],
+                svc["Version"]["Index"],
+                task_template=template,
+                name=spec["Name"],
+                labels=spec.get("Labels") if labels is None else labels,
+                mode=mode,
+                update_config=spec.get("UpdateConfig"),
+                rollback_config=spec.get("RollbackConfig"),
+                endpoint_spec=spec.get("EndpointSpec"),
+            )
+
+    def running(self, project: str, names: list[str], known: set[str]) -> tuple[bool, str]:
+        """Every selected service runs all its replicas, no update is under way; or raise on repeated failures."""
+        services = {service_name(project, s): s for s in self.services(project)}
+        tasks = self.tasks(project)
+        done, parts = True, []
+        for name in names:
+            svc = services.get(name)
+            if svc is None:
+                return False, f"{name}: waiting for the service"
+            mine = [t for t in tasks if t.get("ServiceID") == svc["ID"]]
+            failed = [t for t in mine if t["ID"] not in known and is_failure(t)]
+            if len(failed) >= _FAILURES_BEFORE_GIVING_UP:
+                newest = max(failed, key=lambda t: str(t.get("UpdatedAt", "")))
+                error = newest["Status"].get("Err") or newest["Status"].get("State")
+                raise SwarmFailed(
+                    f"service '{name}' of swarm stack '{project}' keeps failing ({len(failed)} tasks): {error}"
+                )
+            update = (svc.get("UpdateStatus") or {}).get("State")
+            if update in ("paused", "rollback_paused", "rollback_completed"):
+                message = (svc.get("UpdateStatus") or {}).get("Message", "")
+                raise SwarmFailed(f"the update of service '{name}' of swarm stack '{project}' {update}: {message}")
+            current = [t for t in mine if t.get("DesiredState") == "running"]
+            running = sum(t["Status"].get("State") == "running" for t in current)
+            want = replicas(svc) if "Replicated" in svc["Spec"].get("Mode", {}) else max(len(current), 1)
+            if running < want or update in ("updating", "rollback_started"):
+                done = False
+            parts.append(f"{name} {running}/{want}")
+        return done, "running: " + ", ".join(parts)
+
+    def updated(self, project: str, svc: dict[str, Any], started_before: str | None) -> tuple[bool, str]:
+        name = service_name(project, svc)
+        with self.engine.translate():
+            status = self.engine.client.inspect_service(svc["ID"]).get("UpdateStatus") or {}
+        if status.get("StartedAt") == started_before:
+            return False, f"{name}: waiting for the update to start"
+        state = status.get("State")
+        if state in ("paused", "rollback_started", "rollback_paused", "rollback_completed"):
+            raise SwarmFailed(
+                f"the rolling restart of service '{name}' of swarm stack '{project}' {state}: {status.get('Message')}"
+            )
+        return state == "completed", f"{name}: {status.get('Message') or state}"
+
+    def stopped(self, project: str, names: list[str]) -> tuple[bool, str]:
+        ids = {s["ID"] for s in self.services(project) if service_name(project, s) in names}
+        live = [t for t in self.tasks(project) if t.get("ServiceID") in ids and not _terminal(t)]
+        return not live, f"stopping: {len(live)} task(s) still running"
+
+    def gone(self, project: str) -> tuple[bool, str]:
+        label = {"label": f"{NAMESPACE_LABEL}={project}"}
+        with self.engine.translate():
+            tasks = self.engine.client.tasks(filters=label)
+            containers = self.engine.client.containers(all=True, filters=label)
+            networks = self.engine.client.networks(filters=label)
+            if networks and not tasks and not containers:
+                for network in networks:
+                    self._remove_network(network["Id"])
+                networks = self.engine.client.networks(filters=label)
+        left = len(tasks) + len(containers) + len(networks)
+        text = f"removing: {len(tasks)} task(s), {len(containers)} container(s), {len(networks)} network(s) left"
+        return left == 0, text
+
+    def _remove_network(self, network_id: str) -> None:
+        import docker.errors
+
+        try:
+            self.engine.client.remove_network(network_id)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            # Still in use on some node: the next poll tries again.
+            logger.debug("network %s not removed yet: %s", network_id, exc)
+
+    def remove_volumes(self, project: str) -> list[str]:
+        with self.engine.translate():
+            volumes = self.engine.client.volumes(filters={"label": f"{NAMESPACE_LABEL}={project}"}).get("Volumes") or []
+            for volume in volumes:
+                self.engine.client.remove_volume(volume["Name"])
+        return [str(v["Name"]) for v in volumes]
+
+
+def replicas(svc: dict[str, Any]) -> int:
+    return int(svc["Spec"].get("Mode", {}).get("Replicated", {}).get("Replicas", 0))
+
+
+def _terminal(task: dict[str, Any]) -> bool:
+    return task.get("Status", {}).get("State") in ("complete", "shutdown", "failed", "rejected", "remove", "orphaned")
