@@ -32,9 +32,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
-
-from mcp_types import RequestParamsMeta
+from typing import Any
 
 from .errors import AuditUnavailable, InvalidInput
 
@@ -94,10 +92,9 @@ def on_behalf_of(meta: Mapping[str, Any] | None) -> str | None:
     return value
 
 
-def on_behalf_of_meta(person: str) -> RequestParamsMeta:
+def on_behalf_of_meta(person: str) -> dict[str, Any]:
     """The request ``_meta`` that names ``person`` as the one the caller acts for."""
-    # An open map (any extra key is allowed), which mypy cannot check for a non-literal key.
-    return cast(RequestParamsMeta, {ON_BEHALF_OF_META_KEY: person})
+    return {ON_BEHALF_OF_META_KEY: person}
 
 
 def bounded_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx2
@@ -252,7 +252,8 @@ class GatewayClient:
         """
         timeout = self.read_timeout if tool in READ_TOOLS else self.action_timeout
         args = {k: v for k, v in (arguments or {}).items() if v is not None}
-        meta = on_behalf_of_meta(on_behalf_of) if on_behalf_of else None
+        # An open map (any extra key is allowed), which mypy cannot check for a non-literal key.
+        meta = cast(RequestParamsMeta, on_behalf_of_meta(on_behalf_of)) if on_behalf_of else None
         for attempt in range(2):
             client = await self._wait_connected()
             try:

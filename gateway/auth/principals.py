@@ -6,13 +6,10 @@ holds the current tokens and answers "whose token is this?" in constant time.
 
 from __future__ import annotations
 
-import functools
 import hmac
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-from mcp.server.auth.provider import AccessToken
 
 __all__ = [
     "COMPOSE_AGENT",
@@ -20,11 +17,13 @@ __all__ = [
     "LOCAL",
     "Principal",
     "TokenStore",
-    "GatewayTokenVerifier",
     "READ_TOOLS",
     "WRITE_TOOLS",
     "DEPLOY_TOOLS",
     "scope_for",
+    "ALL_TOOLS",
+    "PANEL_TOOLS",
+    "PRINCIPALS",
 ]
 
 # Tool families. A scope is "tool:<name>"; a principal holds the scopes of the tools it may call.
@@ -118,43 +117,3 @@ class TokenStore:
             if hmac.compare_digest(candidate, secret):
                 found = PRINCIPALS[key]
         return found
-
-
-class GatewayTokenVerifier:
-    """The MCP SDK's ``TokenVerifier``: bearer token -> ``AccessToken`` with the principal's scopes.
-
-    ``panel_tools`` are tools of the deploy family the operator grants the status panel's token
-    too (``status_panel_tools`` in ``config.json``); by default it has none of them.
-    """
-
-    def __init__(self, store: TokenStore, *, panel_tools: Iterable[str] = ()) -> None:
-        self.store = store
-        self.panel_tools = frozenset(panel_tools) & DEPLOY_TOOLS
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        principal = self.store.identify(token)
-        if principal is None:
-            return None
-        tools = principal.tools | (self.panel_tools if principal is STATUS_PANEL else frozenset())
-        # The token field is required by the SDK's model; it never leaves this process.
-        return AccessToken(token=token, client_id=principal.name, scopes=sorted(scope_for(t) for t in tools))
-
-
-def principal_from_access_token(access: AccessToken | None) -> Principal:
-    """The principal behind a verified request; ``LOCAL`` when the transport has no auth (stdio).
-
-    Its tools are the scopes the verifier granted, which are never more than the known tools.
-    """
-    if access is None:
-        return LOCAL
-    return _principal(access.client_id, tuple(access.scopes))
-
-
-@functools.lru_cache(maxsize=64)
-def _principal(client_id: str, scopes: tuple[str, ...]) -> Principal:
-    # Once per token and scope set, not once per call: every tool call asks.
-    if client_id not in PRINCIPALS:
-        # An identity we did not issue gets no tools at all rather than a default.
-        return Principal(client_id, frozenset())
-    granted = frozenset(scope.removeprefix("tool:") for scope in scopes if scope.startswith("tool:"))
-    return Principal(client_id, granted & ALL_TOOLS)

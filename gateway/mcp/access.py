@@ -11,6 +11,8 @@ request being served known to them, through :func:`current_principal`.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -21,11 +23,13 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 
-from ..auth.principals import Principal, principal_from_access_token
+from ..auth.principals import ALL_TOOLS, DEPLOY_TOOLS, LOCAL, PRINCIPALS, STATUS_PANEL, Principal, TokenStore, scope_for
 from ..errors import PolicyViolation
 from ..operations import ComposeOperations
 
 __all__ = [
+    "GatewayTokenVerifier",
+    "principal_from_access_token",
     "access_token_of",
     "current_principal",
     "principal_of",
@@ -102,3 +106,43 @@ def require_scope(
     )
     ops.audit_refusal(what, arguments, principal.name, reason)
     raise PolicyViolation(reason)
+
+
+class GatewayTokenVerifier:
+    """The MCP SDK's ``TokenVerifier``: bearer token -> ``AccessToken`` with the principal's scopes.
+
+    ``panel_tools`` are tools of the deploy family the operator grants the status panel's token
+    too (``status_panel_tools`` in ``config.json``); by default it has none of them.
+    """
+
+    def __init__(self, store: TokenStore, *, panel_tools: Iterable[str] = ()) -> None:
+        self.store = store
+        self.panel_tools = frozenset(panel_tools) & DEPLOY_TOOLS
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        principal = self.store.identify(token)
+        if principal is None:
+            return None
+        tools = principal.tools | (self.panel_tools if principal is STATUS_PANEL else frozenset())
+        # The token field is required by the SDK's model; it never leaves this process.
+        return AccessToken(token=token, client_id=principal.name, scopes=sorted(scope_for(t) for t in tools))
+
+
+def principal_from_access_token(access: AccessToken | None) -> Principal:
+    """The principal behind a verified request; ``LOCAL`` when the transport has no auth (stdio).
+
+    Its tools are the scopes the verifier granted, which are never more than the known tools.
+    """
+    if access is None:
+        return LOCAL
+    return _principal(access.client_id, tuple(access.scopes))
+
+
+@functools.lru_cache(maxsize=64)
+def _principal(client_id: str, scopes: tuple[str, ...]) -> Principal:
+    # Once per token and scope set, not once per call: every tool call asks.
+    if client_id not in PRINCIPALS:
+        # An identity we did not issue gets no tools at all rather than a default.
+        return Principal(client_id, frozenset())
+    granted = frozenset(scope.removeprefix("tool:") for scope in scopes if scope.startswith("tool:"))
+    return Principal(client_id, granted & ALL_TOOLS)

@@ -38,7 +38,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.session import ServerSession
-from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, SubscriptionBus
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourcesListChanged, ResourceUpdated, SubscriptionBus
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     CONNECTION_CLOSED,
@@ -118,6 +118,11 @@ class Notifier:
     forwards the gateway's warnings, which may be logged from any thread, and forgets the
     handshake-era sessions that have ended).
     """
+
+    @classmethod
+    def in_memory(cls) -> Notifier:
+        """A notifier on the SDK's in-process subscription bus: the gateway's own, one per process."""
+        return cls(InMemorySubscriptionBus())
 
     def __init__(self, bus: SubscriptionBus, *, sweep_interval: float = SWEEP_INTERVAL_S) -> None:
         self.bus = bus

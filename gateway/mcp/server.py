@@ -19,10 +19,11 @@ from pydantic import AnyHttpUrl, ValidationError
 
 from .. import __version__
 from ..audit import bounded_arguments, on_behalf_of
-from ..auth.principals import DEPLOY_TOOLS, LOCAL, WRITE_TOOLS, GatewayTokenVerifier
+from ..auth.principals import DEPLOY_TOOLS, LOCAL, WRITE_TOOLS
 from ..deploy.confirm import Confirmations
 from ..errors import CONFIRM_META_KEY, ERROR_META_KEY, ConfirmationRequired, GatewayError, InvalidInput, PolicyViolation
 from ..operations import ComposeOperations
+from .access import GatewayTokenVerifier
 from .completion import register_completion
 from .confirmation import audit_view
 from .dashboard import stack_app

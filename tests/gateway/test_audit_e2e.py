@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import docker
@@ -25,6 +25,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import RequestParamsMeta
 
 from gateway.audit import on_behalf_of_meta
 from tests.conftest import NEVER_HEALTHY, STACK_FILES, WEB_WORKER, StackFactory
@@ -33,6 +34,11 @@ from tests.polling import eventually_in_thread
 from tests.processes import compose_pids, compose_up_pids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+def _person(name: str) -> RequestParamsMeta:
+    """The `_meta` naming the person a call is made for."""
+    return cast(RequestParamsMeta, on_behalf_of_meta(name))
 
 
 INITIALIZE_PARAMS = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
@@ -152,7 +158,9 @@ async def test_calls_refused_at_the_protocol_edge_are_audited(tmp_path: Path, st
         async with mcp_client(gw, gw.panel_token) as client:
             long_name = await client.call_tool("ps", {"project": "a" * 64})
             many = await client.call_tool(
-                "up", {"project": project, "services": [f"s{n}" for n in range(1000)]}, meta=on_behalf_of_meta("alice")
+                "up",
+                {"project": project, "services": [f"s{n}" for n in range(1000)]},
+                meta=_person("alice"),
             )
         async with mcp_client(read_only) as client:
             write = await client.call_tool("down", {"project": project})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import anyio
 import pytest
 from mcp import Client
+from mcp_types import RequestParamsMeta
 
 from gateway.audit import ON_BEHALF_OF_META_KEY, on_behalf_of_meta
 from gateway.errors import CONFIRM_META_KEY, ERROR_META_KEY
@@ -19,6 +21,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 READ_TOOLS = {"list_stacks", "ps", "logs", "config", "plan", "versions"}
 ALL_TOOLS = READ_TOOLS | {"up", "down", "restart", "start", "stop", "deploy", "rollback"}
+
+
+def _person(name: str) -> RequestParamsMeta:
+    """The `_meta` naming the person a call is made for."""
+    return cast(RequestParamsMeta, on_behalf_of_meta(name))
 
 
 async def test_every_tool_has_schemas_and_truthful_annotations(ops: ComposeOperations) -> None:
@@ -167,9 +174,9 @@ async def test_the_person_named_in_meta_is_in_the_audit_lines_and_a_malformed_na
 ) -> None:
     name = stacks.make(WEB_WORKER, files=STACK_FILES)
     async with Client(build_server(ops)) as client:
-        acted = await client.call_tool("stop", {"project": name}, meta=on_behalf_of_meta("alice"))
+        acted = await client.call_tool("stop", {"project": name}, meta=_person("alice"))
         unnamed = await client.call_tool("stop", {"project": name})
-        malformed = await client.call_tool("stop", {"project": name}, meta=on_behalf_of_meta("eve\nforged"))
+        malformed = await client.call_tool("stop", {"project": name}, meta=_person("eve\nforged"))
     assert not acted.is_error and not unnamed.is_error
     assert malformed.is_error and (malformed.meta or {}).get(ERROR_META_KEY) == "invalid_input"
     assert ON_BEHALF_OF_META_KEY in malformed.content[0].text  # type: ignore[union-attr]
