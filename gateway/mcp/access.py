@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -23,11 +24,14 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 
+from ..audit import on_behalf_of
 from ..auth.principals import ALL_TOOLS, DEPLOY_TOOLS, LOCAL, PRINCIPALS, STATUS_PANEL, Principal, TokenStore, scope_for
-from ..errors import PolicyViolation
+from ..errors import GatewayError, PolicyViolation
 from ..operations import ComposeOperations
 
 __all__ = [
+    "Authorized",
+    "authorize",
     "GatewayTokenVerifier",
     "principal_from_access_token",
     "access_token_of",
@@ -85,6 +89,36 @@ def current_principal() -> Principal:
     if request_context is None:
         return principal_from_access_token(get_access_token())
     return principal_of_request(request_context)
+
+
+@dataclass(frozen=True)
+class Authorized:
+    """A call's caller, checked against the tool's scope once, and the person it says it acts for."""
+
+    principal: Principal
+    person: str | None
+
+
+def authorize(ops: ComposeOperations, ctx: Context[Any, Any], tool: str, arguments: dict[str, Any]) -> Authorized:
+    """The caller of this request, if its token's scope includes ``tool``, and the person it acts for.
+
+    ``arguments`` are what a refusal's audit line records.
+
+    Raises:
+        PolicyViolation: out of scope (the refusal is audited).
+        InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta`` (audited too).
+    """
+    principal = principal_of(ctx)
+    try:
+        person = on_behalf_of(ctx.request_context.meta)
+    except GatewayError as exc:
+        ops.audit_refusal(tool, arguments, principal.name, str(exc))
+        raise
+    if not principal.may_call(tool):
+        reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
+        ops.audit_refusal(tool, arguments, principal.name, reason, on_behalf_of=person)
+        raise PolicyViolation(reason)
+    return Authorized(principal, person)
 
 
 def require_scope(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, Protocol, cast
 
 from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
 from mcp.server.mcpserver import Context
@@ -29,10 +29,11 @@ from ..deploy.confirm import Confirmations
 from ..deploy.plan import render_down, render_plan
 from ..deploy.versions import sha256_hex
 from ..errors import GatewayError, PolicyViolation
+from .access import authorize
 
 if TYPE_CHECKING:
     from ..deploy.planner import Planner
-    from .tools import ToolKit
+    from ..operations import ComposeOperations
 
 __all__ = [
     "Approval",
@@ -72,13 +73,17 @@ Answer = ElicitationResult[Approval]
 
 @dataclass(frozen=True)
 class Pending:
-    """A call as planned before its body runs."""
+    """A call as planned before its body runs, by a caller whose scope was checked for it.
+
+    ``caller`` and ``person`` are read once, here: the body acts as them without asking again.
+    """
 
     caller: str
     needed: bool
     plan: str = ""
     state: str = ""
     ask: bool = False
+    person: str | None = None
 
 
 def can_elicit(ctx: Context) -> bool:
@@ -115,15 +120,23 @@ class ConfirmGate:
         self.confirmations = confirmations
 
     async def pending(
-        self, ctx: Context, who: Principal, tool: str, confirm: str | None, state: StateFn, plan: PlanFn
+        self,
+        ctx: Context,
+        who: Principal,
+        tool: str,
+        confirm: str | None,
+        state: StateFn,
+        plan: PlanFn,
+        *,
+        person: str | None = None,
     ) -> Pending:
         """The plan resolver's half: plan only for tools that need confirming, and only when it will be shown."""
         if not self.confirmations.required(tool):
-            return Pending(caller=who.name, needed=False)
+            return Pending(caller=who.name, needed=False, person=person)
         ask = confirm is None and can_elicit(ctx)
         # With a token, the plan is not shown again; only the state it was issued for matters.
         text = await plan() if confirm is None else ""
-        return Pending(caller=who.name, needed=True, plan=text, state=await state(), ask=ask)
+        return Pending(caller=who.name, needed=True, plan=text, state=await state(), ask=ask, person=person)
 
     async def settle(
         self,
@@ -174,11 +187,18 @@ class ConfirmGate:
 # -- the plan resolvers: one per confirmable tool, module-level so their wire keys are stable ---
 
 
-def _kit(ctx: Context) -> ToolKit:
+class _Kit(Protocol):
+    """What the plan resolvers need of the server's tool kit (:class:`gateway.mcp.tools.ToolKit`)."""
+
+    ops: ComposeOperations
+    gate: ConfirmGate
+
+
+def _kit(ctx: Context) -> _Kit:
     kit = getattr(ctx.mcp_server, "kit", None)
     if kit is None:  # pragma: no cover - build_server always sets it
         raise RuntimeError("the server has no tool kit")
-    return cast("ToolKit", kit)
+    return cast(_Kit, kit)
 
 
 async def _plan_call(
@@ -191,15 +211,22 @@ async def _plan_call(
 ) -> Pending:
     kit = _kit(ctx)
     shown = audit_arguments if audit_arguments is not None else arguments
-    who = kit.authorize(ctx, tool, shown)
+    # The one scope check of a write: the body acts as the caller this returns.
+    who = authorize(kit.ops, ctx, tool, shown)
     planner = kit.ops.planner
     project = str(arguments["project"])
     try:
         return await kit.gate.pending(
-            ctx, who, tool, confirm, state=lambda: planner.state(project), plan=lambda: plan(planner)
+            ctx,
+            who.principal,
+            tool,
+            confirm,
+            state=lambda: planner.state(project),
+            plan=lambda: plan(planner),
+            person=who.person,
         )
     except GatewayError as exc:
-        kit.ops.audit_refusal(tool, shown, who.name, str(exc), on_behalf_of=kit.acting_for(ctx))
+        kit.ops.audit_refusal(tool, shown, who.principal.name, str(exc), on_behalf_of=who.person)
         raise
 
 

@@ -14,16 +14,14 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import Field, Strict
 
-from ..audit import on_behalf_of
 from ..auth.principals import Principal
 from ..compose.cli import ProgressCallback
 from ..compose.lifecycle import ServiceAction
 from ..deploy.confirm import Confirmations
 from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
-from ..errors import GatewayError, PolicyViolation
 from ..models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from ..operations import ComposeOperations
-from .access import principal_of
+from .access import authorize, principal_of
 from .confirmation import (
     CONFIRM_DESCRIPTION,
     SERVICE_CONFIRMATION,
@@ -98,35 +96,13 @@ class ToolKit:
         self.gate = ConfirmGate(confirmations or Confirmations())
 
     def authorize(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> Principal:
-        """The caller of this request, if its token's scope includes ``tool``.
+        """The caller of this request, if its token's scope includes ``tool`` (see :func:`~.access.authorize`).
 
         Raises:
             PolicyViolation: out of scope (the refusal is audited).
             InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta`` (audited too).
         """
-        return self._authorized(ctx, tool, arguments)[0]
-
-    def _authorized(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> tuple[Principal, str | None]:
-        """:meth:`authorize`, and the person the caller acts for, read once."""
-        principal = caller_of(ctx)
-        try:
-            person = self.acting_for(ctx)
-        except GatewayError as exc:
-            self.ops.audit_refusal(tool, arguments, principal.name, str(exc))
-            raise
-        if not principal.may_call(tool):
-            reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
-            self.ops.audit_refusal(tool, arguments, principal.name, reason, on_behalf_of=person)
-            raise PolicyViolation(reason)
-        return principal, person
-
-    def acting_for(self, ctx: Context) -> str | None:
-        """The person the caller says it acts for (the panel's logged-in user), from the request's ``_meta``.
-
-        Raises:
-            InvalidInput: the ``_meta`` entry is not a short printable name.
-        """
-        return on_behalf_of(ctx.request_context.meta)
+        return authorize(self.ops, ctx, tool, arguments).principal
 
     def progress(self, ctx: Context) -> ProgressCallback:
         """A callback that turns each Compose event into a progress notification and a log message."""
@@ -152,13 +128,12 @@ class ToolKit:
         confirm: str | None,
         *,
         shown: dict[str, Any] | None = None,
-        scope_shown: dict[str, Any] | None = None,
     ) -> Acting:
-        """What a write tool's body does before it acts: check the scope, then settle the confirmation.
+        """What a write tool's body does before it acts: settle the confirmation.
 
-        ``arguments`` are what a confirmation is bound to. Refusals' audit lines record ``shown``
-        instead when given (deploy's hide the file), and a scope refusal records ``scope_shown``
-        where that differs.
+        The caller's scope was checked once, by the plan resolver that made ``pending`` (it runs
+        before the body); the body acts as that caller. ``arguments`` are what a confirmation is
+        bound to. Refusals' audit lines record ``shown`` instead when given (deploy's hide the file).
 
         Returns the operation's keywords: ``ops.up(project, ..., **acting)``.
 
@@ -168,7 +143,7 @@ class ToolKit:
             InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta``.
         """
         audited = arguments if shown is None else shown
-        who, person = self._authorized(ctx, tool, audited if scope_shown is None else scope_shown)
+        person = pending.person
         project = str(arguments["project"])
         await self.gate.settle(
             tool,
@@ -179,7 +154,7 @@ class ToolKit:
             state=lambda: self.ops.planner.state(project),
             audit=lambda reason: self.ops.audit_refusal(tool, audited, pending.caller, reason, on_behalf_of=person),
         )
-        return Acting(caller=who.name, on_behalf_of=person, progress=self.progress(ctx))
+        return Acting(caller=pending.caller, on_behalf_of=person, progress=self.progress(ctx))
 
 
 def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
@@ -305,10 +280,7 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         confirm: Confirm = None,
     ) -> ActionResult:
         arguments = {"project": project, "services": services, "wait": wait}
-        # A scope refusal in the body has always been audited without wait; kept so audit lines stay the same.
-        acting = await kit.cleared(
-            ctx, "up", arguments, pending, answer, confirm, scope_shown={"project": project, "services": services}
-        )
+        acting = await kit.cleared(ctx, "up", arguments, pending, answer, confirm)
         return await ops.up(project, services=services, wait=wait, **acting)
 
     @mcp.tool(
