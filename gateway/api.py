@@ -3,9 +3,15 @@
 The panel is an MCP client of the gateway; in legacy mode it also runs the same operations
 in-process. Everything it needs from the gateway is named here, so the gateway's other modules
 can change without the panel noticing. A test pins that the panel imports nothing else.
+
+What only legacy mode needs (the operations, the gateway's settings) is loaded on first use, so
+a panel in client mode loads a handful of the gateway's modules, and none that reach Docker.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .audit import ON_BEHALF_OF_META_KEY, AuditLog, on_behalf_of_meta
 from .auth.principals import READ_TOOLS, STATUS_PANEL, TokenStore
@@ -18,8 +24,8 @@ from .auth.tokens import (
     token_source_from_settings,
 )
 from .backoff import Backoff
-from .config import Settings, load_settings, parse_bool
 from .engine.logs import DEFAULT_TAIL, MAX_TAIL, SINCE_HELP, compile_grep, parse_since, validate_tail
+from .envparse import TOKEN_SOURCE_ENV, CommonFields, gather, parse_bool, settle
 from .errors import CONFIRM_META_KEY, ERROR_META_KEY, ConfirmationRequired, GatewayError, InvalidInput
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import (
@@ -40,11 +46,35 @@ from .models import (
     Violation,
     VolumeRisk,
 )
-from .operations import SERVICE_ACTIONS, ComposeOperations, ServiceAction
 from .ratelimit import FailureLimiter, client_key
 from .stacks import validate_project_name, validate_services
 
+if TYPE_CHECKING:
+    from .config import Settings, load_settings
+    from .operations import SERVICE_ACTIONS, ComposeOperations, ServiceAction
+
+# Legacy mode's names, and the module each is loaded from on first use.
+_LAZY = {
+    "Settings": "config",
+    "load_settings": "config",
+    "ComposeOperations": "operations",
+    "SERVICE_ACTIONS": "operations",
+    "ServiceAction": "operations",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
 __all__ = [
+    "TOKEN_SOURCE_ENV",
+    "CommonFields",
+    "gather",
+    "settle",
     "DownRisk",
     "PlanAction",
     "Verdict",

@@ -17,12 +17,9 @@ from gateway.api import (
     EnvTokenSource,
     GatewayError,
     GeneratedTokenSource,
-    Settings,
     TokenSource,
     TokenStore,
     load_initial_tokens,
-    load_settings,
-    parse_bool,
     refresh_tokens_forever,
     token_source_from_settings,
 )
@@ -32,14 +29,13 @@ from .backend import Backend, GatewayBackend, LegacyBackend
 from .client import GatewayClient
 from .credentials import Authenticator
 from .hosts import LOOPBACK_HOSTS, AllowedHosts
+from .settings import ALLOWED_HOSTS_ENV, PanelSettings, load_panel_settings
 
-__all__ = ["main", "build_backend", "is_loopback", "allowed_hosts", "https_only", "control_plane"]
+__all__ = ["main", "build_backend", "is_loopback", "allowed_hosts", "control_plane"]
 
 logger = logging.getLogger("statuspanel")
 
 LEGACY_WARNING = "compose_agent=false - running in legacy mode"
-ALLOWED_HOSTS_ENV = "STATUS_PANEL_ALLOWED_HOSTS"
-HTTPS_ONLY_ENV = "STATUS_PANEL_HTTPS_ONLY"
 
 
 def is_loopback(host: str) -> bool:
@@ -51,7 +47,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def allowed_hosts(environ: Mapping[str, str], listen_host: str) -> AllowedHosts:
+def allowed_hosts(settings: PanelSettings, listen_host: str) -> AllowedHosts:
     """``STATUS_PANEL_ALLOWED_HOSTS`` if set; else, on loopback, the loopback names; else any host.
 
     Off loopback a token is required, and operators reach the panel by whatever IP or name they
@@ -60,7 +56,7 @@ def allowed_hosts(environ: Mapping[str, str], listen_host: str) -> AllowedHosts:
     Raises:
         ValueError: the variable holds something that is not a host name.
     """
-    raw = environ.get(ALLOWED_HOSTS_ENV, "")
+    raw = settings.allowed_hosts or ""
     if raw.strip():
         return AllowedHosts.parse(raw)
     if is_loopback(listen_host):
@@ -68,17 +64,7 @@ def allowed_hosts(environ: Mapping[str, str], listen_host: str) -> AllowedHosts:
     return AllowedHosts(["*"])
 
 
-def https_only(environ: Mapping[str, str]) -> bool:
-    """``STATUS_PANEL_HTTPS_ONLY``: mark the session cookie ``Secure`` (the panel is served over HTTPS).
-
-    Raises:
-        GatewayError: the value is neither true nor false (the gateway's own boolean grammar).
-    """
-    raw = environ.get(HTTPS_ONLY_ENV, "")
-    return parse_bool(HTTPS_ONLY_ENV, raw) if raw.strip() else False
-
-
-def control_plane(settings: Settings) -> ControlPlane:
+def control_plane(settings: PanelSettings) -> ControlPlane:
     """The plane that runs the panel's commands: the mode decides it, not ``CONTROL_PLANE``.
 
     The plane names who ran a command in the metrics and the audit; a setting that could disagree
@@ -96,7 +82,7 @@ def control_plane(settings: Settings) -> ControlPlane:
     return plane
 
 
-def panel_token_source(settings: Settings) -> tuple[TokenSource, TokenStore]:
+def panel_token_source(settings: PanelSettings) -> tuple[TokenSource, TokenStore]:
     """Where the panel's own token comes from: the same sources, in the same order, as the gateway's.
 
     Vault (``status_panel_token`` under the deployment's path), else ``STATUS_PANEL_TOKEN``, else the
@@ -108,17 +94,24 @@ def panel_token_source(settings: Settings) -> tuple[TokenSource, TokenStore]:
     return source, TokenStore()
 
 
-def build_backend(settings: Settings, environ: Mapping[str, str], token: str | None = None) -> Backend:
-    """The gateway proxy, or (``compose_agent_enabled`` false) the operations in this process."""
+def build_backend(settings: PanelSettings, environ: Mapping[str, str], token: str | None = None) -> Backend:
+    """The gateway proxy, or (``compose_agent_enabled`` false) the operations in this process.
+
+    Legacy mode reads the gateway's own settings from ``environ`` (stacks dir, policy, audit log).
+
+    Raises:
+        GatewayError: legacy mode's settings are malformed.
+    """
     if settings.compose_agent_enabled:
         return GatewayBackend(GatewayClient(settings.compose_agent_url, token or settings.status_panel_token))
     logger.warning(LEGACY_WARNING)
     # Imported only here: normal mode must run without docker-py touching a socket.
-    from gateway.api import AuditLog, ComposeOperations
+    from gateway.api import AuditLog, ComposeOperations, load_settings
 
-    audit = AuditLog(settings.audit_path)
+    gateway_settings = load_settings(environ)
+    audit = AuditLog(gateway_settings.audit_path)
     operations = ComposeOperations.from_settings(
-        settings, plane=ControlPlane.STATUS_PANEL, audit=audit, environ=environ
+        gateway_settings, plane=ControlPlane.STATUS_PANEL, audit=audit, environ=environ
     )
     return LegacyBackend(operations, audit=audit)
 
@@ -154,20 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # Only the flag names trusted proxies: the gateway's COMPOSE_AGENT_FORWARDED_ALLOW_IPS is not the panel's.
         proxies = [ip.strip() for ip in (args.forwarded_allow_ips or "").split(",") if ip.strip()]
-        settings = load_settings(os.environ, compose_agent_url=args.gateway_url, forwarded_allow_ips=proxies)
+        settings = load_panel_settings(os.environ, compose_agent_url=args.gateway_url, forwarded_allow_ips=proxies)
     except GatewayError as exc:
         logger.error("%s", exc)
         return 2
     plane = control_plane(settings)
     try:
-        hosts = allowed_hosts(os.environ, args.host)
+        hosts = allowed_hosts(settings, args.host)
     except ValueError as exc:
         logger.error("%s: %s", ALLOWED_HOSTS_ENV, exc)
-        return 2
-    try:
-        secure_cookie = https_only(os.environ)
-    except GatewayError as exc:
-        logger.error("%s", exc)
         return 2
     source, store = panel_token_source(settings)
     refreshing = not isinstance(source, EnvTokenSource)
@@ -219,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         watchdog_url=settings.watchdog_url,
         session_secret=settings.session_secret,
         allowed_hosts=hosts,
-        https_only=secure_cookie,
+        https_only=settings.https_only,
         background=[refresh] if refreshing and token else [],
     )
     logger.info(

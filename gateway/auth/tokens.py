@@ -27,10 +27,9 @@ import anyio
 import anyio.to_thread
 
 from ..backoff import Backoff
-from ..config import Settings
 from ..errors import ConfigError, GatewayError, VaultError
 from .principals import TokenStore
-from .vault import TOKEN_KEYS, SecretMissing, VaultClient
+from .vault import TOKEN_KEYS, SecretMissing, VaultClient, VaultSettings
 
 __all__ = [
     "TOKEN_KEYS",
@@ -41,6 +40,7 @@ __all__ = [
     "GeneratedTokenSource",
     "VaultTokenSource",
     "token_source_from_settings",
+    "TokenSettings",
     "load_initial_tokens",
     "refresh_tokens_forever",
 ]
@@ -50,6 +50,19 @@ logger = logging.getLogger(__name__)
 # The refresh wait is interval * (1 - U(0, JITTER)): spread out, but never longer than the interval.
 JITTER = 0.2
 TOKENS_FILE = "tokens.json"
+
+
+class TokenSettings(VaultSettings, Protocol):
+    """What picks a token source: Vault's settings, tokens given in the environment, the state dir."""
+
+    @property
+    def deployment_hash(self) -> str | None: ...
+    @property
+    def compose_agent_token(self) -> str | None: ...
+    @property
+    def status_panel_token(self) -> str | None: ...
+    @property
+    def state_dir(self) -> Path: ...
 
 
 class TokenSource(Protocol):
@@ -228,7 +241,7 @@ class VaultTokenSource:
         return tokens
 
 
-def token_source_from_settings(settings: Settings) -> TokenSource:
+def token_source_from_settings(settings: TokenSettings) -> TokenSource:
     """Vault if ``vault_address`` is set, else the environment's tokens, else the generated file.
 
     Raises:

@@ -13,17 +13,25 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 import hvac
 import hvac.exceptions
 import requests.exceptions
 
-from ..config import Settings, check_name
+from ..envparse import check_name
 from ..errors import ConfigError, VaultError
 
-__all__ = ["VaultClient", "SecretMissing", "TOKEN_KEYS", "DEFAULT_MOUNT", "DEFAULT_PREFIX", "check_token_value"]
+__all__ = [
+    "VaultClient",
+    "VaultSettings",
+    "SecretMissing",
+    "TOKEN_KEYS",
+    "DEFAULT_MOUNT",
+    "DEFAULT_PREFIX",
+    "check_token_value",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,19 @@ TOKEN_KEYS = ("compose_agent_token", "status_panel_token")
 _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]+$")
 
 T = TypeVar("T")
+
+
+class VaultSettings(Protocol):
+    """Where Vault is and how to reach it: the ``vault_*`` fields of the gateway's and the panel's settings."""
+
+    @property
+    def vault_address(self) -> str | None: ...
+    @property
+    def vault_token(self) -> str | None: ...
+    @property
+    def vault_agent_path_prefix(self) -> str: ...
+    @property
+    def vault_token_key(self) -> str | None: ...
 
 
 class SecretMissing(VaultError):
@@ -105,8 +126,8 @@ class VaultClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> VaultClient:
-        """A client from the ``vault_*`` fields of :class:`~gateway.config.Settings`.
+    def from_settings(cls, settings: VaultSettings, **kwargs: Any) -> VaultClient:
+        """A client from the ``vault_*`` fields of the settings.
 
         Raises:
             ConfigError: ``vault_address`` or ``vault_token`` is missing.

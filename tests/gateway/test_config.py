@@ -180,7 +180,7 @@ def test_settings_can_be_built_directly_for_tests() -> None:
 
 def test_a_named_config_file_that_is_missing_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     missing = tmp_path / "cnofig.json"
-    with caplog.at_level(logging.INFO, logger="gateway.config"):
+    with caplog.at_level(logging.INFO, logger="gateway"):
         load_settings({"CONFIG_PATH": str(missing)})
     assert any(str(missing) in r.getMessage() and "does not exist" in r.getMessage() for r in caplog.records)
 

@@ -17,12 +17,13 @@ import pytest
 from itsdangerous import TimestampSigner
 from starlette.testclient import TestClient
 
-from gateway.api import ControlPlane, GatewayError, load_settings
-from statuspanel.__main__ import allowed_hosts, control_plane, https_only
+from gateway.api import ControlPlane, GatewayError
+from statuspanel.__main__ import allowed_hosts, control_plane
 from statuspanel.app import create_app
 from statuspanel.credentials import Authenticator
 from statuspanel.errors import BadRequest
 from statuspanel.hosts import AllowedHosts
+from statuspanel.settings import PanelSettings, load_panel_settings
 from statuspanel.validation import validate_since
 from tests.conftest import free_port
 from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, Panel, _clean_env, bearer, start_panel
@@ -194,16 +195,21 @@ def test_allowed_hosts_must_be_bare_names(raw: str) -> None:
         AllowedHosts.parse(raw)
 
 
+def _panel(environ: dict[str, str]) -> PanelSettings:
+    """The panel's settings from ``environ`` alone (no config.json)."""
+    return load_panel_settings({"CONFIG_PATH": "/nonexistent/config.json", **environ})
+
+
 def test_allowed_hosts_default_to_loopback_names_on_loopback_and_any_elsewhere() -> None:
-    on_loopback = allowed_hosts({}, "127.0.0.1")
+    on_loopback = allowed_hosts(_panel({}), "127.0.0.1")
     assert not on_loopback.any
     assert on_loopback.names == {"127.0.0.1", "localhost", "::1"}
-    assert allowed_hosts({}, "127.0.0.2").names == {"127.0.0.1", "localhost", "::1", "127.0.0.2"}
-    assert allowed_hosts({}, "0.0.0.0").any
-    assert allowed_hosts({}, "::").any
-    narrowed = allowed_hosts({"STATUS_PANEL_ALLOWED_HOSTS": " panel.example , 192.0.2.7,[::1]"}, "0.0.0.0")
+    assert allowed_hosts(_panel({}), "127.0.0.2").names == {"127.0.0.1", "localhost", "::1", "127.0.0.2"}
+    assert allowed_hosts(_panel({}), "0.0.0.0").any
+    assert allowed_hosts(_panel({}), "::").any
+    narrowed = allowed_hosts(_panel({"STATUS_PANEL_ALLOWED_HOSTS": " panel.example , 192.0.2.7,[::1]"}), "0.0.0.0")
     assert narrowed.names == {"panel.example", "192.0.2.7", "::1"}
-    assert allowed_hosts({"STATUS_PANEL_ALLOWED_HOSTS": "*"}, "127.0.0.1").any
+    assert allowed_hosts(_panel({"STATUS_PANEL_ALLOWED_HOSTS": "*"}), "127.0.0.1").any
 
 
 def _nowhere() -> str:
@@ -351,12 +357,12 @@ def test_a_session_from_before_fingerprints_is_refused(backend: MemoryBackend) -
 
 
 def test_https_only_reads_true_and_false_and_refuses_anything_else() -> None:
-    assert https_only({}) is False
-    assert https_only({"STATUS_PANEL_HTTPS_ONLY": "false"}) is False
-    assert https_only({"STATUS_PANEL_HTTPS_ONLY": " True "}) is True
-    assert https_only({"STATUS_PANEL_HTTPS_ONLY": "1"}) is True
+    assert _panel({}).https_only is False
+    assert _panel({"STATUS_PANEL_HTTPS_ONLY": "false"}).https_only is False
+    assert _panel({"STATUS_PANEL_HTTPS_ONLY": " True "}).https_only is True
+    assert _panel({"STATUS_PANEL_HTTPS_ONLY": "1"}).https_only is True
     with pytest.raises(GatewayError, match="STATUS_PANEL_HTTPS_ONLY='sometimes' is not a boolean"):
-        https_only({"STATUS_PANEL_HTTPS_ONLY": "sometimes"})
+        _panel({"STATUS_PANEL_HTTPS_ONLY": "sometimes"})
 
 
 def test_the_served_panel_marks_its_cookie_secure_only_when_told(tmp_path: Path) -> None:
@@ -393,12 +399,14 @@ def test_the_plane_follows_the_mode_and_a_control_plane_that_disagrees_is_report
 ) -> None:
     base = {"CONFIG_PATH": "/nonexistent/config.json"}
     with caplog.at_level(logging.WARNING, logger="statuspanel"):
-        assert control_plane(load_settings(base)) is ControlPlane.COMPOSE_AGENT
-        assert control_plane(load_settings({**base, "CONTROL_PLANE": "compose_agent"})) is ControlPlane.COMPOSE_AGENT
+        assert control_plane(load_panel_settings(base)) is ControlPlane.COMPOSE_AGENT
+        assert (
+            control_plane(load_panel_settings({**base, "CONTROL_PLANE": "compose_agent"})) is ControlPlane.COMPOSE_AGENT
+        )
         legacy = {**base, "COMPOSE_AGENT_ENABLED": "false", "CONTROL_PLANE": "status_panel"}
-        assert control_plane(load_settings(legacy)) is ControlPlane.STATUS_PANEL
+        assert control_plane(load_panel_settings(legacy)) is ControlPlane.STATUS_PANEL
         assert caplog.records == []
-        contradicting = load_settings({**base, "CONTROL_PLANE": "status_panel"})
+        contradicting = load_panel_settings({**base, "CONTROL_PLANE": "status_panel"})
         assert control_plane(contradicting) is ControlPlane.COMPOSE_AGENT
     assert [r.getMessage() for r in caplog.records] == [
         "CONTROL_PLANE=status_panel is ignored: with compose_agent_enabled=true the commands are run by compose_agent"

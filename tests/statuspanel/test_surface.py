@@ -45,3 +45,51 @@ def test_importing_the_whole_panel_loads_no_gateway_module_that_gateway_api_does
         "assert not extra, extra\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# What a panel in client mode loads of the gateway: validation, models, errors, limits, token
+# sources. Legacy mode's operations load on first use only. A new module here is a decision.
+CLIENT_MODE_MODULES = {
+    "gateway.api",
+    "gateway.audit",
+    "gateway.auth.principals",
+    "gateway.auth.tokens",
+    "gateway.auth.vault",
+    "gateway.backoff",
+    "gateway.engine.logs",
+    "gateway.envparse",
+    "gateway.errors",
+    "gateway.metrics",
+    "gateway.models",
+    "gateway.ratelimit",
+    "gateway.stacks",
+}
+
+
+def _loaded_after(code: str) -> set[str]:
+    script = (
+        f"import sys\n{code}\n"
+        "print('\\n'.join(m for m in sys.modules if m.split('.')[0] in ('gateway', 'mcp', 'docker')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], check=True, timeout=60, capture_output=True, text=True)
+    return set(done.stdout.split())
+
+
+def test_a_panel_in_client_mode_loads_a_handful_of_gateway_modules_and_nothing_of_docker() -> None:
+    code = (
+        "import importlib, pkgutil, statuspanel\n"
+        "for info in pkgutil.iter_modules(statuspanel.__path__):\n"
+        "    importlib.import_module('statuspanel.' + info.name)\n"
+    )
+    loaded = _loaded_after(code)
+    modules = {m for m in loaded if m.startswith("gateway.")}
+    packages = {m for m in modules if (Path(statuspanel.__file__).parents[1] / m.replace(".", "/")).is_dir()}
+    assert modules - packages == CLIENT_MODE_MODULES
+    assert not {m for m in loaded if m.split(".")[0] == "docker"}
+    # The panel is an MCP client; the gateway's MCP edge is not loaded into it.
+    assert not {m for m in loaded if m.startswith("gateway.mcp")}
+
+
+def test_legacy_mode_loads_the_operations_when_it_asks_for_them() -> None:
+    loaded = _loaded_after("import gateway.api\ngateway.api.ComposeOperations\n")
+    assert {"gateway.operations", "gateway.config", "gateway.engine.client"} <= loaded
