@@ -18,7 +18,7 @@ from typing import Any
 
 from anyio import to_thread
 
-from .compose.cli import ComposeLocator
+from .compose.locate import ComposeLocator
 from .engine.client import Engine
 from .engine.containers import PROJECT_LABEL
 from .errors import GatewayError, InvalidInput, StackNotFound

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from .audit import AuditLog
 from .catalog import StackCatalog
-from .compose.cli import ComposeCli, ComposeLocator
+from .compose.cli import ComposeCli
 from .compose.lifecycle import SERVICE_ACTIONS, Lifecycle, ServiceAction
+from .compose.locate import ComposeLocator
 from .config import Settings
 from .deploy.deployer import Deployer
 from .deploy.planner import Planner

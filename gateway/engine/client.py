@@ -1,20 +1,18 @@
 """Reads through the Docker Engine API: fast, structured, one list call per ``ps``.
 
-Everything here is blocking (docker-py), and the operations layer calls it from worker threads,
-except the ``*_async`` reads of ``ps``, which run on the event loop through
-:mod:`gateway.engine.transport` when the engine is a Unix socket. Errors from docker-py and requests are
-translated into :mod:`gateway.errors` at this boundary.
+Everything here is blocking (docker-py, through :mod:`gateway.engine.connection`, which translates
+its errors), and the operations layer calls it from worker threads, except the ``*_async`` reads of
+``ps``, which run on the event loop through :mod:`gateway.engine.transport` when the engine is a
+Unix socket.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, closing, contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +21,7 @@ import anyio.lowlevel
 from anyio import to_thread
 
 from ..errors import EngineUnavailable, GatewayError
+from .connection import DEFAULT_DOCKER_HOST, VERSION_REFUSED, Connection, explanation, negotiate_version, not_found
 from .containers import ONEOFF_LABEL, PROJECT_LABEL, parse_time, uptime_upper_bound
 from .logs import demultiplex
 from .transport import EngineHTTP, EngineRefused
@@ -34,32 +33,11 @@ __all__ = ["Engine", "LISTING_MAX_AGE_S", "negotiate_version"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 # How much of a streamed log answer is read at a time.
 _READ_CHUNK = 64 * 1024
-# What an engine says when it will not speak the version asked for ("client version 1.41 is too old").
-_VERSION_REFUSED = "client version"
 #: The longest a listing kept current by the event stream answers ps before it is asked again. It
 #: bounds what an event the engine dropped or delayed could hide; events end a listing far sooner.
 LISTING_MAX_AGE_S = 1.0
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
-
-
-def negotiate_version(server: Mapping[str, Any], newest_known: str) -> str:
-    """The Engine API version to speak: the newest that both this client and the engine know.
-
-    As the docker CLI does: the engine's ``ApiVersion`` capped at ``newest_known`` (docker-py's own
-    default), but never below the engine's ``MinAPIVersion``. Engine 20.10 gives 1.41; Engine 29,
-    which refuses anything below 1.44, gives docker-py's newest. An engine whose minimum is newer
-    than docker-py is still spoken to at that minimum: the reads used here have kept their shape.
-    """
-    newest = str(server.get("ApiVersion") or newest_known)
-    oldest = str(server.get("MinAPIVersion") or "1.12")
-    chosen = min(newest, newest_known, key=_version_tuple)
-    return max(chosen, oldest, key=_version_tuple)
 
 
 @dataclass
@@ -80,13 +58,14 @@ class Engine:
     def __init__(self, docker_host: str | None = None, *, timeout: float = 10.0) -> None:
         self.docker_host = docker_host or DEFAULT_DOCKER_HOST
         self._timeout = timeout
-        self._client: docker.APIClient | None = None
-        # Re-entrant: a failure while connecting (under the lock) disconnects, which takes it again.
-        self._client_lock = threading.RLock()
+        self.connection = Connection(self.docker_host, timeout=timeout)
         # container id -> (StartedAt as given, as epoch seconds); see started_at().
         self._started: dict[str, tuple[str, float]] = {}
         unix = self.docker_host.startswith("unix://")
         self._reader = EngineHTTP(self.docker_host[len("unix://") :], timeout=timeout) if unix else None
+        if self._reader is not None:
+            # A connection found lost by a blocking call takes the async reader's pooled sockets with it.
+            self.connection.on_lost(self._reader.close)
         # Listings in flight, so that concurrent identical ones share one engine request; see
         # project_containers_async. Keyed by project, generation and event loop.
         self._flights: dict[tuple[str, int, object], _Flight] = {}
@@ -99,123 +78,48 @@ class Engine:
 
     @property
     def client(self) -> docker.APIClient:
-        # Created on first use, so an engine that is down at start-up is reported per call, not fatally.
-        with self._client_lock:
-            if self._client is None:
-                with self._translate():
-                    self._client = self._connect()
-            return self._client
-
-    def _connect(self) -> docker.APIClient:
-        # Imported on first use: docker-py (with requests) is a tenth of the start-up time.
-        import docker
-
-        newest_known = docker.constants.DEFAULT_DOCKER_API_VERSION
-        # A client with an explicit version makes no request when it is created; this one only asks.
-        probe = docker.APIClient(base_url=self.docker_host, timeout=self._timeout, version=newest_known)
-        try:
-            server = probe.version(api_version=False)
-        finally:
-            probe.close()
-        version = negotiate_version(server, newest_known)
-        logger.info(
-            "engine API version %s (engine %s speaks %s to %s)",
-            version,
-            server.get("Version", "?"),
-            server.get("MinAPIVersion", "?"),
-            server.get("ApiVersion", "?"),
-        )
-        return docker.APIClient(base_url=self.docker_host, timeout=self._timeout, version=version)
+        """docker-py's client for this engine, connected (and the version negotiated) on first use."""
+        return self.connection.client
 
     @property
     def api_version(self) -> str:
         """The negotiated Engine API version (negotiating now if there is no connection yet)."""
-        return str(self.client.api_version)
-
-    def close(self) -> None:
-        with self._client_lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-        if self._reader is not None:
-            self._reader.close()
+        return self.connection.api_version
 
     def translate(self) -> AbstractContextManager[None]:
         """A context that turns docker-py errors into gateway errors, for callers of :attr:`client`."""
-        return self._translate()
+        return self.connection.translate()
+
+    def close(self) -> None:
+        self.connection.close()
+        if self._reader is not None:
+            self._reader.close()
 
     def _disconnect(self) -> None:
-        """Forget the connection and its negotiated version; the next call starts afresh."""
         self.close()
 
-    @contextmanager
-    def _translate(self) -> Iterator[None]:
-        import docker.errors
-        import requests.exceptions
-        import urllib3.exceptions
-
-        if self.docker_host.startswith("unix://") and not os.path.exists(self.docker_host[len("unix://") :]):
-            # Said up front: clearer than a connection error, and docker-py would leak the socket it tried.
-            raise EngineUnavailable(self._unreachable(FileNotFoundError("the socket file does not exist")))
-        try:
-            yield
-        except GatewayError:
-            raise
-        except (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-            # The engine went away or stalled in the middle of a streamed answer read block by block.
-            requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.HTTPError,
-        ) as exc:
-            self._disconnect()
-            raise EngineUnavailable(self._unreachable(exc)) from exc
-        except docker.errors.APIError as exc:
-            if exc.status_code == 400 and _VERSION_REFUSED in str(exc.explanation or ""):
-                # The engine changed under us (an upgrade); negotiate again on the next call.
-                self._disconnect()
-                raise EngineUnavailable(
-                    f"the Docker engine refused this connection's API version ({exc.explanation}); "
-                    "it is negotiated again on the next call, so retry"
-                ) from exc
-            raise GatewayError(f"Docker engine error: {exc}") from exc
-        except docker.errors.DockerException as exc:
-            text = str(exc)
-            if "Connection" in text or "No such file" in text:
-                self._disconnect()
-                raise EngineUnavailable(self._unreachable(exc)) from exc
-            raise GatewayError(f"Docker engine error: {text}") from exc
-
-    def _unreachable(self, exc: BaseException) -> str:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        return (
-            f"cannot reach the Docker engine at DOCKER_HOST={self.docker_host} ({reason}); "
-            "check that dockerd is running and that this process may open its socket"
-        )
-
     def ping(self) -> None:
-        with self._translate():
+        with self.connection.translate():
             self.client.ping()
 
     def project_containers(self, project: str | None = None) -> list[dict[str, Any]]:
         """All containers of one compose project (or of every project), one-off ``run`` containers excluded."""
         label = f"{PROJECT_LABEL}={project}" if project else PROJECT_LABEL
-        with self._translate():
+        with self.connection.translate():
             containers = self.client.containers(all=True, filters={"label": label})
         return [c for c in containers if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
 
     async def _read_json(self, reader: EngineHTTP, path: str, query: dict[str, str] | None = None) -> Any:
         """``GET`` on the event loop, in the connection's negotiated API version; None for a 404."""
-        client = self._client
         # Negotiating is a blocking request, made once per connection.
-        version = client.api_version if client is not None else await to_thread.run_sync(lambda: self.api_version)
+        version = self.connection.negotiated or await to_thread.run_sync(lambda: self.api_version)
         try:
             return await reader.get_json(str(version), path, query, missing=None)
         except EngineUnavailable:
             self._disconnect()
             raise
         except EngineRefused as exc:
-            if exc.status == 400 and _VERSION_REFUSED in exc.reason:
+            if exc.status == 400 and VERSION_REFUSED in exc.reason:
                 self._disconnect()
                 raise EngineUnavailable(
                     f"the Docker engine refused this connection's API version ({exc.reason}); "
@@ -347,10 +251,10 @@ class Engine:
         cached = self._fresh_start(cid, bound)
         if cached is not None:
             return cached
-        with self._translate():
+        with self.connection.translate():
             try:
                 raw = self.client.inspect_container(cid)["State"]["StartedAt"]
-            except _not_found():
+            except not_found():
                 return None
         return self._remember_start(cid, str(raw))
 
@@ -362,7 +266,7 @@ class Engine:
         self._forget_listings()
 
     def inspect(self, container_id: str) -> dict[str, Any]:
-        with self._translate():
+        with self.connection.translate():
             result: dict[str, Any] = self.client.inspect_container(container_id)
             return result
 
@@ -382,7 +286,7 @@ class Engine:
         params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": 0, "tail": tail}
         if since is not None and since > 0:  # the engine's own "no lower bound" is to leave it out
             params["since"] = f"{since:.9f}"
-        with self._translate():
+        with self.connection.translate():
             api = self.client
             response = api.get(
                 f"{api.base_url}/v{api.api_version}/containers/{container_id}/logs",
@@ -394,7 +298,7 @@ class Engine:
                 if response.status_code == 404:
                     return
                 if response.status_code != 200:
-                    raise GatewayError(f"Docker engine error: {response.status_code} {_explanation(response)}")
+                    raise GatewayError(f"Docker engine error: {response.status_code} {explanation(response)}")
                 # Whole blocks rather than iter_content's one piece per HTTP chunk: the engine sends
                 # each line as a chunk of its own, and a piece at a time costs a third more.
                 yield from demultiplex(iter(lambda: response.raw.read(_READ_CHUNK), b""))
@@ -409,22 +313,9 @@ class Engine:
         return str(project) if project else None
 
 
-def _explanation(response: Any) -> str:
-    try:
-        return str(response.json().get("message", ""))[:300]
-    except ValueError:
-        return str(response.text)[:300]
-
-
 def _copy(error: GatewayError) -> GatewayError:
     """A fresh exception for each caller that shared a failed listing (one instance raised in many
     tasks would collect all of their tracebacks)."""
     if isinstance(error, EngineRefused):
         return EngineRefused(error.status, error.reason)
     return type(error)(str(error))
-
-
-def _not_found() -> type[Exception]:
-    import docker.errors
-
-    return docker.errors.NotFound  # type: ignore[no-any-return]

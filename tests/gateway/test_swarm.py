@@ -231,7 +231,7 @@ def test_a_swarm_stack_on_an_engine_that_is_no_manager_says_how_to_fix_it(
     state: str, control: bool, advice: str, tmp_path: Path
 ) -> None:
     engine = Engine(f"unix://{tmp_path}/docker.sock")
-    engine._client = _NotInASwarm(state, control)  # isolates the message only: no engine leaves its swarm here
+    engine.connection._client = _NotInASwarm(state, control)  # the message only: no engine leaves its swarm here
     (tmp_path / "docker.sock").touch()
     backend = SwarmBackend(engine, lambda: DockerCli.locate(None, dict(os.environ)))
     with pytest.raises(SwarmUnavailable) as caught:
