@@ -14,8 +14,8 @@ from tests.distribution.readme_configs import HttpTarget, StdioLaunch
 
 __all__ = ["READ_TOOLS", "Seen", "over_http", "over_stdio"]
 
-# What --read-only offers.
-READ_TOOLS = {"list_stacks", "ps", "logs", "config"}
+# What --read-only offers: the tools that change nothing.
+READ_TOOLS = {"list_stacks", "ps", "logs", "config", "plan", "versions"}
 
 
 class _Caller(Protocol):
