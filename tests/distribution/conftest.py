@@ -34,15 +34,16 @@ INSTALL_TIMEOUT_S = 600
 _PASSED_ENV_PREFIXES = ("PIP_", "SSL_CERT_", "REQUESTS_CA_BUNDLE", "DOCKER_HOST", "LANG")
 
 
-def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120, cwd: Path | None = None) -> str:
+def run(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> str:
     """Run a command to completion and return its stdout; on failure, fail with its output."""
     proc = subprocess.run(
         list(argv), env=None if env is None else dict(env), capture_output=True, text=True, timeout=timeout, cwd=cwd
     )
     if proc.returncode != 0:
-        pytest.fail(
-            f"{' '.join(argv)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
-        )
+        output = f"--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+        pytest.fail(f"{' '.join(argv)} exited {proc.returncode}\n{output}")
     return proc.stdout
 
 
@@ -90,7 +91,9 @@ class User:
 def user() -> Iterator[User]:
     """A fresh user in the socket's group; removed afterwards with its group and home."""
     if os.geteuid() != 0:
-        pytest.fail("the distribution tests make a throwaway user (useradd), which needs root; run them as root, as CI does")
+        pytest.fail(
+            "the distribution tests make a throwaway user (useradd), which needs root; run them as root, as CI does"
+        )
     for tool in ("useradd", "userdel", "setpriv"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: install passwd and util-linux (Debian's standard tools)")
@@ -98,9 +101,19 @@ def user() -> Iterator[User]:
     name = random_name("ca")
     home = Path(tempfile.mkdtemp(prefix=f"compose-agent-{name}-", dir="/tmp"))
     run(
-        ["useradd", "--user-group", "--groups", socket_group, "--home-dir", str(home), "--no-create-home",
-         "--shell", "/usr/sbin/nologin", name]
-    )  # fmt: skip
+        [
+            "useradd",
+            "--user-group",
+            "--groups",
+            socket_group,
+            "--home-dir",
+            str(home),
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ]
+    )
     try:
         entry = pwd.getpwnam(name)
         for folder in (home, home / "bin"):
@@ -119,7 +132,10 @@ def user_python(user: User) -> str:
     """A Python >= 3.11 with venv that the user can run (the system's, not this test run's, which may be private)."""
     check = "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if Path(candidate).exists() and subprocess.run(user.argv(candidate, "-c", check), env=user.env()).returncode == 0:
+        if (
+            Path(candidate).exists()
+            and subprocess.run(user.argv(candidate, "-c", check), env=user.env()).returncode == 0
+        ):
             return candidate
     pytest.fail("no Python >= 3.11 with venv for an ordinary user: apt-get install python3 python3-venv")
 
@@ -132,7 +148,9 @@ def build_wheel(target: Path) -> Path:
         shutil.copy2(REPO / name, source / name)
     for package in ("gateway", "statuspanel", "watchdog"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(target / "wheel"), str(source)], timeout=300)
+    run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(target / "wheel"), str(source)], timeout=300
+    )
     (wheel,) = (target / "wheel").glob("compose_agent-*.whl")
     return wheel
 
@@ -152,9 +170,14 @@ def installed(user: User, wheel: Path) -> User:
     # Pinned like every other install of the project, so that a new release of a dependency cannot
     # turn this test red; the wheel's own requirements are what is resolved.
     user.run(
-        str(user.venv / "bin" / "pip"), "install", "-q", "-c", str(constraints), f"{own_wheel}[compose-cli]",
+        str(user.venv / "bin" / "pip"),
+        "install",
+        "-q",
+        "-c",
+        str(constraints),
+        f"{own_wheel}[compose-cli]",
         timeout=INSTALL_TIMEOUT_S,
-    )  # fmt: skip
+    )
     return user
 
 
@@ -180,9 +203,22 @@ def stacks_world(busybox_image: str) -> Iterator[Stacks]:
     # A compose project that runs without a folder: only the engine knows it, so listing it proves the
     # socket was reached.
     run(
-        ["docker", "run", "-d", "--init", "--name", f"{external}-web-1", "--label", f"com.docker.compose.project={external}",
-         "--label", "com.docker.compose.service=web", busybox_image, "sleep", "600"]
-    )  # fmt: skip
+        [
+            "docker",
+            "run",
+            "-d",
+            "--init",
+            "--name",
+            f"{external}-web-1",
+            "--label",
+            f"com.docker.compose.project={external}",
+            "--label",
+            "com.docker.compose.service=web",
+            busybox_image,
+            "sleep",
+            "600",
+        ]
+    )
     try:
         yield Stacks(root, folder_stack, external)
     finally:
@@ -195,7 +231,9 @@ def mcpb_cli() -> list[str]:
     """The pinned @anthropic-ai/mcpb CLI (scripts/mcp-tools), on Node >= 22."""
     cli = mcp_tools_modules() / "@anthropic-ai" / "mcpb" / "dist" / "cli" / "cli.js"
     if not cli.is_file():
-        pytest.fail("@anthropic-ai/mcpb is missing from the MCP tools: run scripts/setup.sh (scripts/mcp-tools/package.json)")
+        pytest.fail(
+            "@anthropic-ai/mcpb is missing from the MCP tools: run scripts/setup.sh (scripts/mcp-tools/package.json)"
+        )
     return [node_binary(), str(cli)]
 
 
@@ -212,7 +250,7 @@ def mcpb_launch(bundle_dir: Path, user_config: Mapping[str, object]) -> dict[str
     module = mcp_tools_modules() / "@anthropic-ai" / "mcpb" / "dist" / "index.js"
     out = run(
         [node_binary(), "--input-type=module", "-e", script, str(module), str(bundle_dir), json.dumps(user_config)]
-    )  # fmt: skip
+    )
     launch = json.loads(out)
     assert launch is not None, f"mcpb gave no launch configuration for {dict(user_config)}"
     return dict(launch)

@@ -67,7 +67,10 @@ def _from_claude_mcp_add(text: str) -> StdioLaunch | HttpTarget:
     words = shlex.split(text)
     assert words[:3] == ["claude", "mcp", "add"], f"not a claude mcp add line: {text}"
     words = words[3:]
-    transport, env, headers, positional = "stdio", {}, {}, []
+    transport = "stdio"
+    env: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    positional: list[str] = []
     while words:
         word = words.pop(0)
         if word == "--":

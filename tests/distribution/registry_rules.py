@@ -104,7 +104,9 @@ _SERVER_NAME = re.compile(rf"^{_NAMESPACE}/{_NAME_PART}$")
 _RANGE = re.compile(r"^\s*(?:\^|~|>=|<=|>|<|=)|\s-\s|\|\||^\s*v?\d+(?:\.(?:\d+|x|X|\*))*\.(?:x|X|\*)")
 _OCI_REGISTRIES = {"docker.io", "registry-1.docker.io", "index.docker.io", "ghcr.io"}
 _OCI_REFERENCE = re.compile(r"^[a-z0-9._/:-]+?(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$")
-_TAG_OR_DIGEST = re.compile(r"/[^/:@]+(?::[\w][\w.-]{0,127}|@sha256:[a-f0-9]{64})$|:[\w][\w.-]{0,127}@sha256:[a-f0-9]{64}$")
+_TAG_OR_DIGEST = re.compile(
+    r"/[^/:@]+(?::[\w][\w.-]{0,127}|@sha256:[a-f0-9]{64})$|:[\w][\w.-]{0,127}@sha256:[a-f0-9]{64}$"
+)
 
 
 def _registry(reference: str) -> str:
@@ -115,7 +117,10 @@ def _registry(reference: str) -> str:
 
 def problems(server: dict[str, Any], readme: str) -> list[str]:
     """Every way ``server`` falls short of what the registry accepts; empty when it would be accepted."""
-    found = [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in Draft7Validator(SCHEMA).iter_errors(server)]
+    found = [
+        f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in Draft7Validator(SCHEMA).iter_errors(server)
+    ]
     if found:
         return found
     if not _SERVER_NAME.match(server["name"]):

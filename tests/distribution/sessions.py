@@ -67,4 +67,3 @@ async def over_http(target: HttpTarget, stacks: Stacks) -> Seen:
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 return await _exercise(session, stacks)
-

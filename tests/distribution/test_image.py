@@ -77,9 +77,22 @@ def test_its_docker_cli_can_deploy_stacks_and_talks_to_the_engine_as_the_unprivi
     stack_help = run(["docker", "run", "--rm", "--entrypoint", "docker", IMAGE, "stack", "deploy", "--help"])
     assert "--compose-file" in stack_help and "--prune" in stack_help and "--detach" in stack_help
     versions = run(
-        ["docker", "run", "--rm", "--group-add", str(socket_gid()), "-v", f"{DOCKER_SOCKET}:{DOCKER_SOCKET}",
-         "--entrypoint", "docker", IMAGE, "version", "--format", "{{json .}}"]
-    )  # fmt: skip
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--group-add",
+            str(socket_gid()),
+            "-v",
+            f"{DOCKER_SOCKET}:{DOCKER_SOCKET}",
+            "--entrypoint",
+            "docker",
+            IMAGE,
+            "version",
+            "--format",
+            "{{json .}}",
+        ]
+    )
     seen = json.loads(versions)
     assert seen["Client"]["Version"].startswith("26.1.5")
     assert seen["Server"]["Version"] == docker_client.version()["Version"]  # type: ignore[attr-defined]
@@ -88,7 +101,7 @@ def test_its_docker_cli_can_deploy_stacks_and_talks_to_the_engine_as_the_unprivi
 def test_the_readme_shell_line_is_the_json_configuration(deploy_images: str) -> None:
     readme = (REPO / "README.md").read_text()
     (line,) = re.findall(r"The same line in a shell: `(docker run -i [^`]+)`", readme)
-    words = shlex.split(line.replace('$(stat -c %g /var/run/docker.sock)', "<socket gid>"))
+    words = shlex.split(line.replace("$(stat -c %g /var/run/docker.sock)", "<socket gid>"))
     launch = readme_configs()["claude-desktop-docker"]
     assert isinstance(launch, StdioLaunch)
     assert words == [launch.command, *launch.args]
@@ -142,7 +155,9 @@ async def test_the_containerised_gateway_deploys_inspects_and_removes_a_swarm_st
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The release's .mcpb bundle, packed by scripts/release.sh and unpacked as a host unpacks it."""
     out = tmp_path_factory.mktemp("release")
-    run(["bash", str(REPO / "scripts" / "release.sh"), "--snapshot", "--only", "bundle", "--out", str(out)], timeout=300)
+    run(
+        ["bash", str(REPO / "scripts" / "release.sh"), "--snapshot", "--only", "bundle", "--out", str(out)], timeout=300
+    )
     unpacked = out / "unpacked"
     with zipfile.ZipFile(out / f"compose-agent-{VERSION}.mcpb") as archive:
         archive.extractall(unpacked)
@@ -193,7 +208,10 @@ def test_the_bundle_refuses_settings_it_cannot_honour_with_a_message(deploy_imag
         "relative": ({"COMPOSE_AGENT_BUNDLE_STACKS_DIR": "stacks"}, "must be an absolute path"),
         "colon": ({"COMPOSE_AGENT_BUNDLE_STACKS_DIR": "/tmp/a:b"}, "holds a ':'"),
         "missing": ({"COMPOSE_AGENT_BUNDLE_STACKS_DIR": f"/tmp/{random_name('none')}"}, "does not exist"),
-        "read-only": ({"COMPOSE_AGENT_BUNDLE_STACKS_DIR": "/tmp", "COMPOSE_AGENT_BUNDLE_READ_ONLY": "yes"}, "true or false"),
+        "read-only": (
+            {"COMPOSE_AGENT_BUNDLE_STACKS_DIR": "/tmp", "COMPOSE_AGENT_BUNDLE_READ_ONLY": "yes"},
+            "true or false",
+        ),
     }
     for case, (settings, message) in cases.items():
         env = {**CLIENT_ENV, "COMPOSE_AGENT_BUNDLE_IMAGE": IMAGE, **settings}

