@@ -197,7 +197,7 @@ def stacks_world(busybox_image: str) -> Iterator[Stacks]:
     folder_stack, external = random_name("web"), random_name("ext")
     (root / folder_stack).mkdir(mode=0o755)
     (root / folder_stack / "compose.yaml").write_text(
-        f"services:\n  web:\n    image: {busybox_image}\n    init: true\n    command: [sleep, '600']\n"
+        f"services:\n  web:\n    image: {busybox_image}\n    init: true\n    command: [sleep, '1']\n"
     )
     (root / folder_stack / "compose.yaml").chmod(0o644)
     # A compose project that runs without a folder: only the engine knows it, so listing it proves the
@@ -215,8 +215,10 @@ def stacks_world(busybox_image: str) -> Iterator[Stacks]:
             "--label",
             "com.docker.compose.service=web",
             busybox_image,
-            "sleep",
-            "600",
+            # Runs until removed, however long the module takes (a fixed sleep could end mid-module).
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 1; done",
         ]
     )
     try:

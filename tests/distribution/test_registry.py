@@ -160,3 +160,11 @@ async def test_the_manifest_lists_the_tools_the_server_offers(tmp_path: Path) ->
     async with Client(params) as client:
         offered = {tool.name for tool in (await client.list_tools()).tools}
     assert {tool["name"] for tool in manifest()["tools"]} == offered
+
+
+def test_the_release_script_explains_itself_and_refuses_what_it_does_not_know() -> None:
+    script = str(REPO / "scripts" / "release.sh")
+    helped = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "--snapshot" in helped.stdout and "--only" in helped.stdout
+    refused = subprocess.run(["bash", script, "--only", "docs"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "--only takes wheel, image or bundle" in refused.stderr
