@@ -9,6 +9,7 @@ afterwards, on failure too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -29,6 +30,31 @@ MAIN_FILES = ("docker-compose.yml",)
 LEGACY_FILES = ("docker-compose.yml", "docker-compose.legacy.yml")
 # Generous: a cold build downloads the project's dependencies through pip inside the builder.
 BUILD_TIMEOUT_S = 600
+# What the images are built from: their tag is a hash of it, so two test runs from different trees
+# that share one engine never run each other's images, and an unchanged tree reuses its own.
+_BUILD_INPUTS = ("gateway", "statuspanel", "watchdog", "scripts/mcpb")
+_BUILD_FILES = (
+    "Dockerfile.compose-agent",
+    "docker-compose.yml",
+    "pyproject.toml",
+    "constraints.txt",
+    "README.md",
+    ".dockerignore",
+)
+
+
+def _image_tag() -> str:
+    digest = hashlib.sha256()
+    paths = [REPO / name for name in _BUILD_FILES]
+    for folder in _BUILD_INPUTS:
+        paths += sorted(p for p in (REPO / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in paths:
+        if path.is_file():
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return "t" + digest.hexdigest()[:16]
+
+
+IMAGE_TAG = os.environ.get("E2E_IMAGE_TAG") or _image_tag()
 UP_TIMEOUT_S = 120
 
 
@@ -103,6 +129,7 @@ def _make_deployment(stacks_dir: Path, workdir: Path, *, suffix: str = "", token
     project = random_name("e2e") + suffix
     settings = {
         "BASE_IMAGE": BASE_IMAGE,
+        "IMAGE_TAG": IMAGE_TAG,
         "COMPOSE_AGENT_CONTAINER": f"{project}-compose-agent",
         "STATUS_PANEL_CONTAINER": f"{project}-statuspanel",
         "WATCHDOG_CONTAINER": f"{project}-watchdog",
@@ -143,7 +170,7 @@ def deploy_images(docker_client) -> str:  # type: ignore[no-untyped-def]
     _run([str(REPO / "scripts" / "build-base-image.sh"), BASE_IMAGE], _base_env(), BUILD_TIMEOUT_S)
     _run(
         ["docker", "compose", "--env-file", os.devnull, "-f", str(REPO / "docker-compose.yml"), "build"],
-        {**_base_env(), "BASE_IMAGE": BASE_IMAGE},
+        {**_base_env(), "BASE_IMAGE": BASE_IMAGE, "IMAGE_TAG": IMAGE_TAG},
         BUILD_TIMEOUT_S,
     )
     return BASE_IMAGE

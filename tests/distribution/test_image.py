@@ -23,7 +23,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.conftest import random_name
-from tests.deploy.conftest import deploy_images
+from tests.deploy.conftest import IMAGE_TAG, deploy_images
 from tests.distribution.conftest import DOCKER_SOCKET, REPO, Stacks, mcpb_launch, run
 from tests.distribution.readme_configs import StdioLaunch, readme_configs, substitute
 from tests.distribution.sessions import over_stdio
@@ -35,7 +35,7 @@ __all__ = ["deploy_images", "swarm"]  # fixtures, imported for pytest
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
 # The tag docker-compose.yml gives the gateway's image, which deploy_images builds.
-IMAGE = "compose-agent:latest"
+IMAGE = f"compose-agent:{IMAGE_TAG}"
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 SERVER = json.loads((REPO / "server.json").read_text())
 PUBLISHED_IMAGE = next(p["identifier"] for p in SERVER["packages"] if p["registryType"] == "oci")
