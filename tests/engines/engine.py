@@ -12,6 +12,7 @@ runs a nested dockerd here (see ENVIRONMENT.md).
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import secrets
@@ -227,8 +228,6 @@ class Engine:
 
     def ping(self, timeout: float = 2.0) -> bool:
         """Whether the TLS listener answers ``GET /_ping`` with ``OK`` within ``timeout`` (no exception)."""
-        import http.client
-
         context = ssl.create_default_context(cafile=str(self.tls_dir / "ca.pem"))
         context.load_cert_chain(str(self.tls_dir / "cert.pem"), str(self.tls_dir / "key.pem"))
         conn = http.client.HTTPSConnection(self.ip, TLS_PORT, timeout=timeout, context=context)
@@ -291,19 +290,17 @@ class Engine:
             EngineError: something could not be removed (the rest was still tried).
         """
         errors: list[str] = []
-        if self.ssh is not None and not self.paused:
+        if self.paused:
+            # A frozen engine would hold up the ssh master's goodbye; unfrozen, it says it at once.
+            run(["docker", "unpause", self.name], check=False)
+            self.paused = False
+        if self.ssh is not None:
             self.ssh.close()
-        elif self.ssh is not None:
-            # ssh -O exit would wait on a frozen master; removing the container ends its connection.
-            self.ssh.config.unlink(missing_ok=True)
         for argv in (["docker", "rm", "-f", "-v", self.name], ["docker", "volume", "rm", "-f", self.volume]):
             proc = run(argv, check=False, timeout=60)
             if proc.returncode != 0 and "No such" not in proc.stderr:
                 errors.append(f"{' '.join(argv)}: {proc.stderr.strip()}")
-        if self.ssh is not None:
-            self.ssh.config.unlink(missing_ok=True)
         shutil.rmtree(self.workdir, ignore_errors=True)
-        self.paused = False
         if errors:
             raise EngineError(f"removing engine {self.name}: " + "; ".join(errors))
 

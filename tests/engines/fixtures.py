@@ -19,6 +19,7 @@ Every test that uses them is marked ``dind`` and ``docker`` here, so ``-m 'not d
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import threading
 import time
@@ -31,9 +32,9 @@ from typing import Any, Protocol, cast
 import pytest
 
 from tests.engines.engine import Engine, in_parallel, start_engine
-from tests.engines.errors import EngineError
+from tests.engines.errors import EngineError, run
 from tests.engines.image import ensure_engine_image
-from tests.engines.leftovers import sweep
+from tests.engines.leftovers import ENGINE_LABEL, owner_labels, sweep
 from tests.engines.swarm import Swarm, start_swarm
 
 __all__ = ["EngineFactory"]
@@ -213,10 +214,21 @@ class EngineFactory:
         self.image = image
         self.busybox = busybox
         self.made: list[_Running] = []
+        self.networks: list[str] = []
 
-    def start(self, *, tls: bool = False, ssh: bool = False, busybox: bool = False) -> Engine:
+    def network(self) -> str:
+        """A new Docker network on this machine (a random name), removed after the engines on it."""
+        name = f"compose-agent-engines-{secrets.token_hex(4)}"
+        labels = {ENGINE_LABEL: name, **owner_labels()}
+        run(["docker", "network", "create", *(f"--label={key}={value}" for key, value in labels.items()), name])
+        self.networks.append(name)
+        return name
+
+    def start(
+        self, *, tls: bool = False, ssh: bool = False, network: str | None = None, busybox: bool = False
+    ) -> Engine:
         """A new engine (see :func:`tests.engines.start_engine`), with the busybox test image if asked."""
-        engine = start_engine(self.image, tls=tls, ssh=ssh)
+        engine = start_engine(self.image, tls=tls, ssh=ssh, network=network)
         self.made.append(engine)
         if busybox:
             engine.load_image(self.busybox)
@@ -237,12 +249,21 @@ class EngineFactory:
         return swarm
 
     def cleanup(self) -> None:
+        """Remove every engine and swarm made, then the networks.
+
+        Raises:
+            EngineError: something could not be removed (everything else still was).
+        """
         errors: list[EngineError] = []
         for thing in reversed(self.made):
             try:
                 thing.remove()
             except EngineError as exc:
                 errors.append(exc)
+        for network in self.networks:
+            proc = run(["docker", "network", "rm", network], check=False)
+            if proc.returncode != 0:
+                errors.append(EngineError(f"docker network rm {network}: {proc.stderr.strip()}"))
         if errors:
             raise errors[0]
 

@@ -62,9 +62,9 @@ def _owner_is_gone(owner: str) -> bool:
 
 
 def _labelled(kind: str) -> list[dict[str, str]]:
-    """``[{name, owner}]`` of every container (``kind="ps"``) or volume (``"volume"``) with the engine label."""
+    """``[{name, owner}]`` of every container (``kind="ps"``), ``"volume"`` or ``"network"`` with the engine label."""
     name = "{{.Names}}" if kind == "ps" else "{{.Name}}"
-    command = ["docker", "ps", "-a"] if kind == "ps" else ["docker", "volume", "ls"]
+    command = ["docker", "ps", "-a"] if kind == "ps" else ["docker", kind, "ls"]
     template = name + '\t{{.Label "' + OWNER_LABEL + '"}}'
     found = run([*command, "--filter", f"label={ENGINE_LABEL}", "--format", template], check=False)
     rows = (line.split("\t") for line in found.stdout.splitlines() if "\t" in line)
@@ -84,10 +84,11 @@ def sweep() -> list[str]:
             shutil.rmtree(Path(tempfile.gettempdir()) / name, ignore_errors=True)
             (SSH_CONFIG_DIR / f"{CONFIG_PREFIX}{name}.conf").unlink(missing_ok=True)
             removed.append(name)
-    for volume in _labelled("volume"):
-        # A volume made just before its owner died, with no container yet, is swept here.
-        if _owner_is_gone(volume["owner"]):
-            run(["docker", "volume", "rm", "-f", volume["name"]], check=False)
+    for kind in ("volume", "network"):
+        # A volume made just before its owner died, with no container yet, is swept here too.
+        for leftover in _labelled(kind):
+            if _owner_is_gone(leftover["owner"]):
+                run(["docker", kind, "rm", leftover["name"]], check=False)
     # Listed before the containers: an engine writes its file after its container exists.
     configs = list(SSH_CONFIG_DIR.glob(f"{CONFIG_PREFIX}*.conf"))
     live = {c["name"] for c in _labelled("ps")}

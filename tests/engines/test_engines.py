@@ -8,7 +8,6 @@ there does not run here; a paused engine stops answering; and nothing outlives a
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -24,6 +23,9 @@ from tests.engines.fixtures import EngineFactory
 from tests.engines.leftovers import sweep
 from tests.engines.ssh import config_path
 from tests.polling import wait_for
+
+# Marked explicitly too: some tests here start engines in a child process, without the fixtures.
+pytestmark = [pytest.mark.dind, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,15 +89,18 @@ def test_the_docker_cli_reaches_the_ssh_engine_over_a_multiplexed_connection(ssh
     )
 
 
-def test_ssh_refuses_an_engine_whose_host_key_is_not_the_known_one(ssh_engine: Engine) -> None:
-    assert ssh_engine.ssh is not None
-    other_key = subprocess.run(
-        ["ssh", "-o", f"UserKnownHostsFile={os.devnull}", "-o", "ControlPath=none", ssh_engine.ip, "true"],
+def test_ssh_refuses_the_engine_when_its_host_key_is_not_the_one_it_printed(ssh_engine: Engine, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    known = tmp_path / "known_hosts"
+    known.write_text(f"{ssh_engine.ip} {' '.join(other.with_suffix('.pub').read_text().split()[:2])}\n")
+    refused = subprocess.run(
+        ["ssh", "-o", f"UserKnownHostsFile={known}", "-o", "ControlPath=none", ssh_engine.ip, "true"],
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert other_key.returncode != 0 and "host key" in other_key.stderr.lower()
+    assert refused.returncode != 0 and "REMOTE HOST IDENTIFICATION HAS CHANGED" in refused.stderr
 
 
 @pytest.mark.parametrize("via", ["tls", "ssh"])
@@ -205,6 +210,22 @@ def test_removing_an_engine_leaves_nothing_behind(engine_factory: EngineFactory)
     assert _left_of(engine.name, engine.workdir) == []
     wait_for(lambda: not Path(f"/proc/{match[1]}").exists(), timeout=20, what="the ssh master connection exits")
     engine.remove()  # twice is harmless
+
+
+def test_an_engine_on_a_network_of_its_own_answers_over_tls_by_its_name(
+    engine_factory: EngineFactory, engine_image: str
+) -> None:
+    network = engine_factory.network()
+    engine = engine_factory.start(tls=True, network=network)
+    # A client in a container on that network, as a containerised gateway would be: the name is in the certificate.
+    client = subprocess.run(
+        ["docker", "run", "--rm", "--network", network, "-v", f"{engine.tls_dir}:/certs:ro",
+         "-e", f"DOCKER_HOST=tcp://{engine.name}:2376", "-e", "DOCKER_TLS_VERIFY=1", "-e", "DOCKER_CERT_PATH=/certs",
+         engine_image, "docker", "info", "--format", "{{.Name}}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.strip() == engine.name
 
 
 INNER_TEST = """
