@@ -4,9 +4,10 @@ The tag carries a hash of the recipe below, so a changed recipe builds a new ima
 is reused across runs (a CI machine starts from nothing, a developer's machine keeps it). Two test
 processes that need it at once build it once: the second waits on a file lock and finds it made.
 
-Building takes about a minute: debootstrap a minbase root filesystem, import it, install the packages
-in a running container, commit. It needs root (debootstrap), as the CI machines and scripts/setup.sh do.
-Build it ahead of a run with ``python -m tests.engines.image``.
+Building takes one to three minutes: debootstrap a minbase root filesystem and import it (or start from
+the identical one scripts/fresh-machine-check.sh leaves, which saves most of that), install the packages
+in a running container, commit. debootstrap needs root, as the CI machines and scripts/setup.sh have.
+Build it ahead of a run with ``python -m tests.engines build``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.engines.engine import container_run_args
 from tests.engines.errors import EngineError, run
 
 __all__ = ["IMAGE_REPO", "Report", "engine_image_tag", "ensure_engine_image", "print_report"]
@@ -37,8 +39,20 @@ MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PACKAGES = ("docker.io", "openssh-server", "openssl", "busybox-static")
+# What scripts/fresh-machine-check.sh imports (bump with its `recipe`); see _base_image.
+FRESH_MINBASE = "compose-agent-fresh-debian12:minbase-r1"
 LOCK = Path("/tmp/compose-agent-test-engine-image.lock")
 BUILD_TIMEOUT_S = 900
+
+# sshd for the tests: root by key only, one ed25519 host key made at engine start, no reverse DNS
+# (there is none on the bridge, and each lookup would cost a timeout).
+SSHD_CONFIG = """\
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+"""
 
 # Run once in the build container. policy-rc.d keeps the packages' maintainer scripts from starting
 # dockerd or sshd in it (their state would be committed into every engine); the host keys sshd's
@@ -51,18 +65,11 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 apt-get install -y -q --no-install-recommends {" ".join(PACKAGES)}
 rm -f /usr/sbin/policy-rc.d /etc/ssh/ssh_host_*
+mkdir -p /etc/ssh/sshd_config.d
+cat >/etc/ssh/sshd_config.d/compose-agent-test.conf <<'EOF'
+{SSHD_CONFIG}EOF
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \\
   /usr/share/doc/* /usr/share/man/* /usr/share/info/*
-"""
-
-# sshd for the tests: root by key only, one ed25519 host key made at engine start, no reverse DNS
-# (there is none on the bridge, and each lookup would cost a timeout).
-SSHD_CONFIG = """\
-HostKey /etc/ssh/ssh_host_ed25519_key
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UseDNS no
 """
 
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.S)
@@ -90,7 +97,6 @@ def engine_image_tag() -> str:
         "security": SECURITY_MIRROR,
         "packages": PACKAGES,
         "install": INSTALL_SCRIPT,
-        "sshd": SSHD_CONFIG,
         "ca": _host_ca_digest(),
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
@@ -172,32 +178,40 @@ def _rootfs(work: Path, report: Report) -> Path:
     (rootfs / "etc/apt/sources.list").write_text(
         f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\ndeb {SECURITY_MIRROR} {SUITE}-security main\n"
     )
-    (rootfs / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
-    (rootfs / "etc/ssh/sshd_config.d/compose-agent-test.conf").write_text(SSHD_CONFIG)
     return rootfs
 
 
-def _build(tag: str, report: Report) -> None:
+def _base_image(work: Path, name: str, report: Report) -> str:
+    """The root filesystem to install into: the fresh-machine check's if this engine has it, else one made here.
+
+    scripts/fresh-machine-check.sh (run by CI before the tests) imports the same root filesystem: minbase
+    with ca-certificates, this machine's CAs as local CAs, the updates and security archives. Starting
+    from it saves the debootstrap, the longest step of a build from nothing.
+    """
+    if _image_exists(FRESH_MINBASE):
+        report(f"starting from {FRESH_MINBASE} (the fresh-machine check's root filesystem, the same recipe)")
+        return FRESH_MINBASE
     if os.geteuid() != 0:
-        raise EngineError(f"building {tag} needs root (debootstrap); run the tests as root, as CI does")
+        raise EngineError("building the engine image needs root (debootstrap); run the tests as root, as CI does")
+    rootfs = _rootfs(work, report)
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
+    env = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    run(["docker", "import", "-c", env, "-c", "ENV LANG=C.UTF-8", "-", name], stdin=tar.stdout, what="docker import")
+    tar.wait()
+    return name
+
+
+def _build(tag: str, report: Report) -> None:
     started = time.monotonic()
-    report(f"building the engine image {tag}: this takes about a minute, once per recipe")
+    report(f"building the engine image {tag}: one to three minutes, once per recipe")
     work = Path(tempfile.mkdtemp(prefix="compose-agent-engine-image-", dir="/var/tmp"))
-    base = f"{tag}-base"
     builder = f"compose-agent-engine-build-{os.getpid()}"
+    base = ""
     try:
-        rootfs = _rootfs(work, report)
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "--numeric-owner", "-c", "."], stdout=subprocess.PIPE)
-        env = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        run(
-            ["docker", "import", "-c", env, "-c", "ENV LANG=C.UTF-8", "-", base], stdin=tar.stdout, what="docker import"
-        )
-        tar.wait()
+        base = _base_image(work, f"{tag}-base", report)
         # Imported: the root filesystem on disk is no longer needed, and is large.
         _unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
-        from tests.engines.engine import container_run_args
-
         run(["docker", "run", "-d", "--name", builder, *container_run_args(), base, "sleep", "infinity"])
         report(f"installing {' '.join(PACKAGES)} (about 30 s)")
         run(["docker", "exec", "-i", builder, "sh", "-s"], input=INSTALL_SCRIPT, timeout=BUILD_TIMEOUT_S)
@@ -205,12 +219,9 @@ def _build(tag: str, report: Report) -> None:
         run(["docker", "commit", "-c", label, "-c", 'CMD ["sleep", "infinity"]', builder, tag], what="docker commit")
     finally:
         subprocess.run(["docker", "rm", "-f", builder], capture_output=True, check=False)
-        # Untags only: the committed image keeps the imported layer as its parent.
-        subprocess.run(["docker", "rmi", base], capture_output=True, check=False)
+        if base == f"{tag}-base":
+            # Untags only: the committed image keeps the imported layer as its parent.
+            subprocess.run(["docker", "rmi", base], capture_output=True, check=False)
         _unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
     report(f"built {tag} in {time.monotonic() - started:.0f} s")
-
-
-if __name__ == "__main__":
-    print(ensure_engine_image())
