@@ -91,7 +91,7 @@ def _host_ca_digest() -> str:
 def engine_image_tag() -> str:
     """The tag of the image this recipe makes: ``compose-agent-test-engine:r<hash>``."""
     recipe = {
-        "version": 1,
+        "version": 2,
         "suite": SUITE,
         "mirror": MIRROR,
         "security": SECURITY_MIRROR,
@@ -170,10 +170,18 @@ def _rootfs(work: Path, report: Report) -> Path:
     if not Path(debootstrap).exists():
         raise EngineError("debootstrap is not installed: run bash scripts/setup.sh (or apt-get install debootstrap)")
     report(f"debootstrap --variant=minbase {SUITE} (about 40 s)")
+    step = time.monotonic()
     argv = [debootstrap, "--variant=minbase", "--include=ca-certificates", SUITE, str(rootfs), MIRROR]
     run(argv, timeout=BUILD_TIMEOUT_S, what=f"debootstrap; check the network to {MIRROR}")
     added = _add_host_cas(rootfs)
-    report(f"root filesystem ready ({added} CA certificate(s) of this machine added)")
+    report(
+        f"root filesystem ready in {time.monotonic() - step:.0f} s ({added} CA certificate(s) of this machine added)"
+    )
+    # As on a machine that never ran apt-get update (and as the fresh-machine check's): no lists, no packages.
+    for pattern in ("var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb"):
+        for path in rootfs.glob(pattern):
+            if path.is_file():
+                path.unlink()
     # As a cloud image has them: the point releases' updates and the security archive.
     (rootfs / "etc/apt/sources.list").write_text(
         f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\ndeb {SECURITY_MIRROR} {SUITE}-security main\n"
@@ -214,7 +222,9 @@ def _build(tag: str, report: Report) -> None:
         shutil.rmtree(work, ignore_errors=True)
         run(["docker", "run", "-d", "--name", builder, *container_run_args(), base, "sleep", "infinity"])
         report(f"installing {' '.join(PACKAGES)} (about 30 s)")
+        step = time.monotonic()
         run(["docker", "exec", "-i", builder, "sh", "-s"], input=INSTALL_SCRIPT, timeout=BUILD_TIMEOUT_S)
+        report(f"installed in {time.monotonic() - step:.0f} s; committing")
         label = f'LABEL org.opencontainers.image.description="compose-agent test engine ({tag})"'
         run(["docker", "commit", "-c", label, "-c", 'CMD ["sleep", "infinity"]', builder, tag], what="docker commit")
     finally:

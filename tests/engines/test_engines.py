@@ -11,17 +11,18 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import random_name
-from tests.engines import Engine, EngineError, Swarm, Via
+from tests.engines import Engine, EngineError, Swarm, Via, start_engine
 from tests.engines import image as image_recipe
 from tests.engines.fixtures import EngineFactory
 from tests.engines.leftovers import sweep
-from tests.engines.ssh import config_path
+from tests.engines.ssh import SSH_CONFIG_DIR, config_path
 from tests.polling import wait_for
 
 # Marked explicitly too: some tests here start engines in a child process, without the fixtures.
@@ -270,6 +271,15 @@ def test_engines_of_a_run_that_died_are_swept_away(engine_image: str) -> None:
     assert len(_left_of(name, Path(workdir))) == 4
     assert name in sweep()
     assert _left_of(name, Path(workdir)) == []
+
+
+def test_a_start_that_fails_leaves_nothing_behind() -> None:
+    prefix = random_name("failing-engine")
+    with pytest.raises(EngineError, match="starting engine container"):
+        start_engine("compose-agent-no-such-image:none", tls=True, ssh=True, prefix=prefix)
+    assert _local("volume", "ls", "-q", "--filter", f"name={prefix}").stdout.strip() == ""
+    assert list(Path(tempfile.gettempdir()).glob(f"{prefix}-*")) == []
+    assert list(SSH_CONFIG_DIR.glob(f"*{prefix}*")) == []
 
 
 def test_the_image_tag_follows_the_recipe(monkeypatch: pytest.MonkeyPatch, engine_image: str) -> None:
