@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import Literal, Protocol
 
 import pytest
 
@@ -66,7 +66,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def _reporter(config: pytest.Config) -> Callable[[str], None]:
-    """Progress lines on the terminal, through pytest's capture (an image build takes a minute)."""
+    """Progress lines on the terminal, past pytest's capture: an image build takes minutes, and says so."""
     capture = config.pluginmanager.getplugin("capturemanager")
     terminal = config.pluginmanager.getplugin("terminalreporter")
 
@@ -89,6 +89,7 @@ class EngineLauncher:
         self.busybox = busybox
         self.report = report
         self.image = ""
+        self._image_error: EngineError | None = None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=len(SHARED), thread_name_prefix="engine-launch")
         self._futures: dict[str, Future[tuple[_Running, float]]] = {}
@@ -101,10 +102,17 @@ class EngineLauncher:
             EngineError: the image could not be built.
         """
         with self._lock:
+            # A build that failed fails every later test at once, rather than each after minutes of trying.
+            if self._image_error is not None:
+                raise self._image_error
             if not self.image:
                 if removed := sweep():
                     self.report(f"removed {len(removed)} engine(s) left by test runs that died")
-                self.image = ensure_engine_image(self.report)
+                try:
+                    self.image = ensure_engine_image(self.report)
+                except EngineError as exc:
+                    self._image_error = exc
+                    raise
             return self.image
 
     def _start(self, kind: str) -> tuple[_Running, float]:
@@ -125,12 +133,27 @@ class EngineLauncher:
             raise
         return made, time.monotonic() - started
 
-    def get(self, kind: str) -> Any:
-        """The shared engine (or swarm) ``kind``, started with every other one this session wants.
+    def engine(self, kind: Literal["tls_engine", "ssh_engine"]) -> Engine:
+        """The shared engine ``kind``, started with every other one this session wants.
 
         Raises:
             EngineError: it could not be started (every test that needs it gets the same error).
         """
+        made = self._get(kind)
+        assert isinstance(made, Engine)
+        return made
+
+    def swarm(self) -> Swarm:
+        """The shared three-node swarm, started with every other engine this session wants.
+
+        Raises:
+            EngineError: it could not be started (every test that needs it gets the same error).
+        """
+        made = self._get("swarm3")
+        assert isinstance(made, Swarm)
+        return made
+
+    def _get(self, kind: str) -> _Running:
         image = self.ensure_image()
         with self._lock:
             starting = sorted((self.wanted | {kind}) - self._futures.keys())
@@ -180,7 +203,7 @@ def engine_image(engine_launcher: EngineLauncher) -> str:
 @pytest.fixture
 def tls_engine(engine_launcher: EngineLauncher) -> Iterator[Engine]:
     """The session's TLS engine: ``tls_engine.docker_env()`` for any Docker client; busybox loaded."""
-    engine = cast(Engine, engine_launcher.get("tls_engine"))
+    engine = engine_launcher.engine("tls_engine")
     yield engine
     if engine.paused:
         engine.unpause()
@@ -189,7 +212,7 @@ def tls_engine(engine_launcher: EngineLauncher) -> Iterator[Engine]:
 @pytest.fixture
 def ssh_engine(engine_launcher: EngineLauncher) -> Iterator[Engine]:
     """The session's SSH engine: ``ssh_engine.docker_env()`` is ``DOCKER_HOST=ssh://root@IP``; busybox loaded."""
-    engine = cast(Engine, engine_launcher.get("ssh_engine"))
+    engine = engine_launcher.engine("ssh_engine")
     yield engine
     if engine.paused:
         engine.unpause()
@@ -198,7 +221,7 @@ def ssh_engine(engine_launcher: EngineLauncher) -> Iterator[Engine]:
 @pytest.fixture
 def swarm3(engine_launcher: EngineLauncher) -> Iterator[Swarm]:
     """The session's three-node swarm (manager over TLS, two workers); busybox loaded on every node."""
-    swarm = cast(Swarm, engine_launcher.get("swarm3"))
+    swarm = engine_launcher.swarm()
     yield swarm
     for engine in swarm.engines:
         if engine.paused:
@@ -240,9 +263,9 @@ class EngineFactory:
         self.made.extend(engines)
         return engines
 
-    def swarm(self, *, workers: int = 2, busybox: bool = False) -> Swarm:
+    def swarm(self, *, workers: int = 2, network: str | None = None, busybox: bool = False) -> Swarm:
         """A new swarm of ``1 + workers`` nodes (see :func:`tests.engines.start_swarm`)."""
-        swarm = start_swarm(self.image, workers=workers)
+        swarm = start_swarm(self.image, workers=workers, network=network)
         self.made.append(swarm)
         if busybox:
             swarm.load_image(self.busybox)
