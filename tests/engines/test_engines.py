@@ -232,8 +232,9 @@ def test_an_engine_on_a_network_of_its_own_answers_over_tls_by_its_name(
 INNER_TEST = """
 import json, pathlib
 
-def test_fails_while_holding_engines(tls_engine, ssh_engine):
-    pathlib.Path({out!r}).write_text(json.dumps([[e.name, str(e.workdir)] for e in (tls_engine, ssh_engine)]))
+def test_fails_while_holding_engines(tls_engine, ssh_engine, swarm3):
+    engines = [tls_engine, ssh_engine, *swarm3.engines]
+    pathlib.Path({out!r}).write_text(json.dumps([[e.name, str(e.workdir)] for e in engines]))
     assert False, "this test fails on purpose"
 """
 
@@ -249,7 +250,7 @@ def test_a_failing_test_still_has_its_engines_removed_at_the_end_of_its_session(
     )  # fmt: skip
     assert session.returncode == 1 and "1 failed" in session.stdout, session.stdout[-3000:] + session.stderr[-2000:]
     engines = json.loads(out.read_text())
-    assert len(engines) == 2
+    assert len(engines) == 5
     for name, workdir in engines:
         assert _left_of(name, Path(workdir)) == []
 
