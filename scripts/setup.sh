@@ -6,8 +6,9 @@
 #
 # What it does, in order:
 #   1. Debian packages that are missing: python3, python3-venv, ca-certificates, docker.io and
-#      busybox-static; for the tests also libatomic1 (Playwright's bundled node), chromium and
-#      debootstrap (the deployment tests' base image).
+#      busybox-static; for the tests also libatomic1 (Playwright's bundled node), chromium,
+#      debootstrap (the deployment tests' base image and tests/engines' engine image) and
+#      openssh-client (ssh, ssh-keygen, ssh-keyscan: the tests reach engines over SSH).
 #   2. Starts dockerd when no Docker engine answers (log: /tmp/dockerd.log).
 #   3. The project's own venv at .venv in this checkout (never the system Python), with the project
 #      installed editable and every version pinned by constraints.txt: with the dev extra, or with
@@ -74,6 +75,7 @@ if [ "$minimal" = 0 ]; then
   have_library libatomic.so.1 || need+=(libatomic1)
   [ -x /usr/bin/chromium ] || need+=(chromium)
   command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+  { command -v ssh && command -v ssh-keygen && command -v ssh-keyscan; } >/dev/null || need+=(openssh-client)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   command -v apt-get >/dev/null ||

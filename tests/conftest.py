@@ -19,6 +19,8 @@ import pytest
 
 from tests.engine29_proxy import Engine29Proxy, engine29_proxy
 
+pytest_plugins = ["tests.engines.fixtures"]  # tls_engine, ssh_engine, swarm3, engine_factory: real remote engines
+
 BUSYBOX_IMAGE = "compose-agent-test-busybox:latest"
 _BUSYBOX_DOCKERFILE = 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox","--install","-s","/bin"]\n'
 
