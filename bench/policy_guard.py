@@ -36,7 +36,7 @@ from gateway.config import load_settings  # noqa: E402
 from gateway.metrics import ControlPlane  # noqa: E402
 from gateway.operations import ComposeOperations  # noqa: E402
 from gateway.policy.guard import PolicyGuard  # noqa: E402
-from gateway.policy.references import collect_references  # noqa: E402
+from gateway.policy.reader import read_stack  # noqa: E402
 from gateway.policy.rules import Policy  # noqa: E402
 from gateway.stacks import find_stack  # noqa: E402
 
@@ -93,7 +93,7 @@ async def main(args: argparse.Namespace) -> list[Sample]:
         cli = ComposeCli.locate(None, os.environ)
 
         async def raw() -> None:
-            await anyio.to_thread.run_sync(collect_references, stack.compose_file, stack.folder)
+            await anyio.to_thread.run_sync(read_stack, stack.folder, [stack.compose_file])
 
         async def evaluate() -> None:
             await PolicyGuard(Policy()).evaluate(stack, cli)

@@ -1,0 +1,417 @@
+"""Value constraints: where a key is allowed but its value decides what reaches the host.
+
+Each check takes the :class:`~gateway.policy.findings.Findings` of the stack being judged, where
+the value sits (:class:`At`), and the value as Compose normalised it, and records a violation for
+what the value would do to the host or to another stack. ``docs/security.md`` gives each one's why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+from .findings import Findings, namespace_owner
+
+__all__ = ["At", "Check", "truthy"]
+
+
+class At(NamedTuple):
+    """Where a value sits: its service (None at the top level), its concrete path, and its own key."""
+
+    service: str | None
+    path: str
+    key: str
+
+
+Check = Callable[[Findings, At, Any], None]
+
+# security_opt values that only tighten confinement (or name a profile the host defines).
+_SAFE_SECURITY_OPT = re.compile(
+    r"no-new-privileges(?:[:=](?:true|false))?|apparmor[:=](?!unconfined$)[\w.-]+|label[:=](?:user|role|level):\S+"
+)
+_NAMESPACES = {"pid": "pid", "ipc": "ipc", "uts": "uts", "userns_mode": "userns_mode", "cgroup": "cgroup"}
+_RUNTIMES = frozenset({"runc", "io.containerd.runc.v2", "crun", "runsc", "youki"})
+# Logging drivers that keep lines on this engine, and their options that only size and label files.
+_ROTATION = frozenset({"max-size", "max-file", "compress", "mode", "max-buffer-size"})
+_LOG_OPTIONS = {
+    "json-file": _ROTATION | {"labels", "labels-regex", "env", "env-regex", "tag"},
+    "local": _ROTATION,
+    "none": frozenset(),
+}
+_NETWORK_DRIVERS = frozenset({"bridge", "overlay"})
+_NETWORK_OPTIONS = frozenset({"com.docker.network.driver.mtu", "com.docker.network.bridge.enable_icc"})
+_VOLUME_OPTIONS = frozenset({"type", "o", "device"})
+_TMPFS_FLAGS = re.compile(r"(?:size|mode|uid|gid|nr_inodes)=[\w.]+|nosuid|nodev|noexec|ro|rw")
+_BIND_FLAGS = frozenset({"bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec"})
+# compose-go and BuildKit take these for remote (git, URL) build contexts.
+_REMOTE_CONTEXT = re.compile(r"://|^git@|^github\.com/")
+# COMPOSE_* variables a stack's .env may set: naming, profiles and output, nothing that loads more.
+_COMPOSE_ENV = frozenset(
+    {
+        "COMPOSE_PROJECT_NAME",
+        "COMPOSE_PROFILES",
+        "COMPOSE_FILE",
+        "COMPOSE_PATH_SEPARATOR",
+        "COMPOSE_IGNORE_ORPHANS",
+        "COMPOSE_REMOVE_ORPHANS",
+        "COMPOSE_PARALLEL_LIMIT",
+        "COMPOSE_ANSI",
+        "COMPOSE_STATUS_STDOUT",
+        "COMPOSE_MENU",
+        "COMPOSE_PROGRESS",
+    }
+)
+
+
+def truthy(rule: str, what: str) -> Check:
+    """A key that is refused with ``rule`` whenever it is set to anything but false or empty."""
+
+    def check(f: Findings, at: At, value: Any) -> None:
+        if value not in (None, False, "", 0, [], {}):
+            f.add(rule, at.service, what if value is True else f"{what}: {_short(value)}")
+
+    return check
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _items(value: Any) -> Iterator[tuple[str, Any]]:
+    """The entries of a list-or-dict value (labels, options) as (key, value) pairs."""
+    if isinstance(value, dict):
+        yield from ((str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        for entry in value:
+            key, _, rest = str(entry).partition("=")
+            yield key, rest
+
+
+# --- images and registries -------------------------------------------------------------------
+
+
+def _registry_host(reference: str) -> str | None:
+    name = reference.split("@", 1)[0]
+    first, slash, _ = name.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        if first.startswith("["):
+            return first[1 : first.find("]")] if "]" in first else first
+        host, colon, port = first.rpartition(":")
+        return host if colon and port.isdigit() else first
+    return None
+
+
+def local_host(host: str) -> bool:
+    """True for the host's own loopback, link-local, unspecified or multicast addresses, in any spelling."""
+    name = host.lower().rstrip(".")
+    if name in ("localhost", "ip6-localhost", "ip6-loopback") or name.endswith(".localhost"):
+        return True
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        try:
+            # 127.1, 0x7f000001 and 2130706433 are all 127.0.0.1 to the resolver.
+            address = ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast
+
+
+def registry(f: Findings, service: str | None, what: str, reference: str) -> None:
+    """An image the engine pulls (or a cache it fetches): never from the host's own addresses."""
+    host = _registry_host(f.clean(what, reference))
+    if host is not None and local_host(host):
+        f.add("registry", service, f"{what} {reference} comes from {host}, an address of the host itself")
+
+
+def _repository(reference: str) -> str:
+    name = reference.split("@", 1)[0]
+    head, colon, tag = name.rpartition(":")
+    return head if colon and "/" not in tag else name
+
+
+def own_image(f: Findings, service: str | None, what: str, reference: str) -> None:
+    """A name a build tags: only in the stack's namespace, so it never replaces another stack's (or a base) image."""
+    registry(f, service, what, reference)
+    owner = namespace_owner(_repository(reference), f.stack, f.others(), "-_/")
+    if owner != f.stack:
+        whose = f"{owner}'s namespace" if owner else "outside the stack's namespace"
+        f.add("namespace", service, f"{what} {reference} is {whose}; built images are named {f.stack}-<name>")
+
+
+def image(f: Findings, at: At, value: Any) -> None:
+    if isinstance(value, str):
+        registry(f, at.service, "image", value)
+
+
+# --- services ----------------------------------------------------------------------------------
+
+
+def service(f: Findings, at: At, spec: Any) -> None:
+    """What depends on two keys at once: a built image's name, and the container's name."""
+    if not isinstance(spec, dict):
+        return
+    name = at.key
+    f.clean("service name", name)
+    if spec.get("build") is not None and isinstance(spec.get("image"), str):
+        own_image(f, name, "image", spec["image"])
+    container = spec.get("container_name")
+    if isinstance(container, str):
+        f.clean("container_name", container)
+        owner = namespace_owner(container, f.stack, f.others(), "-_")
+        if owner not in (None, f.stack):
+            f.add("namespace", name, f"container_name {container} is inside {owner}'s namespace")
+        label = f.owner("container", container)
+        if label is not None and label != f.stack:
+            whose = f"project {label}" if label else "no compose project"
+            f.add("namespace", name, f"container_name {container} is taken by a container of {whose}")
+
+
+def namespace_mode(f: Findings, at: At, value: Any) -> None:
+    """pid, ipc, uts, userns_mode, cgroup: never the host's, never another container's."""
+    mode = str(value or "")
+    if mode == "host" or mode.startswith("container:"):
+        f.add("host_namespaces", at.service, f"{_NAMESPACES.get(at.key, at.key)} {mode}")
+
+
+def network_mode(f: Findings, at: At, value: Any) -> None:
+    mode = str(value or "")
+    if mode == "host" or mode.startswith("container:"):
+        f.add("host_namespaces", at.service, f"network_mode {mode}")
+    elif mode and mode not in ("none", "bridge", "default") and not mode.startswith("service:"):
+        if namespace_owner(f.clean("network_mode", mode), f.stack, f.others()) != f.stack:
+            f.add("external_networks", at.service, f"network_mode {mode} joins a network the stack did not create")
+
+
+def security_opt(f: Findings, at: At, value: Any) -> None:
+    for option in value if isinstance(value, list) else [value]:
+        if not _SAFE_SECURITY_OPT.fullmatch(str(option)):
+            f.add("security_opt", at.service, f"security_opt {option}")
+
+
+def volumes_from(f: Findings, at: At, value: Any) -> None:
+    for source in value if isinstance(value, list) else [value]:
+        if str(source).startswith("container:"):
+            f.add("volumes_from", at.service, f"volumes_from {source}")
+
+
+def runtime(f: Findings, at: At, value: Any) -> None:
+    if value and str(value) not in _RUNTIMES:
+        f.add("devices", at.service, f"runtime {value} (a runtime such as nvidia hands the container host devices)")
+
+
+def oom_score_adj(f: Findings, at: At, value: Any) -> None:
+    if isinstance(value, int) and value < 0:
+        f.add("host_resources", at.service, f"oom_score_adj {value}")
+
+
+def labels(f: Findings, at: At, value: Any) -> None:
+    """Labels anywhere: clean names, and nothing under com.docker. (the engine's and Compose's own)."""
+    for key, text in _items(value):
+        f.clean("label", key)
+        if isinstance(text, str) and "\x00" in text:
+            f.clean(f"label {key}", text)
+        if key.lower().startswith("com.docker."):
+            f.add("reserved_labels", at.service, f"label {key} at {at.path} is reserved for the engine and Compose")
+
+
+def mount(f: Findings, at: At, value: Any) -> None:
+    """One entry of a service's ``volumes`` (always the long form in Compose's model)."""
+    if not isinstance(value, dict):
+        return
+    kind, source = value.get("type"), value.get("source")
+    if kind == "bind" and isinstance(source, str):
+        f.host_path(at.service, "bind mount", source)
+        propagation = str((value.get("bind") or {}).get("propagation") or "")
+        if propagation in ("shared", "rshared"):
+            f.add("host_bind", at.service, f"bind mount {source} propagates mounts back to the host ({propagation})")
+    elif kind == "image" and isinstance(source, str):
+        registry(f, at.service, "image mount", source)
+    elif kind not in ("volume", "tmpfs", "bind", "image"):
+        f.add("host_bind", at.service, f"mount type {kind} is not one the guard knows (bind, volume, tmpfs, image)")
+
+
+def port(f: Findings, at: At, value: Any) -> None:
+    reserved = f.context.policy.reserved_ports
+    if not reserved or not isinstance(value, dict) or value.get("published") in (None, ""):
+        return
+    low, _, high = str(value["published"]).partition("-")
+    if not low.isdigit() or not (high or low).isdigit():
+        return
+    taken = [p for p in reserved if int(low) <= p <= int(high or low)]
+    if taken:
+        f.add("ports", at.service, f"published port {value['published']} takes the reserved port {taken[0]}")
+
+
+def logging(f: Findings, at: At, value: Any) -> None:
+    if not isinstance(value, dict):
+        return
+    driver = value.get("driver")
+    allowed = _LOG_OPTIONS.get(str(driver or "json-file"))
+    if allowed is None:
+        f.add("logging", at.service, f"logging driver {driver} sends the container's lines off this engine")
+        return
+    for option, _ in _items(value.get("options") or {}):
+        if option not in allowed:
+            f.add("logging", at.service, f"logging option {option} of driver {driver or 'default'}")
+
+
+def watch_path(f: Findings, at: At, value: Any) -> None:
+    if isinstance(value, str):
+        f.file(at.service, "develop watch path", value)
+
+
+# --- build ---------------------------------------------------------------------------------
+
+
+def build(f: Findings, at: At, spec: Any) -> None:
+    """A build: its context and files inside the folder, its caches and images on allowed registries."""
+    if not isinstance(spec, dict):
+        return
+    name = at.service
+    context = str(spec.get("context") or "")
+    # Compose makes a local context absolute; what it leaves relative is remote (git, https).
+    if context and (_REMOTE_CONTEXT.search(context) or not os.path.isabs(context)):
+        f.add("outside_files", name, f"build context {context} is remote: the builder fetches it")
+    elif context:
+        f.file(name, "build context", context)
+        if spec.get("dockerfile") and not spec.get("dockerfile_inline"):
+            f.file(name, "Dockerfile", os.path.join(context, str(spec["dockerfile"])))
+    for key, source in _items(spec.get("additional_contexts") or {}):
+        _additional_context(f, name, key, str(source))
+    for key in ("cache_from", "cache_to"):
+        for entry in spec.get(key) or []:
+            _cache(f, name, key, str(entry))
+    for entry in spec.get("ssh") or []:
+        path = entry.get("path") if isinstance(entry, dict) else str(entry).partition("=")[2]
+        if path:
+            f.file(name, "build ssh key", str(path))
+    network = spec.get("network")
+    if network == "host":
+        f.add("host_namespaces", name, "build network host")
+    elif network not in (None, "", "none", "default") and namespace_owner(str(network), f.stack, f.others()) != f.stack:
+        f.add("external_networks", name, f"build network {network} is a network the stack did not create")
+    for entitlement in spec.get("entitlements") or []:
+        rule = "host_namespaces" if entitlement == "network.host" else "privileged"
+        f.add(rule, name, f"build entitlement {entitlement}")
+    for tag in spec.get("tags") or []:
+        own_image(f, name, "build tag", str(tag))
+
+
+def _additional_context(f: Findings, service: str | None, key: str, source: str) -> None:
+    what = f"build additional context '{key}'"
+    if source.startswith("docker-image://"):
+        registry(f, service, what, source.removeprefix("docker-image://"))
+    elif source.startswith("oci-layout://"):
+        f.file(service, what, source.removeprefix("oci-layout://").partition("@")[0])
+    elif source.startswith("service:"):
+        return
+    elif _REMOTE_CONTEXT.search(source):
+        f.add("outside_files", service, f"{what} {source} is remote: the builder fetches it")
+    else:
+        f.file(service, what, source)
+
+
+def _cache(f: Findings, service: str | None, key: str, entry: str) -> None:
+    if "=" not in entry:
+        registry(f, service, f"build {key}", entry)
+        return
+    options = dict(part.split("=", 1) for part in entry.split(",") if "=" in part)
+    kind = options.get("type")
+    if kind == "local":
+        for option in ("src", "dest"):
+            if options.get(option):
+                f.file(service, f"build {key} {option}", options[option])
+    elif kind == "registry":
+        if options.get("ref"):
+            registry(f, service, f"build {key}", options["ref"])
+    elif kind != "inline":
+        f.add("registry", service, f"build {key} type={kind} keeps the build cache in a remote service")
+
+
+# --- top-level resources -------------------------------------------------------------------
+
+
+def top_volume(f: Findings, at: At, spec: Any) -> None:
+    spec = spec if isinstance(spec, dict) else {}
+    key = f.clean("volume key", at.key)
+    f.named(
+        "external_volumes",
+        "volume",
+        key,
+        str(spec.get("name") or f"{f.stack}_{key}"),
+        external=bool(spec.get("external")),
+    )
+    driver = str(spec.get("driver") or "local")
+    if driver != "local":
+        f.add("volume_drivers", None, f"volume '{key}' uses the driver {driver}")
+        return
+    options = {str(k): str(v) for k, v in (spec.get("driver_opts") or {}).items()}
+    for option in sorted(set(options) - _VOLUME_OPTIONS):
+        f.add("host_bind", None, f"volume '{key}' sets the driver option {option}")
+    flags = [flag for flag in options.get("o", "").split(",") if flag]
+    kind = options.get("type")
+    if kind == "tmpfs":
+        for flag in flags:
+            if not _TMPFS_FLAGS.fullmatch(flag):
+                f.add("host_bind", None, f"volume '{key}' mounts tmpfs with the option {flag}")
+    elif kind == "none" or "bind" in flags or "rbind" in flags:
+        device = options.get("device", "")
+        if not os.path.isabs(device):
+            f.add("host_bind", None, f"volume '{key}' binds {device!r}, which the engine resolves from its own folder")
+        else:
+            f.host_path(None, f"volume '{key}' binds", device)
+        for flag in flags:
+            if flag not in _BIND_FLAGS:
+                f.add("host_bind", None, f"volume '{key}' binds with the option {flag}")
+    elif options:
+        shown = options.get("device", "?")
+        f.add("host_bind", None, f"volume '{key}' mounts {shown} (type {kind or '?'}) through the host")
+
+
+def top_network(f: Findings, at: At, spec: Any) -> None:
+    spec = spec if isinstance(spec, dict) else {}
+    key = f.clean("network key", at.key)
+    name = str(spec.get("name") or f"{f.stack}_{key}")
+    if name == "host":
+        f.add("host_namespaces", None, f"network '{key}' is the host's network")
+    elif not (spec.get("external") and name in ("bridge", "none")):
+        f.named("external_networks", "network", key, name, external=bool(spec.get("external")))
+    driver = spec.get("driver")
+    if driver not in (None, "") and driver not in _NETWORK_DRIVERS:
+        f.add("network_drivers", None, f"network '{key}' uses the driver {driver}")
+    for option in sorted(set(map(str, spec.get("driver_opts") or {})) - _NETWORK_OPTIONS):
+        f.add("network_drivers", None, f"network '{key}' sets the driver option {option}")
+    ipam = spec.get("ipam") or {}
+    if isinstance(ipam, dict) and (
+        ipam.get("config") or ipam.get("options") or ipam.get("driver") not in (None, "default")
+    ):
+        f.add("network_drivers", None, f"network '{key}' sets its own IPAM (a subnet can take over a host route)")
+
+
+def top_secret(f: Findings, at: At, spec: Any) -> None:
+    """A secret or config: its file inside the folder; external or swarm ones named as the stack's own."""
+    if not isinstance(spec, dict):
+        return
+    kind = at.path.split(".", 1)[0][:-1]
+    key = f.clean(f"{kind} key", at.key)
+    if isinstance(spec.get("file"), str):
+        f.host_path(None, f"{kind} '{key}' file", spec["file"], outside_rule="outside_files")
+    external = bool(spec.get("external"))
+    if external or f.context.swarm:
+        f.named("external_secrets", kind, key, str(spec.get("name") or f"{f.stack}_{key}"), external=external)
+
+
+def compose_env(f: Findings, names: tuple[str, ...]) -> None:
+    """COMPOSE_* names in the stack's .env: Compose takes them for itself (see ``docs/security.md``)."""
+    for name in names:
+        if name.upper().startswith("COMPOSE_") and name not in _COMPOSE_ENV:
+            f.add("compose_env", None, f".env sets {name}, which steers Compose itself")
