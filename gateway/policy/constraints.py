@@ -86,8 +86,8 @@ def _items(value: Any) -> Iterator[tuple[str, Any]]:
     """The entries of a list-or-dict value (labels, options) as (key, value) pairs."""
     if isinstance(value, dict):
         yield from ((str(k), v) for k, v in value.items())
-    elif isinstance(value, list):
-        for entry in value:
+    elif isinstance(value, list | str):
+        for entry in value if isinstance(value, list) else [value]:
             key, _, rest = str(entry).partition("=")
             yield key, rest
 
@@ -267,6 +267,13 @@ def logging(f: Findings, at: At, value: Any) -> None:
 def watch_path(f: Findings, at: At, value: Any) -> None:
     if isinstance(value, str):
         f.file(at.service, "develop watch path", value)
+
+
+def model_file(f: Findings, at: At, value: Any) -> None:
+    """A file reference left in the model (Compose resolves env_file and label_file away, but if it did not)."""
+    path = value.get("path") if isinstance(value, dict) else value
+    if isinstance(path, str):
+        f.file(at.service, at.key, path)
 
 
 # --- build ---------------------------------------------------------------------------------

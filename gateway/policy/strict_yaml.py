@@ -24,11 +24,11 @@ is a string (``yes`` and ``2024-01-01`` stay strings, as in Compose).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from yaml import _yaml  # PyYAML's libyaml binding: events, not objects
 
 __all__ = ["Budget", "YamlRefused", "Tagged", "Number", "load_documents", "CONTROL_CHARACTERS"]
 
@@ -92,6 +92,8 @@ class Number(str):
 
 
 _MERGE = object()
+# libyaml's parser (the one go-yaml was ported from) when PyYAML has it; its events, never its objects.
+_EVENTS: Any = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 
 
 @dataclass
@@ -101,6 +103,7 @@ class _Frame:
     line: int
     size: int = 1
     key: Any = None  # mappings: the key waiting for its value (None: the next scalar is a key)
+    merged: bool = False
     merges: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -133,13 +136,10 @@ def load_documents(text: str, budget: Budget, spent: int = 0) -> tuple[list[Any]
         YamlRefused: the text is not valid YAML, uses a construct the guard does not read, or
             goes over ``budget``.
     """
-    parser = _yaml.CParser(text)
     try:
-        return _Composer(budget, spent).run(parser)
+        return _Composer(budget, spent).run(yaml.parse(text, Loader=_EVENTS))
     except yaml.YAMLError as exc:
         raise YamlRefused("invalid_yaml", f"not valid YAML: {exc}") from None
-    finally:
-        parser.dispose()
 
 
 class _Composer:
@@ -153,18 +153,17 @@ class _Composer:
         self.stack: list[_Frame] = []
         self.root: list[Any] = []
 
-    def run(self, parser: Any) -> tuple[list[Any], int]:
+    def run(self, events: Iterator[Any]) -> tuple[list[Any], int]:
         scalar, alias = yaml.ScalarEvent, yaml.AliasEvent
         mapping_start, sequence_start = yaml.MappingStartEvent, yaml.SequenceStartEvent
         mapping_end, sequence_end = yaml.MappingEndEvent, yaml.SequenceEndEvent
         stack = self.stack
         documents: list[Any] = []
-        while parser.check_event():
-            event = parser.get_event()
+        for event in events:
             kind = type(event)
             mark = event.start_mark
             line = mark.line + 1 if mark is not None else 0
-            if stack and stack[-1].key is None and kind is not mapping_end and type(stack[-1].value) is not list:
+            if stack and stack[-1].key is None and kind is not mapping_end and not isinstance(stack[-1].value, list):
                 self.take_key(event, line)
             elif kind is scalar:
                 self.scalar(event, line)
@@ -174,7 +173,7 @@ class _Composer:
                 self.start(event, kind is mapping_start, line)
             elif kind is mapping_end or kind is sequence_end:
                 frame = stack.pop()
-                if frame.merges or type(frame.value) is not list:
+                if frame.merges:
                     _merge(frame)
                 if frame.anchor is not None:
                     self.open_anchors.discard(frame.anchor)
@@ -232,10 +231,11 @@ class _Composer:
         if event.anchor is not None:
             raise YamlRefused("yaml_key", f"the key {key[:60]!r} carries an anchor; keys carry none", line)
         plain = not event.style
+        if key == "<<" and (frame.merged or "<<" in mapping):
+            # Compose compares keys as written: a quoted "<<" clashes with the merge key too.
+            raise YamlRefused("duplicate_key", "the key << appears twice in one mapping", line)
         if plain and key == "<<":
-            if "<<" in mapping:
-                raise YamlRefused("duplicate_key", "the merge key << appears twice in one mapping", line)
-            mapping["<<"] = None  # holds the place, so a second << is a duplicate; removed at the end
+            frame.merged = True
             frame.key = _MERGE
             return
         if plain and _plain(key) is not key:
@@ -302,9 +302,6 @@ def _merge(frame: _Frame) -> None:
     """Apply a mapping's ``<<`` sources as go-yaml does: its own keys win, then the first source that has a key."""
     mapping = frame.value
     assert isinstance(mapping, dict)
-    mapping.pop("<<", None)
-    if not frame.merges:
-        return
     own = set(mapping)
     for source in frame.merges:
         for key, value in source.items():
