@@ -22,7 +22,9 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from . import constraints as c
-from .constraints import Check, truthy
+from . import images
+from .constraints import truthy
+from .findings import Check
 
 __all__ = ["Key", "TABLE", "covered"]
 
@@ -90,7 +92,7 @@ _BLKIO |= {kind: SL for kind in ("device_read_bps", "device_read_iops", "device_
 _BLKIO |= {"": S, "weight": V, "weight_device": SL, "weight_device.path": V, "weight_device.weight": V}
 
 _BUILD = {
-    "": checked(SV, c.build),
+    "": checked(SV, images.build),
     "additional_contexts": ML,
     "additional_contexts.*": V,
     "args": ML,
@@ -221,7 +223,7 @@ _SERVICE = {
     "healthcheck": S,
     **_under("healthcheck", _struct("disable interval retries start_interval start_period timeout")),
     "healthcheck.test": VL,
-    "image": checked(V, c.image),
+    "image": checked(V, images.image),
     "ipc": checked(V, c.namespace_mode),
     "isolation": unknown("Windows isolation modes; not used on Linux engines"),
     "labels": checked(ML, c.labels),

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from ..models import Violation
 from .rules import DEFAULT_SOCKETS, Policy
 from .strict_yaml import CONTROL_CHARACTERS
 
-__all__ = ["Context", "Findings", "JudgeError", "OwnerLookup", "inside", "namespace_owner"]
+__all__ = ["At", "Check", "Context", "Findings", "JudgeError", "OwnerLookup", "entries", "inside", "namespace_owner"]
 
 OwnerLookup = Callable[[str, str], "str | None"]
 """``(kind, engine name) -> owner``: the ``com.docker.compose.project`` label of the existing volume,
@@ -55,6 +56,17 @@ class Context:
     swarm: bool = False
 
 
+class At(NamedTuple):
+    """Where a value sits: its service (None at the top level), its concrete path, and its own key."""
+
+    service: str | None
+    path: str
+    key: str
+
+
+Check = Callable[["Findings", At, Any], None]
+
+
 def inside(path: str, root: str) -> bool:
     """True when ``path`` is ``root`` or below it (both already resolved)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
@@ -74,6 +86,16 @@ def namespace_owner(name: str, stack: str, others: Iterable[str], separators: st
             if best is None or len(project) > len(best):
                 best = project
     return best
+
+
+def entries(value: Any) -> Iterator[tuple[str, Any]]:
+    """The entries of a list-or-dict value (labels, options) as (key, value) pairs."""
+    if isinstance(value, dict):
+        yield from ((str(k), v) for k, v in value.items())
+    elif isinstance(value, list | str):
+        for entry in value if isinstance(value, list) else [value]:
+            key, _, rest = str(entry).partition("=")
+            yield key, rest
 
 
 @dataclass

@@ -24,8 +24,7 @@ from typing import Any
 from ..models import Verdict, Violation
 from . import constraints
 from .allowlist import TABLE
-from .constraints import At
-from .findings import Context, Findings, JudgeError
+from .findings import At, Context, Findings, JudgeError
 from .reader import Reading
 from .rules import verdict
 
@@ -90,7 +89,11 @@ def _references(findings: Findings, reading: Reading) -> None:
         if not ref.paths:
             findings.add("outside_files", ref.service, f"{ref.kind} {ref.value!r} {ref.problem}")
         for path in ref.paths:
-            findings.file(ref.service, ref.kind, str(path), ref.value)
+            if ref.kind in ("secret file", "config file"):
+                # Mounted into a container, not only read: the socket is named as such.
+                findings.host_path(ref.service, f"{ref.kind} {ref.value}", str(path), outside_rule="outside_files")
+            else:
+                findings.file(ref.service, ref.kind, str(path), ref.value)
     constraints.compose_env(findings, reading.dotenv_names)
 
 

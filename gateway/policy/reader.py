@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ComposeFailed, PolicyViolation
+from .reading import FileReference, ReadFile, Reading, ReadRefused, UnreadableYaml
 from .strict_yaml import (
     CONTROL_CHARACTERS,
     Budget,
@@ -49,76 +49,6 @@ _REMOTE = re.compile(r"://|^[^/]*@|^github\.com/|\.git(?:$|[#/])|#|^[A-Za-z]:")
 _DOTENV_NAME = re.compile(r"^[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_.-]*)[ \t]*[=:]", re.MULTILINE)
 
 
-class ReadRefused(PolicyViolation):
-    """The stack's files cannot be read the one strict way; ``code`` names why (``yaml_tag``, ``yaml_budget``...)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class UnreadableYaml(ComposeFailed):
-    """A compose file inside the folder is not valid YAML: the same kind as Compose's own load error."""
-
-    code = "invalid_yaml"
-
-
-@dataclass(frozen=True)
-class FileReference:
-    """A file Compose reads (or mounts) on the host because a compose file names it.
-
-    ``paths`` are the absolute, lexically normalised paths it resolves to, as compose-go joins them;
-    empty when the value cannot be resolved here, and ``problem`` then says why.
-    """
-
-    kind: str
-    service: str | None
-    value: str
-    paths: tuple[Path, ...]
-    problem: str = ""
-
-
-@dataclass(frozen=True)
-class ReadFile:
-    """A file the guard read: where Compose names it, what it is, and a hash of its bytes."""
-
-    path: Path
-    kind: str
-    sha256: str
-    # (inode, size, mtime, ctime): ctime too, since a writer can set mtime back but not ctime.
-    signature: tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class Reading:
-    """Everything the guard read of one stack: immutable, so one reading is judged and passed on.
-
-    ``absent`` holds files whose absence shapes the model (a ``.env`` that may appear later).
-    """
-
-    folder: Path
-    compose_files: tuple[Path, ...]
-    files: tuple[ReadFile, ...]
-    absent: tuple[Path, ...]
-    references: tuple[FileReference, ...]
-    dotenv_names: tuple[str, ...]
-    nodes: int
-
-    @property
-    def digest(self) -> str:
-        """One hash over every file read (path and bytes) and every file found absent."""
-        h = hashlib.sha256()
-        for read in self.files:
-            h.update(f"{read.path}\0{read.sha256}\n".encode("utf-8", "surrogateescape"))
-        for path in self.absent:
-            h.update(f"{path}\0-\n".encode("utf-8", "surrogateescape"))
-        return h.hexdigest()
-
-    def paths(self) -> list[Path]:
-        """Every file whose content or absence shapes the model (for a cache signature)."""
-        return [read.path for read in self.files] + list(self.absent)
-
-
 @dataclass
 class _State:
     root: Path
@@ -128,7 +58,9 @@ class _State:
     absent: list[Path] = field(default_factory=list)
     refs: list[FileReference] = field(default_factory=list)
     dotenv_names: list[str] = field(default_factory=list)
-    parsed: set[Path] = field(default_factory=set)
+    documents: dict[Path, list[Any]] = field(default_factory=dict)
+    scanned: set[Path] = field(default_factory=set)
+    extended: set[tuple[Path, str]] = field(default_factory=set)
     nodes: int = 0
     bytes: int = 0
 
@@ -265,15 +197,14 @@ def _read_all(fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _compose_file(state: _State, path: Path, base: Path, kind: str, *, whole: bool = True) -> list[Any]:
-    """Parse one compose file (once) and record its references; its documents, or [] when not read."""
+def _parse(state: _State, path: Path, kind: str) -> list[Any] | None:
+    """The documents of one compose file, parsed once; None when it is outside the folder (never opened)."""
     real = Path(os.path.realpath(path)) if path not in state.sources else path
-    if real in state.parsed:
-        return []
+    if real in state.documents:
+        return state.documents[real]
     text = _read(state, path, kind)
     if text is None:
-        return []  # outside the folder: judged from the reference, never opened
-    state.parsed.add(real)
+        return None
     shown = _shown(state, path)
     try:
         documents, state.nodes = load_documents(text, state.budget, state.nodes)
@@ -281,10 +212,37 @@ def _compose_file(state: _State, path: Path, base: Path, kind: str, *, whole: bo
         if exc.code == "invalid_yaml":
             raise UnreadableYaml(f"{shown} is not valid YAML (read before Compose runs): {exc}") from None
         raise ReadRefused(exc.code, f"{shown}: {exc}") from None
+    state.documents[real] = documents
+    return documents
+
+
+def _compose_file(state: _State, path: Path, base: Path, kind: str) -> None:
+    """A whole compose file (given to Compose, or included): every reference in it, resolved in ``base``."""
+    documents = _parse(state, path, kind)
+    real = Path(os.path.realpath(path)) if path not in state.sources else path
+    if documents is None or real in state.scanned:
+        return
+    state.scanned.add(real)
     for document in documents:
         if isinstance(document, dict):
-            _scan(state, document, base, whole=whole)
-    return documents
+            _scan(state, document, base)
+
+
+def _extended(state: _State, path: Path, service: str) -> None:
+    """One service of an extended file, as Compose takes it: that service alone, and what it extends in turn.
+
+    Its references resolve in the extended file's own folder; of the file Compose reads nothing else
+    (not its include, secrets or other services).
+    """
+    key = (Path(os.path.realpath(path)), service)
+    if key in state.extended:
+        return  # a cycle, which Compose refuses itself
+    state.extended.add(key)
+    for document in _parse(state, path, "extends file") or []:
+        services = document.get("services") if isinstance(document, dict) else None
+        spec = services.get(service) if isinstance(services, dict) else None
+        if isinstance(spec, dict):
+            _service(state, service, spec, path.parent, here=path)
 
 
 def _plain(value: Any, what: str) -> Any:
@@ -324,19 +282,13 @@ def _as_list(value: Any, what: str) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _scan(state: _State, doc: dict[str, Any], base: Path, *, whole: bool = True) -> None:
-    """Record one document's references (``base``: its model's working dir) and follow include and extends.
-
-    Of an extended file Compose takes only ``services`` (``whole`` false): neither its ``include``
-    nor its secrets and configs are read.
-    """
+def _scan(state: _State, doc: dict[str, Any], base: Path) -> None:
+    """Record one document's references (``base``: its model's working dir) and follow include and extends."""
     services = doc.get("services")
     if isinstance(services, dict):
         for name, spec in services.items():
             if isinstance(spec, dict):
                 _service(state, str(name), spec, base)
-    if not whole:
-        return
     for entry in _as_list(doc.get("include"), "include"):
         _include(state, _plain(entry, "include"), base)
     for kind in ("secrets", "configs"):
@@ -347,7 +299,8 @@ def _scan(state: _State, doc: dict[str, Any], base: Path, *, whole: bool = True)
                     state.refs.append(_reference(state, f"{kind[:-1]} file", None, spec["file"], base))
 
 
-def _service(state: _State, service: str, spec: dict[str, Any], base: Path) -> None:
+def _service(state: _State, service: str, spec: dict[str, Any], base: Path, *, here: Path | None = None) -> None:
+    """A service's references; ``here`` is the extended file it comes from (its same-file extends are followed)."""
     for entry in _as_list(spec.get("env_file"), "env_file"):
         entry = _plain(entry, "env_file")
         value = entry.get("path") if isinstance(entry, dict) else entry
@@ -361,12 +314,21 @@ def _service(state: _State, service: str, spec: dict[str, Any], base: Path) -> N
         for path in ref.paths:
             _read(state, path, "label_file", optional=True)
     extends = _plain(spec.get("extends"), "extends")
-    if isinstance(extends, dict) and "file" in extends:
-        ref = _reference(state, "extends file", service, extends["file"], base)
+    target: Any
+    file: Any
+    if isinstance(extends, str):
+        target, file = extends, None
+    elif isinstance(extends, dict):
+        target, file = extends.get("service"), extends.get("file")
+    else:
+        return
+    if file is not None:
+        ref = _reference(state, "extends file", service, file, base)
         state.refs.append(ref)
         for path in ref.paths:
-            # An extended file's own references resolve against its folder.
-            _compose_file(state, path, path.parent, "extends file", whole=False)
+            _extended(state, path, str(target))
+    elif here is not None:
+        _extended(state, here, str(target))
 
 
 def _include(state: _State, entry: Any, base: Path) -> None:
