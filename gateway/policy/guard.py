@@ -174,7 +174,7 @@ class PolicyGuard:
 
         Raises:
             ReadRefused: the files cannot be read the one strict way (see :mod:`gateway.policy.reader`).
-            UnreadableYaml: a compose file that is not valid YAML.
+            Unloadable: a compose file that is not valid YAML, or is missing.
         """
         assert stack.folder is not None and stack.compose_file is not None
         sources: dict[Path, bytes] = {}

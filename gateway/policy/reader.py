@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .reading import FileReference, ReadFile, Reading, ReadRefused, UnreadableYaml
+from .reading import FileReference, ReadFile, Reading, ReadRefused, Unloadable
 from .strict_yaml import (
     CONTROL_CHARACTERS,
     Budget,
@@ -42,7 +42,7 @@ from .strict_yaml import (
     load_documents,
 )
 
-__all__ = ["Budget", "FileReference", "ReadFile", "Reading", "ReadRefused", "UnreadableYaml", "read_stack"]
+__all__ = ["Budget", "FileReference", "ReadFile", "Reading", "ReadRefused", "Unloadable", "read_stack"]
 
 # What Compose's remote loaders (git, OCI) would take instead of a local file: never followed.
 _REMOTE = re.compile(r"://|^[^/]*@|^github\.com/|\.git(?:$|[#/])|#|^[A-Za-z]:")
@@ -85,7 +85,7 @@ def read_stack(
     Raises:
         ReadRefused: a construct the guard does not read (tags, directives, duplicate keys...), a
             budget exceeded, a control character, or a file that cannot be read safely.
-        UnreadableYaml: a compose file inside the folder that is not valid YAML.
+        Unloadable: a compose file inside the folder that is not valid YAML, or is missing.
     """
     state = _State(Path(os.path.realpath(folder)), budget or Budget(), dict(sources or {}))
     base = Path(os.path.normpath(project_directory or folder))
@@ -139,7 +139,7 @@ def _read(state: _State, path: Path, kind: str, *, optional: bool = False) -> st
             if optional:
                 state.absent.append(path)
                 return None
-            raise ReadRefused("missing_file", f"{kind} {shown} does not exist") from None
+            raise Unloadable("missing_file", f"{kind} {shown} does not exist (read before Compose runs)") from None
         except OSError as exc:
             raise ReadRefused("unreadable_file", f"the policy guard cannot read {shown}: {exc.strerror}") from None
         try:
@@ -210,7 +210,7 @@ def _parse(state: _State, path: Path, kind: str) -> list[Any] | None:
         documents, state.nodes = load_documents(text, state.budget, state.nodes)
     except YamlRefused as exc:
         if exc.code == "invalid_yaml":
-            raise UnreadableYaml(f"{shown} is not valid YAML (read before Compose runs): {exc}") from None
+            raise Unloadable("invalid_yaml", f"{shown} is not valid YAML (read before Compose runs): {exc}") from None
         raise ReadRefused(exc.code, f"{shown}: {exc}") from None
     state.documents[real] = documents
     return documents

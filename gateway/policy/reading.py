@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ComposeFailed, PolicyViolation
 
-__all__ = ["FileReference", "ReadFile", "Reading", "ReadRefused", "UnreadableYaml"]
+__all__ = ["FileReference", "ReadFile", "Reading", "ReadRefused", "Unloadable"]
 
 
 class ReadRefused(PolicyViolation):
@@ -24,10 +24,13 @@ class ReadRefused(PolicyViolation):
         self.code = code
 
 
-class UnreadableYaml(ComposeFailed):
-    """A compose file inside the folder is not valid YAML: the same kind as Compose's own load error."""
+class Unloadable(ComposeFailed):
+    """A compose file inside the folder does not load (not valid YAML, or missing): the same kind as
+    Compose's own load error, found before Compose runs. ``code`` is ``invalid_yaml`` or ``missing_file``."""
 
-    code = "invalid_yaml"
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 from gateway.compose.cli import ComposeCli, ComposeOutput
 from gateway.policy.findings import OwnerLookup
 from gateway.policy.guard import PolicyGuard
-from gateway.policy.reader import ReadRefused, UnreadableYaml
+from gateway.policy.reader import ReadRefused, Unloadable
 from gateway.policy.rules import Policy
 from gateway.stacks import Stack, find_stack
 from tests.conftest import random_name
@@ -90,7 +90,7 @@ async def judged(stack: Stack, cli: ComposeCli, guard: PolicyGuard | None = None
     guard = guard or PolicyGuard(Policy())
     try:
         evaluation = await guard.evaluate(stack, cli)
-    except (ReadRefused, UnreadableYaml) as exc:
+    except (ReadRefused, Unloadable) as exc:
         return Outcome(False, {exc.code}, str(exc))
     verdict = evaluation.verdict
     ids = set(verdict.rules) | ({evaluation.error_code} if evaluation.error_code else set())

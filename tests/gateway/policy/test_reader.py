@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ComposeFailed, PolicyViolation
-from gateway.policy.reader import Budget, Reading, ReadRefused, UnreadableYaml, read_stack
+from gateway.policy.reader import Budget, Reading, ReadRefused, Unloadable, read_stack
 
 
 def write(folder: Path, files: dict[str, str]) -> None:
@@ -238,7 +238,7 @@ def test_a_nul_byte_in_an_env_file_is_refused(folder: Path) -> None:
 
 
 def test_a_compose_file_that_is_not_yaml_fails_as_composes_own_load_error_would(folder: Path) -> None:
-    with pytest.raises(UnreadableYaml) as caught:
+    with pytest.raises(Unloadable) as caught:
         read(folder, "services:\n  a: [unclosed\n")
     assert isinstance(caught.value, ComposeFailed) and not isinstance(caught.value, PolicyViolation)
     assert "compose.yaml is not valid YAML (read before Compose runs)" in str(caught.value)
