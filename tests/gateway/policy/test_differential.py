@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from gateway.compose.cli import ComposeCli
-from gateway.policy.reader import read_stack
+from gateway.errors import ComposeFailed
+from gateway.policy.reader import ReadRefused, read_stack
 from tests.conftest import StackFactory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -153,6 +154,10 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
             **env("ext/unused.env", 3),
         },
     ),
+    "override_file_beside_is_not_read": (
+        "services:\n  web:\n    image: busybox\n    env_file: a.env\n",
+        {**env("a.env", 1), **env("o.env", 2), "compose.override.yaml": "services:\n  web:\n    env_file: o.env\n"},
+    ),
     "dotenv_and_profiles": (
         "services:\n  web:\n    image: busybox\n    environment:\n      DOT: ${DOTFILE:-none}\n"
         "  debug:\n    image: busybox\n    profiles: [debug]\n    env_file: a.env\n",
@@ -207,6 +212,25 @@ async def test_the_guard_and_compose_read_the_same_files(variant: str, stacks: S
     assert by_compose, "the variant must make Compose read something"
     assert by_guard == by_compose
     assert not {"unused.env", "ext/unused.env"} & by_guard
+
+
+@pytest.mark.parametrize(
+    "compose",
+    [
+        "services:\n  web:\n    image: busybox\n    image: nginx\n",
+        "services:\n  web:\n    image: busybox\n    'image': nginx\n",
+        "x-a: &a {image: busybox}\nservices:\n  web:\n    <<: *a\n    <<: *a\n",
+    ],
+)
+async def test_compose_refuses_duplicate_keys_as_the_guard_does(compose: str, stacks: StackFactory) -> None:
+    name = stacks.make(compose)
+    folder = stacks.root / name
+    cli = ComposeCli.locate(None, os.environ)
+    with pytest.raises(ComposeFailed, match="already defined"):
+        await cli.run(name, ["config", "--format", "json"], compose_file=folder / "compose.yaml", cwd=folder)
+    with pytest.raises(ReadRefused) as caught:
+        read_stack(folder, [folder / "compose.yaml"])
+    assert caught.value.code == "duplicate_key"
 
 
 async def test_a_reset_service_is_read_by_the_guard_though_compose_drops_it(stacks: StackFactory) -> None:
