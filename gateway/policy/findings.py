@@ -107,6 +107,8 @@ class Findings:
     found: list[Violation] = field(default_factory=list)
     resolved: dict[str, str] = field(default_factory=dict)
     _owners: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    _socket_cache: tuple[tuple[str, ...], frozenset[tuple[int, int]]] | None = None
+    _roots: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.folder = os.path.realpath(self.context.folder)
@@ -149,23 +151,28 @@ class Findings:
 
     def touches_socket(self, real: str) -> bool:
         """True when ``real`` is a runtime socket, or a folder holding one (so a bind would expose it)."""
-        for socket in self.context.sockets:
-            if inside(os.path.realpath(socket), real):
-                return True
+        sockets, inodes = self._sockets()
+        if any(inside(socket, real) for socket in sockets):
+            return True
         try:
             st = os.stat(real)
         except OSError:
             return False
-        if not stat.S_ISSOCK(st.st_mode):
-            return False
-        for socket in self.context.sockets:
-            try:
-                other = os.stat(socket)
-            except OSError:
-                continue
-            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
-                return True
-        return False
+        return stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) in inodes
+
+    def _sockets(self) -> tuple[tuple[str, ...], frozenset[tuple[int, int]]]:
+        """Where the runtime's sockets resolve, and their (device, inode): looked up once per judgement."""
+        if self._socket_cache is None:
+            inodes = set()
+            for socket in self.context.sockets:
+                try:
+                    st = os.stat(socket)
+                except OSError:
+                    continue
+                inodes.add((st.st_dev, st.st_ino))
+            reals = tuple(os.path.realpath(socket) for socket in self.context.sockets)
+            self._socket_cache = (reals, frozenset(inodes))
+        return self._socket_cache
 
     def host_path(self, service: str | None, what: str, path: str, *, outside_rule: str = "host_bind") -> None:
         """A host path mounted into a container: never the socket, else inside the folder or an allowed root."""
@@ -176,7 +183,9 @@ class Findings:
             self.add("docker_socket", service, f"{what} {shown} exposes the container runtime's socket")
         if inside(real, self.folder):
             return
-        if any(inside(real, os.path.realpath(root)) for root in self.context.policy.allowed_bind_roots):
+        if self._roots is None:
+            self._roots = tuple(os.path.realpath(root) for root in self.context.policy.allowed_bind_roots)
+        if any(inside(real, root) for root in self._roots):
             return
         self.add(outside_rule, service, f"{what} {shown} is outside the stack folder")
 

@@ -62,7 +62,7 @@ def judge_model(reading: Reading, model: Mapping[str, Any], context: Context) ->
 
     def run() -> None:
         _references(findings, reading)
-        _Walk(findings).walk(model, "", "", None, ())
+        _Walk(findings).walk(model, _ROOT, None)
 
     return _guarded(findings, run)
 
@@ -97,57 +97,99 @@ def _references(findings: Findings, reading: Reading) -> None:
     constraints.compose_env(findings, reading.dotenv_names)
 
 
+@dataclass
+class _Pattern:
+    """One key path of the table as a tree node: its children by name, ``*`` and ``x-*``."""
+
+    pattern: str
+    fields: dict[str, _Pattern] = field(default_factory=dict)
+
+    def child(self, name: str, names: bool) -> _Pattern | None:
+        if names:
+            return self.fields.get("*")
+        return self.fields.get("x-*" if name.startswith("x-") else name)
+
+
+def _tree() -> _Pattern:
+    """The table's paths as a tree, so a walk moves down it instead of building a string per key.
+    Each node keeps its pattern, and the walk looks the entry up in :data:`TABLE` by it."""
+    root = _Pattern("")
+    for pattern in TABLE:
+        node = root
+        for depth, part in enumerate(pattern.split(".") if pattern else []):
+            node = node.fields.setdefault(part, _Pattern(".".join(pattern.split(".")[: depth + 1])))
+    return root
+
+
+_ROOT = _tree()
+
+
 class _Walk:
-    """One walk of a model: each key looked up by its pattern, judged, and walked into."""
+    """One walk of a model: each key found by its node in the table's tree, judged, and walked into.
+
+    The concrete path (``services.web.volumes[0].source``) is a stack of parts, joined only when a
+    check or a violation needs it.
+    """
 
     def __init__(self, findings: Findings) -> None:
         self.f = findings
         self.allowed_keys = findings.context.policy.allowed_keys(findings.stack)
+        self.parts: list[str] = []
 
-    def walk(self, value: Any, pattern: str, path: str, service: str | None, segments: tuple[str, ...]) -> None:
-        key = TABLE.get(pattern)
+    def path(self) -> str:
+        return "".join(part if part.startswith("[") or not i else f".{part}" for i, part in enumerate(self.parts))
+
+    def at(self, service: str | None) -> At:
+        names = [part for part in self.parts if not part.startswith("[")]
+        return At(service, self.path(), names[-1] if names else "")
+
+    def walk(self, value: Any, node: _Pattern | None, service: str | None) -> None:
+        key = TABLE.get(node.pattern) if node is not None else None
         if key is None or key.unknown:
-            if not self._operator_allows(segments):
+            if not self._operator_allows():
                 why = f" ({key.unknown})" if key is not None else ""
-                self.f.add("unknown_key", service, f"{path} is a key the guard does not know{why}")
+                self.f.add("unknown_key", service, f"{self.path()} is a key the guard does not know{why}")
             return
         if key.opaque:
             if key.check is not None:
-                key.check(self.f, At(service, path, segments[-1] if segments else ""), value)
+                key.check(self.f, self.at(service), value)
             return
         if value is None:
             return
         if isinstance(value, list):
             if not key.sequence:
-                self._shape(service, path, "a list")
+                self._shape(service, "a list")
                 return
             for index, item in enumerate(value):
-                self.walk(item, pattern, f"{path}[{index}]", service, segments)
+                self.parts.append(f"[{index}]")
+                self.walk(item, node, service)
+                self.parts.pop()
             return
         if key.check is not None:
-            key.check(self.f, At(service, path, segments[-1] if segments else ""), value)
+            key.check(self.f, self.at(service), value)
         if isinstance(value, dict):
             if key.mapping is None:
-                self._shape(service, path, "a mapping")
+                self._shape(service, "a mapping")
                 return
+            assert node is not None
             names = key.mapping == "map"
+            services = node.pattern == "services"
             for name, child in value.items():
                 name = str(name)
-                if names:
-                    child_pattern = f"{pattern}.*" if pattern else "*"
-                else:
-                    field = "x-*" if name.startswith("x-") else name
-                    child_pattern = f"{pattern}.{field}" if pattern else field
-                child_service = name if pattern == "services" else service
-                self.f.clean("key", name)
-                self.walk(child, child_pattern, f"{path}.{name}" if path else name, child_service, (*segments, name))
+                child_node = node.child(name, names)
+                if names or child_node is None:
+                    self.f.clean("key", name)  # a free name, or one shown in a refusal
+                self.parts.append(name)
+                self.walk(child, child_node, name if services else service)
+                self.parts.pop()
         elif not key.scalar:
-            self._shape(service, path, "a plain value")
+            self._shape(service, "a plain value")
 
-    def _shape(self, service: str | None, path: str, what: str) -> None:
-        self.f.add("unknown_key", service, f"{path} holds {what}, a shape the guard does not know there")
+    def _shape(self, service: str | None, what: str) -> None:
+        self.f.add("unknown_key", service, f"{self.path()} holds {what}, a shape the guard does not know there")
 
-    def _operator_allows(self, segments: tuple[str, ...]) -> bool:
+    def _operator_allows(self) -> bool:
+        segments = [part for part in self.parts if not part.startswith("[")]
         for allowed in self.allowed_keys:
             if len(allowed) == len(segments) and all(a in ("*", s) for a, s in zip(allowed, segments, strict=True)):
                 return True
