@@ -27,8 +27,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-
-import anyio
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Sample, random_name, run_and_report, time_async_calls  # noqa: E402 - a script beside its helpers
@@ -38,9 +37,10 @@ from gateway.compose.cli import ComposeCli  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.metrics import ControlPlane  # noqa: E402
 from gateway.operations import ComposeOperations  # noqa: E402
+from gateway.policy.findings import Context  # noqa: E402
 from gateway.policy.guard import PolicyGuard  # noqa: E402
 from gateway.policy.judge import judge_model  # noqa: E402
-from gateway.policy.reader import read_stack  # noqa: E402
+from gateway.policy.reader import Reading, read_stack  # noqa: E402
 from gateway.policy.rules import Policy  # noqa: E402
 from gateway.stacks import find_stack  # noqa: E402
 
@@ -143,11 +143,16 @@ async def main(args: argparse.Namespace) -> list[Sample]:
                 read_stack(folder, files)
 
             async def judge(
-                model: dict[str, object] = model, context: object = context, reading: object = reading
+                model: dict[str, Any] = model, context: Context = context, reading: Reading = reading
             ) -> None:
-                judge_model(reading, model, context)  # type: ignore[arg-type]
+                judge_model(reading, model, context)
 
-            async def both(folder: Path = folder, files: list[Path] = files, model: dict[str, object] = model) -> None:
+            async def both(
+                folder: Path = folder,
+                files: list[Path] = files,
+                model: dict[str, Any] = model,
+                context: Context = context,
+            ) -> None:
                 judge_model(read_stack(folder, files), model, context)
 
             samples.append(await time_async_calls(f"strict reading, {label}", read, iterations=args.iterations * 5))

@@ -339,3 +339,12 @@ def test_an_operator_exception_allows_exactly_that_rule_for_that_stack(folder: P
     model = service(use_api_socket=True, privileged=True)
     policy = Policy(stacks={STACK: StackRules(allow=("docker_socket",))})
     assert judge(folder, model, policy).verdict.rules == ["privileged"]
+
+
+def test_the_security_doc_explains_every_rule_and_every_deliberately_unknown_key() -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "security.md").read_text()
+    for rule in RULES:
+        assert f"| `{rule}` |" in doc, f"docs/security.md has no row for the rule {rule}"
+    for path, key in gateway.policy.allowlist.TABLE.items():
+        if key.unknown:
+            assert f"`{path.rsplit('.', 1)[-1]}`" in doc, f"docs/security.md does not name {path}"
