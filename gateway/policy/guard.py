@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,8 @@ class Evaluation:
     reading: Reading | None = None
     # Why the verdict could not be reached, when it could not (e.g. control_characters).
     error_code: str | None = None
+    # True when a kept verdict (and its model and reading) was reused: nothing it depended on changed.
+    reused: bool = False
 
 
 @dataclass
@@ -75,6 +77,8 @@ class _Judged:
     resolution: Resolution
     checked: float
     verdict: Verdict
+    model: dict[str, Any] = field(default_factory=dict)
+    reading: Reading | None = None
 
 
 def _signature_of(reading: Reading) -> Signature:
@@ -183,6 +187,9 @@ class PolicyGuard:
             sources[stack.folder / ".env"] = env_file.read_bytes() if env_file is not None else b""
         return read_stack(stack.folder, [stack.compose_file], sources=sources)
 
+    def _read_in_context(self, stack: Stack, source: Path | None, env_file: Path | None) -> tuple[Reading, Context]:
+        return self.read(stack, source=source, env_file=env_file), self.context(stack)
+
     async def evaluate(
         self, stack: Stack, cli: ComposeCli, *, source: Path | None = None, env_file: Path | None = None
     ) -> Evaluation:
@@ -199,13 +206,12 @@ class PolicyGuard:
         """
         assert stack.folder is not None and stack.compose_file is not None
         folder = stack.folder
-        reading = await to_thread.run_sync(partial(self.read, stack, source=source, env_file=env_file))
-        context = await to_thread.run_sync(self.context, stack)
+        reading, context = await to_thread.run_sync(partial(self._read_in_context, stack, source, env_file))
 
         def keep(judgement: Judgement, model: dict[str, Any]) -> Evaluation:
             evaluation = Evaluation(judgement.verdict, model, reading, judgement.error_code)
             if source is None:
-                self._remember(stack, reading, judgement)
+                self._remember(stack, reading, judgement, model)
             return evaluation
 
         early = judge_references(reading, context)
@@ -243,8 +249,8 @@ class PolicyGuard:
             ComposeFailed: a compose file that is not valid YAML.
             PolicyViolation: files the guard cannot read strictly, or cannot judge.
         """
-        reading = await to_thread.run_sync(self.read, stack)
-        judgement = judge_references(reading, await to_thread.run_sync(self.context, stack))
+        reading, context = await to_thread.run_sync(self._read_in_context, stack, None, None)
+        judgement = judge_references(reading, context)
         if judgement.verdict.error:
             raise PolicyViolation(judgement.verdict.error)
         return judgement.violations
@@ -253,7 +259,8 @@ class PolicyGuard:
         """Refuse ``action`` unless the policy allows ``stack`` as its files are now.
 
         An allowed verdict is reused when nothing it depended on changed (checked now, file by file
-        and path by path); then ``model`` is empty. ``fresh`` always runs Compose.
+        and path by path), with the model and reading it was judged on (``reused``). ``fresh``
+        always runs Compose.
 
         Raises:
             PolicyRefused: naming each rule, service, value and the config.json key that would allow it.
@@ -263,7 +270,7 @@ class PolicyGuard:
         if not fresh and judged is not None and judged.verdict.allowed:
             if await to_thread.run_sync(_still_holds, judged, stack):
                 judged.checked = time.monotonic()
-                return Evaluation(judged.verdict, {})
+                return Evaluation(judged.verdict, judged.model, judged.reading, reused=True)
         evaluation = await self.evaluate(stack, cli)
         if not evaluation.verdict.allowed:
             raise refusal(stack.name, action, evaluation.verdict)
@@ -318,7 +325,7 @@ class PolicyGuard:
         """Drop a kept verdict, e.g. after a tool rewrote the stack's files."""
         self._judged.pop(name, None)
 
-    def _remember(self, stack: Stack, reading: Reading, judgement: Judgement) -> None:
+    def _remember(self, stack: Stack, reading: Reading, judgement: Judgement, model: dict[str, Any]) -> None:
         assert stack.compose_file is not None
         self._judged[stack.name] = _Judged(
             stack.compose_file,
@@ -326,6 +333,8 @@ class PolicyGuard:
             _resolution(judgement.resolved),
             time.monotonic(),
             judgement.verdict,
+            model if judgement.allowed else {},
+            reading,
         )
 
     def _stack_folders(self, stacks_dir: Path) -> frozenset[str]:
