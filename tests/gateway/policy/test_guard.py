@@ -4,6 +4,7 @@ a candidate is judged from its own bytes."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from gateway.policy.rules import Policy
 from gateway.stacks import Stack, find_stack
 from tests.conftest import StackFactory
 from tests.gateway.policy.harness import CountingCli
+from tests.gateway.policy_cases import ORDINARY, ordinary_files
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -75,3 +77,29 @@ async def test_a_candidate_is_judged_from_its_own_bytes_not_the_folders(
     (scratch / ".env").write_text("COMPOSE_BAKE=1\n")
     steered = await guard.evaluate(stack, cli, source=scratch / "compose.yaml", env_file=scratch / ".env")
     assert steered.verdict.rules == ["compose_env"]
+
+
+async def test_the_judged_model_fed_back_to_compose_is_the_model_judged(
+    stacks: StackFactory, cli: ComposeCli, tmp_path: Path
+) -> None:
+    # Phase 2 runs the judged model from a private file: it must normalise to itself, $$ escapes,
+    # resolved env files, merged includes and extends included, with an empty .env beside it.
+    compose = ORDINARY.replace('    command: ["sleep", "3600"]\n', '    command: ["sh", "-c", "echo $$HOME"]\n', 1)
+    stack = stack_of(stacks, compose, ordinary_files(stacks.image))
+    assert stack.folder is not None
+    judged = await PolicyGuard(Policy()).evaluate(stack, cli)
+    assert judged.verdict.allowed, judged.verdict
+    private, empty = tmp_path / "judged.json", tmp_path / "empty.env"
+    private.write_text(json.dumps(judged.model))
+    empty.write_text("")
+    again = await cli.run(
+        stack.name,
+        ["config", "--format", "json"],
+        compose_file=private,
+        cwd=stack.folder,
+        profiles=["*"],
+        project_directory=stack.folder,
+        env_file=empty,
+    )
+    assert json.loads(again.stdout) == judged.model
+    assert "echo $$HOME" in again.stdout
