@@ -1,12 +1,15 @@
 """What the policy guard costs: on `up` and `config` (always fresh) and on `list_stacks` (cached marks).
 
-    python bench/policy_guard.py [--iterations 30] [--stacks 20] [--json out.json]
+    python bench/policy_guard.py [--iterations 30] [--stacks 20] [--services 60] [--json out.json]
 
-It writes a stack with include, extends, env files, a build context and a secret (the references
-the guard follows) plus ``--stacks`` small ones into a temporary stacks dir, then times:
+It writes a typical stack with include, extends, env files, a build context and a secret (the
+references the guard follows), a large one (``--services`` services of many keys, spread over five
+included files), and ``--stacks`` small ones into a temporary stacks dir, then times:
 
-- the raw reference pass alone (reads the compose files, never Compose);
-- a full evaluation (the raw pass plus ``docker compose --profile '*' config --format json``),
+- the strict reading alone (reads and hashes every file, never Compose), typical and large;
+- the judge alone on Compose's model (the allowlist walk), typical and large;
+- reader and judge together: what the guard adds to the Compose run it needs anyway;
+- a full evaluation (reader, ``docker compose --profile '*' config --format json``, judge),
   which ``up`` and ``config`` add when the stack is new or changed;
 - what ``up`` adds when nothing changed: the kept verdict re-checked file by file and path by path;
 - a bare ``docker compose config --format json`` run, for comparison;
@@ -24,8 +27,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-
-import anyio
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Sample, random_name, run_and_report, time_async_calls  # noqa: E402 - a script beside its helpers
@@ -35,8 +37,10 @@ from gateway.compose.cli import ComposeCli  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.metrics import ControlPlane  # noqa: E402
 from gateway.operations import ComposeOperations  # noqa: E402
+from gateway.policy.findings import Context  # noqa: E402
 from gateway.policy.guard import PolicyGuard  # noqa: E402
-from gateway.policy.references import collect_references  # noqa: E402
+from gateway.policy.judge import judge_model  # noqa: E402
+from gateway.policy.reader import Reading, read_stack  # noqa: E402
 from gateway.policy.rules import Policy  # noqa: E402
 from gateway.stacks import find_stack  # noqa: E402
 
@@ -74,6 +78,38 @@ FILES = {
 SMALL = "services:\n  app:\n    image: busybox\n    volumes: ['./data:/data']\n"
 
 
+def large_stack(services: int) -> dict[str, str]:
+    """A stack of ``services`` services with the keys real stacks use, a fifth in the main file and the
+    rest in four included files, each with an env file."""
+
+    def service(n: int) -> str:
+        env = "".join(f"      VAR_{i}: value-{n}-{i}\n" for i in range(10))
+        labels = "".join(f"      org.example.label{i}: x{n}\n" for i in range(5))
+        after = f"    depends_on: [svc{n - 1}]\n" if n % 12 else ""
+        return (
+            f"  svc{n}:\n    image: busybox:1.36\n    command: [sleep, '3600']\n    init: true\n"
+            f"    environment:\n{env}    labels:\n{labels}    env_file: [common.env]\n"
+            f"    ports: ['127.0.0.1::{8000 + n}']\n    volumes: ['./data/{n}:/data', 'cache:/cache']\n"
+            "    healthcheck: {test: [CMD, 'true'], interval: 5s, retries: 3}\n"
+            "    logging: {driver: json-file, options: {max-size: 10m, max-file: '3'}}\n"
+            "    deploy: {resources: {limits: {cpus: '0.5', memory: 64M}}}\n"
+            f"    security_opt: ['no-new-privileges:true']\n    cap_drop: [ALL]\n{after}"
+        )
+
+    per_file = max(1, services // 5)
+    files = {"common.env": "".join(f"COMMON_{i}=c{i}\n" for i in range(20))}
+    main = "include:\n" + "".join(f"  - part{p}/compose.yaml\n" for p in range(1, 5)) + "services:\n"
+    main += "".join(service(n) for n in range(per_file))
+    files["compose.yaml"] = main + "volumes:\n  cache: {}\n"
+    for p in range(1, 5):
+        first = p * per_file
+        part = "".join(service(n) for n in range(first, min(services, first + per_file)))
+        part = part.replace(f"    depends_on: [svc{first - 1}]\n", "")
+        files[f"part{p}/compose.yaml"] = "services:\n" + part + "volumes:\n  cache: {}\n"
+        files[f"part{p}/common.env"] = files["common.env"]
+    return files
+
+
 def write(folder: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -84,16 +120,46 @@ async def main(args: argparse.Namespace) -> list[Sample]:
     samples: list[Sample] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "stacks"
-        name = random_name("guard")
+        name, large_name = random_name("guard"), random_name("guard")
         write(root / name, FILES)
-        for _ in range(args.stacks - 1):
+        write(root / large_name, large_stack(args.services))
+        for _ in range(args.stacks - 2):
             write(root / random_name("guard"), {"compose.yaml": SMALL})
-        stack = find_stack(root, name)
+        stack, large = find_stack(root, name), find_stack(root, large_name)
         assert stack is not None and stack.folder is not None and stack.compose_file is not None
+        assert large is not None and large.folder is not None and large.compose_file is not None
         cli = ComposeCli.locate(None, os.environ)
+        guard = PolicyGuard(Policy())
 
-        async def raw() -> None:
-            await anyio.to_thread.run_sync(collect_references, stack.compose_file, stack.folder)
+        for label, target in (("typical", stack), (f"large, {args.services} services", large)):
+            assert target.folder is not None and target.compose_file is not None
+            model = (await guard.evaluate(target, cli)).model
+            context = guard.context(target)
+            folder, files = target.folder, [target.compose_file]
+            reading = read_stack(folder, files)
+            print(f"# {label}: {len(reading.files)} files read, {reading.nodes} YAML nodes", file=sys.stderr)
+
+            async def read(folder: Path = folder, files: list[Path] = files) -> None:
+                read_stack(folder, files)
+
+            async def judge(
+                model: dict[str, Any] = model, context: Context = context, reading: Reading = reading
+            ) -> None:
+                judge_model(reading, model, context)
+
+            async def both(
+                folder: Path = folder,
+                files: list[Path] = files,
+                model: dict[str, Any] = model,
+                context: Context = context,
+            ) -> None:
+                judge_model(read_stack(folder, files), model, context)
+
+            samples.append(await time_async_calls(f"strict reading, {label}", read, iterations=args.iterations * 5))
+            samples.append(
+                await time_async_calls(f"judge on the model, {label}", judge, iterations=args.iterations * 5)
+            )
+            samples.append(await time_async_calls(f"reader + judge, {label}", both, iterations=args.iterations * 5))
 
         async def evaluate() -> None:
             await PolicyGuard(Policy()).evaluate(stack, cli)
@@ -107,13 +173,12 @@ async def main(args: argparse.Namespace) -> list[Sample]:
         async def enforce_unchanged() -> None:
             await reusing.enforce(stack, cli, "up")
 
-        samples.append(await time_async_calls("raw reference pass", raw, iterations=args.iterations))
         samples.append(
             await time_async_calls("full evaluation (a changed or new stack)", evaluate, iterations=args.iterations)
         )
         samples.append(
             await time_async_calls(
-                "up's guard when nothing changed (re-checked)", enforce_unchanged, iterations=args.iterations
+                "up's guard when nothing changed (re-checked)", enforce_unchanged, iterations=args.iterations * 5
             )
         )
         samples.append(
@@ -153,5 +218,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--stacks", type=int, default=20)
+    parser.add_argument("--services", type=int, default=60, help="services in the large stack")
     parser.add_argument("--json", type=Path)
     run_and_report(main, parser.parse_args())

@@ -1,1 +1,1 @@
-"""The policy guard: the rules, the file references, and the verdicts on a stack."""
+"""The policy guard: one strict reading of a stack, an allowlist of Compose's model, and the verdicts on it."""

@@ -1,16 +1,18 @@
 """The policy guard at work: judge a stack before anything is created or shown, and mark stacks cheaply.
 
-:meth:`PolicyGuard.evaluate` runs in two steps, and the order is the point:
+:meth:`PolicyGuard.evaluate` runs in three steps, and the order is the point:
 
-1. the raw file references (:mod:`gateway.policy.references`): a reference outside the stack folder is
-   refused here, before Compose runs and reads it;
-2. Compose's own model with every profile enabled (``--profile '*'``), judged by
-   :func:`gateway.policy.rules.judge`.
+1. one strict reading of the stack's files (:mod:`gateway.policy.reader`): YAML the guard and
+   Compose could read two ways, a budget exceeded, or a control character, and nothing runs;
+2. the file references alone (:func:`gateway.policy.judge.judge_references`): a reference outside
+   the folder is refused here, before Compose runs and reads it;
+3. Compose's own model with every profile enabled (``--profile '*'``), walked against the allowlist
+   (:func:`gateway.policy.judge.judge_model`).
 
 A verdict is kept with what it depended on: the signature (inode, size, mtime, ctime) of every
-file that shapes the model, and where every judged host path resolved. ``up`` and ``config``
-reuse an *allowed* verdict only after checking all of that afresh (a few stat calls instead of
-a Compose run); ``list_stacks`` and ``ps`` marks also trust it for :data:`MARK_TTL_S`.
+file read, taken on the descriptor the bytes came from, and where every judged host path resolved.
+``up`` and ``config`` reuse an *allowed* verdict only after checking all of that afresh (a few stat
+calls instead of a Compose run); ``list_stacks`` and ``ps`` marks also trust it for :data:`MARK_TTL_S`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,8 +36,10 @@ from ..compose.cli import ComposeCli
 from ..errors import ComposeFailed, GatewayError, PolicyRefused, PolicyViolation
 from ..models import Verdict, Violation
 from ..stacks import Stack
-from .references import References, collect_references
-from .rules import Policy, judge, runtime_sockets, verdict
+from .findings import Context, OwnerLookup
+from .judge import Judgement, judge_model, judge_references
+from .reader import Reading, read_stack
+from .rules import Policy, runtime_sockets
 
 __all__ = ["PolicyGuard", "Evaluation", "refusal"]
 
@@ -53,31 +58,44 @@ Resolution = tuple[tuple[str, str, int, int], ...]
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A verdict, and the all-profiles model it was judged on (empty when Compose did not run now)."""
+    """A verdict, the all-profiles model it was judged on (empty when Compose did not run now), and the
+    reading it was judged from (None when a kept verdict was reused)."""
 
     verdict: Verdict
     model: dict[str, Any]
+    reading: Reading | None = None
+    # Why the verdict could not be reached, when it could not (e.g. control_characters).
+    error_code: str | None = None
+    # True when a kept verdict (and its model and reading) was reused: nothing it depended on changed.
+    reused: bool = False
 
 
 @dataclass
 class _Judged:
     compose_file: Path
-    files: list[Path]
     signature: Signature
     resolution: Resolution
     checked: float
     verdict: Verdict
+    model: dict[str, Any] = field(default_factory=dict)
+    reading: Reading | None = None
 
 
-def _signature(paths: Sequence[Path]) -> Signature:
+def _signature_of(reading: Reading) -> Signature:
+    """The files' signatures as the reader took them, on the descriptors their bytes came from."""
+    read = [(str(f.path), *f.signature) for f in reading.files]
+    return tuple(read + [(str(path), -1, -1, -1, -1) for path in reading.absent])
+
+
+def _signature(paths: Iterable[str]) -> Signature:
     parts = []
     for path in paths:
         try:
             st = os.stat(path)
         except OSError:
-            parts.append((str(path), -1, -1, -1, -1))
+            parts.append((path, -1, -1, -1, -1))
             continue
-        parts.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        parts.append((path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(parts)
 
 
@@ -97,22 +115,80 @@ def _still_holds(judged: _Judged, stack: Stack) -> bool:
     """True when nothing a verdict depended on has changed (blocking: a stat per file and path)."""
     return (
         stack.compose_file == judged.compose_file
-        and _signature(judged.files) == judged.signature
+        and _signature(path for path, *_ in judged.signature) == judged.signature
         and _resolution(path for path, *_ in judged.resolution) == judged.resolution
     )
 
 
-class PolicyGuard:
-    """Judges stacks against one :class:`~gateway.policy.rules.Policy` (the operator's, read at start-up)."""
+_STACK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
-    def __init__(self, policy: Policy, *, docker_host: str | None = None, sockets: Sequence[str] | None = None) -> None:
+
+class PolicyGuard:
+    """Judges stacks against one :class:`~gateway.policy.rules.Policy` (the operator's, read at start-up).
+
+    ``self_project`` (the gateway's own compose project) and ``owners`` (who owns an existing engine
+    resource, see :data:`~gateway.policy.findings.OwnerLookup`) make the judge refuse another
+    project's names and resources; ``projects`` adds the compose projects running on the engine to
+    the stack folders as neighbours. All three may be set after construction.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        docker_host: str | None = None,
+        sockets: Sequence[str] | None = None,
+        self_project: str | None = None,
+        owners: OwnerLookup | None = None,
+        projects: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
         self.policy = policy
         self.sockets = tuple(sockets) if sockets is not None else runtime_sockets(docker_host)
+        self.self_project = self_project
+        self.owners = owners
+        self.projects = projects
         self._judged: dict[str, _Judged] = {}
+        self._folders: tuple[Path, int, frozenset[str]] | None = None
         # Marks are computed in worker threads (see mark); these bound them and keep one per stack.
         self._slots = threading.BoundedSemaphore(MARK_CONCURRENCY)
         self._threads_lock = threading.Lock()
         self._stack_locks: dict[str, threading.Lock] = {}
+
+    def context(self, stack: Stack, *, swarm: bool = False) -> Context:
+        """What the judge needs beside the files (blocking: lists the stacks dir when it changed)."""
+        assert stack.folder is not None
+        neighbours = set(self._stack_folders(stack.folder.parent))
+        if self.projects is not None:
+            neighbours.update(self.projects())
+        neighbours.discard(stack.name)
+        return Context(
+            stack.name,
+            stack.folder,
+            self.policy,
+            self.sockets,
+            frozenset(neighbours),
+            self.self_project,
+            self.owners,
+            swarm,
+        )
+
+    def read(self, stack: Stack, *, source: Path | None = None, env_file: Path | None = None) -> Reading:
+        """One strict reading of the stack's files; with ``source``, of that compose file (and ``env_file``)
+        read as if they sat in the stack's folder. Blocking.
+
+        Raises:
+            ReadRefused: the files cannot be read the one strict way (see :mod:`gateway.policy.reader`).
+            Unloadable: a compose file that is not valid YAML, or is missing.
+        """
+        assert stack.folder is not None and stack.compose_file is not None
+        sources: dict[Path, bytes] = {}
+        if source is not None:
+            sources[stack.compose_file] = source.read_bytes()
+            sources[stack.folder / ".env"] = env_file.read_bytes() if env_file is not None else b""
+        return read_stack(stack.folder, [stack.compose_file], sources=sources)
+
+    def _read_in_context(self, stack: Stack, source: Path | None, env_file: Path | None) -> tuple[Reading, Context]:
+        return self.read(stack, source=source, env_file=env_file), self.context(stack)
 
     async def evaluate(
         self, stack: Stack, cli: ComposeCli, *, source: Path | None = None, env_file: Path | None = None
@@ -126,26 +202,22 @@ class PolicyGuard:
         Raises:
             ComposeFailed: a compose file that is not valid YAML, or a model Compose refuses (its own
                 error, from files inside the folder).
-            PolicyViolation: a compose file that cannot be read at all, or one that kept changing.
+            PolicyViolation: files the guard cannot read strictly (``ReadRefused``, with its code).
         """
         assert stack.folder is not None and stack.compose_file is not None
         folder = stack.folder
-        signature: Signature = ()
-        if source is None:
-            refs, signature = await to_thread.run_sync(_read_settled, stack)
-        else:
-            refs = await to_thread.run_sync(partial(collect_references, stack.compose_file, folder, source=source))
-        resolved: dict[str, str] = {}
+        reading, context = await to_thread.run_sync(partial(self._read_in_context, stack, source, env_file))
 
-        async def keep(evaluation: Evaluation) -> Evaluation:
-            if source is not None:
-                return evaluation
-            return await self._remember(stack, refs, signature, resolved, evaluation)
+        def keep(judgement: Judgement, model: dict[str, Any]) -> Evaluation:
+            evaluation = Evaluation(judgement.verdict, model, reading, judgement.error_code)
+            if source is None:
+                self._remember(stack, reading, judgement, model)
+            return evaluation
 
-        early = self._judge({}, refs, stack, resolved)
-        if early:
+        early = judge_references(reading, context)
+        if not early.allowed:
             # Compose would read these files while loading: stop before it runs.
-            return await keep(Evaluation(verdict(early), {}))
+            return keep(early, {})
         output = await cli.run(
             stack.name,
             ["config", "--format", "json"],
@@ -159,7 +231,13 @@ class PolicyGuard:
             model: dict[str, Any] = json.loads(output.stdout)
         except json.JSONDecodeError as exc:
             raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
-        return await keep(Evaluation(verdict(self._judge(model, refs, stack, resolved)), model))
+        if not isinstance(model, dict):
+            raise GatewayError("docker compose config printed JSON that is not an object")
+        extension = model.get("x-compose-agent")
+        if isinstance(extension, dict) and extension.get("target") == "swarm":
+            context = replace(context, swarm=True)
+        judgement = await to_thread.run_sync(judge_model, reading, model, context)
+        return keep(judgement, model)
 
     async def references_refused(self, stack: Stack) -> list[Violation]:
         """The violations among the stack's raw file references alone; Compose does not run.
@@ -169,17 +247,20 @@ class PolicyGuard:
 
         Raises:
             ComposeFailed: a compose file that is not valid YAML.
-            PolicyViolation: a compose file that cannot be read at all.
+            PolicyViolation: files the guard cannot read strictly, or cannot judge.
         """
-        assert stack.folder is not None and stack.compose_file is not None
-        refs = await to_thread.run_sync(collect_references, stack.compose_file, stack.folder)
-        return self._judge({}, refs, stack, {})
+        reading, context = await to_thread.run_sync(self._read_in_context, stack, None, None)
+        judgement = judge_references(reading, context)
+        if judgement.verdict.error:
+            raise PolicyViolation(judgement.verdict.error)
+        return judgement.violations
 
     async def enforce(self, stack: Stack, cli: ComposeCli, action: str, *, fresh: bool = False) -> Evaluation:
         """Refuse ``action`` unless the policy allows ``stack`` as its files are now.
 
         An allowed verdict is reused when nothing it depended on changed (checked now, file by file
-        and path by path); then ``model`` is empty. ``fresh`` always runs Compose.
+        and path by path), with the model and reading it was judged on (``reused``). ``fresh``
+        always runs Compose.
 
         Raises:
             PolicyRefused: naming each rule, service, value and the config.json key that would allow it.
@@ -189,7 +270,7 @@ class PolicyGuard:
         if not fresh and judged is not None and judged.verdict.allowed:
             if await to_thread.run_sync(_still_holds, judged, stack):
                 judged.checked = time.monotonic()
-                return Evaluation(judged.verdict, {})
+                return Evaluation(judged.verdict, judged.model, judged.reading, reused=True)
         evaluation = await self.evaluate(stack, cli)
         if not evaluation.verdict.allowed:
             raise refusal(stack.name, action, evaluation.verdict)
@@ -224,15 +305,19 @@ class PolicyGuard:
                 try:
                     # A loop of this thread's own: the caller's may have stopped waiting for it.
                     return anyio.run(self.evaluate, stack, cli).verdict
-                except GatewayError as exc:
-                    reason = _one_line(exc)
-                    logger.info("policy guard cannot judge stack %s: %s", stack.name, reason)
+                except Exception as exc:  # noqa: BLE001 - whatever fails, it is this stack's mark, not the listing's
+                    if isinstance(exc, GatewayError):
+                        reason = _one_line(exc)
+                        logger.info("policy guard cannot judge stack %s: %s", stack.name, reason)
+                    else:
+                        reason = f"the policy guard could not judge this stack ({type(exc).__name__})"
+                        logger.warning("policy guard failed on stack %s", stack.name, exc_info=True)
                     result = Verdict(allowed=False, error=reason)
                     # Kept like a verdict, so a broken stack is not re-run through Compose on every listing.
                     assert stack.folder is not None and stack.compose_file is not None
-                    files = [stack.compose_file, stack.folder / ".env"]
+                    files = [str(stack.compose_file), str(stack.folder / ".env")]
                     self._judged[stack.name] = _Judged(
-                        stack.compose_file, files, _signature(files), (), time.monotonic(), result
+                        stack.compose_file, _signature(files), (), time.monotonic(), result
                     )
                     return result
 
@@ -240,21 +325,33 @@ class PolicyGuard:
         """Drop a kept verdict, e.g. after a tool rewrote the stack's files."""
         self._judged.pop(name, None)
 
-    def _judge(
-        self, model: dict[str, Any], refs: References, stack: Stack, resolved: dict[str, str]
-    ) -> list[Violation]:
-        assert stack.folder is not None
-        return judge(model, refs.refs, self.policy, stack.name, stack.folder, sockets=self.sockets, resolved=resolved)
-
-    async def _remember(
-        self, stack: Stack, refs: References, signature: Signature, resolved: dict[str, str], evaluation: Evaluation
-    ) -> Evaluation:
+    def _remember(self, stack: Stack, reading: Reading, judgement: Judgement, model: dict[str, Any]) -> None:
         assert stack.compose_file is not None
-        resolution = await to_thread.run_sync(_resolution, list(resolved))
         self._judged[stack.name] = _Judged(
-            stack.compose_file, refs.files, signature, resolution, time.monotonic(), evaluation.verdict
+            stack.compose_file,
+            _signature_of(reading),
+            _resolution(judgement.resolved),
+            time.monotonic(),
+            judgement.verdict,
+            model if judgement.allowed else {},
+            reading,
         )
-        return evaluation
+
+    def _stack_folders(self, stacks_dir: Path) -> frozenset[str]:
+        """The stack folders beside this one (cached while the stacks dir's mtime holds)."""
+        try:
+            mtime = os.stat(stacks_dir).st_mtime_ns
+        except OSError:
+            return frozenset()
+        cached = self._folders
+        if cached is not None and cached[0] == stacks_dir and cached[1] == mtime:
+            return cached[2]
+        try:
+            names = frozenset(e.name for e in os.scandir(stacks_dir) if _STACK_NAME.fullmatch(e.name) and e.is_dir())
+        except OSError:
+            names = frozenset()
+        self._folders = (stacks_dir, mtime, names)
+        return names
 
 
 def _one_line(exc: GatewayError) -> str:
@@ -266,28 +363,10 @@ def _one_line(exc: GatewayError) -> str:
     return lines[0]
 
 
-def _read_settled(stack: Stack, attempts: int = 3) -> tuple[References, Signature]:
-    """The stack's references and its files' signature, read so that they belong together.
-
-    The signature is taken between two reads that agree: a verdict kept under it then never
-    describes content older than the signature says.
-
-    Raises:
-        PolicyViolation: the files kept changing while being read.
-    """
-    assert stack.compose_file is not None and stack.folder is not None
-    refs = collect_references(stack.compose_file, stack.folder)
-    for _ in range(attempts):
-        signature = _signature(refs.files)
-        again = collect_references(stack.compose_file, stack.folder)
-        if again.refs == refs.refs and again.files == refs.files and _signature(again.files) == signature:
-            return refs, signature
-        refs = again
-    raise PolicyViolation(f"the compose files of '{stack.name}' kept changing while the policy guard read them")
-
-
 def refusal(stack: str, action: str, result: Verdict) -> PolicyRefused:
     """The error a refused call returns: every violation on its own line, and who can relax it."""
+    if result.error and not result.violations:
+        return PolicyRefused(f"the policy guard refuses to {action} stack '{stack}': {result.error}", [])
     lines = [
         f"the policy guard refuses to {action} stack '{stack}': its compose files break "
         f"{len(result.rules)} rule(s) ({', '.join(result.rules)})"
