@@ -56,10 +56,29 @@ class ScriptedPerson:
     username: str
     password: str
     decision: str = "allow"
-    http: httpx2.AsyncClient = field(default_factory=lambda: httpx2.AsyncClient(timeout=30))
     pages: list[str] = field(default_factory=list)
     result: AuthorizationCodeResult | None = None
     final: httpx2.Response | None = None
+
+    _http: httpx2.AsyncClient | None = None
+
+    @property
+    def http(self) -> httpx2.AsyncClient:
+        """The person's browser: one cookie jar for the whole session."""
+        if self._http is None:
+            self._http = httpx2.AsyncClient(timeout=30)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> ScriptedPerson:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def follow(self, authorization_url: str) -> None:
         """What a browser does with the authorization URL, up to the redirect back to the client."""
