@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 from mcp import Client
@@ -105,7 +105,7 @@ async def connect(
     url: str,
     person: ScriptedPerson,
     *,
-    mode: str = "legacy",
+    mode: Literal["legacy", "auto"] = "legacy",
     storage: MemoryStorage | None = None,
     **client_options: Any,
 ) -> AsyncIterator[Client]:
@@ -113,7 +113,7 @@ async def connect(
     auth = oauth_client(url, person, storage=storage, **client_options)
     try:
         async with httpx2.AsyncClient(auth=auth, timeout=httpx2.Timeout(30, read=120)) as http:
-            async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:  # type: ignore[arg-type]
+            async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
                 yield client
     finally:
         await person.aclose()
