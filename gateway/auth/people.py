@@ -342,8 +342,13 @@ class People:
     async def authenticate(self, name: str, password: str) -> Person | None:
         """The person ``name`` if ``password`` is theirs; None otherwise, taking as long either way.
 
-        ``name`` is compared in lowercase (a phone's keyboard capitalises the first letter).
+        ``name`` is compared in lowercase (a phone's keyboard capitalises the first letter). The
+        document is looked at first (a ``stat`` for a file), so someone added a moment ago can log in.
         """
+        try:
+            await self.load()
+        except GatewayError:
+            pass  # the watcher says so; the last good people stay in force
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(CONCURRENT_CHECKS)
         if self._dummy_hash is None:

@@ -9,6 +9,7 @@ metadata). Around them, this module adds only what the SDK leaves to the server:
 - error redirects from ``/authorize`` carry ``iss`` too (the consent page's always do);
 - ``/token`` refuses a ``resource`` other than this server's (RFC 8707) with ``invalid_target``;
 - ``/register`` takes at most :data:`REGISTRATIONS_PER_HOUR` registrations per client address;
+- ``/revoke`` accepts a public client's ``client_id`` alone;
 - the login and consent pages (:mod:`.pages`) and their stylesheet.
 """
 
@@ -23,6 +24,7 @@ from mcp.server.auth.provider import construct_redirect_uri
 from mcp.server.auth.routes import (
     AUTHORIZATION_PATH,
     REGISTRATION_PATH,
+    REVOCATION_PATH,
     TOKEN_PATH,
     build_metadata,
     build_resource_metadata_url,
@@ -63,7 +65,9 @@ _STATIC = Path(__file__).parent / "static"
 # The issuer is compared as a string (RFC 8414, RFC 9207): "https://gw.example.com", never with a "/" added.
 _URL: TypeAdapter[AnyHttpUrl] = TypeAdapter(AnyHttpUrl, config=ConfigDict(url_preserve_empty_path=True))
 
-OAUTH_PATHS = frozenset({AUTHORIZATION_SERVER_METADATA, AUTHORIZATION_PATH, TOKEN_PATH, REGISTRATION_PATH, "/revoke"})
+OAUTH_PATHS = frozenset(
+    {AUTHORIZATION_SERVER_METADATA, AUTHORIZATION_PATH, TOKEN_PATH, REGISTRATION_PATH, REVOCATION_PATH}
+)
 OAUTH_PREFIXES = ("/oauth/", "/.well-known/oauth-protected-resource")
 
 
@@ -126,6 +130,34 @@ class _ResourceCheck:
         await self.app(scope, replay(messages, receive), send)
 
 
+class _PublicRevocation:
+    """Lets a public client revoke with its ``client_id`` alone (RFC 7009), as it authenticates nowhere else.
+
+    The SDK's revocation form requires a ``client_secret`` field even when the client has none; an
+    empty one is added where it is missing (a client that has a secret is still asked for it).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body, complete, messages = await read_body(receive, _MAX_FORM)
+        if complete and b"client_secret=" not in body:
+            try:
+                fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=64)
+            except (UnicodeDecodeError, ValueError):
+                fields = {}
+            if fields and "client_secret" not in fields:
+                body += b"&client_secret="
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+                scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+                messages = [{"type": "http.request", "body": body, "more_body": False}]
+        await self.app(scope, replay(messages, receive), send)
+
+
 class _RegistrationLimit:
     """At most :data:`REGISTRATIONS_PER_HOUR` client registrations per client address (bounded memory)."""
 
@@ -176,6 +208,8 @@ def build_oauth_app(provider: GatewayAuthorization, pages: LoginPages, *, docume
             route = Route(route.path, _ResourceCheck(route.app, provider), methods=["POST", "OPTIONS"])
         elif route.path == REGISTRATION_PATH:
             route = Route(route.path, _RegistrationLimit(route.app), methods=["POST", "OPTIONS"])
+        elif route.path == REVOCATION_PATH:
+            route = Route(route.path, _PublicRevocation(route.app), methods=["POST", "OPTIONS"])
         routes.append(route)
     routes += create_protected_resource_routes(
         _URL.validate_python(provider.resource),
