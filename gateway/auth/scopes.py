@@ -151,7 +151,7 @@ def parse_scope(text: str) -> Scope:
     Raises:
         ScopeError: anything else, saying what a scope looks like.
     """
-    shown = text if len(text) <= 80 and text.isprintable() else repr(text[:80])
+    shown = text if len(text) <= 80 else text[:80] + "..."
     hint = (
         f"a scope is {PREFIX}:<verb>, {PREFIX}:<verb>:<stack> or {PREFIX}:<verb>:<host>/<stack>, "
         f"with <verb> one of {', '.join(VERBS)} (e.g. {PREFIX}:write:site)"
@@ -167,16 +167,11 @@ def parse_scope(text: str) -> Scope:
     if len(parts) == 2:
         return Scope(verb)
     host, slash, stack = parts[2].rpartition("/")
+    rule = "lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63"
     if not _NAME_RE.fullmatch(stack):
-        raise ScopeError(
-            f"{shown!r} names the stack {stack[:70]!r}, which is not a stack name "
-            "(lowercase letters, digits, '-' and '_', starting with a letter or digit)"
-        )
+        raise ScopeError(f"{shown!r} is not a scope: {stack[:70]!r} is not a stack name ({rule}); {hint}")
     if slash and not _NAME_RE.fullmatch(host):
-        raise ScopeError(
-            f"{shown!r} names the host {host[:70]!r}, which is not a host name "
-            "(lowercase letters, digits, '-' and '_', starting with a letter or digit)"
-        )
+        raise ScopeError(f"{shown!r} is not a scope: {host[:70]!r} is not a host name ({rule}); {hint}")
     return Scope(verb, stack, host if slash else None)
 
 
