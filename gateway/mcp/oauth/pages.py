@@ -93,7 +93,8 @@ class LoginPages:
         )
         response.headers["X-Frame-Options"] = "DENY"  # the consent buttons must never be clickjacked
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
+        # Not "no-referrer": a browser then sends "Origin: null" with the forms, and that is refused.
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Cache-Control"] = "no-store"
         return response
 
