@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -107,12 +108,13 @@ async def connect(
     *,
     mode: Literal["legacy", "auto"] = "legacy",
     storage: MemoryStorage | None = None,
+    verify: ssl.SSLContext | bool = True,
     **client_options: Any,
 ) -> AsyncIterator[Client]:
     """The SDK's client over Streamable HTTP, authorizing through the SDK's own OAuth client."""
     auth = oauth_client(url, person, storage=storage, **client_options)
     try:
-        async with httpx2.AsyncClient(auth=auth, timeout=httpx2.Timeout(30, read=120)) as http:
+        async with httpx2.AsyncClient(auth=auth, timeout=httpx2.Timeout(30, read=120), verify=verify) as http:
             async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
                 yield client
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+import ssl
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -56,6 +57,7 @@ class ScriptedPerson:
     username: str
     password: str
     decision: str = "allow"
+    verify: ssl.SSLContext | bool = True
     pages: list[str] = field(default_factory=list)
     result: AuthorizationCodeResult | None = None
     final: httpx2.Response | None = None
@@ -66,7 +68,7 @@ class ScriptedPerson:
     def http(self) -> httpx2.AsyncClient:
         """The person's browser: one cookie jar for the whole session."""
         if self._http is None:
-            self._http = httpx2.AsyncClient(timeout=30)
+            self._http = httpx2.AsyncClient(timeout=30, verify=self.verify)
         return self._http
 
     async def aclose(self) -> None:

@@ -9,9 +9,11 @@ consent page over plain HTTP. Stacks run on the real engine.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from mcp.types import TextContent
 from gateway.errors import ERROR_META_KEY, SCOPE_META_KEY
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, free_port
 from tests.gateway.conftest import stop_process
-from tests.gateway.oauth_fixtures import PASSWORD, audit_lines, connect, start_oauth_gateway
+from tests.gateway.oauth_fixtures import PASSWORD, audit_lines, connect, run_users, start_oauth_gateway
 from tests.gateway.oauth_person import MemoryStorage, ScriptedPerson
 from tests.polling import eventually
 
@@ -353,3 +355,46 @@ async def test_no_password_code_or_token_reaches_the_log_or_the_audit(tmp_path: 
     for where, text in places.items():
         for secret in secrets_seen:
             assert secret and secret not in text, f"a secret is in {where}"
+
+
+async def test_the_gateway_can_serve_https_itself(tmp_path: Path, stacks: StackFactory) -> None:
+    site = stacks.make(WEB_WORKER, files=STACK_FILES)
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    _make_certificates(tls)
+    port = free_port()
+    public = f"https://127.0.0.1:{port}"
+    state = tmp_path / "state"
+    done = run_users(state, "add", "kai", "--password-stdin", "--grant", "compose:read", stdin=PASSWORD + "\n")
+    assert done.returncode == 0, done.stderr
+    env = {
+        **os.environ,
+        "COMPOSE_AGENT_TOKEN": "static-token-of-this-test",
+        "COMPOSE_AGENT_STATE_DIR": str(state),
+        "CONFIG_PATH": str(tmp_path / "none.json"),
+    }
+    argv = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--stacks-dir", str(stacks.root)]
+    argv += ["--public-url", public, "--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server-key.pem")]
+    log = tmp_path / "gateway.err"
+    with log.open("wb") as err:
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    trust = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    try:
+        async with httpx2.AsyncClient(verify=trust, timeout=5) as http:
+
+            async def healthy() -> bool:
+                assert process.poll() is None, log.read_text()
+                try:
+                    return (await http.get(f"{public}/health")).status_code == 200
+                except httpx2.HTTPError:
+                    return False
+
+            await eventually(healthy, timeout=30, interval=0.1, what="the gateway answering over HTTPS")
+            issuer = (await http.get(f"{public}/.well-known/oauth-authorization-server")).json()["issuer"]
+        assert issuer == public
+        person = ScriptedPerson("kai", PASSWORD, verify=trust)
+        async with connect(f"{public}/mcp", person, verify=trust) as client:
+            listing = await client.call_tool("list_stacks", {})
+        assert site in [s["name"] for s in (listing.structured_content or {})["stacks"]]
+    finally:
+        stop_process(process)
