@@ -27,7 +27,7 @@ class MetadataServer:
         self.url = f"https://127.0.0.1:{self.port}/oauth/client.json"
         self.ca = folder / "ca.pem"
         make_certificates(folder)
-        self.document = {
+        self.document: dict[str, object] = {
             "client_id": self.url,
             "client_name": "Metadata-document client",
             "redirect_uris": ["http://127.0.0.1:9/callback"],
