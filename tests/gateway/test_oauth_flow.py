@@ -22,6 +22,7 @@ import httpx2
 import pytest
 from mcp.types import TextContent
 
+from gateway.audit import on_behalf_of_meta
 from gateway.errors import ERROR_META_KEY, SCOPE_META_KEY
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, free_port
 from tests.gateway.conftest import stop_process
@@ -117,6 +118,9 @@ async def test_the_persons_grants_decide_stack_by_stack(
             refused = await client.call_tool("up", {"project": theirs})
             read_refused = await client.call_tool("ps", {"project": theirs})
             done = await client.call_tool("up", {"project": mine})
+            # A client cannot say it acts for someone else than the person who authorized it.
+            impersonating = await client.call_tool("ps", {"project": mine}, meta=on_behalf_of_meta("root"))
+            as_herself = await client.call_tool("ps", {"project": mine}, meta=on_behalf_of_meta("carol"))
         # Only the stack carol may touch is even listed; the other is refused with the scope named.
         assert [s["name"] for s in (listing.structured_content or {})["stacks"]] == [mine]
         assert refused.is_error and (refused.meta or {})[ERROR_META_KEY] == "insufficient_scope"
@@ -127,13 +131,22 @@ async def test_the_persons_grants_decide_stack_by_stack(
         # Within the grant, it acts.
         assert not done.is_error, text_of(done)
         assert containers_of(docker_client, mine)
+        assert impersonating.is_error and (impersonating.meta or {})[ERROR_META_KEY] == "invalid_input"
+        assert not as_herself.is_error
         # Every line of these calls names the person and the client.
         lines = [line for line in audit_lines(oauth.state / "audit.log") if line["tool"] in ("up", "ps")]
         assert {line["on_behalf_of"] for line in lines} == {"carol"}
         assert all(line["caller"].startswith("oauth:") for line in lines)
         refusal = next(line for line in lines if line["arguments"].get("project") == theirs and line["tool"] == "up")
         assert refusal["outcome"] == "refused" and f"compose:write:{theirs}" in refusal["error"]
-        assert [line["phase"] for line in lines if line["arguments"].get("project") == mine] == ["intent", "outcome"]
+        ups = [line for line in lines if line["tool"] == "up" and line["arguments"].get("project") == mine]
+        assert [line["phase"] for line in ups] == ["intent", "outcome"]
+        claimed = [
+            line
+            for line in lines
+            if line["tool"] == "ps" and line.get("outcome") == "refused" and line["arguments"]["project"] == mine
+        ]
+        assert [line["on_behalf_of"] for line in claimed] == ["carol"]  # the token's person, not the claim
     finally:
         stop_process(oauth.gw.process)
 
