@@ -161,3 +161,9 @@ async def test_the_authorization_server_names_a_client_by_its_document(
     assert "Metadata-document client" in login.text
     # Nothing was registered: the document is the client.
     assert oauth.provider.grants.clients == {}
+
+
+async def test_an_oversized_form_is_refused_before_it_is_read(oauth: OAuthServer) -> None:
+    async with app_client(oauth) as http:
+        answer = await http.post("/oauth/login", data={"request": "x", "password": "p" * 100_000})
+    assert answer.status_code == 413

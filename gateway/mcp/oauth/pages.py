@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 
 import jinja2
 from mcp.server.auth.provider import construct_redirect_uri
+from mcp.server.transport_security import RequestBodyLimitMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, request_response
 
 from ... import __version__
 from ...auth.scopes import ScopeSet, describe, granted_scopes, parse_scope
@@ -45,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 LOGIN_FAILURES = 5
 COOKIE = "compose_agent_oauth"
+_MAX_FORM = 16 * 1024
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -70,9 +72,16 @@ class LoginPages:
         )
 
     def routes(self) -> list[BaseRoute]:
+        # A form here is a few hundred bytes: anything much larger is refused before it is parsed.
         return [
-            Route(LOGIN_PATH, self.login, methods=["GET", "POST"]),
-            Route(CONSENT_PATH, self.consent, methods=["GET", "POST"]),
+            Route(
+                LOGIN_PATH, RequestBodyLimitMiddleware(request_response(self.login), _MAX_FORM), methods=["GET", "POST"]
+            ),
+            Route(
+                CONSENT_PATH,
+                RequestBodyLimitMiddleware(request_response(self.consent), _MAX_FORM),
+                methods=["GET", "POST"],
+            ),
         ]
 
     # -- rendering ----------------------------------------------------------------------------------

@@ -314,8 +314,10 @@ class GatewayAuthorization(OAuthAuthorizationServerProvider[StoredCode, StoredRe
     async def upkeep_forever(self, interval: float = UPKEEP_SECONDS) -> None:
         """Forget expired entries every ``interval`` s, and write out removals as they happen; never raises."""
         while True:
+            changed = False
             with anyio.move_on_after(interval):
                 await self._changed.wait()
+                changed = True
             self._changed = anyio.Event()
-            self.grants.purge()
-            await self.grants.save()
+            if self.grants.purge() or changed:
+                await self.grants.save()
