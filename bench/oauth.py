@@ -44,8 +44,9 @@ from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from gateway.auth.documents import FileDocument  # noqa: E402
 from gateway.auth.passwords import hash_password, verify_password  # noqa: E402
 from gateway.auth.people import People, PeopleAdmin  # noqa: E402
-from gateway.auth.principals import GatewayTokenVerifier, TokenStore  # noqa: E402
+from gateway.auth.principals import TokenStore  # noqa: E402
 from gateway.config import Settings  # noqa: E402
+from gateway.mcp.access import GatewayTokenVerifier  # noqa: E402
 from gateway.mcp.oauth import build_oauth  # noqa: E402
 
 PASSWORD = "a bench password, long enough"

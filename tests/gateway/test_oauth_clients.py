@@ -14,8 +14,9 @@ import pytest
 
 from gateway.auth.documents import FileDocument
 from gateway.auth.people import People
-from gateway.auth.principals import GatewayTokenVerifier, TokenStore
+from gateway.auth.principals import TokenStore
 from gateway.config import Settings
+from gateway.mcp.access import GatewayTokenVerifier
 from gateway.mcp.oauth import OAuthServer, build_oauth
 from gateway.mcp.oauth.clients import MetadataDocuments, check_redirect_uri, is_metadata_url
 from gateway.mcp.oauth.pending import PendingRequests

@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import docker
 import httpx2
 import pytest
 from mcp.types import TextContent
+from mcp_types import RequestParamsMeta
 
 from gateway.audit import on_behalf_of_meta
 from gateway.errors import ERROR_META_KEY, SCOPE_META_KEY
@@ -32,6 +33,11 @@ from tests.gateway.oauth_tls import MetadataServer, make_certificates
 from tests.polling import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+def claim(person: str) -> RequestParamsMeta:
+    """A request's ``_meta`` saying it acts for ``person``."""
+    return cast(RequestParamsMeta, on_behalf_of_meta(person))
 
 
 def text_of(result: Any) -> str:
@@ -119,8 +125,8 @@ async def test_the_persons_grants_decide_stack_by_stack(
             read_refused = await client.call_tool("ps", {"project": theirs})
             done = await client.call_tool("up", {"project": mine})
             # A client cannot say it acts for someone else than the person who authorized it.
-            impersonating = await client.call_tool("ps", {"project": mine}, meta=on_behalf_of_meta("root"))
-            as_herself = await client.call_tool("ps", {"project": mine}, meta=on_behalf_of_meta("carol"))
+            impersonating = await client.call_tool("ps", {"project": mine}, meta=claim("root"))
+            as_herself = await client.call_tool("ps", {"project": mine}, meta=claim("carol"))
         # Only the stack carol may touch is even listed; the other is refused with the scope named.
         assert [s["name"] for s in (listing.structured_content or {})["stacks"]] == [mine]
         assert refused.is_error and (refused.meta or {})[ERROR_META_KEY] == "insufficient_scope"

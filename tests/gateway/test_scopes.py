@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.auth.principals import DEPLOY_TOOLS, READ_TOOLS, WRITE_TOOLS, principal_from_access_token
+from gateway.auth.principals import DEPLOY_TOOLS, READ_TOOLS, WRITE_TOOLS
 from gateway.auth.scopes import Scope, ScopeError, ScopeSet, granted_scopes, needed_scope, parse_scope
+from gateway.mcp.access import principal_from_access_token
 from gateway.mcp.oauth.provider import GrantedAccess
 
 
