@@ -33,6 +33,7 @@ from ..errors import (
     PolicyViolation,
 )
 from ..operations import ComposeOperations
+from .access import PersonScopes
 from .completion import register_completion
 from .confirmation import audit_view
 from .dashboard import stack_app
@@ -41,7 +42,7 @@ from .notify import Notifier
 from .prompts import register_prompts
 from .resources import StackResources, register_resources
 from .schema import flatten_schema
-from .tools import PersonScopes, ToolKit, caller_of, register_read_tools, register_write_tools
+from .tools import ToolKit, caller_of, register_read_tools, register_write_tools
 
 __all__ = ["build_server", "error_result", "GatewayServer", "INSTRUCTIONS"]
 

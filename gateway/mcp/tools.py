@@ -37,7 +37,6 @@ from .dashboard import PS_TOOL_META
 from .notify import Notifier
 
 __all__ = [
-    "PersonScopes",
     "ToolKit",
     "Acting",
     "Project",
