@@ -29,8 +29,10 @@ from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, free_port
 from tests.gateway.conftest import stop_process
 from tests.gateway.oauth_fixtures import PASSWORD, audit_lines, connect, run_users, start_oauth_gateway
 from tests.gateway.oauth_person import MemoryStorage, ScriptedPerson
-from tests.gateway.oauth_tls import MetadataServer, make_certificates
+from tests.gateway.oauth_tls import MetadataServer, make_certificates, metadata_server
 from tests.polling import eventually
+
+__all__ = ["metadata_server"]  # the fixture, imported for its test
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
