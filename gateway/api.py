@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .audit import ON_BEHALF_OF_META_KEY, AuditLog, on_behalf_of_meta
+from .auth.people import People, open_people
 from .auth.principals import READ_TOOLS, STATUS_PANEL, TokenStore
 from .auth.tokens import (
     EnvTokenSource,
@@ -75,6 +76,8 @@ __all__ = [
     "CommonFields",
     "gather",
     "settle",
+    "People",
+    "open_people",
     "DownRisk",
     "PlanAction",
     "Verdict",

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -60,6 +61,11 @@ class Settings(CommonFields):
         default=(), description="deploy and/or rollback: grant them to the status panel's token"
     )
 
+    # [oauth] The gateway's public address (https://host[:port]): turns on the OAuth authorization server.
+    public_url: str | None = Field(
+        default=None, description="The URL clients reach the gateway at; OAuth is served only when it is set"
+    )
+
     @field_validator("status_panel_tools")
     @classmethod
     def _panel_grantable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -69,6 +75,28 @@ class Settings(CommonFields):
                 f"status_panel_tools may only name {', '.join(sorted(DEPLOY_TOOLS))}, not {', '.join(unknown)}"
             )
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_origin(cls, value: str | None) -> str | None:
+        # [oauth] It becomes the OAuth issuer: an origin, https unless this machine is the only client.
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        host = (parts.hostname or "").lower()
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme not in ("http", "https") or not host:
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; give the address clients use, e.g. https://gw.example.com"
+            )
+        if parts.scheme == "http" and not loopback:
+            raise ValueError(
+                f"{value!r} is plain http on a non-loopback host; OAuth needs https (put a TLS proxy in front, "
+                "see docs/oauth.md)"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(f"{value!r} must be an origin only (scheme, host and port), with no path or query")
+        return f"{parts.scheme}://{parts.netloc.lower()}"
 
     @property
     def audit_path(self) -> Path:
@@ -91,8 +119,9 @@ _ENV_FIELDS: dict[str, str] = {
     "COMPOSE_AGENT_TOKEN_RATE": "token_rate",
     "COMPOSE_AGENT_TOKEN_BURST": "token_burst",
     "COMPOSE_AGENT_SHUTDOWN_TIMEOUT": "shutdown_timeout",
+    "COMPOSE_AGENT_PUBLIC_URL": "public_url",  # [oauth]
 }
-_FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy", "status_panel_tools"}
+_FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy", "status_panel_tools", "public_url"}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

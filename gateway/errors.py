@@ -22,6 +22,8 @@ __all__ = [
     "EngineUnavailable",
     "PolicyViolation",
     "PolicyRefused",
+    "InsufficientScope",
+    "SCOPE_META_KEY",
     "ConfirmationRequired",
     "ConfigError",
     "VaultError",
@@ -36,6 +38,8 @@ __all__ = [
 ERROR_META_KEY = "compose-agent/error"
 # Where a confirmation_required result carries its token, so a program need not parse the text.
 CONFIRM_META_KEY = "compose-agent/confirm"
+# [oauth] Where an insufficient_scope result names the scope that would allow the call.
+SCOPE_META_KEY = "compose-agent/scope"
 
 
 class GatewayError(Exception):
@@ -95,6 +99,16 @@ class PolicyRefused(PolicyViolation):
     def __init__(self, message: str, violations: list[Violation]) -> None:
         super().__init__(message)
         self.violations = violations
+
+
+class InsufficientScope(PolicyViolation):
+    """[oauth] An OAuth token's scopes do not cover this call; ``scope`` names the one that would."""
+
+    kind = "insufficient_scope"
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
 
 
 class ConfirmationRequired(GatewayError):

@@ -20,6 +20,7 @@ from gateway.api import (
     TokenSource,
     TokenStore,
     load_initial_tokens,
+    open_people,
     refresh_tokens_forever,
     token_source_from_settings,
 )
@@ -176,7 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     logger.info("status panel token from %s", source.description if token else "nowhere (open on loopback)")
-    authenticator = Authenticator(token, settings.panel_username, settings.panel_password)
+    try:
+        # The gateway's people: its state dir (or the copy it shares with this panel), or Vault.
+        people = anyio.run(open_people, settings)
+    except GatewayError as exc:
+        logger.error("cannot use the people: %s", exc)
+        return 2
+    authenticator = Authenticator(token, settings.panel_username, settings.panel_password, people)
     if authenticator.open:
         logger.warning("no STATUS_PANEL_TOKEN and no login configured: anyone on this machine can use the panel")
     try:
@@ -208,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         session_secret=settings.session_secret,
         allowed_hosts=hosts,
         https_only=settings.https_only,
-        background=[refresh] if refreshing and token else [],
+        background=([refresh] if refreshing and token else []) + [people.watch_forever],
     )
     logger.info(
         "status panel %s on http://%s:%d (%s; control plane %s)",

@@ -114,6 +114,7 @@ _BY_KIND: dict[str, type[PanelError]] = {
     "invalid_input": BadRequest,
     "stack_not_found": NotFound,
     "policy_violation": Forbidden,
+    "insufficient_scope": Forbidden,  # the person logged in does not hold the scope
     "compose_failed": ActionFailed,
     "compose_not_found": EngineDown,
     "engine_unavailable": EngineDown,

@@ -221,6 +221,8 @@ async def login(request: Request) -> Response:
             return response
         if username and auth.check_password(username, password):
             login = (username, "password")
+        elif username and (person := await auth.check_person(username, password)) is not None:
+            login = (person, "person")
     if login is None:
         state.limiter.record_failure(client)
         context["error"] = "Wrong token or username and password."

@@ -24,7 +24,7 @@ SESSION_LIFETIME = 12 * 60 * 60
 # A session stamped a little in the future is one from before the clock was set back, not a forgery.
 _CLOCK_SLACK = 300
 
-LoginMethod = Literal["token", "password"]
+LoginMethod = Literal["token", "password", "person"]
 
 
 class SessionGuard:

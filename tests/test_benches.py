@@ -48,3 +48,16 @@ def test_panel_overhead_measures_the_panel_against_the_gateway(tmp_path: Path) -
     out = run_bench("panel_overhead.py", "--iterations", "20", "--warmup", "2", "--json", str(figures))
     assert "panel overhead" in out
     assert json.loads(figures.read_text())
+
+
+def test_the_oauth_bench_measures_tokens_calls_and_sign_ins(tmp_path: Path) -> None:
+    figures = tmp_path / "oauth.json"
+    out = run_bench("oauth.py", "--iterations", "10", "--logins", "1", "--json", str(figures))
+    for row in (
+        "scrypt password check",
+        "verify an OAuth token",
+        "list_stacks over HTTP, OAuth token",
+        "whole sign-in",
+    ):
+        assert row in out
+    assert json.loads(figures.read_text())

@@ -10,6 +10,10 @@ import hmac
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .scopes import ScopeSet  # [oauth] scopes.py imports the tool families from here
 
 __all__ = [
     "COMPOSE_AGENT",
@@ -24,6 +28,7 @@ __all__ = [
     "ALL_TOOLS",
     "PANEL_TOOLS",
     "PRINCIPALS",
+    "oauth_caller",
 ]
 
 # Tool families. A scope is "tool:<name>"; a principal holds the scopes of the tools it may call.
@@ -42,13 +47,30 @@ def scope_for(tool: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """A caller identity (never the token itself) and the tools it may call."""
+    """A caller identity (never the token itself) and the tools it may call.
+
+    [oauth] An OAuth access token is a person acting through a client: ``person`` names them and
+    ``scopes`` (``compose:write:site``...) narrow each call to stacks; the static tokens have neither.
+    """
 
     name: str
     tools: frozenset[str]
+    person: str | None = None
+    scopes: ScopeSet | None = None
 
     def may_call(self, tool: str) -> bool:
         return tool in self.tools
+
+    def may_act(self, tool: str, project: str | None = None, host: str | None = None) -> bool:
+        """[oauth] :meth:`may_call`, and for an OAuth token: on this stack (of this host)."""
+        if self.scopes is None:
+            return self.may_call(tool)
+        return self.scopes.allows(tool, project, host)
+
+
+def oauth_caller(client_id: str) -> str:
+    """[oauth] The caller an OAuth client is in the audit (the person is ``on_behalf_of``)."""
+    return f"oauth:{client_id}"
 
 
 # The token keys are the Vault keys and the caller identities in the audit log.

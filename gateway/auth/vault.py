@@ -27,6 +27,7 @@ __all__ = [
     "VaultClient",
     "VaultSettings",
     "SecretMissing",
+    "DocumentConflict",
     "TOKEN_KEYS",
     "DEFAULT_MOUNT",
     "DEFAULT_PREFIX",
@@ -60,6 +61,10 @@ class VaultSettings(Protocol):
 
 class SecretMissing(VaultError):
     """No secret at the path, or its latest version is deleted: the token is not configured (or revoked)."""
+
+
+class DocumentConflict(VaultError):
+    """A check-and-set write found another version than the one it was based on; read again and retry."""
 
 
 def check_token_value(token: str) -> str:
@@ -202,6 +207,67 @@ class VaultClient:
             ),
         )
         logger.info("stored a new version of %s/%s in Vault at %s", self.mount, rel, self.address)
+
+    async def read_document(self, deployment_hash: str, key: str) -> tuple[dict[str, Any] | None, int]:
+        """The data of ``secret/{prefix}/{deployment_hash}/{key}`` and its version; ``(None, 0)`` if there is none.
+
+        For documents the gateway keeps in Vault beside its tokens (people, OAuth grants).
+
+        Raises:
+            VaultError: Vault is unreachable or denies the read.
+            ConfigError: an unsafe hash or key.
+        """
+        rel = self.relative_path(deployment_hash, key)
+        try:
+            response = await self._call(
+                "read",
+                rel,
+                lambda: self._client.secrets.kv.v2.read_secret_version(
+                    path=rel, mount_point=self.mount, raise_on_deleted_version=True
+                ),
+            )
+        except SecretMissing:
+            return None, 0
+        try:
+            data, version = response["data"]["data"], response["data"]["metadata"]["version"]
+        except (KeyError, TypeError):
+            raise VaultError(f"Vault at {self.address} answered the read of {self.mount}/{rel} without data") from None
+        if not isinstance(data, dict) or not isinstance(version, int):
+            raise VaultError(f"the secret {self.mount}/{rel} in Vault at {self.address} is not a document")
+        return data, version
+
+    async def write_document(
+        self, deployment_hash: str, key: str, data: dict[str, Any], *, cas: int | None = None
+    ) -> int:
+        """Write ``data`` as a new version of ``secret/{prefix}/{deployment_hash}/{key}``; its version.
+
+        With ``cas``, only if the current version is ``cas`` (0: only if there is none yet).
+
+        Raises:
+            DocumentConflict: ``cas`` is not the current version (someone else wrote in between).
+            VaultError: Vault is unreachable or denies the write.
+            ConfigError: an unsafe hash or key.
+        """
+        rel = self.relative_path(deployment_hash, key)
+        try:
+            response = await self._call(
+                "write",
+                rel,
+                lambda: self._client.secrets.kv.v2.create_or_update_secret(
+                    path=rel, secret=data, cas=cas, mount_point=self.mount
+                ),
+            )
+        except VaultError as exc:
+            # Vault says so only in words: "check-and-set parameter did not match the current version".
+            if cas is not None and "check-and-set" in str(exc):
+                raise DocumentConflict(f"{self.mount}/{rel} in Vault at {self.address} changed meanwhile") from None
+            raise
+        try:
+            return int(response["data"]["version"])
+        except (KeyError, TypeError, ValueError):
+            raise VaultError(
+                f"Vault at {self.address} answered the write of {self.mount}/{rel} without a version"
+            ) from None
 
     def close(self) -> None:
         """Close the HTTP session underneath."""

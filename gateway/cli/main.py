@@ -1,7 +1,7 @@
 """``compose-agent``: the command line. It parses, hands off, and is the only place that exits.
 
-``serve`` (see :mod:`gateway.cli.serve`) and ``vault`` (see :mod:`gateway.cli.vault`) are its
-commands. The environment is read here, once, and handed down.
+``serve`` (see :mod:`gateway.cli.serve`), ``vault`` (see :mod:`gateway.cli.vault`) and ``users``
+(see :mod:`gateway.cli.users`) are its commands. The environment is read here, once, and handed down.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 from .. import __version__
 from ..errors import GatewayError
 from .serve import serve
+from .users import add_parser as add_users_parser  # [oauth]
+from .users import run as run_users_command  # [oauth]
 from .vault import add_vault_parser, run_vault_command
 
 __all__ = ["main"]
@@ -26,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         description="An MCP gateway that lets AI agents run Docker Compose stacks safely.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,vault}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,vault,users}")
 
     serve = commands.add_parser(
         "serve",
@@ -85,8 +87,19 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds SIGTERM waits for running compose commands before ending them "
         "(default: $COMPOSE_AGENT_SHUTDOWN_TIMEOUT, else 8)",
     )
+    # [oauth] OAuth for hosted clients, and HTTPS from the gateway itself (docs/oauth.md).
+    serve.add_argument(
+        "--public-url",
+        help="the https:// address clients reach this gateway at; turns on OAuth for hosted clients "
+        "(default: $COMPOSE_AGENT_PUBLIC_URL, or public_url in config.json; see docs/oauth.md)",
+    )
+    serve.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (chain) file; needs --tls-key"
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_vault_parser(commands)
+    add_users_parser(commands)  # [oauth]
     return parser
 
 
@@ -96,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "vault":
             return run_vault_command(args, environ)
+        if args.command == "users":  # [oauth]
+            return run_users_command(args, environ)
         return serve(args, environ)
     except GatewayError as exc:
         print(f"compose-agent: error: {exc}", file=sys.stderr)

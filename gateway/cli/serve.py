@@ -18,11 +18,13 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 
 from .. import __version__
 from ..audit import AuditLog
+from ..auth.people import open_people  # [oauth]
 from ..auth.principals import STATUS_PANEL, TokenStore
 from ..auth.tokens import (
     GeneratedTokenSource,
@@ -37,6 +39,7 @@ from ..config import Settings, load_settings
 from ..errors import AuditUnavailable
 from ..mcp.app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
 from ..mcp.notify import Notifier
+from ..mcp.oauth import build_oauth  # [oauth]
 from ..mcp.server import build_server
 from ..mcp.watch import StackWatcher
 from ..metrics import ControlPlane
@@ -61,6 +64,19 @@ def _configure_logging(level: str) -> None:
     )
     for noisy in ("httpx", "httpx2", "mcp", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
+
+
+def _allowed_hosts(settings: Settings, host: str) -> list[str]:
+    """[oauth] The Host headers served: as configured, plus the public URL's host (clients come through it)."""
+    hosts = list(settings.allowed_hosts)
+    if not settings.public_url or hosts == ["*"]:
+        return hosts
+    if not hosts:
+        hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+        if host not in LOOPBACK_HOSTS and host not in ("0.0.0.0", "::"):
+            hosts.append(f"{host}:*")
+    public = urlsplit(settings.public_url).netloc
+    return hosts if public in hosts else [*hosts, public]
 
 
 def _self_project(settings: Settings, ops: ComposeOperations) -> str | None:
@@ -92,7 +108,7 @@ def _client_config(settings: Settings, args: argparse.Namespace, token: str) -> 
         "mcpServers": {
             "compose-agent": {
                 "type": "http",
-                "url": f"http://{args.host}:{args.port}/mcp",
+                "url": f"{'https' if args.tls_cert else 'http'}://{args.host}:{args.port}/mcp",
                 "headers": {"Authorization": f"Bearer {token}"},
             }
         }
@@ -107,13 +123,15 @@ def _client_config(settings: Settings, args: argparse.Namespace, token: str) -> 
 
 def _announce(settings: Settings, args: argparse.Namespace, source: TokenSource, store: TokenStore) -> None:
     """Tell the operator where to connect. Tokens are shown only right after they were generated."""
-    base = f"http://{args.host}:{args.port}"
+    base = f"{'https' if args.tls_cert else 'http'}://{args.host}:{args.port}"
     lines = [
         f"compose-agent {__version__}: stacks from {settings.stacks_dir.resolve()}",
         f"  Streamable HTTP  {base}/mcp",
         f"  SSE              {base}/sse",
         f"  health, metrics  {base}/health  {base}/api/v1/metrics  {base}/metrics",
     ]
+    if settings.public_url:  # [oauth]
+        lines.append(f"  OAuth            {settings.public_url}/mcp (hosted clients sign in as one of the people)")
     token = "<your compose_agent_token>"
     if isinstance(source, GeneratedTokenSource):
         # Only a person at a terminal sees them: under a supervisor or in a container, stderr is a log
@@ -157,11 +175,17 @@ async def _serve_http(
         share(store)
         store.on_change(share)
     notifier = _notifier()
+    static = GatewayTokenVerifier(store, panel_tools=settings.status_panel_tools)
+    # [oauth] People always (the panel logs them in); the authorization server with a public URL only.
+    people = await open_people(settings, share=True)
+    oauth = await build_oauth(settings, static=static, people=people) if settings.public_url else None
     server = build_server(
         ops,
         read_only=args.read_only,
-        token_verifier=GatewayTokenVerifier(store, panel_tools=settings.status_panel_tools),
-        issuer_url=f"http://{args.host}:{args.port}",
+        token_verifier=oauth.verifier if oauth else static,
+        issuer_url=oauth.issuer if oauth else f"http://{args.host}:{args.port}",
+        resource_server_url=oauth.resource if oauth else None,
+        people=people.scopes_of,
         notifier=notifier,
         confirm=settings.policy.confirm,
     )
@@ -171,6 +195,8 @@ async def _serve_http(
 
     def identify(token: str) -> str | None:
         principal = store.identify(token)
+        if principal is None and oauth is not None:
+            return oauth.identify(token)  # [oauth] person@client: each their own rate and sessions
         return None if principal is None else principal.name
 
     limits = Limits(
@@ -184,9 +210,12 @@ async def _serve_http(
         server,
         ops,
         host=args.host,
-        allowed_hosts=settings.allowed_hosts,
-        background=[refresh, notifier.run, StackWatcher(ops, notifier).run],
+        allowed_hosts=_allowed_hosts(settings, args.host),
+        background=[refresh, notifier.run, StackWatcher(ops, notifier).run, people.watch_forever]
+        + (oauth.background if oauth else []),
         limits=limits,
+        oauth_app=oauth.app if oauth else None,
+        guard=oauth.guard(ops.audit_refusal) if oauth else None,
         # uvicorn owns SIGTERM and SIGINT; its public should_exit says when one arrived.
         shutdown=Shutdown(running, settings.shutdown_timeout, lambda: any(s.should_exit for s in servers)),
     )
@@ -204,11 +233,18 @@ async def _serve_http(
         forwarded_allow_ips=settings.forwarded_allow_ips or [],
         # A backstop only: the app's own drain waits for running commands and then ends the sessions.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) + 10,
+        # [oauth] uvicorn's own TLS, for a gateway that clients reach directly (docs/oauth.md).
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
     )
     uv = uvicorn.Server(config)
     servers.append(uv)
     _announce(settings, args, source, store)
-    await uv.serve()
+    try:
+        await uv.serve()
+    finally:
+        if oauth is not None:
+            oauth.close()
     return 0 if uv.started else 1
 
 
@@ -251,7 +287,15 @@ def _notifier() -> Notifier:
 
 def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     _configure_logging(args.log_level)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("compose-agent: error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    for tls_file in (args.tls_cert, args.tls_key):
+        if tls_file is not None and not os.access(tls_file, os.R_OK):
+            print(f"compose-agent: error: cannot read {tls_file}", file=sys.stderr)
+            return 2
     overrides: dict[str, object] = {"stacks_dir": args.stacks_dir, "compose_bin": args.compose_bin}
+    overrides["public_url"] = args.public_url  # [oauth]
     if args.allowed_hosts:
         overrides["allowed_hosts"] = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     if args.forwarded_allow_ips:

@@ -12,7 +12,8 @@ request being served known to them, through :func:`current_principal`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +26,25 @@ from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 
 from ..audit import on_behalf_of
-from ..auth.principals import ALL_TOOLS, DEPLOY_TOOLS, LOCAL, PRINCIPALS, STATUS_PANEL, Principal, TokenStore, scope_for
-from ..errors import GatewayError, PolicyViolation
+from ..auth.principals import (
+    ALL_TOOLS,
+    DEPLOY_TOOLS,
+    LOCAL,
+    PRINCIPALS,
+    STATUS_PANEL,
+    Principal,
+    TokenStore,
+    oauth_caller,
+    scope_for,
+)
+from ..auth.scopes import ScopeSet, needed_scope
+from ..errors import GatewayError, InsufficientScope, InvalidInput, PolicyViolation
 from ..operations import ComposeOperations
 
 __all__ = [
     "Authorized",
+    "PersonScopes",
+    "acting_for",
     "authorize",
     "GatewayTokenVerifier",
     "principal_from_access_token",
@@ -41,6 +55,8 @@ __all__ = [
     "remember_requests",
     "require_scope",
 ]
+
+_STACK_IN_URI = re.compile(r"compose://stacks/([^/?#]+)/")
 
 # The request being served, set by the middleware for the length of its handling (one task).
 _REQUEST: ContextVar[ServerRequestContext[Any, Any] | None] = ContextVar("compose_agent_request", default=None)
@@ -99,25 +115,70 @@ class Authorized:
     person: str | None
 
 
-def authorize(ops: ComposeOperations, ctx: Context[Any, Any], tool: str, arguments: dict[str, Any]) -> Authorized:
-    """The caller of this request, if its token's scope includes ``tool``, and the person it acts for.
+# [oauth] What a person holds now (None: no such person), for the panel acting for one of the people.
+PersonScopes = Callable[[str], ScopeSet | None]
 
-    ``arguments`` are what a refusal's audit line records.
+
+def acting_for(principal: Principal, meta: Any) -> str | None:
+    """The person a call acts for: an OAuth token's own, or the one the request's ``_meta`` names (the panel's).
 
     Raises:
-        PolicyViolation: out of scope (the refusal is audited).
+        InvalidInput: the ``_meta`` entry is not a short printable name, or names someone other than
+            the OAuth token's person.
+    """
+    claimed = on_behalf_of(meta)
+    if principal.person is None:
+        return claimed
+    if claimed is not None and claimed != principal.person:  # [oauth] a client cannot act for someone else
+        raise InvalidInput(f"this token acts for {principal.person}; _meta may not name anyone else")
+    return principal.person
+
+
+def authorize(
+    ops: ComposeOperations,
+    ctx: Context[Any, Any],
+    tool: str,
+    arguments: dict[str, Any],
+    *,
+    people: PersonScopes | None = None,
+) -> Authorized:
+    """The caller of this request, if its token's scope includes ``tool``, and the person it acts for.
+
+    ``arguments`` are what a refusal's audit line records; their ``project`` (and ``host``) is the
+    stack an OAuth token's scopes must cover. With ``people``, the status panel acting for one of
+    the people acts within that person's grants too.
+
+    Raises:
+        PolicyViolation: out of scope (the refusal is audited); InsufficientScope for an OAuth token,
+            or the panel's person, naming the scope that would allow the call.
         InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta`` (audited too).
     """
     principal = principal_of(ctx)
     try:
-        person = on_behalf_of(ctx.request_context.meta)
+        person = acting_for(principal, ctx.request_context.meta)
     except GatewayError as exc:
-        ops.audit_refusal(tool, arguments, principal.name, str(exc))
+        ops.audit_refusal(tool, arguments, principal.name, str(exc), on_behalf_of=principal.person)
         raise
-    if not principal.may_call(tool):
+    if not principal.may_call(tool) and principal.scopes is None:
         reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
         ops.audit_refusal(tool, arguments, principal.name, reason, on_behalf_of=person)
         raise PolicyViolation(reason)
+    # [oauth] An OAuth token acts within its scopes, stack by stack; the panel acting for one of the
+    # people, within that person's grants too.
+    scopes = principal.scopes
+    if scopes is None and principal.name == STATUS_PANEL.name and person is not None and people is not None:
+        scopes = people(person)
+    project, host = arguments.get("project"), arguments.get("host")
+    stack = project if isinstance(project, str) else None
+    on_host = host if isinstance(host, str) else None
+    if scopes is not None and not scopes.allows(tool, stack, on_host):
+        needed = needed_scope(tool, stack, on_host)
+        reason = (
+            f"{person} (through '{principal.name}') does not hold the scope {needed}, which '{tool}' needs "
+            "here; the operator can grant it (compose-agent users grant), then authorize again asking for it"
+        )
+        ops.audit_refusal(tool, arguments, principal.name, reason, on_behalf_of=person)
+        raise InsufficientScope(reason, scope=needed)
     return Authorized(principal, person)
 
 
@@ -132,13 +193,18 @@ def require_scope(
     Raises:
         PolicyViolation: the caller's token may not call ``tool``.
     """
-    if principal.may_call(tool):
+    project = arguments.get("project")
+    if not isinstance(project, str):
+        # [oauth] A stack's resource names its stack in its URI.
+        found = _STACK_IN_URI.match(str(arguments.get("uri", "")))
+        project = found.group(1) if found else None
+    if principal.may_act(tool, project):
         return
     reason = (
         f"the token of '{principal.name}' may not call '{tool}', so it may not read this either; "
         "use a token whose scope includes it"
     )
-    ops.audit_refusal(what, arguments, principal.name, reason)
+    ops.audit_refusal(what, arguments, principal.name, reason, on_behalf_of=principal.person)
     raise PolicyViolation(reason)
 
 
@@ -169,13 +235,17 @@ def principal_from_access_token(access: AccessToken | None) -> Principal:
     """
     if access is None:
         return LOCAL
-    return _principal(access.client_id, tuple(access.scopes))
+    return _principal(access.client_id, tuple(access.scopes), access.subject)
 
 
-@functools.lru_cache(maxsize=64)
-def _principal(client_id: str, scopes: tuple[str, ...]) -> Principal:
+@functools.lru_cache(maxsize=256)
+def _principal(client_id: str, scopes: tuple[str, ...], subject: str | None = None) -> Principal:
     # Once per token and scope set, not once per call: every tool call asks.
     if client_id not in PRINCIPALS:
+        if subject is not None:
+            # [oauth] Only the authorization server's tokens name a person; their scopes are compose:*.
+            held = ScopeSet.parse_known(scopes)
+            return Principal(oauth_caller(client_id), held.tools(), person=subject, scopes=held)
         # An identity we did not issue gets no tools at all rather than a default.
         return Principal(client_id, frozenset())
     granted = frozenset(scope.removeprefix("tool:") for scope in scopes if scope.startswith("tool:"))

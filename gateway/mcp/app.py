@@ -26,6 +26,7 @@ from .. import __version__
 from ..compose.running import RunningCommands
 from ..operations import ComposeOperations
 from ..ratelimit import FailureLimiter, SessionCounter, TokenBucket, client_key
+from .oauth.routes import is_oauth_path
 
 __all__ = ["build_http_app", "transport_security_for", "EdgeLimiter", "Limits", "Shutdown"]
 
@@ -119,7 +120,7 @@ class EdgeLimiter:
         token = _bearer(scope)
         principal = self.limits.identify(token) if token else None
         if principal is None:
-            await self._unauthenticated(scope, receive, send)
+            await self._unauthenticated(scope, receive, send, guessed=token is not None)
             return
         rate = self.limits.rate
         if rate is not None:
@@ -139,7 +140,7 @@ class EdgeLimiter:
         else:
             await self.app(scope, receive, send)
 
-    async def _unauthenticated(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _unauthenticated(self, scope: Scope, receive: Receive, send: Send, *, guessed: bool = True) -> None:
         failures = self.limits.failures
         client = scope.get("client")
         key = client_key(client[0] if client else None)
@@ -150,7 +151,9 @@ class EdgeLimiter:
             return
 
         async def watch(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
+            # [oauth] Only a presented token that is wrong counts: an OAuth client's first request has
+            # none (it is how it discovers where to log in), and hosted clients share a few addresses.
+            if message["type"] == "http.response.start" and message["status"] == 401 and guessed:
                 failures.record_failure(key)
             await send(message)
 
@@ -225,11 +228,15 @@ def build_http_app(
     background: list[BackgroundTask] | None = None,
     limits: Limits,
     shutdown: Shutdown | None = None,
+    oauth_app: ASGIApp | None = None,
+    guard: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> ASGIApp:
     """One ASGI app for every HTTP route of the gateway, behind the :class:`EdgeLimiter`.
 
     ``background`` tasks (token refresh) run for the app's lifetime in its lifespan task group.
     With ``shutdown``, a stop waits for running Compose commands first (see :mod:`gateway.compose.running`).
+    [oauth] ``oauth_app`` answers the authorization server's paths (no bearer token there, so in front
+    of the edge limits), and ``guard`` wraps ``/mcp`` (the scope challenge).
     """
     security = transport_security_for(host, allowed_hosts or [])
     sessions = limits.sessions
@@ -243,6 +250,7 @@ def build_http_app(
         max_sessions=None if sessions is None else 2 * sessions.limit + 1,
     )
     sse = mcp.sse_app(transport_security=security, host=host)
+    mcp_app = guard(streamable) if guard is not None else streamable  # [oauth]
 
     async def health(request: Request) -> Response:
         engine = "up"
@@ -324,8 +332,19 @@ def build_http_app(
         elif path.startswith("/messages/"):
             await sse(scope, receive, send)
         elif path == "/mcp" or path.startswith("/mcp/"):
-            await streamable(scope, receive, send)
+            await mcp_app(scope, receive, send)
         else:
             await plain(scope, receive, send)
 
-    return EdgeLimiter(dispatch, limits)
+    edge = EdgeLimiter(dispatch, limits)
+    if oauth_app is None:
+        return edge
+
+    async def front(scope: Scope, receive: Receive, send: Send) -> None:
+        # [oauth] The login pages and OAuth endpoints take no bearer token: they are not the edge's to count.
+        if scope["type"] == "http" and is_oauth_path(scope["path"]):
+            await oauth_app(scope, receive, send)
+        else:
+            await edge(scope, receive, send)
+
+    return front

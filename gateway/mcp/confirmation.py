@@ -29,7 +29,7 @@ from ..deploy.confirm import Confirmations
 from ..deploy.plan import render_down, render_plan
 from ..deploy.versions import sha256_hex
 from ..errors import GatewayError, PolicyViolation
-from .access import authorize
+from .access import PersonScopes, authorize
 
 if TYPE_CHECKING:
     from ..deploy.planner import Planner
@@ -192,6 +192,7 @@ class _Kit(Protocol):
 
     ops: ComposeOperations
     gate: ConfirmGate
+    people: PersonScopes | None  # [oauth] the panel's person acts within their own grants
 
 
 def _kit(ctx: Context) -> _Kit:
@@ -212,7 +213,7 @@ async def _plan_call(
     kit = _kit(ctx)
     shown = audit_arguments if audit_arguments is not None else arguments
     # The one scope check of a write: the body acts as the caller this returns.
-    who = authorize(kit.ops, ctx, tool, shown)
+    who = authorize(kit.ops, ctx, tool, shown, people=kit.people)
     planner = kit.ops.planner
     project = str(arguments["project"])
     try:

@@ -189,7 +189,7 @@ async def stack_names(ops: ComposeOperations) -> list[tuple[str, bool]]:
 
 def _stack_resources(name: str, external: bool, principal: Principal) -> list[Resource]:
     resources = []
-    if not external and principal.may_call("config"):
+    if not external and principal.may_act("config", name):  # [oauth] may_act: per stack
         resources.append(
             Resource(
                 uri=compose_file_uri(name),
@@ -199,7 +199,7 @@ def _stack_resources(name: str, external: bool, principal: Principal) -> list[Re
                 mime_type="application/yaml",
             )
         )
-    if principal.may_call("ps"):
+    if principal.may_act("ps", name):
         resources.append(
             Resource(
                 uri=status_uri(name),

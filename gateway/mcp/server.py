@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
@@ -21,9 +22,18 @@ from .. import __version__
 from ..audit import bounded_arguments, on_behalf_of
 from ..auth.principals import DEPLOY_TOOLS, LOCAL, WRITE_TOOLS
 from ..deploy.confirm import Confirmations
-from ..errors import CONFIRM_META_KEY, ERROR_META_KEY, ConfirmationRequired, GatewayError, InvalidInput, PolicyViolation
+from ..errors import (
+    CONFIRM_META_KEY,
+    ERROR_META_KEY,
+    SCOPE_META_KEY,
+    ConfirmationRequired,
+    GatewayError,
+    InsufficientScope,
+    InvalidInput,
+    PolicyViolation,
+)
 from ..operations import ComposeOperations
-from .access import GatewayTokenVerifier
+from .access import PersonScopes
 from .completion import register_completion
 from .confirmation import audit_view
 from .dashboard import stack_app
@@ -122,9 +132,11 @@ class GatewayServer(StackResources):
     def _refused(self, name: str, arguments: dict[str, Any], context: Context | None, reason: str) -> None:
         if self._audit_refusal is None:
             return
-        caller = caller_of(context).name if context is not None else LOCAL.name
+        principal = caller_of(context) if context is not None else LOCAL
+        caller = principal.name
         try:
-            person = on_behalf_of(context.request_context.meta) if context is not None else None
+            # [oauth] An OAuth token's person is the token's, whatever the request's _meta claims.
+            person = principal.person or (on_behalf_of(context.request_context.meta) if context is not None else None)
         except (InvalidInput, ValueError):
             # A malformed name (refused with the call anyway), or no request to read it from.
             person = None
@@ -153,6 +165,8 @@ def error_result(exc: GatewayError) -> CallToolResult:
     meta: dict[str, Any] = {ERROR_META_KEY: exc.kind}
     if isinstance(exc, ConfirmationRequired):
         meta[CONFIRM_META_KEY] = exc.token
+    if isinstance(exc, InsufficientScope):  # [oauth]
+        meta[SCOPE_META_KEY] = exc.scope
     return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True, _meta=meta)
 
 
@@ -160,8 +174,10 @@ def build_server(
     ops: ComposeOperations,
     *,
     read_only: bool = False,
-    token_verifier: GatewayTokenVerifier | None = None,
+    token_verifier: TokenVerifier | None = None,
     issuer_url: str = "http://127.0.0.1:8765",
+    resource_server_url: str | None = None,
+    people: PersonScopes | None = None,
     notifier: Notifier | None = None,
     confirm: Iterable[str] = (),
 ) -> GatewayServer:
@@ -176,7 +192,16 @@ def build_server(
     :class:`~gateway.mcp.watch.StackWatcher` feeding it) for the server's lifetime. Without one, the
     server makes its own, which serves subscriptions and log levels but hears of no changes.
     """
-    auth = AuthSettings(issuer_url=AnyHttpUrl(issuer_url), resource_server_url=None) if token_verifier else None
+    auth = None
+    if token_verifier is not None:
+        # [oauth] With a public URL, tokens are bound to this resource (RFC 8707) and a 401 points at
+        # its metadata (RFC 9728); the static tokens are stamped with it by the OAuth verifier.
+        resource = AnyHttpUrl(resource_server_url) if resource_server_url else None
+        auth = AuthSettings(
+            issuer_url=AnyHttpUrl(issuer_url),
+            resource_server_url=resource,
+            validate_token_resource=True if resource else None,
+        )
     notifier = notifier or Notifier(InMemorySubscriptionBus())
     mcp = GatewayServer(
         "compose-agent",
@@ -191,6 +216,7 @@ def build_server(
     )
     mcp.read_only = read_only
     kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm))
+    kit.people = people  # [oauth] the panel's person acts within their own grants
     register_read_tools(mcp, kit)
     register_deploy_reads(mcp, kit)
     if not read_only:

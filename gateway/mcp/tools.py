@@ -21,7 +21,7 @@ from ..deploy.confirm import Confirmations
 from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
 from ..models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from ..operations import ComposeOperations
-from .access import authorize, principal_of
+from .access import PersonScopes, authorize, principal_of
 from .confirmation import (
     CONFIRM_DESCRIPTION,
     SERVICE_CONFIRMATION,
@@ -94,6 +94,7 @@ class ToolKit:
         self.ops = ops
         self.notifier = notifier
         self.gate = ConfirmGate(confirmations or Confirmations())
+        self.people: PersonScopes | None = None
 
     def authorize(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> Principal:
         """The caller of this request, if its token's scope includes ``tool`` (see :func:`~.access.authorize`).
@@ -102,7 +103,7 @@ class ToolKit:
             PolicyViolation: out of scope (the refusal is audited).
             InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta`` (audited too).
         """
-        return authorize(self.ops, ctx, tool, arguments).principal
+        return authorize(self.ops, ctx, tool, arguments, people=self.people).principal
 
     def progress(self, ctx: Context) -> ProgressCallback:
         """A callback that turns each Compose event into a progress notification and a log message."""
@@ -172,8 +173,11 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
         ),
     )
     async def list_stacks(ctx: Context) -> StackList:
-        kit.authorize(ctx, "list_stacks", {})
-        return await ops.list_stacks()
+        who = kit.authorize(ctx, "list_stacks", {})
+        listing = await ops.list_stacks()
+        if who.scopes is not None:  # [oauth] a token narrowed to stacks sees only those
+            listing = StackList(stacks=[s for s in listing.stacks if who.may_act("ps", s.name)])
+        return listing
 
     @mcp.tool(
         title="Service status",

@@ -88,9 +88,9 @@ def wait_for_health(base: str, process: subprocess.Popen[bytes], timeout: float 
 
 
 def start_gateway(
-    tmp_path: Path, stacks_dir: Path, *extra_args: str, env: dict[str, str] | None = None
+    tmp_path: Path, stacks_dir: Path, *extra_args: str, env: dict[str, str] | None = None, port: int | None = None
 ) -> GatewayProcess:
-    port = free_port()
+    port = port or free_port()
     agent_token, panel_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     state = tmp_path / f"state-{port}"
     full_env = {

@@ -52,7 +52,12 @@ def test_importing_the_whole_panel_loads_no_gateway_module_that_gateway_api_does
 CLIENT_MODE_MODULES = {
     "gateway.api",
     "gateway.audit",
+    # [oauth] The panel logs in the gateway's people: their document, password hashes and scopes.
+    "gateway.auth.documents",
+    "gateway.auth.passwords",
+    "gateway.auth.people",
     "gateway.auth.principals",
+    "gateway.auth.scopes",
     "gateway.auth.tokens",
     "gateway.auth.vault",
     "gateway.backoff",
