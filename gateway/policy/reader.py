@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..folders import open_regular
 from .reading import FileReference, ReadFile, Reading, ReadRefused, Unloadable
 from .strict_yaml import (
     CONTROL_CHARACTERS,
@@ -87,7 +88,7 @@ def read_stack(
             budget exceeded, a control character, or a file that cannot be read safely.
         Unloadable: a compose file inside the folder that is not valid YAML, or is missing.
     """
-    state = _State(Path(os.path.realpath(folder)), budget or Budget(), dict(sources or {}))
+    state = _State(_root(folder), budget or Budget(), dict(sources or {}))
     base = Path(os.path.normpath(project_directory or folder))
     dotenv = env_file or base / ".env"
     state.refs.append(FileReference(".env file", None, dotenv.name, (dotenv,)))
@@ -106,6 +107,16 @@ def read_stack(
         dotenv_names=tuple(dict.fromkeys(state.dotenv_names)),
         nodes=state.nodes,
     )
+
+
+def _root(folder: Path) -> Path:
+    """Where the folder is, its own name not followed: a stack folder that is a link is refused, and
+    one swapped for a link meanwhile leaves every file it holds outside this root (never opened)."""
+    if os.path.islink(folder):
+        raise ReadRefused(
+            "unreadable_file", f"the stack folder {folder.name} is a symbolic link; the guard follows no link out of it"
+        )
+    return Path(os.path.realpath(folder.parent)) / folder.name
 
 
 def _inside(path: Path | str, root: Path) -> bool:
@@ -134,7 +145,8 @@ def _read(state: _State, path: Path, kind: str, *, optional: bool = False) -> st
         if not _inside(real, state.root):
             return None
         try:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            # A regular file with one name, or nothing opened: no FIFO, no device, no hard link.
+            fd = open_regular(real)
         except FileNotFoundError:
             if optional:
                 state.absent.append(path)
