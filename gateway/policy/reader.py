@@ -119,6 +119,14 @@ def _root(folder: Path) -> Path:
     return Path(os.path.realpath(folder.parent)) / folder.name
 
 
+def _realpath(path: Path) -> str:
+    """Where ``path`` resolves; a link swapped for a file mid-resolution is refused, not an internal error."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        raise ReadRefused("unreadable_file", f"{path.name} changed while the guard read it; try again") from None
+
+
 def _inside(path: Path | str, root: Path) -> bool:
     text, top = str(path), str(root)
     return text == top or text.startswith(top.rstrip("/") + "/")
@@ -141,7 +149,7 @@ def _read(state: _State, path: Path, kind: str, *, optional: bool = False) -> st
         data = state.sources[path]
         signature = (0, len(data), 0, 0)
     else:
-        real = os.path.realpath(path)
+        real = _realpath(path)
         if not _inside(real, state.root):
             return None
         try:
@@ -211,7 +219,7 @@ def _read_all(fd: int, limit: int) -> bytes:
 
 def _parse(state: _State, path: Path, kind: str) -> list[Any] | None:
     """The documents of one compose file, parsed once; None when it is outside the folder (never opened)."""
-    real = Path(os.path.realpath(path)) if path not in state.sources else path
+    real = Path(_realpath(path)) if path not in state.sources else path
     if real in state.documents:
         return state.documents[real]
     text = _read(state, path, kind)
@@ -231,7 +239,7 @@ def _parse(state: _State, path: Path, kind: str) -> list[Any] | None:
 def _compose_file(state: _State, path: Path, base: Path, kind: str) -> None:
     """A whole compose file (given to Compose, or included): every reference in it, resolved in ``base``."""
     documents = _parse(state, path, kind)
-    real = Path(os.path.realpath(path)) if path not in state.sources else path
+    real = Path(_realpath(path)) if path not in state.sources else path
     if documents is None or real in state.scanned:
         return
     state.scanned.add(real)
@@ -246,7 +254,7 @@ def _extended(state: _State, path: Path, service: str) -> None:
     Its references resolve in the extended file's own folder; of the file Compose reads nothing else
     (not its include, secrets or other services).
     """
-    key = (Path(os.path.realpath(path)), service)
+    key = (Path(_realpath(path)), service)
     if key in state.extended:
         return  # a cycle, which Compose refuses itself
     state.extended.add(key)
