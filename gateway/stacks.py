@@ -2,7 +2,9 @@
 
 A stack is a folder under the stacks dir that holds a compose file; its name is the folder name,
 which is also the compose project name. Nothing here accepts a path from a caller: names are
-validated against a strict pattern before they are joined to the stacks dir.
+validated against a strict pattern before they are joined to the stacks dir. A folder that is a
+symbolic link is no stack (its target could be anywhere on the host); what the gateway reads and
+writes inside stack folders goes through :mod:`gateway.folders`, never through a link.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ writes), and running containers hold those folders open. So a new stack appears 
 renamed into place, and an existing stack gets its compose file and ``.env`` replaced one file at a
 time, each written beside the target and renamed over it: the folder itself is never moved.
 
+Every folder and file here is reached by descriptor, one step at a time and never through a link
+(:mod:`gateway.folders`, and :mod:`gateway.deploy.state` for ``.compose-agent/``): a compose file,
+``.env`` or kept version that is a link, a special file or a hard link is refused, naming the stack.
+
 Blocking file-system code: callers run it in a worker thread.
 """
 

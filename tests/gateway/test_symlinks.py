@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client, ClientSession
@@ -298,3 +299,24 @@ async def test_a_stack_folder_swapped_for_a_link_during_deploy_gets_nothing_writ
     assert snapshot_tree(host) == before
     moved = snapshot_tree(stacks.root / "moved")
     assert moved["compose.yaml"] == aside["compose.yaml"] and moved[".env"] == aside[".env"]
+
+
+async def test_a_fifo_in_a_stack_folder_holds_no_thread_and_denies_service_only_to_its_stack(
+    ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    # The catalog's swarm-target probe once read .env with a plain open: a FIFO held the worker
+    # thread for good, and each listing took one more, until no thread was left for anyone.
+    fifo = stacks.make(SERVICE)
+    (stacks.root / fifo / ".env").unlink(missing_ok=True)
+    os.mkfifo(stacks.root / fifo / ".env")
+    other = stacks.make(SERVICE)
+    async with Client(build_server(ops)) as client:
+        with anyio.fail_after(60):
+            for _ in range(45):  # past anyio's default of 40 worker threads
+                listed = await client.call_tool("list_stacks", {})
+                ps = await client.call_tool("ps", {"project": fifo})
+    assert not listed.is_error and not ps.is_error
+    assert listed.structured_content is not None and ps.structured_content is not None
+    marks = {s["name"]: s["policy"] for s in listed.structured_content["stacks"]}
+    assert marks[other] is not None and marks[other]["allowed"]
+    assert marks[fifo] is not None and not marks[fifo]["allowed"] and "FIFO" in marks[fifo]["error"]
