@@ -22,6 +22,7 @@ from .compose.locate import ComposeLocator
 from .engine.client import Engine
 from .engine.containers import PROJECT_LABEL
 from .errors import GatewayError, InvalidInput, StackNotFound
+from .folders import read_regular
 from .policy.guard import PolicyGuard, refusal
 from .policy.rules import Policy, verdict
 from .stacks import Stack, discover_stacks, find_stack, validate_project_name
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # How long a stack's defined services are trusted without re-checking its files' mtimes.
 _DEFINED_TTL_S = 30.0
+# Past this, a file is not searched for the target block: Compose's model decides.
+_MENTION_BYTES = 4 * 1024 * 1024
 # The files whose change can change a stack's compose model.
 _MODEL_FILES = (
     "compose.yaml",
@@ -251,10 +254,14 @@ def _mentions_target(folder: Path) -> bool:
     marker = TARGET_KEY.encode()
     for name in _MODEL_FILES:
         try:
-            if marker in (folder / name).read_bytes():
-                return True
-        except OSError:
+            # Never a plain read: a FIFO named .env would hold this worker thread, and every listing after.
+            data = read_regular(folder / name, limit=_MENTION_BYTES)
+        except FileNotFoundError:
             continue
+        except OSError:
+            return True  # a link, a special file, unreadable: no cheap negative, so Compose's model decides
+        if marker in data or len(data) > _MENTION_BYTES:
+            return True
     return False
 
 

@@ -2,7 +2,9 @@
 
 A stack is a folder under the stacks dir that holds a compose file; its name is the folder name,
 which is also the compose project name. Nothing here accepts a path from a caller: names are
-validated against a strict pattern before they are joined to the stacks dir.
+validated against a strict pattern before they are joined to the stacks dir. A folder that is a
+symbolic link is no stack (its target could be anywhere on the host); what the gateway reads and
+writes inside stack folders goes through :mod:`gateway.folders`, never through a link.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import functools
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidInput
+from .errors import InvalidInput, PolicyViolation
 
 __all__ = [
     "COMPOSE_FILENAMES",
@@ -34,6 +37,8 @@ PROJECT_NAME_RULE = "^[a-z0-9][a-z0-9_-]*$"
 _PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # The Compose spec's service names; dots allowed, no slashes, so never a path.
 _SERVICE_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
+# Stack folders that are links, already warned about by discovery.
+_refused: set[tuple[Path, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,24 @@ def find_stack(stacks_dir: Path, name: str) -> Stack | None:
     """The stack folder called ``name`` (already validated), without listing the whole stacks dir.
 
     A stat per candidate file, as every ps does: the paths are built once per name, not each time.
+    A folder that is a symbolic link is no stack: under it, the folder's relative binds, its files
+    and what ``deploy`` writes would all be the link's target, anywhere on the host.
+
+    Raises:
+        PolicyViolation: the stack folder is a symbolic link (the message never says where it points).
     """
     folder, candidates = _candidates(stacks_dir, name)
+    try:
+        mode = os.lstat(folder).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        raise PolicyViolation(
+            f"stack '{name}' is refused: its folder under the stacks dir is a symbolic link, and the gateway "
+            "follows no link out of the stacks dir; put the folder itself there"
+        )
+    if not stat.S_ISDIR(mode):
+        return None
     for candidate in candidates:
         if os.path.isfile(candidate):
             return Stack(name, folder, candidate)
@@ -111,6 +132,16 @@ def discover_stacks(stacks_dir: Path) -> dict[str, Stack]:
         logger.warning("the stacks dir %s is not a directory", stacks_dir)
         return stacks
     for entry in entries:
-        if _PROJECT_RE.fullmatch(entry.name) and (stack := find_stack(stacks_dir, entry.name)) is not None:
+        if not _PROJECT_RE.fullmatch(entry.name):
+            continue
+        try:
+            stack = find_stack(stacks_dir, entry.name)
+        except PolicyViolation as exc:
+            # Not listed, so nothing reads it; said once, not on every listing.
+            if (stacks_dir, entry.name) not in _refused:
+                _refused.add((stacks_dir, entry.name))
+                logger.warning("%s", exc)
+            continue
+        if stack is not None:
             stacks[entry.name] = stack
     return stacks

@@ -15,35 +15,43 @@ writes), and running containers hold those folders open. So a new stack appears 
 renamed into place, and an existing stack gets its compose file and ``.env`` replaced one file at a
 time, each written beside the target and renamed over it: the folder itself is never moved.
 
+Every folder and file here is reached by descriptor, one step at a time and never through a link
+(:mod:`gateway.folders`, and :mod:`gateway.deploy.state` for ``.compose-agent/``): a compose file,
+``.env`` or kept version that is a link, a special file or a hard link is refused, naming the stack.
+
 Blocking file-system code: callers run it in a worker thread.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
-import secrets
-import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GatewayError, InvalidInput
+from ..folders import Folder
 from ..stacks import COMPOSE_FILENAMES
+from .state import STATE_DIRNAME, StateDir, numbers, stage
 
-__all__ = ["STATE_DIRNAME", "KEEP_VERSIONS", "Snapshot", "VersionMeta", "VersionStore", "sha256_hex"]
+__all__ = ["STATE_DIRNAME", "KEEP_VERSIONS", "MAX_FILE_BYTES", "Snapshot", "VersionMeta", "VersionStore", "sha256_hex"]
 
 logger = logging.getLogger(__name__)
 
-STATE_DIRNAME = ".compose-agent"
 KEEP_VERSIONS = 20
-# A scratch or staging folder older than this was left by a process that died mid-write.
-_STALE_TMP_S = 3600.0
 _COMPOSE = "compose.yaml"
 _ENV = ".env"
 _META = "meta.json"
+_CURRENT = "current"
+_MAX_META_BYTES = 64 * 1024
+# The most of one file the gateway keeps or installs: far above a compose file or a .env (the guard
+# reads files up to 1 MiB), far below what a planted multi-gigabyte file would cost its memory.
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 def sha256_hex(data: bytes) -> str:
@@ -79,119 +87,106 @@ class VersionMeta:
 
 
 class VersionStore:
-    """The versions of every stack under one stacks dir."""
+    """The versions of every stack under one stacks dir.
+
+    Every folder and file is reached from the stacks dir one step at a time, by descriptor and
+    without following a link (see :mod:`gateway.folders`): what is refused raises
+    :class:`~gateway.folders.NotFollowed`, naming the stack.
+    """
 
     def __init__(self, stacks_dir: Path, *, keep: int = KEEP_VERSIONS) -> None:
         if keep < 2:
             raise ValueError("keep at least 2 versions, or there is nothing to roll back to")
         self.stacks_dir = stacks_dir
-        self.root = stacks_dir / STATE_DIRNAME
+        self.state = StateDir(stacks_dir)
+        self.root = self.state.root
         self.keep = keep
 
-    # -- folders --------------------------------------------------------------------------------
+    def make_scratch(self, project: str, files: Mapping[str, bytes] | None = None) -> Path:
+        """A fresh, private folder on the stacks dir's file system holding ``files``; see :class:`StateDir`."""
+        return self.state.make_scratch(project, files)
 
-    def _private_dir(self, path: Path) -> Path:
-        """``path`` (under the root), created 0700 with every folder between: versions copy ``.env`` files."""
-        folder = self.root
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for part in path.relative_to(self.root).parts:
-            folder = folder / part
-            folder.mkdir(mode=0o700, exist_ok=True)
-        return path
-
-    def make_scratch(self, project: str) -> Path:
-        """A fresh, private folder on the stacks dir's file system; hand it to :meth:`remove_scratch` after."""
-        tmp = self._private_dir(self.root / "tmp")
-        self._sweep_stale(tmp)
-        folder = tmp / f"{project}-{secrets.token_hex(6)}"
-        folder.mkdir(mode=0o700)
-        return folder
-
-    @staticmethod
-    def remove_scratch(folder: Path) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
-
-    @staticmethod
-    def _sweep_stale(tmp: Path) -> None:
-        now = time.time()
-        for entry in tmp.iterdir():
-            try:
-                if now - entry.lstat().st_mtime > _STALE_TMP_S:
-                    shutil.rmtree(entry, ignore_errors=True)
-            except OSError:
-                continue
-
-    def _project_dir(self, project: str) -> Path:
-        return self.root / "versions" / project
+    def remove_scratch(self, folder: Path) -> None:
+        self.state.remove_scratch(folder)
 
     # -- reading ----------------------------------------------------------------------------------
 
     def history(self, project: str) -> list[VersionMeta]:
-        """Every kept version of ``project``, oldest first."""
-        folder = self._project_dir(project)
-        metas: list[VersionMeta] = []
-        for number in self._numbers(folder):
-            try:
-                raw = json.loads((folder / str(number) / _META).read_text(encoding="utf-8"))
-                metas.append(
-                    VersionMeta(
-                        version=number,
-                        created=str(raw["created"]),
-                        sha256=str(raw["sha256"]),
-                        source=str(raw["source"]),
-                        caller=str(raw["caller"]),
-                        env_names=tuple(str(n) for n in raw.get("env_names", [])),
-                    )
-                )
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                logger.warning("skipping unreadable version %s of stack %s: %s", number, project, exc)
-        return metas
+        """Every kept version of ``project``, oldest first.
 
-    @staticmethod
-    def _numbers(folder: Path) -> list[int]:
-        try:
-            names = [entry.name for entry in folder.iterdir() if entry.is_dir()]
-        except FileNotFoundError:
-            return []
-        return sorted(int(name) for name in names if name.isdigit() and not name.startswith("0"))
+        Raises:
+            NotFollowed: the stack folder, a state folder, a version or its ``meta.json`` is a link
+                (or a special or hard-linked file).
+        """
+        self.state.refuse_linked_stack(project)
+        metas: list[VersionMeta] = []
+        with self.state.opened(project, "versions", project) as folder:
+            for number in numbers(folder):
+                assert folder is not None  # it has numbers
+                try:
+                    with folder.opened(str(number)) as version:
+                        meta = version.read(_META, limit=_MAX_META_BYTES) if version is not None else None
+                    raw = json.loads(meta or b"")
+                    metas.append(
+                        VersionMeta(
+                            version=number,
+                            created=str(raw["created"]),
+                            sha256=str(raw["sha256"]),
+                            source=str(raw["source"]),
+                            caller=str(raw["caller"]),
+                            env_names=tuple(str(n) for n in raw.get("env_names", [])),
+                        )
+                    )
+                except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a broken meta.json
+                    logger.warning("skipping unreadable version %s of stack %s: %s", number, project, exc)
+        return metas
 
     def current(self, project: str) -> int | None:
         """The version on disk now, as the last deploy or rollback left it; None before the first one."""
-        try:
-            text = (self._project_dir(project) / "current").read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            return None
-        return int(text) if text.isdigit() else None
+        with self.state.opened(project, "versions", project) as folder:
+            data = folder.read(_CURRENT, limit=64) if folder is not None else None
+        text = (data or b"").decode("ascii", "replace").strip()
+        return int(text) if text.isascii() and text.isdigit() else None
 
     def read(self, project: str, version: int) -> Snapshot:
         """The files of one version.
 
         Raises:
             InvalidInput: no such version, naming the ones there are.
+            NotFollowed: the version or one of its files is a link (or a special or hard-linked file).
         """
-        folder = self._project_dir(project) / str(version)
-        try:
-            compose = (folder / _COMPOSE).read_bytes()
-        except FileNotFoundError:
-            known = ", ".join(str(m) for m in self._numbers(self._project_dir(project))) or "none"
-            raise InvalidInput(f"stack '{project}' has no version {version}; kept versions: {known}") from None
-        try:
-            env: bytes | None = (folder / _ENV).read_bytes()
-        except FileNotFoundError:
-            env = None
+        self.state.refuse_linked_stack(project)
+        compose = env = None
+        with self.state.opened(project, "versions", project) as folder:
+            kept_numbers = numbers(folder)
+            if folder is not None and version in kept_numbers:
+                with folder.opened(str(version)) as kept:
+                    if kept is not None:
+                        compose = kept.read(_COMPOSE, limit=MAX_FILE_BYTES)
+                        env = kept.read(_ENV, limit=MAX_FILE_BYTES)
+        if compose is None:
+            known = ", ".join(map(str, kept_numbers)) or "none"
+            raise InvalidInput(f"stack '{project}' has no version {version}; kept versions: {known}")
         return Snapshot(compose, env)
 
     @staticmethod
     def on_disk(folder: Path) -> tuple[Path, Snapshot] | None:
-        """The compose file a stack folder uses (the one discovery picks) and its snapshot, or None."""
-        for name in COMPOSE_FILENAMES:
-            path = folder / name
-            if path.is_file():
-                try:
-                    env: bytes | None = (folder / _ENV).read_bytes()
-                except FileNotFoundError:
-                    env = None
-                return path, Snapshot(path.read_bytes(), env)
+        """The compose file a stack folder uses (the one discovery picks) and its snapshot, or None.
+
+        Raises:
+            NotFollowed: the folder, its compose file or its ``.env`` is a link, a special or a
+                hard-linked file: nothing of it is read or kept.
+        """
+        top = Folder.stacks_dir(folder.parent, folder.name)
+        if top is None:
+            return None
+        with top, top.opened(folder.name) as stack:
+            if stack is None:
+                return None
+            for name in COMPOSE_FILENAMES:
+                compose = stack.read(name, limit=MAX_FILE_BYTES)
+                if compose is not None:
+                    return folder / name, Snapshot(compose, stack.read(_ENV, limit=MAX_FILE_BYTES))
         return None
 
     # -- which version --------------------------------------------------------------------------
@@ -239,8 +234,6 @@ class VersionStore:
         self, project: str, snapshot: Snapshot, *, source: str, caller: str, env_names: tuple[str, ...] = ()
     ) -> int:
         """Keep ``snapshot`` as the next numbered version and return its number. Does not make it current."""
-        folder = self._private_dir(self._project_dir(project))
-        staging = self._stage(project, snapshot)
         meta = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "sha256": snapshot.sha256,
@@ -248,90 +241,80 @@ class VersionStore:
             "caller": caller,
             "env_names": list(env_names),
         }
-        _write_file(staging / _META, json.dumps(meta, indent=2).encode() + b"\n", mode=0o600)
-        number = (self._numbers(folder) or [0])[-1] + 1
-        while True:
-            try:
-                # A version folder is never empty, so rename refuses to land on one that exists:
-                # a second process numbering at the same moment takes the next number instead.
-                os.rename(staging, folder / str(number))
-                break
-            except OSError:
-                if not (folder / str(number)).exists():
-                    shutil.rmtree(staging, ignore_errors=True)
-                    raise
-                number += 1
+        files = {_COMPOSE: snapshot.compose, _META: json.dumps(meta, indent=2).encode() + b"\n"}
+        if snapshot.env is not None:
+            files[_ENV] = snapshot.env
+        with self.state.made(project, "tmp") as tmp, self.state.made(project, "versions", project) as folder:
+            staging = stage(tmp, f"{project}-v", files)
+            number = (numbers(folder) or [0])[-1] + 1
+            while True:
+                try:
+                    # A version folder is never empty, so rename refuses to land on one that exists:
+                    # a second process numbering at the same moment takes the next number instead.
+                    tmp.move(staging, folder, str(number))
+                    break
+                except OSError:
+                    if folder.lstat(str(number)) is None:
+                        tmp.remove(staging)
+                        raise
+                    number += 1
         self._prune(project)
         return number
 
-    def _stage(self, project: str, snapshot: Snapshot) -> Path:
-        staging = self._private_dir(self.root / "tmp") / f"{project}-v-{secrets.token_hex(6)}"
-        staging.mkdir(mode=0o700)
-        _write_file(staging / _COMPOSE, snapshot.compose, mode=0o600)
-        if snapshot.env is not None:
-            _write_file(staging / _ENV, snapshot.env, mode=0o600)
-        return staging
-
     def set_current(self, project: str, version: int) -> None:
-        folder = self._private_dir(self._project_dir(project))
-        _replace_file(folder / "current", f"{version}\n".encode(), mode=0o600)
+        with self.state.made(project, "versions", project) as folder:
+            folder.replace(_CURRENT, f"{version}\n".encode(), mode=0o600)
 
     def _prune(self, project: str) -> None:
-        folder = self._project_dir(project)
-        numbers = self._numbers(folder)
         current = self.current(project)
-        excess = len(numbers) - self.keep
-        for number in numbers:
-            if excess <= 0:
-                break
-            if number == current:
-                continue
-            shutil.rmtree(folder / str(number), ignore_errors=True)
-            excess -= 1
+        with self.state.opened(project, "versions", project) as folder:
+            kept = numbers(folder)
+            excess = len(kept) - self.keep
+            for number in kept:
+                if excess <= 0 or folder is None:
+                    break
+                if number == current:
+                    continue
+                folder.remove(str(number))
+                excess -= 1
 
     def install(self, project: str, snapshot: Snapshot) -> Path:
         """Put ``snapshot`` into the stack folder; returns the compose file's path.
 
         A new stack's folder is staged whole and renamed into place. An existing stack keeps its
-        folder (bind mounts hold it open) and gets each file replaced by rename; a snapshot without
-        ``.env`` removes the stack's ``.env``.
+        folder (bind mounts hold it open) and gets each file replaced by rename (a link in its place
+        is replaced, never written through); a snapshot without ``.env`` removes the stack's ``.env``.
 
         Raises:
             GatewayError: the stacks dir cannot be written.
+            NotFollowed: the stack folder is a link or not a folder.
         """
-        target = self.stacks_dir / project
         try:
-            existing = self.on_disk(target)
-            if existing is None and not target.exists():
-                staging = self._stage(project, snapshot)
-                os.chmod(staging, 0o755)
-                os.rename(staging, target)
-                return target / _COMPOSE
-            compose_path = existing[0] if existing is not None else target / _COMPOSE
-            if snapshot.env is None:
-                (target / _ENV).unlink(missing_ok=True)
-            else:
-                _replace_file(target / _ENV, snapshot.env, mode=0o600)
-            _replace_file(compose_path, snapshot.compose, mode=0o644)
-            return compose_path
+            top = Folder.stacks_dir(self.stacks_dir, project, create=True)
+            assert top is not None  # just made
+            with top:
+                if top.lstat(project) is None:
+                    files = {_COMPOSE: snapshot.compose} | ({} if snapshot.env is None else {_ENV: snapshot.env})
+                    with self.state.made(project, "tmp") as tmp:
+                        staging = stage(tmp, project, files)
+                        try:
+                            with tmp.opened(staging) as staged:
+                                if staged is not None:
+                                    os.fchmod(staged.fd, 0o755)
+                            tmp.move(staging, top, project)
+                        except BaseException:
+                            tmp.remove(staging)
+                            raise
+                    return self.stacks_dir / project / _COMPOSE
+                with top.opened(project) as folder:
+                    if folder is None:
+                        raise FileNotFoundError(errno.ENOENT, "removed while being written", project)
+                    name = next((n for n in COMPOSE_FILENAMES if folder.lstat(n) is not None), _COMPOSE)
+                    if snapshot.env is None:
+                        folder.unlink(_ENV)
+                    else:
+                        folder.replace(_ENV, snapshot.env, mode=0o600)
+                    folder.replace(name, snapshot.compose, mode=0o644)
+                return self.stacks_dir / project / name
         except OSError as exc:
             raise GatewayError(f"cannot write the stack folder of '{project}': {exc.strerror or exc}") from exc
-
-
-def _write_file(path: Path, data: bytes, *, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _replace_file(path: Path, data: bytes, *, mode: int) -> None:
-    """Write beside ``path``, then rename over it: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        _write_file(tmp, data, mode=mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

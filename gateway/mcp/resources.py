@@ -42,6 +42,7 @@ from ..auth.principals import Principal
 from ..engine.containers import PROJECT_LABEL
 from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_TAIL
 from ..errors import GatewayError, InvalidInput
+from ..folders import NotRegular, read_regular
 from ..operations import ComposeOperations
 from ..stacks import validate_project_name, validate_services
 from .access import current_principal, principal_of_request, remember_requests, require_scope
@@ -219,12 +220,16 @@ def _read_compose_file(folder: Path, compose_file: Path) -> str:
         raise InvalidInput(
             f"the compose file of stack '{folder.name}' links outside its folder; it is not served as a resource"
         )
-    size = resolved.stat().st_size
-    if size > MAX_COMPOSE_FILE_BYTES:
+    try:
+        # A regular file with one name, or nothing opened: no FIFO to hang on, no device, no hard link.
+        data = read_regular(resolved, limit=MAX_COMPOSE_FILE_BYTES)
+    except NotRegular as exc:
+        raise InvalidInput(f"the compose file of stack '{folder.name}' is {exc.strerror}; it is not served") from None
+    if len(data) > MAX_COMPOSE_FILE_BYTES:
         raise InvalidInput(
-            f"the compose file of stack '{folder.name}' is {size} bytes; at most {MAX_COMPOSE_FILE_BYTES} are served"
+            f"the compose file of stack '{folder.name}' is over {MAX_COMPOSE_FILE_BYTES} bytes, the most that is served"
         )
-    return resolved.read_text(encoding="utf-8", errors="replace")
+    return data.decode("utf-8", errors="replace")
 
 
 def _tail(value: str | None) -> int:

@@ -145,18 +145,10 @@ async def candidate_for(
         yield Candidate(project, existing[0], folder)
         return
 
-    def write() -> Path:
-        tmp = store.make_scratch(project)
-        try:
-            (tmp / "compose.yaml").write_bytes(proposed)
-            (tmp / ".env").write_bytes(env or b"")
-        except BaseException:
-            store.remove_scratch(tmp)
-            raise
-        return tmp
-
+    # Written by descriptor into a folder made a moment ago, never through a link (see gateway.folders).
+    files = {"compose.yaml": proposed, ".env": env or b""}
     try:
-        tmp = await to_thread.run_sync(write)
+        tmp = await to_thread.run_sync(store.make_scratch, project, files)
     except OSError as exc:
         raise GatewayError(
             f"cannot write a scratch folder under the stacks dir ({exc.strerror or exc}); a compose file is "

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..folders import open_regular
 from .reading import FileReference, ReadFile, Reading, ReadRefused, Unloadable
 from .strict_yaml import (
     CONTROL_CHARACTERS,
@@ -87,7 +88,7 @@ def read_stack(
             budget exceeded, a control character, or a file that cannot be read safely.
         Unloadable: a compose file inside the folder that is not valid YAML, or is missing.
     """
-    state = _State(Path(os.path.realpath(folder)), budget or Budget(), dict(sources or {}))
+    state = _State(_root(folder), budget or Budget(), dict(sources or {}))
     base = Path(os.path.normpath(project_directory or folder))
     dotenv = env_file or base / ".env"
     state.refs.append(FileReference(".env file", None, dotenv.name, (dotenv,)))
@@ -106,6 +107,24 @@ def read_stack(
         dotenv_names=tuple(dict.fromkeys(state.dotenv_names)),
         nodes=state.nodes,
     )
+
+
+def _root(folder: Path) -> Path:
+    """Where the folder is, its own name not followed: a stack folder that is a link is refused, and
+    one swapped for a link meanwhile leaves every file it holds outside this root (never opened)."""
+    if os.path.islink(folder):
+        raise ReadRefused(
+            "unreadable_file", f"the stack folder {folder.name} is a symbolic link; the guard follows no link out of it"
+        )
+    return Path(os.path.realpath(folder.parent)) / folder.name
+
+
+def _realpath(path: Path) -> str:
+    """Where ``path`` resolves; a link swapped for a file mid-resolution is refused, not an internal error."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        raise ReadRefused("unreadable_file", f"{path.name} changed while the guard read it; try again") from None
 
 
 def _inside(path: Path | str, root: Path) -> bool:
@@ -130,11 +149,12 @@ def _read(state: _State, path: Path, kind: str, *, optional: bool = False) -> st
         data = state.sources[path]
         signature = (0, len(data), 0, 0)
     else:
-        real = os.path.realpath(path)
+        real = _realpath(path)
         if not _inside(real, state.root):
             return None
         try:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            # A regular file with one name, or nothing opened: no FIFO, no device, no hard link.
+            fd = open_regular(real)
         except FileNotFoundError:
             if optional:
                 state.absent.append(path)
@@ -199,7 +219,7 @@ def _read_all(fd: int, limit: int) -> bytes:
 
 def _parse(state: _State, path: Path, kind: str) -> list[Any] | None:
     """The documents of one compose file, parsed once; None when it is outside the folder (never opened)."""
-    real = Path(os.path.realpath(path)) if path not in state.sources else path
+    real = Path(_realpath(path)) if path not in state.sources else path
     if real in state.documents:
         return state.documents[real]
     text = _read(state, path, kind)
@@ -219,7 +239,7 @@ def _parse(state: _State, path: Path, kind: str) -> list[Any] | None:
 def _compose_file(state: _State, path: Path, base: Path, kind: str) -> None:
     """A whole compose file (given to Compose, or included): every reference in it, resolved in ``base``."""
     documents = _parse(state, path, kind)
-    real = Path(os.path.realpath(path)) if path not in state.sources else path
+    real = Path(_realpath(path)) if path not in state.sources else path
     if documents is None or real in state.scanned:
         return
     state.scanned.add(real)
@@ -234,7 +254,7 @@ def _extended(state: _State, path: Path, service: str) -> None:
     Its references resolve in the extended file's own folder; of the file Compose reads nothing else
     (not its include, secrets or other services).
     """
-    key = (Path(os.path.realpath(path)), service)
+    key = (Path(_realpath(path)), service)
     if key in state.extended:
         return  # a cycle, which Compose refuses itself
     state.extended.add(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,13 +131,18 @@ def test_an_extended_files_own_include_and_secrets_are_not_followed_as_compose_i
 
 
 def opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record every path the reader opens (the one place it opens files)."""
+    """Record every path the reader opens (the one place it opens files).
+
+    A file is looked at through an ``O_PATH`` descriptor, then reopened through ``/proc/self/fd``:
+    the path recorded for that reopening is the file the descriptor holds.
+    """
     opened: list[str] = []
     real_open = os.open
 
-    def recording_open(path: str, flags: int, *args: int) -> int:
-        opened.append(str(path))
-        return real_open(path, flags, *args)
+    def recording_open(path: str, flags: int, *args: int, **kwargs: Any) -> int:
+        name = str(path)
+        opened.append(os.readlink(name) if name.startswith("/proc/self/fd/") else name)
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", recording_open)
     return opened
