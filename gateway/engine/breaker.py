@@ -91,7 +91,7 @@ class Breaker:
         wait = self._retry_at - self._clock()
         if wait > 0 or self._trying:
             since = datetime.fromtimestamp(self._since, UTC).strftime("%H:%M:%S UTC")
-            retry = f"tried again in {wait:.0f} s" if wait > 0 else "being tried again now"
+            retry = f"next try in {max(wait, 0.1):.1f} s" if wait > 0 else "being tried again now"
             raise EngineUnavailable(f"{self._reason} [engine '{self.name}' degraded since {since}; {retry}]")
         self._trying = True
         return True

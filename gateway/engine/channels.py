@@ -234,9 +234,10 @@ class TcpConnector:
 class SshConnector:
     """Channels through ``ssh``: each one a process running ``docker system dial-stdio`` on the host."""
 
-    def __init__(self, argv: Sequence[str], address: str) -> None:
+    def __init__(self, argv: Sequence[str], address: str, *, hint: str | None = None) -> None:
         self.argv = list(argv)
         self.address = address
+        self.hint = hint
         #: ssh processes started, for the record (and for tests that count them).
         self.started = 0
 

@@ -102,7 +102,10 @@ class Connection:
             return UnixConnector(address.path)
         if address.scheme == "ssh":
             self.ssh = plan_ssh(address, timeout=endpoint.timeout)
-            return SshConnector(self.ssh.argv, endpoint.docker_host)
+            login = f"{address.user}@{address.host}" if address.user else address.host
+            port = f" -p {address.port}" if address.port else ""
+            hint = f"check that `ssh{port} {login} docker version` works for the gateway's user, without a prompt"
+            return SshConnector(self.ssh.argv, endpoint.docker_host, hint=hint)
         context = None
         if endpoint.tls_verify:
             ca, cert, key = endpoint.tls_files()

@@ -211,6 +211,8 @@ class EngineHTTP:
         self.keep = keep
         #: How messages name the engine: "at <address>" unless the owner says better.
         self.label = f"at {self.connector.address}"
+        #: Channels opened so far: a kept one serves request after request, so this grows only with concurrency.
+        self.opened = 0
         self._idle: list[Channel] = []
         # Channels still idle when this object goes are closed then, not left to warn in the GC.
         weakref.finalize(self, _close_all, self._idle)
@@ -269,6 +271,7 @@ class EngineHTTP:
             try:
                 if channel is None:
                     channel = await self.connector.open()
+                    self.opened += 1
                 reader = _Reader(channel)
                 await channel.send(data)
                 response = await _read_head(reader, head=method == "HEAD")
