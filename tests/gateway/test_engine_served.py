@@ -20,6 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 from gateway.engine.containers import PROJECT_LABEL
 from tests.conftest import StackFactory
 from tests.engines import Engine as DindEngine
+from tests.engines import Via
 from tests.gateway.conftest import start_gateway, stop_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.dind]
@@ -68,7 +69,7 @@ def _gateway_sessions(log: Path) -> int:
 
 @pytest.mark.parametrize("via", ["tls", "ssh"])
 async def test_a_gateway_on_a_remote_engine_runs_and_reads_its_stacks_there(
-    via: str,
+    via: Via,
     tls_engine: DindEngine,
     ssh_engine: DindEngine,
     stacks: StackFactory,
