@@ -84,21 +84,29 @@ class SwarmApi:
             )
         raise SwarmUnavailable(f"stack '{project}' asks for Docker Swarm ({TARGET_KEY}: target: swarm), but {why}")
 
-    def services(self, project: str | None) -> list[dict[str, Any]]:
+    async def services_async(self, project: str | None) -> list[dict[str, Any]]:
         """The stack's services (or every stack's); empty where the engine is no swarm manager."""
         label = f"{NAMESPACE_LABEL}={project}" if project else NAMESPACE_LABEL
         try:
-            services: list[dict[str, Any]] = self._get("/services", label=label)
+            services: list[dict[str, Any]] = await self.engine.request("GET", "/services", _label(label))
         except EngineRefused as exc:
             if exc.status == 503:  # "This node is not a swarm manager": so there are no swarm stacks
                 return []
             raise
         return services
 
-    def tasks(self, project: str | None) -> list[dict[str, Any]]:
+    def services(self, project: str | None) -> list[dict[str, Any]]:
+        """Blocking :meth:`services_async`."""
+        return run_blocking(self.services_async, project)
+
+    async def tasks_async(self, project: str | None) -> list[dict[str, Any]]:
         label = f"{NAMESPACE_LABEL}={project}" if project else NAMESPACE_LABEL
-        tasks: list[dict[str, Any]] = self._get("/tasks", label=label)
+        tasks: list[dict[str, Any]] = await self.engine.request("GET", "/tasks", _label(label))
         return tasks
+
+    def tasks(self, project: str | None) -> list[dict[str, Any]]:
+        """Blocking :meth:`tasks_async`."""
+        return run_blocking(self.tasks_async, project)
 
     def select(self, project: str, services: list[str] | None) -> list[dict[str, Any]]:
         found = self.services(project)
@@ -115,19 +123,23 @@ class SwarmApi:
             )
         return [by_name[name] for name in services]
 
-    def stacks(self) -> dict[str, StackCounts]:
-        """Blocking. Every swarm stack the engine manages, by name; empty when it manages none."""
-        services = self.services(None)
+    async def stacks_async(self) -> dict[str, StackCounts]:
+        """Every swarm stack the engine manages, by name; empty when it manages none."""
+        services = await self.services_async(None)
         if not services:
             return {}
         names = {str(s["Spec"].get("Labels", {}).get(NAMESPACE_LABEL)) for s in services}
         counts = {name: [0, 0] for name in names}
-        for task in self.tasks(None):
+        for task in await self.tasks_async(None):
             name = (task.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {}).get(NAMESPACE_LABEL)
             if name in counts and task.get("DesiredState") not in ("shutdown", "remove"):
                 counts[name][0] += 1
                 counts[name][1] += task.get("Status", {}).get("State") == "running"
         return {name: StackCounts(*c) for name, c in counts.items()}
+
+    def stacks(self) -> dict[str, StackCounts]:
+        """Blocking :meth:`stacks_async`."""
+        return run_blocking(self.stacks_async)
 
     def has_stack(self, project: str) -> bool:
         """Blocking. Whether the swarm runs services of a stack called ``project``."""
@@ -245,6 +257,10 @@ class SwarmApi:
         for volume in volumes:
             self._call("DELETE", f"/volumes/{volume['Name']}")
         return [str(v["Name"]) for v in volumes]
+
+
+def _label(label: str) -> Query:
+    return {"filters": {"label": [label]}}
 
 
 def replicas(svc: dict[str, Any]) -> int:

@@ -78,6 +78,10 @@ class SwarmBackend:
         """Blocking. Every swarm stack the engine manages, by name; empty when it manages none."""
         return self.api.stacks()
 
+    async def stacks_async(self) -> dict[str, StackCounts]:
+        """:meth:`stacks` on the event loop (no worker thread: a fleet's listing asks every engine at once)."""
+        return await self.api.stacks_async()
+
     def has_stack(self, project: str) -> bool:
         """Blocking. Whether the swarm runs services of a stack called ``project``."""
         return self.api.has_stack(project)
