@@ -326,7 +326,10 @@ class EngineHTTP:
 
 def _reason(exc: BaseException | str) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: the engine's certificate failed verification against ca.pem: {exc.verify_message}"
+        return (
+            f"TLS: the engine's certificate was not accepted: {exc.verify_message}; it must be signed by the CA "
+            "in ca.pem and name the address the gateway dials"
+        )
     if isinstance(exc, ssl.SSLError):
         text = str(exc.reason or exc)
         if any(word in text for word in ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA")):
