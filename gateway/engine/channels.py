@@ -220,6 +220,7 @@ class TcpConnector:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keep_alive(sock)
             await loop.sock_connect(sock, target)
             if self.context is None:
                 return Channel(sock)
@@ -229,6 +230,15 @@ class TcpConnector:
         except BaseException:
             sock.close()
             raise
+
+
+def _keep_alive(sock: socket.socket) -> None:
+    """TCP keepalives after 30 s of quiet: a host that vanished (powered off, unplugged) ends the event
+    stream within about a minute, so the watcher reconnects, instead of a stream that waits forever."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class SshConnector:

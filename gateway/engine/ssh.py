@@ -6,6 +6,7 @@ line (where options win over the config files):
 
 - ``BatchMode=yes``: a gateway has nobody to type a password or accept a host key;
 - ``ConnectTimeout``: the engine's own timeout, so a host that stops answering ends a new ssh too;
+- ``ServerAliveInterval``: a host that vanished ends the connection, and the event stream on it;
 - multiplexing, unless the user's config already multiplexes this host: ``ControlMaster=auto``
   with a control socket in a private folder of this process, and ``ControlPersist``. The docker
   CLI and Compose (2.40 and the CLI 28 do not multiplex by themselves) get the same options
@@ -93,7 +94,17 @@ def plan_ssh(address: Address, *, timeout: float, ssh: str | None = None) -> Ssh
     remote = ["docker", "system", "dial-stdio"]
     if address.path:
         remote = ["docker", f"--host=unix://{address.path}", "system", "dial-stdio"]
-    options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, math.ceil(timeout))}"]
+    options = [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={max(1, math.ceil(timeout))}",
+        # A host that vanished ends its connection (and the event stream on it) within about 45 s.
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=3",
+    ]
     folder = None
     if not _user_multiplexes(found, target):
         folder = Path(tempfile.mkdtemp(prefix="compose-agent-ssh-"))  # 0700, ours alone
