@@ -205,7 +205,8 @@ def start_tls_engine(image: str, compose_file: Path, project: str) -> Any:
     try:
         engine.load_image(image)
         env = engine.environ("tls")
-        subprocess.run(["docker", "compose", "-p", project, "-f", str(compose_file), "up", "-d"], env=env, check=True)
+        up = ["docker", "compose", "-p", project, "-f", str(compose_file), "up", "-d"]
+        subprocess.run(up, env=env, check=True, capture_output=True)
     except BaseException:
         engine.remove()
         raise
