@@ -154,6 +154,8 @@ class ProcessChannel(Channel):
         self._said = b""
 
     def ended(self) -> str | None:
+        if self.closed:
+            return None  # its descriptor may already belong to some other file
         try:
             while len(self._said) < 4096:
                 chunk = os.read(self._stderr, 4096)
