@@ -74,6 +74,10 @@ class Settings(CommonFields):
             )
         return value
 
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log or self.state_dir / "audit.log"
+
     @field_validator("docker_host")
     @classmethod
     def _usable_docker_host(cls, value: str | None) -> str | None:
@@ -85,10 +89,6 @@ class Settings(CommonFields):
     @classmethod
     def _docker_tls_verify(cls, value: Any) -> Any:
         return parse_tls_verify(value) if isinstance(value, str) else value
-
-    @property
-    def audit_path(self) -> Path:
-        return self.audit_log or self.state_dir / "audit.log"
 
 
 # env var -> Settings field. Only these are read; everything else in the environment is ignored.
