@@ -149,7 +149,8 @@ async def test_an_engine_certificate_from_another_ca_is_refused_with_what_to_che
         (folder / name).write_bytes((tls_engine.tls_dir / name).read_bytes())
     engine = Engine(EngineEndpoint(tls_engine.tls_host, tls_verify=True, cert_path=folder, timeout=5))
     try:
-        with pytest.raises(EngineUnavailable, match="certificate was not accepted: .*signed by the CA in ca.pem") as caught:
+        refused = "certificate was not accepted: .*signed by the CA in ca.pem"
+        with pytest.raises(EngineUnavailable, match=refused) as caught:
             await engine.ping_async()
         assert f"DOCKER_HOST={tls_engine.tls_host}" in str(caught.value)
     finally:
