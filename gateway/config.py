@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, Field, field_validator
 
 from .auth.principals import DEPLOY_TOOLS
+from .engine.endpoint import parse_docker_host, parse_tls_verify
 from .envparse import (
     NAME_PATTERN,
     TOKEN_SOURCE_ENV,
@@ -43,6 +44,9 @@ class Settings(CommonFields):
     compose_bin: str | None = None
     docker_bin: str | None = Field(default=None, description="The docker CLI for swarm stacks; default: docker on PATH")
     docker_host: str | None = None
+    # Docker's own TLS variables, for a tcp:// DOCKER_HOST (gateway/engine/endpoint.py reads them as the CLI does).
+    docker_tls_verify: bool = False
+    docker_cert_path: Path | None = None
     allowed_hosts: list[str] = Field(default_factory=list)
     self_project: str | None = Field(default=None, description="The compose project the gateway runs in, if known")
     docker_timeout: float = 10.0
@@ -102,6 +106,18 @@ class Settings(CommonFields):
     def audit_path(self) -> Path:
         return self.audit_log or self.state_dir / "audit.log"
 
+    @field_validator("docker_host")
+    @classmethod
+    def _usable_docker_host(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_docker_host(value)
+        return value
+
+    @field_validator("docker_tls_verify", mode="before")
+    @classmethod
+    def _docker_tls_verify(cls, value: Any) -> Any:
+        return parse_tls_verify(value) if isinstance(value, str) else value
+
 
 # env var -> Settings field. Only these are read; everything else in the environment is ignored.
 _ENV_FIELDS: dict[str, str] = {
@@ -113,6 +129,8 @@ _ENV_FIELDS: dict[str, str] = {
     "COMPOSE_BIN": "compose_bin",
     "DOCKER_BIN": "docker_bin",
     "DOCKER_HOST": "docker_host",
+    "DOCKER_TLS_VERIFY": "docker_tls_verify",
+    "DOCKER_CERT_PATH": "docker_cert_path",
     "COMPOSE_AGENT_SELF_PROJECT": "self_project",
     "COMPOSE_AGENT_MAX_SESSIONS_PER_TOKEN": "max_sessions_per_token",
     "COMPOSE_AGENT_SESSION_IDLE_TIMEOUT": "session_idle_timeout",

@@ -21,6 +21,7 @@ from .deploy.deployer import Deployer
 from .deploy.planner import Planner
 from .deploy.versions import VersionStore
 from .engine.client import Engine
+from .engine.endpoint import EngineEndpoint
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .policy.guard import PolicyGuard
 from .reads import Reads
@@ -92,15 +93,28 @@ class ComposeOperations:
         """Build the operations from settings. The Compose CLI is located on first use, not here.
 
         ``environ`` is the gateway's environment; the Compose CLI sees only its allowlisted part
-        (``PATH``, ``HOME``, the ``DOCKER_*`` connection variables and ``policy.pass_env``).
+        (``PATH``, ``HOME``, the ``DOCKER_*`` connection variables and ``policy.pass_env``), with the
+        connection variables set to the engine's own (:meth:`~gateway.engine.client.Engine.cli_environment`).
+
+        Raises:
+            ConfigError: the engine's endpoint cannot be used (a TLS folder without ``ca.pem``, an
+                ``ssh://`` host with no ssh client).
         """
-        env = dict(os.environ if environ is None else environ)
-        if settings.docker_host:
-            env["DOCKER_HOST"] = settings.docker_host
+        gateway_env = os.environ if environ is None else environ
+        endpoint = EngineEndpoint.from_environ(
+            gateway_env,
+            docker_host=settings.docker_host,
+            tls_verify=settings.docker_tls_verify,
+            cert_path=settings.docker_cert_path,
+            timeout=settings.docker_timeout,
+        )
+        engine = Engine(endpoint)
+        # Compose and the docker CLI reach the very engine the gateway reads, over the same transport.
+        env = engine.cli_environment(gateway_env)
         policy = settings.policy
         return cls(
             stacks_dir=settings.stacks_dir,
-            engine=Engine(settings.docker_host, timeout=settings.docker_timeout),
+            engine=engine,
             cli=lambda: ComposeCli.locate(settings.compose_bin, env, policy.pass_env),
             plane=plane,
             metrics=metrics,

@@ -1,40 +1,36 @@
-"""Reads through the Docker Engine API: fast, structured, one list call per ``ps``.
+"""Reads through the Docker Engine API: fast, structured, one list call per ``ps``, over any transport.
 
-Everything here is blocking (docker-py, through :mod:`gateway.engine.connection`, which translates
-its errors), and the operations layer calls it from worker threads, except the ``*_async`` reads of
-``ps``, which run on the event loop through :mod:`gateway.engine.transport` when the engine is a
-Unix socket.
+:class:`Engine` is one engine (the gateway's own, or a host of its fleet): each read is written once,
+async, over its :class:`~gateway.engine.connection.Connection` (a Unix socket, TCP with TLS, or SSH;
+kept channels, a deadline on every call, a breaker that fails calls fast while the engine is
+degraded). Blocking callers get the same reads through :mod:`gateway.engine.blocking`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, closing
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, replace
+from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio import to_thread
 
 from ..errors import EngineUnavailable, GatewayError
-from .connection import DEFAULT_DOCKER_HOST, VERSION_REFUSED, Connection, explanation, negotiate_version, not_found
+from .blocking import iterate_blocking, run_blocking
+from .breaker import EngineState
+from .connection import NEWEST_API_VERSION, RAISE, Connection, Query, negotiate_version
 from .containers import ONEOFF_LABEL, PROJECT_LABEL, parse_time, uptime_upper_bound
-from .logs import demultiplex
-from .transport import EngineHTTP, EngineRefused
+from .endpoint import CLIENT_VARIABLES, DEFAULT_DOCKER_HOST, EngineEndpoint
+from .streams import follow_events, log_blocks, service_log
+from .transport import EngineRefused
 
-if TYPE_CHECKING:
-    import docker
-
-__all__ = ["Engine", "LISTING_MAX_AGE_S", "negotiate_version"]
+__all__ = ["Engine", "LISTING_MAX_AGE_S", "NEWEST_API_VERSION", "negotiate_version"]
 
 logger = logging.getLogger(__name__)
 
-# How much of a streamed log answer is read at a time.
-_READ_CHUNK = 64 * 1024
 #: The longest a listing kept current by the event stream answers ps before it is asked again. It
 #: bounds what an event the engine dropped or delayed could hide; events end a listing far sooner.
 LISTING_MAX_AGE_S = 1.0
@@ -48,24 +44,32 @@ class _Flight:
 
 
 class Engine:
-    """A thin, thread-safe wrapper over docker-py's low-level client.
+    """One Docker engine's reads, and its connection for everything else that speaks to it.
 
-    The API version is negotiated once per connection (one ``GET /version``) and kept with the client;
-    a lost connection or a refused version drops the client, so the next call negotiates again (an
-    engine upgraded under a running gateway is spoken to in its own terms).
+    ``endpoint`` is its :class:`~gateway.engine.endpoint.EngineEndpoint`, or a ``DOCKER_HOST`` value
+    for an engine without TLS (``timeout`` then sets the deadline of its calls); ``name`` names it
+    in messages and in its state (the gateway's own engine is ``local``).
+
+    Raises:
+        ConfigError: an endpoint that cannot be used (see :class:`EngineEndpoint`), or an ssh one
+            with no ssh client.
     """
 
-    def __init__(self, docker_host: str | None = None, *, timeout: float = 10.0) -> None:
-        self.docker_host = docker_host or DEFAULT_DOCKER_HOST
-        self._timeout = timeout
-        self.connection = Connection(self.docker_host, timeout=timeout)
+    def __init__(
+        self, endpoint: EngineEndpoint | str | None = None, *, timeout: float | None = None, name: str = "local"
+    ) -> None:
+        if not isinstance(endpoint, EngineEndpoint):
+            endpoint = EngineEndpoint(endpoint or DEFAULT_DOCKER_HOST, timeout=timeout or 10.0)
+        elif timeout is not None:
+            endpoint = replace(endpoint, timeout=timeout)
+        self.endpoint = endpoint
+        self.name = name
+        self.docker_host = endpoint.docker_host
+        self.connection = Connection(endpoint, name=name)
+        # A lost connection may have hidden events, and a degraded engine's listings are not current.
+        self.connection.on_lost(self._forget_listings)
         # container id -> (StartedAt as given, as epoch seconds); see started_at().
         self._started: dict[str, tuple[str, float]] = {}
-        unix = self.docker_host.startswith("unix://")
-        self._reader = EngineHTTP(self.docker_host[len("unix://") :], timeout=timeout) if unix else None
-        if self._reader is not None:
-            # A connection found lost by a blocking call takes the async reader's pooled sockets with it.
-            self.connection.on_lost(self._reader.close)
         # Listings in flight, so that concurrent identical ones share one engine request; see
         # project_containers_async. Keyed by project, generation and event loop.
         self._flights: dict[tuple[str, int, object], _Flight] = {}
@@ -77,58 +81,67 @@ class Engine:
         self._changes = 0  # events and stream changes seen; a listing asked across one is not kept
 
     @property
-    def client(self) -> docker.APIClient:
-        """docker-py's client for this engine, connected (and the version negotiated) on first use."""
-        return self.connection.client
+    def state(self) -> EngineState:
+        """``up``, or ``degraded`` since a failure to reach it, with the reason (for ``list_stacks``, ``/health``)."""
+        return self.connection.state
 
     @property
     def api_version(self) -> str:
-        """The negotiated Engine API version (negotiating now if there is no connection yet)."""
-        return self.connection.api_version
+        """The negotiated Engine API version (negotiating now, blocking, if there is no connection yet)."""
+        return run_blocking(self.connection.version)
 
-    def translate(self) -> AbstractContextManager[None]:
-        """A context that turns docker-py errors into gateway errors, for callers of :attr:`client`."""
-        return self.connection.translate()
+    def cli_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """``environ`` for the docker CLI and Compose run against this engine.
+
+        The Docker client variables are this engine's (``DOCKER_HOST``, and the TLS ones for TLS),
+        never ``environ``'s own, and for an SSH engine the gateway multiplexes, ``PATH`` leads to
+        the ``ssh`` that makes their connections ride its master connection.
+        """
+        env = {key: value for key, value in environ.items() if key not in CLIENT_VARIABLES}
+        env.update(self.endpoint.client_environment())
+        if self.connection.ssh is not None:
+            env["PATH"] = self.connection.ssh.cli_path(env.get("PATH", ""))
+        return env
 
     def close(self) -> None:
         self.connection.close()
-        if self._reader is not None:
-            self._reader.close()
 
-    def _disconnect(self) -> None:
-        self.close()
+    async def ping_async(self) -> None:
+        """The engine answers ``/_ping``.
+
+        Raises:
+            EngineUnavailable: it does not, or is degraded (then at once).
+        """
+        try:
+            await self.connection.ping()
+        except EngineRefused as exc:
+            raise EngineUnavailable(f"the Docker engine {self.connection.label} answered its ping with {exc}") from exc
 
     def ping(self) -> None:
-        with self.connection.translate():
-            self.client.ping()
+        run_blocking(self.ping_async)
+
+    async def request(
+        self, method: str, path: str, query: Query | None = None, body: Any = None, *, missing: Any = RAISE
+    ) -> Any:
+        """Any Engine API call, answered as JSON in this connection's version (for the swarm's calls).
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached, did not answer in time, or is degraded.
+            EngineRefused: an error status (``missing`` is returned for a 404 instead, if given).
+        """
+        return await self.connection.json(method, path, query, body, missing=missing)
+
+    async def _read_json(self, path: str, query: Query | None = None, *, missing: Any = RAISE) -> Any:
+        return await self.connection.json("GET", path, query, missing=missing)
+
+    # -- containers --------------------------------------------------------------------------------
 
     def project_containers(self, project: str | None = None) -> list[dict[str, Any]]:
-        """All containers of one compose project (or of every project), one-off ``run`` containers excluded."""
-        label = f"{PROJECT_LABEL}={project}" if project else PROJECT_LABEL
-        with self.connection.translate():
-            containers = self.client.containers(all=True, filters={"label": label})
-        return [c for c in containers if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
-
-    async def _read_json(self, reader: EngineHTTP, path: str, query: dict[str, str] | None = None) -> Any:
-        """``GET`` on the event loop, in the connection's negotiated API version; None for a 404."""
-        # Negotiating is a blocking request, made once per connection.
-        version = self.connection.negotiated or await to_thread.run_sync(lambda: self.api_version)
-        try:
-            return await reader.get_json(str(version), path, query, missing=None)
-        except EngineUnavailable:
-            self._disconnect()
-            raise
-        except EngineRefused as exc:
-            if exc.status == 400 and VERSION_REFUSED in exc.reason:
-                self._disconnect()
-                raise EngineUnavailable(
-                    f"the Docker engine refused this connection's API version ({exc.reason}); "
-                    "it is negotiated again on the next call, so retry"
-                ) from exc
-            raise
+        """Blocking :meth:`project_containers_async`."""
+        return run_blocking(self.project_containers_async, project)
 
     async def project_containers_async(self, project: str | None = None) -> list[dict[str, Any]]:
-        """:meth:`project_containers` on the event loop (a worker thread for a TCP engine).
+        """All containers of one compose project (or of every project), one-off ``run`` containers excluded.
 
         Concurrent calls for the same project share one engine request: a call that comes while
         that listing is on its way waits for it rather than asking again. Twenty clients polling
@@ -144,8 +157,6 @@ class Engine:
         steady stack the engine is asked about once a second, and a change made by anyone shows
         as soon as its event reaches the gateway.
         """
-        if self._reader is None:
-            return await to_thread.run_sync(self.project_containers, project)
         name = project or ""
         if self._watching:
             kept = self._listings.get(name)
@@ -168,9 +179,7 @@ class Engine:
         asked, changes = time.monotonic(), self._changes
         try:
             label = f"{PROJECT_LABEL}={project}" if project else PROJECT_LABEL
-            containers = await self._read_json(
-                self._reader, "/containers/json", {"all": "1", "filters": json.dumps({"label": [label]})}
-            )
+            containers = await self._read_json("/containers/json", {"all": True, "filters": {"label": [label]}})
             flight.result = [c for c in containers if (c.get("Labels") or {}).get(ONEOFF_LABEL, "False") != "True"]
             if self._watching and self._changes == changes:
                 self._listings[name] = (asked, flight.result)
@@ -207,57 +216,6 @@ class Engine:
         self._listings.clear()
         self._changes += 1
 
-    async def started_at_async(self, container: dict[str, Any]) -> str | None:
-        """:meth:`started_at` on the event loop: a cached start time costs no request at all."""
-        bound = uptime_upper_bound(container.get("Status", ""))
-        if bound is None:
-            return None
-        cached = self._fresh_start(container["Id"], bound)
-        if cached is not None:
-            return cached
-        if self._reader is None:
-            return await to_thread.run_sync(self.started_at, container)
-        info = await self._read_json(self._reader, f"/containers/{container['Id']}/json")
-        return None if info is None else self._remember_start(container["Id"], str(info["State"]["StartedAt"]))
-
-    def _fresh_start(self, cid: str, bound: float) -> str | None:
-        cached = self._started.get(cid)
-        # While events are followed the status text may come from a kept listing, up to
-        # LISTING_MAX_AGE_S old; and a start event has already dropped a restarted container's entry.
-        slack = 0.5 + (LISTING_MAX_AGE_S if self._watching else 0.0)
-        if cached is not None and time.time() - cached[1] <= bound + slack:
-            return cached[0]
-        return None
-
-    def _remember_start(self, cid: str, started: str) -> str:
-        self._started[cid] = (started, parse_time(started))
-        if len(self._started) > 4096:
-            self._started.clear()
-        return started
-
-    def started_at(self, container: dict[str, Any]) -> str | None:
-        """When a running container started, inspecting it only when the cached value may be stale.
-
-        The list endpoint has no start time, only "Up 5 minutes". A cached start time is reused while
-        it fits that string; a restart makes the uptime shorter than the cache implies, which forces
-        one inspect. So a steady stack costs no inspects at all. A restart by someone else within the
-        string's granularity can show the previous start time until the uptime outgrows the cache;
-        the gateway's own actions clear the cache.
-        """
-        bound = uptime_upper_bound(container.get("Status", ""))
-        if bound is None:
-            return None
-        cid = container["Id"]
-        cached = self._fresh_start(cid, bound)
-        if cached is not None:
-            return cached
-        with self.connection.translate():
-            try:
-                raw = self.client.inspect_container(cid)["State"]["StartedAt"]
-            except not_found():
-                return None
-        return self._remember_start(cid, str(raw))
-
     def forget_start_times(self) -> None:
         """Drop cached start times and kept listings, and join no listing asked before now: after a
         lifecycle action any of them may be stale."""
@@ -265,52 +223,83 @@ class Engine:
         self._generation += 1
         self._forget_listings()
 
-    def inspect(self, container_id: str) -> dict[str, Any]:
-        with self.connection.translate():
-            result: dict[str, Any] = self.client.inspect_container(container_id)
-            return result
+    def started_at(self, container: dict[str, Any]) -> str | None:
+        """Blocking :meth:`started_at_async`."""
+        return run_blocking(self.started_at_async, container)
 
-    def log_chunks(self, container_id: str, *, tail: int, since: float | None) -> Iterator[bytes]:
-        """A container's stdout and stderr with timestamps, its last ``tail`` lines, as the engine sends them.
+    async def started_at_async(self, container: dict[str, Any]) -> str | None:
+        """When a running container started, inspecting it only when the cached value may be stale.
 
-        Streamed: only the chunk in hand is held, whatever the size of the answer, and the
-        connection is released when the iteration ends or stops early. ``since`` is Unix seconds;
-        the epoch (or anything not after it) means from the first line. A container that is gone
-        gives nothing.
-
-        The request goes through docker-py's own session rather than ``logs(stream=True)``, whose
-        stream cannot be released early without its private response, turns the read timeout off,
-        and costs an inspect per call to learn whether the container has a TTY (the answer's first
-        byte says so here: a frame header starts with 0, 1 or 2, a timestamped line with a digit).
+        The list endpoint has no start time, only "Up 5 minutes". A cached start time is reused while
+        it fits that string; a restart makes the uptime shorter than the cache implies, which forces
+        one inspect. So a steady stack costs no inspects at all. A restart by someone else within the
+        string's granularity can show the previous start time until the uptime outgrows the cache;
+        the gateway's own actions, and start events, clear the cache.
         """
-        params: dict[str, Any] = {"stdout": 1, "stderr": 1, "timestamps": 1, "follow": 0, "tail": tail}
-        if since is not None and since > 0:  # the engine's own "no lower bound" is to leave it out
-            params["since"] = f"{since:.9f}"
-        with self.connection.translate():
-            api = self.client
-            response = api.get(
-                f"{api.base_url}/v{api.api_version}/containers/{container_id}/logs",
-                params=params,
-                stream=True,
-                timeout=self._timeout,
-            )
-            with closing(response):
-                if response.status_code == 404:
-                    return
-                if response.status_code != 200:
-                    raise GatewayError(f"Docker engine error: {response.status_code} {explanation(response)}")
-                # Whole blocks rather than iter_content's one piece per HTTP chunk: the engine sends
-                # each line as a chunk of its own, and a piece at a time costs a third more.
-                yield from demultiplex(iter(lambda: response.raw.read(_READ_CHUNK), b""))
+        bound = uptime_upper_bound(container.get("Status", ""))
+        if bound is None:
+            return None
+        cid = container["Id"]
+        cached = self._started.get(cid)
+        # While events are followed the status text may come from a kept listing, up to
+        # LISTING_MAX_AGE_S old; and a start event has already dropped a restarted container's entry.
+        slack = 0.5 + (LISTING_MAX_AGE_S if self._watching else 0.0)
+        if cached is not None and time.time() - cached[1] <= bound + slack:
+            return cached[0]
+        info = await self._read_json(f"/containers/{cid}/json", missing=None)
+        if info is None:
+            return None
+        started = str(info["State"]["StartedAt"])
+        self._started[cid] = (started, parse_time(started))
+        if len(self._started) > 4096:
+            self._started.clear()
+        return started
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        """Blocking :meth:`inspect_async`."""
+        return run_blocking(self.inspect_async, container_id)
+
+    async def inspect_async(self, container_id: str) -> dict[str, Any]:
+        """``docker inspect`` of one container.
+
+        Raises:
+            EngineRefused: 404 for a container that does not exist.
+        """
+        info: dict[str, Any] = await self._read_json(f"/containers/{container_id}/json")
+        return info
 
     def own_project(self, hostname: str) -> str | None:
-        """The compose project of the container this process runs in, if it runs in one."""
+        """The compose project of the container this process runs in, if it runs in one (blocking)."""
         try:
             labels = self.inspect(hostname).get("Config", {}).get("Labels") or {}
         except GatewayError:
             return None
         project = labels.get(PROJECT_LABEL)
         return str(project) if project else None
+
+    # -- streams -----------------------------------------------------------------------------------
+
+    def log_stream(self, container_id: str, *, tail: int, since: float | None) -> AsyncGenerator[bytes, None]:
+        """A container's stdout and stderr with timestamps, its last ``tail`` lines, as the engine sends them.
+
+        Streamed: only the block in hand is held, whatever the size of the answer, and the
+        connection is released when the iteration ends or stops early. ``since`` is Unix seconds;
+        the epoch (or anything not after it) means from the first line. A container that is gone
+        gives nothing.
+        """
+        return log_blocks(self.connection, container_id, tail=tail, since=since)
+
+    def log_chunks(self, container_id: str, *, tail: int, since: float | None) -> Iterator[bytes]:
+        """:meth:`log_stream` for a blocking reader (a worker thread of the loop)."""
+        return iterate_blocking(lambda: self.log_stream(container_id, tail=tail, since=since))
+
+    async def service_log(self, service_id: str, *, tail: int, since: float | None) -> bytes:
+        """A swarm service's log, every task's, with timestamps and details (see :mod:`gateway.engine.streams`)."""
+        return await service_log(self.connection, service_id, tail=tail, since=since)
+
+    def events(self, filters: Mapping[str, list[str]]) -> AbstractAsyncContextManager[AsyncIterator[dict[str, Any]]]:
+        """The engine's events matching ``filters``, as they happen (:func:`gateway.engine.streams.follow_events`)."""
+        return follow_events(self.connection, filters)
 
 
 def _copy(error: GatewayError) -> GatewayError:

@@ -29,6 +29,7 @@ __all__ = [
     "collect_log",
     "merge_newest",
     "demultiplex",
+    "Frames",
 ]
 
 DEFAULT_TAIL = 200
@@ -350,18 +351,23 @@ def bound_lines(
     return newest.lines(), newest.dropped
 
 
-def demultiplex(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """The payload of the engine's stdout/stderr frames (8-byte header: stream, 0, 0, 0, size), or a TTY's raw bytes."""
-    pending = bytearray()
-    framed: bool | None = None
-    for chunk in chunks:
-        if framed is None:
+class Frames:
+    """The payload of the engine's stdout/stderr frames (8-byte header: stream, 0, 0, 0, size), or a TTY's
+    raw bytes, fed in any chunking: the answer's first byte says which."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self._framed: bool | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The payload completed by ``chunk`` (empty while a frame is still cut)."""
+        if self._framed is None:
             if not chunk:
-                continue
-            framed = chunk[0] in (0, 1, 2)
-        if not framed:
-            yield chunk
-            continue
+                return b""
+            self._framed = chunk[0] in (0, 1, 2)
+        if not self._framed:
+            return chunk
+        pending = self._pending
         pending += chunk
         payloads = []
         at = 0
@@ -372,5 +378,13 @@ def demultiplex(chunks: Iterator[bytes]) -> Iterator[bytes]:
             payloads.append(bytes(pending[at + 8 : end]))
             at = end
         del pending[:at]
-        if payloads:
-            yield b"".join(payloads)
+        return b"".join(payloads)
+
+
+def demultiplex(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """:class:`Frames` over an iterator of chunks: each chunk's completed payload, if any."""
+    frames = Frames()
+    for chunk in chunks:
+        data = frames.feed(chunk)
+        if data:
+            yield data

@@ -255,12 +255,18 @@ def build_http_app(
     async def health(request: Request) -> Response:
         engine = "up"
         try:
-            await anyio.to_thread.run_sync(ops.engine.ping)
+            # Bounded by the engine's deadline, and at once while the engine is known to be degraded.
+            await ops.engine.ping_async()
         except Exception:  # noqa: BLE001 - any failure means the same to a health probe
             engine = "down"
         # Always 200: an engine outage is not the gateway's fault, and restarting it would not help.
         return JSONResponse(
-            {"status": "ok" if engine == "up" else "degraded", "version": __version__, "engine": engine}
+            {
+                "status": "ok" if engine == "up" else "degraded",
+                "version": __version__,
+                "engine": engine,
+                "engine_state": ops.engine.state.as_dict(),
+            }
         )
 
     async def metrics_json(request: Request) -> Response:

@@ -11,31 +11,26 @@ that may follow it (``up`` of ten services) once more at the end of a short wind
 container.
 
 Each event, and each time the stream opens or drops, is first told to the
-:class:`~gateway.engine.client.Engine` on the event loop, so that the listings it keeps for ``ps`` never
-outlive an event that reached the gateway.
-
-The stream is ``GET /events`` through the docker-py client's own HTTP session, streamed, rather than
-the client's ``events()``: the stream that call returns cannot release its socket without reaching
-into its private response. A plain streamed response can be shut from another thread
-(``response.raw.shutdown()``, urllib3's way to end a blocked read) and closed, both public.
+:class:`~gateway.engine.client.Engine`, so that the listings it keeps for ``ps`` never outlive an
+event that reached the gateway. The stream is followed on the event loop, over the engine's own
+connection (:meth:`~gateway.engine.client.Engine.events`): the same transport as every read, a
+Unix socket, TLS or SSH.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectSendStream
 
 from ..engine.containers import PROJECT_LABEL
-from ..errors import EngineUnavailable, GatewayError
+from ..errors import GatewayError
 from ..operations import ComposeOperations
 from .notify import Notifier
 from .resources import stack_names, status_uri
@@ -68,62 +63,49 @@ class StackWatcher:
         self.coalesce = coalesce
         self._names: set[str] | None = None
         self._closed = threading.Event()
-        self._stream: Any = None
-        self._stream_lock = threading.Lock()
+        self._scope: anyio.CancelScope | None = None
+        self._loop_thread: int | None = None
+        self._token: Any = None
         #: Set while the Engine's event stream is open (tests wait on it before acting).
         self.connected = threading.Event()
 
     async def run(self) -> None:
-        """Watch until cancelled."""
+        """Watch until cancelled, or until :meth:`close`."""
         send, receive = anyio.create_memory_object_stream[str](1024)
         self._names = {name for name, _ in await stack_names(self.ops)}
-        token = anyio.lowlevel.current_token()
-        engine = self.ops.engine
-
-        def on_loop(fn: Callable[..., None], *args: Any) -> None:
-            # Run on the event loop, in the order events came; the follower waits for it.
-            try:
-                anyio.from_thread.run_sync(fn, *args, token=token)
-            except RuntimeError:
-                pass  # the loop is closing
-
-        def followed(following: bool) -> None:
-            if not (following and self._closed.is_set()):  # a late "open" after run() ended changes nothing
-                engine.events_followed(following)
-
-        def arrived(project: str, container_id: str | None, action: str) -> None:
-            # The engine's kept listing goes first: a ps after this line must ask the engine.
-            engine.container_changed(project, container_id, action)
-            try:
-                send.send_nowait(project)
-            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # a backlog this deep is refetched by everyone anyway
-
         self._closed.clear()
+        self._loop_thread = threading.get_ident()
+        self._token = anyio.lowlevel.current_token()
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._rescan_forever)
-                tg.start_soon(self._notify_forever, receive)
-                try:
-                    await anyio.to_thread.run_sync(
-                        self._follow,
-                        functools.partial(on_loop, followed),
-                        functools.partial(on_loop, arrived),
-                        abandon_on_cancel=True,
-                    )
-                finally:
-                    tg.cancel_scope.cancel()
+            with anyio.CancelScope() as self._scope:
+                if self._closed.is_set():
+                    return
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._rescan_forever)
+                    tg.start_soon(self._notify_forever, receive)
+                    try:
+                        await self._follow(send)
+                    finally:
+                        tg.cancel_scope.cancel()
         finally:
-            self.close()
-            engine.events_followed(False)
+            self._closed.set()
+            self.connected.clear()
+            self.ops.engine.events_followed(False)
             send.close()
 
     def close(self) -> None:
-        """Stop following the Engine; safe from any thread."""
+        """Stop following the Engine, and make :meth:`run` return; safe from any thread."""
         self._closed.set()
-        with self._stream_lock:
-            if self._stream is not None:
-                _shut(self._stream)
+        scope = self._scope
+        if scope is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            scope.cancel()
+        else:
+            try:
+                anyio.from_thread.run_sync(scope.cancel, token=self._token)
+            except RuntimeError:
+                pass  # the loop is gone, and run() with it
 
     async def rescan(self) -> None:
         """Compare the stack names with the last look, and say so when they changed."""
@@ -161,48 +143,48 @@ class StackWatcher:
         # A created or destroyed container may be the first or last of a project.
         await self.rescan()
 
-    def _follow(self, followed: Callable[[bool], None], arrived: Callable[[str, str | None, str], None]) -> None:
-        """Block in a worker thread until closed: say when the stream opens and drops (``followed``),
-        and hand each relevant event's project, container id and action to ``arrived``."""
+    async def _follow(self, send: MemoryObjectSendStream[str]) -> None:
+        """Follow the engine's events until closed, reconnecting after a pause when the stream drops.
+
+        Each event of a compose project's container goes to the engine first (its kept listing is
+        stale), then to the notifier; the engine also hears when the stream opens and drops.
+        """
+        engine = self.ops.engine
         failures = 0
         while not self._closed.is_set():
+            opened = False
             try:
-                stream = _open_events(self.ops.engine.client)
-            except Exception as exc:  # noqa: BLE001 - docker-py lets requests' errors through unwrapped
-                failures += 1
-                # One warning per outage, not one per try.
-                logger.log(
-                    logging.WARNING if failures == 1 else logging.DEBUG,
-                    "cannot follow Engine events (%s); stack change notifications wait until it answers",
-                    exc,
-                )
-                self._closed.wait(_RECONNECT_DELAY_S)
-                continue
-            with self._stream_lock:
-                self._stream = stream
-                if self._closed.is_set():
-                    _shut(stream)
-            followed(True)
-            self.connected.set()
-            failures = 0
-            try:
-                for event in _events(stream):
-                    project = _project_of(event)
-                    if project is not None:
-                        arrived(project, _container_of(event), _action_of(event))
-            except Exception as exc:  # noqa: BLE001 - whatever broke the stream, the cure is to reconnect
-                if not self._closed.is_set():
-                    logger.debug("Engine events stream dropped: %r", exc)
+                async with engine.events({"type": ["container"], "label": [PROJECT_LABEL]}) as events:
+                    opened = True
+                    engine.events_followed(True)
+                    self.connected.set()
+                    failures = 0
+                    async for event in events:
+                        project = _project_of(event)
+                        if project is None:
+                            continue
+                        # The engine's kept listing goes first: a ps after this line must ask the engine.
+                        engine.container_changed(project, _container_of(event), _action_of(event))
+                        try:
+                            send.send_nowait(project)
+                        except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                            pass  # a backlog this deep is refetched by everyone anyway
+            except GatewayError as exc:
+                if opened:
+                    logger.debug("Engine events stream dropped: %s", exc)
+                else:
+                    failures += 1
+                    # One warning per outage, not one per try.
+                    logger.log(
+                        logging.WARNING if failures == 1 else logging.DEBUG,
+                        "cannot follow Engine events (%s); stack change notifications wait until it answers",
+                        exc,
+                    )
             finally:
-                if not self._closed.is_set():
-                    followed(False)  # before anything else: listings kept from here on could go stale unseen
-                self.connected.clear()
-                with self._stream_lock:
-                    self._stream = None
-                    _shut(stream)
-                    stream.close()  # releases the socket's file descriptor now, not at garbage collection
-            if not self._closed.is_set():
-                self._closed.wait(_RECONNECT_DELAY_S)
+                if opened:
+                    engine.events_followed(False)  # first: listings kept from here on could go stale unseen
+                    self.connected.clear()
+            await anyio.sleep(_RECONNECT_DELAY_S)
 
 
 def _action_of(event: dict[str, Any]) -> str:
@@ -228,39 +210,3 @@ def _describe(before: set[str], after: set[str]) -> str:
     added, removed = sorted(after - before), sorted(before - after)
     parts = ([f"+{', +'.join(added)}"] if added else []) + ([f"-{', -'.join(removed)}"] if removed else [])
     return " ".join(parts)
-
-
-def _open_events(client: Any) -> Any:
-    """GET /events as docker-py's ``events`` would, streamed: container events of compose projects.
-
-    Raises:
-        EngineUnavailable: the engine answered with an error status.
-    """
-    response = client.get(
-        f"{client.base_url}/v{client.api_version}/events",
-        params={"filters": json.dumps({"type": ["container"], "label": [PROJECT_LABEL]})},
-        stream=True,
-        timeout=None,  # the stream is quiet until something happens; close() ends it
-    )
-    if response.status_code != 200:
-        try:
-            raise EngineUnavailable(f"the engine refused its events stream: HTTP {response.status_code}")
-        finally:
-            response.close()
-    return response
-
-
-def _events(response: Any) -> Iterator[dict[str, Any]]:
-    """The engine's events, one JSON object a line, as they arrive."""
-    for line in response.iter_lines():
-        if line:
-            event: dict[str, Any] = json.loads(line)
-            yield event
-
-
-def _shut(response: Any) -> None:
-    """Shut the response's socket so that a read blocked on it returns; harmless if already shut or closed."""
-    try:
-        response.raw.shutdown()
-    except (OSError, ValueError, RuntimeError):  # urllib3: already closed, or released to its pool
-        pass

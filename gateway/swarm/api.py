@@ -1,7 +1,9 @@
 """Swarm through the Engine API: the blocking calls behind :mod:`gateway.swarm.backend`, run in worker threads.
 
 It reads a stack's services and tasks by the ``com.docker.stack.namespace`` label, updates services
-from the spec and version it just read, and says whether an action has converged.
+from the spec and version it just read, and says whether an action has converged. Each call goes
+through the engine's own connection (:meth:`gateway.engine.client.Engine.request`, on the event loop):
+the same transport, deadline and breaker as every read.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.blocking import run_blocking
 from ..engine.client import Engine
+from ..engine.connection import Query
+from ..engine.transport import EngineRefused
 from ..errors import InvalidInput, SwarmFailed, SwarmUnavailable
 from ..models import ServiceStatus
 from .stackfile import TARGET_KEY
@@ -40,18 +45,29 @@ class SwarmApi:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    def _call(self, method: str, path: str, query: Query | None = None, body: Any = None) -> Any:
+        """Blocking. One Engine API call, its JSON answer.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+            EngineRefused: an error status.
+        """
+        return run_blocking(self.engine.request, method, path, query, body)
+
+    def _get(self, path: str, **filters: str) -> Any:
+        return self._call("GET", path, {"filters": {k: [v] for k, v in filters.items()}} if filters else None)
+
     def check_manager(self, project: str) -> None:
         """Blocking. Return if the engine is a swarm manager, else say how to make it one.
 
         Raises:
             SwarmUnavailable: not in a swarm, a worker, or a locked swarm.
         """
-        with self.engine.translate():
-            swarm = self.engine.client.info().get("Swarm") or {}
+        swarm = self._get("/info").get("Swarm") or {}
         state = swarm.get("LocalNodeState")
         if state == "active" and swarm.get("ControlAvailable"):
             return
-        where = f"the engine at DOCKER_HOST={self.engine.docker_host}"
+        where = f"the engine {self.engine.connection.label}"
         if state == "active":
             why = (
                 f"{where} is a swarm worker, not a manager: point the gateway at a manager node "
@@ -68,25 +84,29 @@ class SwarmApi:
             )
         raise SwarmUnavailable(f"stack '{project}' asks for Docker Swarm ({TARGET_KEY}: target: swarm), but {why}")
 
-    def services(self, project: str | None) -> list[dict[str, Any]]:
+    async def services_async(self, project: str | None) -> list[dict[str, Any]]:
         """The stack's services (or every stack's); empty where the engine is no swarm manager."""
-        import docker.errors
-
         label = f"{NAMESPACE_LABEL}={project}" if project else NAMESPACE_LABEL
-        with self.engine.translate():
-            try:
-                services: list[dict[str, Any]] = self.engine.client.services(filters={"label": label})
-            except docker.errors.APIError as exc:
-                if exc.status_code == 503:  # "This node is not a swarm manager": so there are no swarm stacks
-                    return []
-                raise
+        try:
+            services: list[dict[str, Any]] = await self.engine.request("GET", "/services", _label(label))
+        except EngineRefused as exc:
+            if exc.status == 503:  # "This node is not a swarm manager": so there are no swarm stacks
+                return []
+            raise
         return services
 
-    def tasks(self, project: str | None) -> list[dict[str, Any]]:
+    def services(self, project: str | None) -> list[dict[str, Any]]:
+        """Blocking :meth:`services_async`."""
+        return run_blocking(self.services_async, project)
+
+    async def tasks_async(self, project: str | None) -> list[dict[str, Any]]:
         label = f"{NAMESPACE_LABEL}={project}" if project else NAMESPACE_LABEL
-        with self.engine.translate():
-            tasks: list[dict[str, Any]] = self.engine.client.tasks(filters={"label": label})
+        tasks: list[dict[str, Any]] = await self.engine.request("GET", "/tasks", _label(label))
         return tasks
+
+    def tasks(self, project: str | None) -> list[dict[str, Any]]:
+        """Blocking :meth:`tasks_async`."""
+        return run_blocking(self.tasks_async, project)
 
     def select(self, project: str, services: list[str] | None) -> list[dict[str, Any]]:
         found = self.services(project)
@@ -103,19 +123,23 @@ class SwarmApi:
             )
         return [by_name[name] for name in services]
 
-    def stacks(self) -> dict[str, StackCounts]:
-        """Blocking. Every swarm stack the engine manages, by name; empty when it manages none."""
-        services = self.services(None)
+    async def stacks_async(self) -> dict[str, StackCounts]:
+        """Every swarm stack the engine manages, by name; empty when it manages none."""
+        services = await self.services_async(None)
         if not services:
             return {}
         names = {str(s["Spec"].get("Labels", {}).get(NAMESPACE_LABEL)) for s in services}
         counts = {name: [0, 0] for name in names}
-        for task in self.tasks(None):
+        for task in await self.tasks_async(None):
             name = (task.get("Spec", {}).get("ContainerSpec", {}).get("Labels") or {}).get(NAMESPACE_LABEL)
             if name in counts and task.get("DesiredState") not in ("shutdown", "remove"):
                 counts[name][0] += 1
                 counts[name][1] += task.get("Status", {}).get("State") == "running"
         return {name: StackCounts(*c) for name, c in counts.items()}
+
+    def stacks(self) -> dict[str, StackCounts]:
+        """Blocking :meth:`stacks_async`."""
+        return run_blocking(self.stacks_async)
 
     def has_stack(self, project: str) -> bool:
         """Blocking. Whether the swarm runs services of a stack called ``project``."""
@@ -127,11 +151,16 @@ class SwarmApi:
         if not services:
             return []
         tasks = self.tasks(project)
-        with self.engine.translate():
-            nodes = {n["ID"]: n.get("Description", {}).get("Hostname") for n in self.engine.client.nodes()}
-            # Health lives on the container, which only the node running it knows: shown for local tasks.
-            local = self.engine.client.containers(all=True, filters={"label": f"{NAMESPACE_LABEL}={project}"})
+        nodes = self.node_names()
+        # Health lives on the container, which only the node running it knows: shown for local tasks.
+        local = self._call(
+            "GET", "/containers/json", {"all": True, "filters": {"label": [f"{NAMESPACE_LABEL}={project}"]}}
+        )
         return task_rows(project, services, tasks, nodes, local)
+
+    def node_names(self) -> dict[str, str | None]:
+        """Blocking. The swarm's nodes: hostname by node id."""
+        return {n["ID"]: n.get("Description", {}).get("Hostname") for n in self._get("/nodes")}
 
     def update(
         self,
@@ -141,24 +170,20 @@ class SwarmApi:
         labels: dict[str, str] | None = None,
         replicas: int | None = None,
     ) -> None:
-        """Update one service from the spec and version just read: a concurrent change is refused, not lost."""
-        spec = svc["Spec"]
+        """Update one service from the spec and version just read: a concurrent change is refused, not lost.
+
+        The whole spec goes back with the changes, as ``docker service update`` sends it.
+        """
+        spec = dict(svc["Spec"])
         template = dict(spec["TaskTemplate"])
         if force:
             template["ForceUpdate"] = int(template.get("ForceUpdate") or 0) + 1
-        mode = spec.get("Mode") if replicas is None else {"Replicated": {"Replicas": replicas}}
-        with self.engine.translate():
-            self.engine.client.update_service(
-                svc["ID"],
-                svc["Version"]["Index"],
-                task_template=template,
-                name=spec["Name"],
-                labels=spec.get("Labels") if labels is None else labels,
-                mode=mode,
-                update_config=spec.get("UpdateConfig"),
-                rollback_config=spec.get("RollbackConfig"),
-                endpoint_spec=spec.get("EndpointSpec"),
-            )
+        spec["TaskTemplate"] = template
+        if replicas is not None:
+            spec["Mode"] = {"Replicated": {"Replicas": replicas}}
+        if labels is not None:
+            spec["Labels"] = labels
+        self._call("POST", f"/services/{svc['ID']}/update", {"version": svc["Version"]["Index"]}, spec)
 
     def running(self, project: str, names: list[str], known: set[str]) -> tuple[bool, str]:
         """Every selected service runs all its replicas, no update is under way; or raise on repeated failures."""
@@ -191,8 +216,7 @@ class SwarmApi:
 
     def updated(self, project: str, svc: dict[str, Any], started_before: str | None) -> tuple[bool, str]:
         name = service_name(project, svc)
-        with self.engine.translate():
-            status = self.engine.client.inspect_service(svc["ID"]).get("UpdateStatus") or {}
+        status = self._call("GET", f"/services/{svc['ID']}").get("UpdateStatus") or {}
         if status.get("StartedAt") == started_before:
             return False, f"{name}: waiting for the update to start"
         state = status.get("State")
@@ -208,36 +232,35 @@ class SwarmApi:
         return not live, f"stopping: {len(live)} task(s) still running"
 
     def gone(self, project: str) -> tuple[bool, str]:
-        label = {"label": f"{NAMESPACE_LABEL}={project}"}
-        with self.engine.translate():
-            tasks = self.engine.client.tasks(filters=label)
-            containers = self.engine.client.containers(all=True, filters=label)
-            networks = self.engine.client.networks(filters=label)
-            if networks and not tasks and not containers:
-                for network in networks:
-                    self._remove_network(network["Id"])
-                networks = self.engine.client.networks(filters=label)
+        label = f"{NAMESPACE_LABEL}={project}"
+        tasks = self._get("/tasks", label=label)
+        containers = self._call("GET", "/containers/json", {"all": True, "filters": {"label": [label]}})
+        networks = self._get("/networks", label=label)
+        if networks and not tasks and not containers:
+            for network in networks:
+                self._remove_network(network["Id"])
+            networks = self._get("/networks", label=label)
         left = len(tasks) + len(containers) + len(networks)
         text = f"removing: {len(tasks)} task(s), {len(containers)} container(s), {len(networks)} network(s) left"
         return left == 0, text
 
     def _remove_network(self, network_id: str) -> None:
-        import docker.errors
-
         try:
-            self.engine.client.remove_network(network_id)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            # Still in use on some node: the next poll tries again.
-            logger.debug("network %s not removed yet: %s", network_id, exc)
+            self._call("DELETE", f"/networks/{network_id}")
+        except EngineRefused as exc:
+            if exc.status != 404:
+                # Still in use on some node: the next poll tries again.
+                logger.debug("network %s not removed yet: %s", network_id, exc)
 
     def remove_volumes(self, project: str) -> list[str]:
-        with self.engine.translate():
-            volumes = self.engine.client.volumes(filters={"label": f"{NAMESPACE_LABEL}={project}"}).get("Volumes") or []
-            for volume in volumes:
-                self.engine.client.remove_volume(volume["Name"])
+        volumes = self._get("/volumes", label=f"{NAMESPACE_LABEL}={project}").get("Volumes") or []
+        for volume in volumes:
+            self._call("DELETE", f"/volumes/{volume['Name']}")
         return [str(v["Name"]) for v in volumes]
+
+
+def _label(label: str) -> Query:
+    return {"filters": {"label": [label]}}
 
 
 def replicas(svc: dict[str, Any]) -> int:

@@ -6,8 +6,8 @@ run ``docker stack deploy`` and ``docker stack rm``; everything else goes throug
 scales to zero and remembers the replicas in a service label (so ``start`` survives a gateway
 restart), ``start`` scales back.
 
-The blocking docker-py calls run in worker threads. Waits poll the swarm: it has no event for
-"this service converged" that works across engine versions.
+The blocking Engine API calls (:mod:`gateway.swarm.api`) run in worker threads. Waits poll the
+swarm: it has no event for "this service converged" that works across engine versions.
 """
 
 from __future__ import annotations
@@ -78,6 +78,10 @@ class SwarmBackend:
         """Blocking. Every swarm stack the engine manages, by name; empty when it manages none."""
         return self.api.stacks()
 
+    async def stacks_async(self) -> dict[str, StackCounts]:
+        """:meth:`stacks` on the event loop (no worker thread: a fleet's listing asks every engine at once)."""
+        return await self.api.stacks_async()
+
     def has_stack(self, project: str) -> bool:
         """Blocking. Whether the swarm runs services of a stack called ``project``."""
         return self.api.has_stack(project)
@@ -107,22 +111,14 @@ class SwarmBackend:
         selected = await to_thread.run_sync(self.api.select, project, services)
 
         def labels() -> dict[str, str]:
-            with self.engine.translate():
-                nodes = {n["ID"]: n.get("Description", {}).get("Hostname") for n in self.engine.client.nodes()}
+            nodes = self.api.node_names()
             return task_labels(project, self.api.services(project), self.api.tasks(project), nodes)
 
         by_task = await to_thread.run_sync(labels)
         streams: list[tuple[str, list[bytes]]] = []
 
         async def read(svc: dict[str, Any]) -> None:
-            def fetch() -> bytes:
-                with self.engine.translate():
-                    chunks = self.engine.client.service_logs(
-                        svc["ID"], stdout=True, stderr=True, timestamps=True, details=True, tail=tail, since=since
-                    )
-                    return b"".join(chunks)
-
-            data = await to_thread.run_sync(fetch)
+            data = await self.engine.service_log(svc["ID"], tail=tail, since=since)
             streams.extend(split_service_log(service_name(project, svc), data, by_task))
 
         async with anyio.create_task_group() as tg:

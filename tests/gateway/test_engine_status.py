@@ -18,6 +18,7 @@ import anyio
 import docker
 import pytest
 
+from gateway.engine.blocking import run_blocking
 from gateway.engine.client import Engine
 from gateway.engine.containers import parse_status, uptime_upper_bound
 from tests.conftest import random_name
@@ -159,6 +160,7 @@ async def test_a_steady_container_is_inspected_once_and_a_restarted_one_again(
 
 
 def _listed(engine: Engine, container_id: str) -> dict[str, Any]:
-    with engine.translate():
-        found: list[dict[str, Any]] = engine.client.containers(filters={"id": container_id})
+    found: list[dict[str, Any]] = run_blocking(
+        engine.request, "GET", "/containers/json", {"filters": {"id": [container_id]}}
+    )
     return found[0]

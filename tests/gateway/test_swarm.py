@@ -210,12 +210,13 @@ async def test_unknown_services_are_refused_naming_the_stack_services(
 
 
 class _NotInASwarm:
-    """An engine client whose node left its swarm: only ``info`` is asked."""
+    """An engine whose node left its swarm: only ``GET /info`` is asked."""
 
     def __init__(self, state: str, control: bool = False) -> None:
         self.state, self.control = state, control
 
-    def info(self) -> dict[str, Any]:
+    def get(self, path: str, **filters: str) -> dict[str, Any]:
+        assert path == "/info"
         return {"Swarm": {"LocalNodeState": self.state, "ControlAvailable": self.control}}
 
 
@@ -231,9 +232,9 @@ def test_a_swarm_stack_on_an_engine_that_is_no_manager_says_how_to_fix_it(
     state: str, control: bool, advice: str, tmp_path: Path
 ) -> None:
     engine = Engine(f"unix://{tmp_path}/docker.sock")
-    engine.connection._client = _NotInASwarm(state, control)  # the message only: no engine leaves its swarm here
-    (tmp_path / "docker.sock").touch()
     backend = SwarmBackend(engine, lambda: DockerCli.locate(None, dict(os.environ)))
+    # The message only: no engine leaves its swarm here.
+    backend.api._get = _NotInASwarm(state, control).get  # type: ignore[method-assign]
     with pytest.raises(SwarmUnavailable) as caught:
         backend.check_manager("shop")
     assert "stack 'shop' asks for Docker Swarm (x-compose-agent: target: swarm)" in str(caught.value)
