@@ -10,9 +10,10 @@ the resource list changed. Both are level triggers: the first event is sent at o
 that may follow it (``up`` of ten services) once more at the end of a short window, not once per
 container.
 
-Each event, and each time the stream opens or drops, is first told to the
-:class:`~gateway.engine.client.Engine` on the event loop, so that the listings it keeps for ``ps`` never
-outlive an event that reached the gateway.
+Each event is first told to the catalog's one freshness call
+(:meth:`~gateway.catalog.StackCatalog.stack_changed`), and each time the stream opens or drops, to
+the :class:`~gateway.engine.client.Engine`, both on the event loop, so that nothing kept for ``ps``
+outlives an event that reached the gateway. A stack folder that comes or goes is told the same way.
 
 The stream is ``GET /events`` through the docker-py client's own HTTP session, streamed, rather than
 the client's ``events()``: the stream that call returns cannot release its socket without reaching
@@ -92,8 +93,8 @@ class StackWatcher:
                 engine.events_followed(following)
 
         def arrived(project: str, container_id: str | None, action: str) -> None:
-            # The engine's kept listing goes first: a ps after this line must ask the engine.
-            engine.container_changed(project, container_id, action)
+            # What is kept about the stack goes first: a ps after this line must ask the engine.
+            self.ops.catalog.stack_changed(project, container=container_id, action=action)
             try:
                 send.send_nowait(project)
             except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -135,6 +136,8 @@ class StackWatcher:
         previous, self._names = self._names, names
         if previous is not None and names != previous:
             logger.info("stacks changed: %s", _describe(previous, names))
+            for name in previous ^ names:
+                self.ops.catalog.stack_changed(name)
             await self.notifier.list_changed()
 
     async def _rescan_forever(self) -> None:
