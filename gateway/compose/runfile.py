@@ -80,6 +80,9 @@ class RunFiles:
         key = hashlib.sha256(str(stacks_dir).encode("utf-8", "surrogateescape")).hexdigest()[:16]
         self.root = Path(state_dir) / "judged" / key
         self.stacks_dir = stacks_dir
+        # What each kept file holds (sha256 of its bytes) and its (inode, size, mtime) when written:
+        # an unchanged stack's up rewrites (and syncs) nothing.
+        self._written: dict[str, tuple[str, tuple[int, int, int]]] = {}
 
     def _folder(self) -> Path:
         for folder in (self.root.parent, self.root):
@@ -87,8 +90,8 @@ class RunFiles:
             os.chmod(folder, 0o700)
         return self.root
 
-    def _write(self, path: Path, model: Mapping[str, Any]) -> None:
-        data = json.dumps(model, separators=(",", ":")).encode()
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(path, flags, 0o600)
         try:
@@ -105,16 +108,25 @@ class RunFiles:
         Raises:
             OSError: the state dir cannot be written.
         """
+        data = json.dumps(model, separators=(",", ":")).encode()
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.root / f"{project}{_SUFFIX}"
+        run = RunFile(target, self.stacks_dir / project, tuple(profiles))
+        written = self._written.get(project)
+        if written is not None and written[0] == digest and _stat(target) == written[1]:
+            return run
         folder = self._folder()
-        target = folder / f"{project}{_SUFFIX}"
         partial = folder / f".{project}.{secrets.token_hex(6)}.tmp"
         try:
-            self._write(partial, model)
+            self._write(partial, data)
             os.replace(partial, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
-        return RunFile(target, self.stacks_dir / project, tuple(profiles))
+        signature = _stat(target)
+        if signature is not None:
+            self._written[project] = (digest, signature)
+        return run
 
     def kept(self, project: str) -> RunFile | None:
         """The stack's last judged model, to act on every service it knows; None when there is none to
@@ -138,6 +150,7 @@ class RunFiles:
 
     def remove(self, project: str) -> None:
         """Forget the stack's last judged model (after ``down``: nothing of it runs any more)."""
+        self._written.pop(project, None)
         with contextlib.suppress(FileNotFoundError):
             (self.root / f"{project}{_SUFFIX}").unlink()
 
@@ -148,7 +161,7 @@ class RunFiles:
             OSError: the state dir cannot be written.
         """
         path = self._folder() / f".plan.{project}.{secrets.token_hex(6)}{_SUFFIX}"
-        self._write(path, model)
+        self._write(path, json.dumps(model, separators=(",", ":")).encode())
         return RunFile(path, folder, tuple(profiles))
 
     @staticmethod
@@ -156,3 +169,11 @@ class RunFiles:
         """Remove a scratch file of :meth:`write_scratch`."""
         with contextlib.suppress(FileNotFoundError):
             run_file.path.unlink()
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns

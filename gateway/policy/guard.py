@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,13 @@ import anyio
 from anyio import to_thread
 
 from ..compose.cli import ComposeCli
-from ..errors import ComposeFailed, GatewayError, PolicyRefused
+from ..errors import ComposeFailed, GatewayError
 from ..models import Verdict
 from ..stacks import Stack
 from .findings import Context, OwnerLookup
 from .judge import Judgement, judge_model, judge_references
 from .reader import Reading, read_stack
-from .rules import Policy, runtime_sockets
+from .rules import Policy, refusal, runtime_sockets
 
 __all__ = ["PolicyGuard", "Evaluation", "refusal"]
 
@@ -88,6 +88,18 @@ class _Judged:
     resolution: Resolution
     checked: float
     evaluation: Evaluation
+    judged_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.judged_at = self.checked
+
+    def reusable(self, now: float) -> bool:
+        """An allowed verdict, or a refusal judged less than :data:`MARK_TTL_S` ago (refusing a little
+        longer fails closed, and a caller repeating a refused ``up`` does not run Compose each time);
+        never a stack that could not be judged (its error is raised again, afresh)."""
+        if self.evaluation.failure is not None or self.evaluation.verdict.error:
+            return False
+        return self.evaluation.verdict.allowed or now - self.judged_at < MARK_TTL_S
 
 
 def _signature_of(reading: Reading) -> Signature:
@@ -249,14 +261,14 @@ class PolicyGuard:
         return keep(judgement, model)
 
     async def current(self, stack: Stack, cli: ComposeCli) -> Evaluation:
-        """The stack as its files are now: an allowed verdict kept from before when nothing it depended
-        on changed (checked now, file by file and path by path; ``reused``), else judged afresh.
+        """The stack as its files are now: a verdict kept from before when nothing it depended on changed
+        (checked now, file by file and path by path; ``reused``; see ``_Judged.reusable``), else judged afresh.
 
         Raises:
             PolicyViolation, ComposeFailed: as :meth:`evaluate` (the stack cannot be judged).
         """
         judged = self._judged.get(stack.name)
-        if judged is not None and judged.evaluation.verdict.allowed:
+        if judged is not None and judged.reusable(time.monotonic()):
             if await to_thread.run_sync(_still_holds, judged, stack):
                 judged.checked = time.monotonic()
                 return replace(judged.evaluation, reused=True)
@@ -376,16 +388,3 @@ def _one_line(exc: GatewayError) -> str:
         last = exc.stderr_tail.strip().splitlines()[-1]
         return lines[0] if last in lines[0] else f"{lines[0]} {last}"
     return lines[0]
-
-
-def refusal(stack: str, action: str, result: Verdict) -> PolicyRefused:
-    """The error a refused call returns: every violation on its own line, and who can relax it."""
-    if result.error and not result.violations:
-        return PolicyRefused(f"the policy guard refuses to {action} stack '{stack}': {result.error}", [])
-    lines = [
-        f"the policy guard refuses to {action} stack '{stack}': its compose files break "
-        f"{len(result.rules)} rule(s) ({', '.join(result.rules)})"
-    ]
-    lines += [f"- {violation.describe()}" for violation in result.violations]
-    lines.append("Only the operator can relax the policy, in config.json; no tool argument or token changes it.")
-    return PolicyRefused("\n".join(lines), list(result.violations))

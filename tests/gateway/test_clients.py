@@ -145,8 +145,8 @@ def test_every_failure_reaches_the_inspector_as_an_error_result_with_the_gateway
     assert_error_result(
         agent.run(tmp_path, "tools/call", "config", project=gateways.broken),
         "compose_failed",
-        f"docker compose config on '{gateways.broken}' failed",
-        "yaml",
+        # Found by the guard's strict reading, before Compose runs: the same kind as Compose's own error.
+        "compose.yaml is not valid YAML",
     )
     if transport != "stdio":  # stdio has no token: its caller is the local user who started it
         panel = target(transport, gateways, gateways.full.panel_token)
