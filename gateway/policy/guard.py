@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 # How long a mark is trusted without re-checking what it depends on (as the defined-services cache).
 MARK_TTL_S = 30.0
+# Refusals that rest on the engine's resources or the stacks beside a stack, not on its files alone.
+_NEIGHBOURHOOD_RULES = frozenset({"external_volumes", "external_networks", "external_secrets", "namespace"})
 # Cold marks run Compose once per stack; this many at a time, so a long list does not swamp the host.
 MARK_CONCURRENCY = 4
 
@@ -88,18 +90,16 @@ class _Judged:
     resolution: Resolution
     checked: float
     evaluation: Evaluation
-    judged_at: float = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.judged_at = self.checked
-
-    def reusable(self, now: float) -> bool:
-        """An allowed verdict, or a refusal judged less than :data:`MARK_TTL_S` ago (refusing a little
-        longer fails closed, and a caller repeating a refused ``up`` does not run Compose each time);
-        never a stack that could not be judged (its error is raised again, afresh)."""
-        if self.evaluation.failure is not None or self.evaluation.verdict.error:
+    def reusable(self) -> bool:
+        """An allowed verdict, or a refusal that rests on the files alone (a caller repeating a refused
+        ``up`` does not run Compose each time); not a refusal that rests on the engine or the stacks
+        beside it (a volume another project owns may be gone by now), nor a stack that could not be
+        judged (its error is raised again, afresh)."""
+        verdict = self.evaluation.verdict
+        if self.evaluation.failure is not None or verdict.error:
             return False
-        return self.evaluation.verdict.allowed or now - self.judged_at < MARK_TTL_S
+        return verdict.allowed or not set(verdict.rules) & _NEIGHBOURHOOD_RULES
 
 
 def _signature_of(reading: Reading) -> Signature:
@@ -268,7 +268,7 @@ class PolicyGuard:
             PolicyViolation, ComposeFailed: as :meth:`evaluate` (the stack cannot be judged).
         """
         judged = self._judged.get(stack.name)
-        if judged is not None and judged.reusable(time.monotonic()):
+        if judged is not None and judged.reusable():
             if await to_thread.run_sync(_still_holds, judged, stack):
                 judged.checked = time.monotonic()
                 return replace(judged.evaluation, reused=True)

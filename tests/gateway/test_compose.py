@@ -33,7 +33,10 @@ def test_the_cli_sees_only_allowlisted_variables_never_secrets_or_steering_ones(
     }
     # The operator's pass_env adds names, but never a secret or a steering variable.
     passed = ComposeCli(
-        ["docker-compose"], "2.40.3", env, pass_env=["TZ", "VAULT_TOKEN", "COMPOSE_FILE", "COMPOSE_EXPERIMENTAL_GIT_REMOTE"]
+        ["docker-compose"],
+        "2.40.3",
+        env,
+        pass_env=["TZ", "VAULT_TOKEN", "COMPOSE_FILE", "COMPOSE_EXPERIMENTAL_GIT_REMOTE"],
     )
     assert set(passed.env) == {"PATH", "HOME", "DOCKER_HOST", "TZ", *FIXED_ENV}
     assert passed.env["COMPOSE_EXPERIMENTAL_GIT_REMOTE"] == "0"

@@ -130,11 +130,11 @@ async def test_every_hostile_case_is_refused_by_every_tool_token_and_mode_and_no
         for volume in volumes:
             docker_client.volumes.get(volume).remove(force=True)
     assert failures == [], "\n".join(sorted(failures))
-    for case, folder in projects.items():
+    for case_id, folder in projects.items():
         left = footprint(docker_client, folder.name)
         left["volumes"] = [v for v in left["volumes"] if v not in volumes]
-        assert left == {"containers": [], "networks": [], "volumes": [], "images": []}, (case, left)
-        assert not (folder / "PWNED").exists() and not (folder / "RAN").exists(), case
+        assert left == {"containers": [], "networks": [], "volumes": [], "images": []}, (case_id, left)
+        assert not (folder / "PWNED").exists() and not (folder / "RAN").exists(), case_id
     assert docker_client.images.get(stacks.image).id == image_before
     assert not [i for i in docker_client.images.list() if any(t.startswith("othershop") for t in i.tags)]
     outcomes = [json.loads(line) for line in served.audit.read_text().splitlines()]
