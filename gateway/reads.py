@@ -76,7 +76,12 @@ class Reads:
         targets: dict[str, Target] = {}
 
         async def mark(stack: Stack) -> None:
-            view = await self.catalog.view(stack)
+            try:
+                view = await self.catalog.view(stack)
+            except Exception as exc:  # noqa: BLE001 - one folder's failure is its own mark, never everyone's error
+                logger.warning("cannot mark stack %s", stack.name, exc_info=True)
+                marks[stack.name] = Verdict(allowed=False, error=f"the stack cannot be judged ({type(exc).__name__})")
+                return
             marks[stack.name] = view.verdict or Verdict(allowed=False, error="not judged")
             targets[stack.name] = view.target.target
 
