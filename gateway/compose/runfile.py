@@ -80,9 +80,9 @@ class RunFiles:
         key = hashlib.sha256(str(stacks_dir).encode("utf-8", "surrogateescape")).hexdigest()[:16]
         self.root = Path(state_dir) / "judged" / key
         self.stacks_dir = stacks_dir
-        # What each kept file holds (sha256 of its bytes) and its (inode, size, mtime) when written:
-        # an unchanged stack's up rewrites (and syncs) nothing.
-        self._written: dict[str, tuple[str, tuple[int, int, int]]] = {}
+        # What each kept file holds (sha256 of its bytes), its (inode, size, mtime) when written, and the
+        # model it was written from: an unchanged stack's up rewrites (and syncs) nothing.
+        self._written: dict[str, tuple[str, tuple[int, int, int], Mapping[str, Any]]] = {}
 
     def _folder(self) -> Path:
         for folder in (self.root.parent, self.root):
@@ -108,12 +108,16 @@ class RunFiles:
         Raises:
             OSError: the state dir cannot be written.
         """
-        data = json.dumps(model, separators=(",", ":")).encode()
-        digest = hashlib.sha256(data).hexdigest()
         target = self.root / f"{project}{_SUFFIX}"
         run = RunFile(target, self.stacks_dir / project, tuple(profiles))
         written = self._written.get(project)
+        # The very model object written last (a reused judgement): nothing to serialise or compare.
+        if written is not None and written[2] is model and _stat(target) == written[1]:
+            return run
+        data = json.dumps(model, separators=(",", ":")).encode()
+        digest = hashlib.sha256(data).hexdigest()
         if written is not None and written[0] == digest and _stat(target) == written[1]:
+            self._written[project] = (digest, written[1], model)
             return run
         folder = self._folder()
         partial = folder / f".{project}.{secrets.token_hex(6)}.tmp"
@@ -125,7 +129,7 @@ class RunFiles:
                 partial.unlink()
         signature = _stat(target)
         if signature is not None:
-            self._written[project] = (digest, signature)
+            self._written[project] = (digest, signature, model)
         return run
 
     def kept(self, project: str) -> RunFile | None:
