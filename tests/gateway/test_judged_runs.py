@@ -19,6 +19,8 @@ import pytest
 
 from gateway.compose.cli import ComposeCli, ComposeOutput
 from gateway.compose.runfile import EMPTY_ENV
+from gateway.config import load_settings
+from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
 from tests.conftest import StackFactory
 
@@ -193,3 +195,27 @@ async def test_the_judged_run_file_is_written_once_while_the_stack_is_unchanged(
     assert os.stat(run_file).st_ino != written.st_ino
     await ops.down(name)
     assert not run_file.exists()  # nothing of it runs any more: down forgets it
+
+
+async def test_a_restarted_gateway_still_acts_on_the_last_judged_model(
+    ops: ComposeOperations, stacks: StackFactory, audit_path: Path, runs: list[list[str]]
+) -> None:
+    name = stacks.make(MARKED)
+    await ops.up(name)
+    (up,) = [argv for argv in runs if _verb(argv) == "up"]
+    # The same state dir, a new process: what the last up judged is still there.
+    environ = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "COMPOSE_AGENT_STATE_DIR": str(audit_path.parent / "state"),
+    }
+    settings = load_settings(environ, stacks_dir=stacks.root)
+    restarted = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=dict(os.environ))
+    try:
+        (stacks.root / name / "compose.yaml").write_text("services:\n  a: [not a service\n")
+        stopped = await restarted.service_action("stop", name)
+        assert stopped.message == f"stop finished on '{name}'"
+        assert _flag(runs[-1], "--file") == _flag(up, "--file")
+        await restarted.down(name)
+    finally:
+        restarted.close()
