@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import GatewayError
 from .cli import ComposeCli, ComposeOutput, ProgressCallback
 
 __all__ = ["EMPTY_ENV", "ALL_PROFILES", "RunFile", "RunFiles"]
@@ -106,7 +107,7 @@ class RunFiles:
         """Keep ``model`` as the stack's last judged model, atomically, and return it ready to run.
 
         Raises:
-            OSError: the state dir cannot be written.
+            GatewayError: the state dir cannot be written (nothing runs without its judged model).
         """
         target = self.root / f"{project}{_SUFFIX}"
         run = RunFile(target, self.stacks_dir / project, tuple(profiles))
@@ -119,14 +120,16 @@ class RunFiles:
         if written is not None and written[0] == digest and _stat(target) == written[1]:
             self._written[project] = (digest, written[1], model)
             return run
-        folder = self._folder()
-        partial = folder / f".{project}.{secrets.token_hex(6)}.tmp"
         try:
-            self._write(partial, data)
-            os.replace(partial, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                partial.unlink()
+            partial = self._folder() / f".{project}.{secrets.token_hex(6)}.tmp"
+            try:
+                self._write(partial, data)
+                os.replace(partial, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    partial.unlink()
+        except OSError as exc:
+            raise _unwritable(self.root, exc) from exc
         signature = _stat(target)
         if signature is not None:
             self._written[project] = (digest, signature, model)
@@ -162,10 +165,13 @@ class RunFiles:
         """A judged model in a private file of its own (``plan``'s dry run); :meth:`discard` it afterwards.
 
         Raises:
-            OSError: the state dir cannot be written.
+            GatewayError: the state dir cannot be written.
         """
-        path = self._folder() / f".plan.{project}.{secrets.token_hex(6)}{_SUFFIX}"
-        self._write(path, json.dumps(model, separators=(",", ":")).encode())
+        try:
+            path = self._folder() / f".plan.{project}.{secrets.token_hex(6)}{_SUFFIX}"
+            self._write(path, json.dumps(model, separators=(",", ":")).encode())
+        except OSError as exc:
+            raise _unwritable(self.root, exc) from exc
         return RunFile(path, folder, tuple(profiles))
 
     @staticmethod
@@ -181,3 +187,10 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _unwritable(root: Path, exc: OSError) -> GatewayError:
+    return GatewayError(
+        f"cannot keep the judged model under {root} ({exc.strerror or exc}): Compose runs only the model the "
+        "policy guard judged, from a private file in the gateway's state dir, so the state dir must be writable"
+    )
