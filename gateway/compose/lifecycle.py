@@ -302,8 +302,8 @@ class Lifecycle:
         read, so a key or hook added since the last ``up`` never runs. A stack on Docker Swarm goes to
         :meth:`_swarm`.
         """
-        cli = await self.catalog.compose.get()
         if action == "up":
+            cli = await self.catalog.compose.get()
             view = await self.catalog.judged(stack, cli)
             assert view.verdict is not None
             if not view.verdict.allowed:
@@ -317,7 +317,10 @@ class Lifecycle:
         view = await self.catalog.acting(stack)
         if view.target.target == "swarm":
             await self._swarm(action, view, arguments, on_event)
+            if action == "down":
+                await to_thread.run_sync(self.runs.remove, stack.name)
             return " (Docker Swarm)"
+        cli = await self.catalog.compose.get()
         kept = await to_thread.run_sync(self.runs.kept, stack.name)
         if kept is not None:
             await kept.run(cli, stack.name, args, on_event)
