@@ -12,6 +12,10 @@ included files), and ``--stacks`` small ones into a temporary stacks dir, then t
 - a full evaluation (reader, ``docker compose --profile '*' config --format json``, judge),
   which ``up`` and ``config`` add when the stack is new or changed;
 - what ``up`` adds when nothing changed: the kept verdict re-checked file by file and path by path;
+- ``up`` itself when nothing changed, all of the gateway's own work (resolving the stack, the lock,
+  both audit lines, the guard's re-check, the judged model's run file) with Compose's ``up`` stubbed
+  out: the part of ``up`` the gateway adds, and what issue 20's phase 2 may not make dearer by more
+  than a millisecond (run this same script on both versions to compare);
 - a bare ``docker compose config --format json`` run, for comparison;
 - ``list_stacks`` over all the stacks: cold (a fresh gateway: its first answer, which waits for
   marks only so long, and the calls until every stack is marked), warm within the mark TTL, and
@@ -33,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Sample, random_name, run_and_report, time_async_calls  # noqa: E402 - a script beside its helpers
 
 import gateway.policy.guard  # noqa: E402
-from gateway.compose.cli import ComposeCli  # noqa: E402
+from gateway.audit import AuditLog  # noqa: E402
+from gateway.compose.cli import ComposeCli, ComposeOutput  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.metrics import ControlPlane  # noqa: E402
 from gateway.operations import ComposeOperations  # noqa: E402
@@ -185,6 +190,8 @@ async def main(args: argparse.Namespace) -> list[Sample]:
             await time_async_calls("bare compose config, for comparison", bare_config, iterations=args.iterations)
         )
 
+        samples.append(await up_unchanged(root, name, Path(tmp), args.iterations * 5))
+
         settings = load_settings({"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}, stacks_dir=root)
         cold = Sample(f"list_stacks, {args.stacks} stacks, cold: first answer")
         complete = Sample(f"list_stacks, {args.stacks} stacks, cold: until every stack is marked")
@@ -212,6 +219,35 @@ async def main(args: argparse.Namespace) -> list[Sample]:
         )
         ops.close()
     return samples
+
+
+async def up_unchanged(root: Path, name: str, tmp: Path, iterations: int) -> Sample:
+    """``ops.up`` of an unchanged stack with Compose's own ``up`` stubbed: the gateway's part of it."""
+    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp), "COMPOSE_AGENT_STATE_DIR": str(tmp / "state")}
+    settings = load_settings(environ, stacks_dir=root)
+    audit = AuditLog(tmp / "audit.log")
+    ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=os.environ)
+    real_run = ComposeCli.run
+
+    async def stubbed(self: ComposeCli, project: str, args: Any, **options: Any) -> ComposeOutput:
+        if list(args)[:1] == ["up"]:
+            return ComposeOutput(stdout="")
+        return await real_run(self, project, args, **options)
+
+    ComposeCli.run = stubbed  # type: ignore[method-assign]
+    try:
+        await ops.up(name)  # judged once; every call after that finds the stack unchanged
+
+        async def up() -> None:
+            await ops.up(name)
+
+        return await time_async_calls(
+            "up when nothing changed, the gateway's own work (Compose's up stubbed)", up, iterations=iterations
+        )
+    finally:
+        ComposeCli.run = real_run  # type: ignore[method-assign]
+        ops.close()
+        audit.close()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,24 @@
-"""The stacks the gateway knows: folders under the stacks dir, and running folder-less projects.
+"""The stacks the gateway knows, each resolved once per call into one immutable :class:`StackView`.
 
-The catalog answers "which stack is this name?", lists every stack, and knows which services a
-stack's compose model defines (from Compose itself, cached by the files' mtimes), and where it
-runs: Compose, or Docker Swarm for a stack whose compose file opts in (see :mod:`gateway.swarm.backend`).
-It holds the policy guard, so that no Compose run it starts reads a file outside the stack's folder.
+A stack is a folder under the stacks dir, or a compose project (or swarm stack) running without one.
+A call first resolves the name (:meth:`StackCatalog.resolve`: validated, found, or
+:class:`~gateway.errors.StackNotFound` naming the known ones), then what it needs of the stack, once:
+
+- :meth:`StackCatalog.judged`, for ``up``, ``config`` and ``plan``: the policy guard's verdict on
+  the files as they are now, with the judged model (every profile) and the reading it came from;
+- :meth:`StackCatalog.view`, for ``list_stacks``, ``ps`` and ``logs``: the same from the guard's
+  kept verdict (a mark; never raises: a stack that cannot be judged has an error verdict);
+- :meth:`StackCatalog.acting`, for ``stop``, ``start``, ``restart`` and ``down``: where the stack
+  runs now, by its containers, without reading its files (they act on the last judged model).
+
+The layers below take that value and never ask the catalog again. What is cached about a stack
+(the guard's verdicts, which are the one file-signature cache; the views derived from them; the
+engine's kept listings and start times; ``ps`` rows) is cleared by one call, :meth:`stack_changed`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,50 +26,75 @@ from typing import Any
 
 from anyio import to_thread
 
+from .compose.cli import ComposeCli
 from .compose.locate import ComposeLocator
 from .engine.client import Engine
 from .engine.containers import PROJECT_LABEL
 from .errors import GatewayError, InvalidInput, StackNotFound
-from .folders import read_regular
-from .policy.guard import PolicyGuard, refusal
-from .policy.rules import Policy, verdict
+from .models import ServiceStatus, Verdict
+from .policy.guard import Evaluation, PolicyGuard
+from .policy.rules import Policy
 from .stacks import Stack, discover_stacks, find_stack, validate_project_name
 from .swarm.backend import SwarmBackend
 from .swarm.dockercli import DockerCli
 from .swarm.stackfile import TARGET_KEY, StackTarget, stack_target
 
-__all__ = ["StackCatalog", "files_signature"]
+__all__ = ["StackCatalog", "StackView", "active_services"]
 
 logger = logging.getLogger(__name__)
 
-# How long a stack's defined services are trusted without re-checking its files' mtimes.
-_DEFINED_TTL_S = 30.0
-# Past this, a file is not searched for the target block: Compose's model decides.
-_MENTION_BYTES = 4 * 1024 * 1024
-# The files whose change can change a stack's compose model.
-_MODEL_FILES = (
-    "compose.yaml",
-    "compose.yml",
-    "docker-compose.yml",
-    "docker-compose.yaml",
-    ".env",
-    "compose.override.yaml",
-    "compose.override.yml",
-    "docker-compose.override.yml",
-    "docker-compose.override.yaml",
-)
+# ps rows of one stack, by the engine's container entry each came from (see gateway.reads).
+Rows = dict[int, tuple[dict[str, Any], ServiceStatus]]
 
 
-@dataclass
-class _Defined:
-    signature: tuple[tuple[str, float, int], ...]
-    checked: float
-    services: list[str]
+@dataclass(frozen=True)
+class StackView:
+    """A stack as one call sees it: who it is, its judged model and verdict, and where it runs.
+
+    ``evaluation`` is None when the call did not judge the stack (a folder-less one, or an action
+    on what already runs); ``services`` are those ``up`` would create (active profiles, not scaled to 0).
+    """
+
+    stack: Stack
     target: StackTarget
+    evaluation: Evaluation | None = None
+    services: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.stack.name
+
+    @property
+    def folder(self) -> Path | None:
+        return self.stack.folder
+
+    @property
+    def compose_file(self) -> Path | None:
+        return self.stack.compose_file
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return self.evaluation.verdict if self.evaluation is not None else None
+
+    @property
+    def model(self) -> dict[str, Any]:
+        """The judged model, every profile enabled ({} when Compose did not run on the files)."""
+        return self.evaluation.model if self.evaluation is not None else {}
+
+    @property
+    def profiles(self) -> tuple[str, ...]:
+        """The profiles the stack's ``.env`` turns on, with which the judged model runs."""
+        return self.evaluation.profiles if self.evaluation is not None else ()
+
+    @property
+    def digest(self) -> str | None:
+        """A hash of every file the model was read from (includes and env files too)."""
+        reading = self.evaluation.reading if self.evaluation is not None else None
+        return reading.digest if reading is not None else None
 
 
 class StackCatalog:
-    """Finds stacks by name and reads their compose models."""
+    """Finds stacks by name and resolves them into views; owns what is cached about each."""
 
     def __init__(
         self,
@@ -78,9 +111,10 @@ class StackCatalog:
         self.guard = guard or PolicyGuard(Policy())
         # The docker CLI gets the Compose CLI's environment: the same variables, the same exclusions.
         self.swarm = swarm or SwarmBackend(engine, lambda: DockerCli.locate(None, compose.located().env))
-        self._defined: dict[str, _Defined] = {}
-        # name -> (checked, files' signature, whether they mention the target block): see _mentions.
-        self._mentions: dict[str, tuple[float, tuple[tuple[str, float, int], ...], bool]] = {}
+        # Views derived from the guard's kept evaluations, by stack: reused while the evaluation is.
+        self._views: dict[str, StackView] = {}
+        #: ps rows of each stack (filled by gateway.reads), kept here so that stack_changed clears them.
+        self.rows: dict[str, Rows] = {}
 
     def folders(self) -> dict[str, Stack]:
         """Every stack folder under the stacks dir, by name."""
@@ -112,6 +146,83 @@ class StackCatalog:
         await self.not_found(project)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def judged(self, stack: Stack, cli: ComposeCli) -> StackView:
+        """The stack folder as its files are now, judged (an allowed verdict is reused only once its
+        files are checked unchanged); for ``up``, ``config`` and ``plan``. A refused verdict is returned,
+        not raised: the caller says what it refuses to do.
+
+        Raises:
+            PolicyViolation, ComposeFailed: the files cannot be judged (see ``PolicyGuard.evaluate``).
+            InvalidInput: a malformed ``x-compose-agent`` block.
+        """
+        evaluation = await self.guard.current(stack, cli)
+        return await self._view(stack, evaluation, strict=True)
+
+    async def view(self, stack: Stack) -> StackView:
+        """The stack as the guard last judged it (a mark), for reads; never raises for a folder's sake."""
+        if stack.folder is None:
+            swarm = await self._swarm_has_quietly(stack.name)
+            return StackView(stack, StackTarget("swarm") if swarm else StackTarget())
+        evaluation = self.guard.trusted(stack.name)
+        if evaluation is None:
+            try:
+                cli = await self.compose.get()
+            except GatewayError as exc:
+                unjudged = Evaluation(Verdict(allowed=False, error=str(exc).splitlines()[0]), {}, failure=exc)
+                return StackView(stack, StackTarget(), unjudged)
+            evaluation = await self.guard.marked(stack, cli)
+        return await self._view(stack, evaluation, strict=False)
+
+    async def acting(self, stack: Stack) -> StackView:
+        """The stack for an action on what runs (stop, start, restart, down): on Swarm when the swarm runs
+        it and no compose container does, else on Compose. Its files are not read.
+
+        Raises:
+            EngineUnavailable: the engine cannot be asked.
+        """
+        containers = await to_thread.run_sync(self.engine.project_containers, stack.name)
+        swarm = not containers and await self.swarm_has(stack.name)
+        return StackView(stack, StackTarget("swarm") if swarm else StackTarget())
+
+    async def defined_services(self, stack: Stack) -> list[str]:
+        """The services ``up`` would create for the stack (from its mark); [] when it cannot be judged."""
+        return list((await self.view(stack)).services)
+
+    async def _view(self, stack: Stack, evaluation: Evaluation, *, strict: bool) -> StackView:
+        model = evaluation.model
+        kept = self._views.get(stack.name)
+        # The same judgement: the kept one itself, or a reuse of it (same model and verdict).
+        same = kept is not None and (
+            kept.evaluation is evaluation
+            or (bool(model) and kept.model is model and kept.verdict is evaluation.verdict)
+        )
+        if kept is not None and same and model:
+            return StackView(stack, kept.target, evaluation, kept.services)
+        if not model:
+            if not same and evaluation.failure is not None:
+                # Once per judgement, not per read: a broken file must not hide what does run.
+                logger.warning("cannot read the services of stack %s: %s", stack.name, evaluation.verdict.error)
+            # Compose never ran on the files: a swarm stack is known by what the swarm runs.
+            swarm = await self._swarm_has_quietly(stack.name)
+            view = StackView(stack, StackTarget("swarm") if swarm else StackTarget(), evaluation)
+        else:
+            try:
+                # Most stacks never mention the opt-in block: Compose, without reading it.
+                target = stack_target(model) if TARGET_KEY in model else StackTarget()
+            except InvalidInput:
+                if strict:
+                    raise
+                target = StackTarget()
+            view = StackView(stack, target, evaluation, active_services(model, evaluation.profiles))
+        self._views[stack.name] = view
+        return view
+
+    async def _swarm_has_quietly(self, project: str) -> bool:
+        try:
+            return await self.swarm_has(project)
+        except GatewayError:
+            return False
+
     async def swarm_has(self, project: str) -> bool:
         """Whether the swarm runs a stack called ``project`` (False where the engine is no manager)."""
         has: bool = await to_thread.run_sync(self.swarm.has_stack, project)
@@ -136,142 +247,37 @@ class StackCatalog:
         listing = ", ".join(sorted(names)) or "none"
         raise StackNotFound(f"stack '{project}' not found; known stacks: {listing}")
 
-    async def config_model(self, stack: Stack) -> dict[str, Any]:
-        """The stack's compose model as Compose validates and normalises it.
+    def stack_changed(self, project: str, *, container: str | None = None, action: str | None = None) -> None:
+        """The one freshness call: what is cached about ``project`` is no longer trusted.
 
-        Compose runs only once the stack's file references are inside its folder (or allowed): it
-        would read them while loading, and its errors would quote them.
-
-        Raises:
-            PolicyRefused: a file reference outside the folder.
-            ComposeFailed: Compose could not load the model (its own error message).
+        The guard's verdict is checked against its files again before its next use; the derived view
+        and the ``ps`` rows go; the engine's kept listing goes too. ``action`` (with its ``container``)
+        is the engine event that told of the change (from the event watcher); None is a change the
+        gateway made itself (a write) or a folder that came or went, after which the engine's start
+        times are dropped as well.
         """
-        outside = await self.guard.references_refused(stack)
-        if outside:
-            raise refusal(stack.name, "load", verdict(outside))
-        cli = await self.compose.get()
-        output = await cli.run(
-            stack.name, ["config", "--format", "json"], compose_file=stack.compose_file, cwd=stack.folder
-        )
-        try:
-            model: dict[str, Any] = json.loads(output.stdout)
-        except json.JSONDecodeError as exc:
-            raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
-        return model
-
-    async def defined_services(self, stack: Stack) -> list[str]:
-        """The services the stack's compose model defines; [] when the model cannot be loaded."""
-        entry = await self._entry(stack)
-        return entry.services if entry is not None else []
-
-    async def target(self, stack: Stack, *, fresh: bool = False) -> StackTarget:
-        """Where the stack runs: Compose, or Swarm when its compose file says ``x-compose-agent: {target: swarm}``.
-
-        Files that never mention the block are Compose stacks without running Compose. A folder
-        whose model cannot be loaded counts as a swarm stack when the swarm runs one of its name,
-        so that a broken file does not trap its tasks. A folder-less stack is a swarm stack when no
-        compose container but a swarm service carries its name. ``fresh`` re-checks the files now
-        (for ``up``) instead of trusting a recent answer.
-
-        Raises:
-            InvalidInput: a malformed ``x-compose-agent`` block (only with ``fresh``; reads fall back).
-        """
-        if stack.folder is None:
-            swarm = await self.swarm_has(stack.name)
-            return StackTarget("swarm") if swarm else StackTarget()
-        if not await self._mentions_target(stack, fresh=fresh):
-            return StackTarget()
-        if fresh:
-            self._defined.pop(stack.name, None)
-            return stack_target(await self.config_model(stack))
-        entry = await self._entry(stack)
-        if entry is not None:
-            return entry.target
-        swarm = await self.swarm_has(stack.name)
-        return StackTarget("swarm") if swarm else StackTarget()
-
-    async def _mentions_target(self, stack: Stack, *, fresh: bool) -> bool:
-        """:func:`_mentions_target`, cached like the model: every ps asks, and reading the files (in a
-        worker thread) was a fifth of a ps call's CPU. Trusted for ``_DEFINED_TTL_S``, then kept while
-        the files' signature holds."""
-        assert stack.folder is not None
-        now = time.monotonic()
-        cached = self._mentions.get(stack.name)
-        if cached is not None and not fresh and now - cached[0] < _DEFINED_TTL_S:
-            return cached[2]
-        signature = files_signature(stack.folder)
-        if cached is not None and cached[1] == signature:
-            self._mentions[stack.name] = (now, signature, cached[2])
-            return cached[2]
-        mentions = await to_thread.run_sync(_mentions_target, stack.folder)
-        self._mentions[stack.name] = (now, signature, mentions)
-        return mentions
-
-    async def _entry(self, stack: Stack) -> _Defined | None:
-        """What the stack's model says (services, target), cached by file mtimes; None when it cannot load."""
-        assert stack.folder is not None
-        now = time.monotonic()
-        cached = self._defined.get(stack.name)
-        if cached is not None and now - cached.checked < _DEFINED_TTL_S:
-            return cached
-        signature = files_signature(stack.folder)
-        if cached is not None and cached.signature == signature:
-            cached.checked = now
-            return cached
-        try:
-            model = await self.config_model(stack)
-            target = stack_target(model)
-        except GatewayError as exc:
-            # A broken compose file must not hide the containers that do run; ps reports what it can.
-            logger.warning("cannot read the services of stack %s: %s", stack.name, str(exc).splitlines()[0])
-            return None
-        self._defined[stack.name] = _Defined(signature, now, _scaled_services(model), target)
-        return self._defined[stack.name]
-
-    def forget(self, project: str) -> None:
-        """Drop what is cached about ``project``: a write may have changed it."""
-        # The guard's verdict stays: it is re-checked against the files themselves before each use.
-        self._defined.pop(project, None)
-        self._mentions.pop(project, None)
+        self.guard.forget(project)
+        self._views.pop(project, None)
+        self.rows.pop(project, None)
+        if action is None:
+            self.engine.forget_start_times()
+        else:
+            self.engine.container_changed(project, container, action)
 
 
-def _scaled_services(model: Mapping[str, Any]) -> list[str]:
-    """Services that should have containers: those not scaled to zero."""
-    services_model = model.get("services") or {}
-    return sorted(
-        name
-        for name, spec in services_model.items()
-        if not (isinstance(spec, dict) and (spec.get("scale") == 0 or (spec.get("deploy") or {}).get("replicas") == 0))
-    )
-
-
-def _mentions_target(folder: Path) -> bool:
-    """Whether any of the files that shape the model mentions the opt-in block at all.
-
-    A cheap negative: a stack whose files never name it runs on Compose, and Compose need not run
-    to say so. When a file does name it, Compose's model decides.
-    """
-    marker = TARGET_KEY.encode()
-    for name in _MODEL_FILES:
-        try:
-            # Never a plain read: a FIFO named .env would hold this worker thread, and every listing after.
-            data = read_regular(folder / name, limit=_MENTION_BYTES)
-        except FileNotFoundError:
+def active_services(model: Mapping[str, Any], profiles: tuple[str, ...]) -> tuple[str, ...]:
+    """The services ``up`` creates from a model of every profile when ``profiles`` are on: those in no
+    profile or in one of them, and not scaled to zero (Compose refuses a model whose active service
+    depends on an inactive one, so activation stops there)."""
+    everything = "*" in profiles
+    services: Mapping[str, Any] = model.get("services") or {}
+    active = []
+    for name, spec in services.items():
+        spec = spec if isinstance(spec, dict) else {}
+        own = spec.get("profiles") or []
+        if own and not everything and not set(own) & set(profiles):
             continue
-        except OSError:
-            return True  # a link, a special file, unreadable: no cheap negative, so Compose's model decides
-        if marker in data or len(data) > _MENTION_BYTES:
-            return True
-    return False
-
-
-def files_signature(folder: Path) -> tuple[tuple[str, float, int], ...]:
-    """mtime and size of the files that shape a stack's compose model."""
-    parts = []
-    for name in _MODEL_FILES:
-        try:
-            st = (folder / name).stat()
-        except OSError:
+        if spec.get("scale") == 0 or (spec.get("deploy") or {}).get("replicas") == 0:
             continue
-        parts.append((name, st.st_mtime, st.st_size))
-    return tuple(parts)
+        active.append(str(name))
+    return tuple(sorted(active))

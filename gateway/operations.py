@@ -8,6 +8,7 @@ facade over three parts: the stack catalog (:mod:`gateway.catalog`), the reads
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -16,14 +17,17 @@ from .catalog import StackCatalog
 from .compose.cli import ComposeCli
 from .compose.lifecycle import SERVICE_ACTIONS, Lifecycle, ServiceAction
 from .compose.locate import ComposeLocator
+from .compose.runfile import RunFiles
 from .config import Settings
 from .deploy.deployer import Deployer
 from .deploy.planner import Planner
 from .deploy.versions import VersionStore
 from .engine.client import Engine
 from .engine.endpoint import EngineEndpoint
+from .engine.owners import EngineOwners
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .policy.guard import PolicyGuard
+from .policy.rules import Policy
 from .reads import Reads
 from .swarm.backend import SwarmBackend
 from .swarm.dockercli import DockerCli
@@ -54,20 +58,32 @@ class ComposeOperations:
         self_project: str | None = None,
         guard: PolicyGuard | None = None,
         docker_bin: str | None = None,
+        state_dir: Path | None = None,
     ) -> None:
+        """``state_dir`` keeps the judged models Compose runs (see :mod:`gateway.compose.runfile`);
+        without one, a private folder of this process's (so a restart forgets them)."""
         self.engine = engine
         self.plane = plane
         self.metrics = metrics or CommandExecutionMetrics()
         self.compose = ComposeLocator(cli)
         # Swarm stacks' docker CLI runs with the Compose CLI's (allowlisted) environment.
         swarm = SwarmBackend(engine, lambda: DockerCli.locate(docker_bin, self.compose.located().env))
+        guard = guard or PolicyGuard(Policy())
+        # Ownership by the engine's labels: a stack names only what it created (issue 20).
+        owners = EngineOwners(engine)
+        guard.owners = guard.owners or owners.owner
+        guard.projects = guard.projects or owners.projects
         self.catalog = StackCatalog(stacks_dir, engine, self.compose, guard, swarm)
+        runs = RunFiles(state_dir or Path(tempfile.mkdtemp(prefix="compose-agent-")), self.catalog.stacks_dir)
         self.reads = Reads(self.catalog, plane=plane, metrics=self.metrics)
         self.lifecycle = Lifecycle(
-            self.catalog, plane=plane, metrics=self.metrics, audit=audit, self_project=self_project
+            self.catalog, plane=plane, metrics=self.metrics, audit=audit, self_project=None, runs=runs
         )
+        self.self_project = self_project if self_project is not None else guard.self_project
         # deploy, rollback and their reads; versions are kept in the stacks dir (see gateway.deploy.versions).
-        self.planner = Planner(self.catalog, VersionStore(self.catalog.stacks_dir), plane=plane, metrics=self.metrics)
+        self.planner = Planner(
+            self.catalog, VersionStore(self.catalog.stacks_dir), runs, plane=plane, metrics=self.metrics
+        )
         self.deployer = Deployer(self.catalog, self.lifecycle, self.planner)
         # The operations are the parts' own methods, bound here: their signatures and docstrings
         # are written once, where the work is done, and a call takes no extra hop.
@@ -122,6 +138,7 @@ class ComposeOperations:
             self_project=settings.self_project,
             guard=PolicyGuard(policy, docker_host=env.get("DOCKER_HOST")),
             docker_bin=settings.docker_bin,
+            state_dir=settings.state_dir,
         )
 
     @property
@@ -138,7 +155,9 @@ class ComposeOperations:
 
     @self_project.setter
     def self_project(self, value: str | None) -> None:
+        # Refused as a target of writes, and as a namespace no stack's resources may enter.
         self.lifecycle.self_project = value
+        self.catalog.guard.self_project = value
 
     @property
     def cli(self) -> ComposeCli:

@@ -1,10 +1,11 @@
 """The read operations: list_stacks, ps, logs and config. They never wait on writes.
 
 list_stacks, ps and logs go through the Engine API (one list call, selected by the project
-label); config asks Compose for the normalised model, once the policy guard allows the stack.
-list_stacks and ps carry the guard's verdict on each stack folder (cached by the files'
-signature). Every read that reaches Docker is counted. A swarm stack's ps and logs read its
-tasks and service logs instead (:mod:`gateway.swarm.backend`).
+label); config shows the model the policy guard judged, once it allows the stack (Compose runs
+once, for the judgement). list_stacks and ps carry the guard's verdict on each stack folder
+(cached by the files' signature). Each call resolves its stack once, into a
+:class:`~gateway.catalog.StackView`. Every read that reaches Docker is counted. A swarm stack's ps
+and logs read its tasks and service logs instead (:mod:`gateway.swarm.backend`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import anyio
 import regex
 from anyio import to_thread
 
-from .catalog import StackCatalog
+from .catalog import StackCatalog, StackView
 from .engine.containers import NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL, container_to_status
 from .engine.logs import (
     DEFAULT_BYTES,
@@ -32,9 +33,10 @@ from .engine.logs import (
     parse_since,
     validate_tail,
 )
-from .errors import GatewayError, InvalidInput
+from .errors import InvalidInput
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList, Verdict
+from .policy.guard import refusal
 from .stacks import Stack, validate_project_name, validate_services
 from .swarm.stackfile import Target
 
@@ -55,9 +57,6 @@ class Reads:
         self.engine = catalog.engine
         self.plane = plane
         self.metrics = metrics
-        # The last ps rows of each stack, by the engine's container entry each came from. A kept
-        # or shared listing hands out the same entries, so polls of a steady stack build no rows.
-        self._rows: dict[str, dict[int, tuple[dict[str, Any], ServiceStatus]]] = {}
 
     async def _counted(self, tool: str, fn: Callable[..., T], *args: Any) -> T:
         ok = False
@@ -87,8 +86,14 @@ class Reads:
         targets: dict[str, Target] = {}
 
         async def mark(stack: Stack) -> None:
-            marks[stack.name] = await self._mark(stack)
-            targets[stack.name] = (await self.catalog.target(stack)).target
+            try:
+                view = await self.catalog.view(stack)
+            except Exception as exc:  # noqa: BLE001 - one folder's failure is its own mark, never everyone's error
+                logger.warning("cannot mark stack %s", stack.name, exc_info=True)
+                marks[stack.name] = Verdict(allowed=False, error=f"the stack cannot be judged ({type(exc).__name__})")
+                return
+            marks[stack.name] = view.verdict or Verdict(allowed=False, error="not judged")
+            targets[stack.name] = view.target.target
 
         # Marks are cached; a cold one runs Compose, so they run side by side (the guard bounds how
         # many), and a first listing of many stacks waits only so long: the marks that are done are
@@ -120,41 +125,32 @@ class Reads:
             ]
         )
 
-    async def _mark(self, stack: Stack) -> Verdict:
-        """The guard's verdict on a stack folder; a Compose CLI that cannot be found is said, not raised."""
-        try:
-            cli = await self.catalog.compose.get()
-        except GatewayError as exc:
-            return Verdict(allowed=False, error=str(exc).splitlines()[0])
-        return await self.catalog.guard.mark(stack, cli)
-
     async def ps(self, project: str) -> PsResult:
         """Every container of the stack, plus defined services that have none (state ``missing``).
 
         For a swarm stack: one entry per task, with its node and desired state.
         """
         validate_project_name(project)
-        stack = self.catalog.folder(project)
-        if await self._is_swarm(project, stack):
+        view = await self._view(project)
+        if view is not None and view.target.target == "swarm":
             services = await self._counted("ps", self.catalog.swarm.ps, project)
         else:
             services = await self._ps_rows(project)
-            if stack is None and not services:
+            if view is None and not services:
                 services = await to_thread.run_sync(self.catalog.swarm.ps, project)
-        if stack is None and not services:
+        if view is None and not services:
             await self.catalog.not_found(project)
-        mark: Verdict | None = None
-        if stack is not None:
+        if view is not None:
             present = {s.service for s in services}
-            defined = await self.catalog.defined_services(stack)
-            services += [ServiceStatus(service=name, state="missing") for name in defined if name not in present]
-            mark = await self._mark(stack)
+            services += [ServiceStatus(service=name, state="missing") for name in view.services if name not in present]
         services.sort(key=lambda s: (s.service, s.container or ""))
-        return PsResult(project=project, services=services, policy=mark)
+        return PsResult(project=project, services=services, policy=view.verdict if view is not None else None)
 
-    async def _is_swarm(self, project: str, stack: Stack | None) -> bool:
-        """A stack folder whose model asks for Swarm (folder-less stacks are found by their containers first)."""
-        return stack is not None and (await self.catalog.target(stack)).target == "swarm"
+    async def _view(self, project: str) -> StackView | None:
+        """The stack folder named ``project`` as the guard last judged it; None for a folder-less name
+        (found by its containers or swarm services first)."""
+        stack = self.catalog.folder(project)
+        return None if stack is None else await self.catalog.view(stack)
 
     async def _ps_rows(self, project: str) -> list[ServiceStatus]:
         # On the event loop, not in a worker thread: this is most of ps, and the thread hop and
@@ -162,7 +158,9 @@ class Reads:
         ok = False
         try:
             containers = await self.engine.project_containers_async(project)
-            made = self._rows.get(project, {})
+            # The last rows of this stack, by the engine's container entry each came from. A kept or
+            # shared listing hands out the same entries, so polls of a steady stack build no rows.
+            made = self.catalog.rows.get(project, {})
             rows: dict[int, tuple[dict[str, Any], ServiceStatus]] = {}
             for container in containers:
                 # The row made from this very entry still holds: its start time could only have
@@ -174,9 +172,9 @@ class Reads:
                     row = (container, container_to_status(container, started))
                 rows[id(container)] = row
             if rows:
-                self._rows[project] = rows
+                self.catalog.rows[project] = rows
             else:
-                self._rows.pop(project, None)  # kept for stacks that have containers, not for any name asked
+                self.catalog.rows.pop(project, None)  # kept for stacks that have containers, not for any name asked
             ok = True
             return [row for _, row in rows.values()]
         finally:
@@ -201,12 +199,12 @@ class Reads:
         pattern = compile_grep(grep)
         if not 1024 <= max_bytes <= MAX_BYTES:
             raise InvalidInput(f"max_bytes must be from 1024 to {MAX_BYTES}")
-        stack = self.catalog.folder(project)
+        view = await self._view(project)
         args = (project, wanted, tail, since_ts, pattern, timestamps, max_bytes)
-        if await self._is_swarm(project, stack):
+        if view is not None and view.target.target == "swarm":
             return await self._swarm_logs(*args)
         containers = await self._counted_async("logs", self.engine.project_containers_async(project))
-        if not containers and stack is None and await self.catalog.swarm_has(project):
+        if not containers and view is None and await self.catalog.swarm_has(project):
             return await self._swarm_logs(*args)
         if not containers:
             await self.catalog.resolve(project)  # a known stack with nothing running has no logs
@@ -271,19 +269,25 @@ class Reads:
             self.metrics.record_execution(self.plane, "logs", ok=ok)
 
     async def config(self, project: str) -> ConfigResult:
-        """The stack's compose model as Compose validates and normalises it."""
+        """The model the policy guard judged (every profile enabled), once it allows the stack: what
+        ``up`` runs (with the profiles the stack's ``.env`` turns on), shown without running Compose again.
+
+        Raises:
+            PolicyRefused: the guard refuses the stack; PolicyViolation, ComposeFailed: it cannot be judged.
+        """
         stack = await self.catalog.resolve(project, need_folder=True)
         started = time.perf_counter()
         ok = False
         try:
-            # The guard judges every profile; the model shown is Compose's default one, as `config` prints it.
-            await self.catalog.guard.enforce(stack, await self.catalog.compose.get(), "show the config of")
-            model = await self.catalog.config_model(stack)
+            view = await self.catalog.judged(stack, await self.catalog.compose.get())
+            assert view.verdict is not None
+            if not view.verdict.allowed:
+                raise refusal(project, "show the config of", view.verdict)
             ok = True
         finally:
             self.metrics.record_execution(self.plane, "config", ok=ok)
             logger.debug("config %s took %.1f ms", project, (time.perf_counter() - started) * 1000)
-        return ConfigResult(project=project, config=model)
+        return ConfigResult(project=project, config=view.model)
 
 
 def _label(container: dict[str, Any]) -> str:

@@ -25,10 +25,12 @@ from ..errors import ComposeFailed
 __all__ = [
     "ComposeCli",
     "ComposeOutput",
+    "EventLog",
     "ProgressCallback",
     "compose_environment",
     "BASE_ENV",
     "CONNECTION_ENV",
+    "FIXED_ENV",
     "SECRET_ENV",
     "STEERING_ENV",
 ]
@@ -64,6 +66,8 @@ SECRET_ENV = frozenset(
 STEERING_ENV = frozenset(
     {"COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_ENV_FILES", "COMPOSE_PROJECT_NAME", "COMPOSE_PATH_SEPARATOR"}
 )
+# Set on every run: Compose must not fetch a compose file from a git repository or an OCI registry.
+FIXED_ENV = {"COMPOSE_EXPERIMENTAL_GIT_REMOTE": "0", "COMPOSE_EXPERIMENTAL_OCI_REMOTE": "0"}
 # A folder-less project runs here: Compose looks for a compose file in the working directory and
 # its parents, and "/" has none, so it falls back to the project's containers.
 NEUTRAL_CWD = Path("/")
@@ -72,13 +76,28 @@ STDERR_TAIL_LINES = 20
 
 def compose_environment(environ: Mapping[str, str], pass_env: Sequence[str] = ()) -> dict[str, str]:
     """The environment the Compose CLI runs with: ``PATH``, ``HOME``, the ``DOCKER_*`` connection
-    variables, and the names the operator lists in ``policy.pass_env``; never a secret or steering one."""
+    variables, and the names the operator lists in ``policy.pass_env``; never a secret or steering one;
+    and :data:`FIXED_ENV`, which turns Compose's remote loaders off whatever else says."""
     names = (*BASE_ENV, *CONNECTION_ENV, *pass_env)
-    return {
+    env = {
         name: environ[name]
         for name in dict.fromkeys(names)
         if name in environ and name not in SECRET_ENV and name not in STEERING_ENV
     }
+    return {**env, **FIXED_ENV}
+
+
+class EventLog:
+    """Compose's events of one call: kept for its result, and passed on to the caller's progress."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.lines: list[str] = []
+        self._progress = progress
+
+    async def __call__(self, text: str) -> None:
+        self.lines.append(text)
+        if self._progress is not None:
+            await self._progress(text)
 
 
 @dataclass

@@ -2,10 +2,17 @@
 
 Writes on one project are serialised by a lock of its own; reads never wait on them. Every call
 leaves an audit line, refusals included, and is counted under its control plane.
+
+A call resolves its stack once: the name before the lock (:meth:`StackCatalog.resolve
+<gateway.catalog.StackCatalog.resolve>`), then inside it one :class:`~gateway.catalog.StackView`.
+``up`` judges the files as they are now and runs exactly the judged model, from a private file
+(:mod:`gateway.compose.runfile`); ``stop``, ``start``, ``restart`` and ``down`` act on the last
+judged model, or by the project label when none is kept, never on the files as they are by then.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -17,10 +24,9 @@ import anyio
 from anyio import to_thread
 
 from ..audit import AuditLog, Intent
-from ..catalog import StackCatalog
+from ..catalog import StackCatalog, StackView
 from ..errors import (
     AuditUnavailable,
-    ComposeFailed,
     GatewayError,
     InvalidInput,
     PolicyRefused,
@@ -29,9 +35,10 @@ from ..errors import (
 )
 from ..metrics import CommandExecutionMetrics, ControlPlane
 from ..models import ActionResult
+from ..policy.guard import refusal
 from ..stacks import Stack, validate_services
-from ..swarm.stackfile import StackTarget
-from .cli import ProgressCallback
+from .cli import ComposeCli, EventLog, ProgressCallback
+from .runfile import RunFile, RunFiles
 from .running import RunningCommands
 
 __all__ = ["EventLog", "Lifecycle", "ServiceAction", "SERVICE_ACTIONS"]
@@ -40,19 +47,6 @@ logger = logging.getLogger(__name__)
 
 ServiceAction = Literal["restart", "start", "stop"]
 SERVICE_ACTIONS: tuple[ServiceAction, ...] = ("restart", "start", "stop")
-
-
-class EventLog:
-    """Compose's events of one call: kept for its result, and passed on to the caller's progress."""
-
-    def __init__(self, progress: ProgressCallback | None) -> None:
-        self.lines: list[str] = []
-        self._progress = progress
-
-    async def __call__(self, text: str) -> None:
-        self.lines.append(text)
-        if self._progress is not None:
-            await self._progress(text)
 
 
 class Lifecycle:
@@ -67,8 +61,11 @@ class Lifecycle:
         audit: AuditLog | None = None,
         self_project: str | None = None,
         running: RunningCommands | None = None,
+        runs: RunFiles,
     ) -> None:
         self.catalog = catalog
+        # The judged models Compose runs, kept in the state dir (see gateway.compose.runfile).
+        self.runs = runs
         # The commands running now: a shutdown waits for them, then stops them (gateway.compose.running).
         self.running = running or RunningCommands()
         self.plane = plane
@@ -270,8 +267,7 @@ class Lifecycle:
             raise
         finally:
             duration = (time.perf_counter() - started) * 1000
-            self.catalog.forget(project)
-            self.catalog.engine.forget_start_times()
+            self.catalog.stack_changed(project)
             self.metrics.record_execution(self.plane, action, ok=outcome == "ok")
             await self.write_outcome(intent, outcome, error)
         return ActionResult(
@@ -299,92 +295,97 @@ class Lifecycle:
     ) -> str:
         """Run the command; returns a note for the result's message ("" when nothing special happened).
 
-        A stack whose compose file asks for Docker Swarm goes to :meth:`_swarm` instead.
-
-        ``up`` runs only once the policy guard allows the stack's files as they are now (inside the
-        project's lock, so a write through the gateway cannot slip in between).
-
-        A stack whose compose file no longer loads must not trap its running containers: every
-        action but ``up`` then acts on the containers by their project label, as for a folder-less
-        project. So does one whose files reference files outside its folder: Compose would read
-        them while loading, and its errors would quote them.
+        ``up`` judges the stack's files as they are now (inside the project's lock, so a write through
+        the gateway cannot slip in between), refuses unless the guard allows them, keeps the judged
+        model as the stack's run file and runs Compose on that file. Every other action acts on the
+        kept run file, or by the project label when there is none: the files as they are now are not
+        read, so a key or hook added since the last ``up`` never runs. A stack on Docker Swarm goes to
+        :meth:`_swarm`.
         """
-        target = await self.catalog.target(stack, fresh=action == "up")
-        if target.target == "swarm":
-            await self._swarm(action, stack, target, arguments, on_event)
+        if action == "up":
+            cli = await self.catalog.compose.get()
+            view = await self.catalog.judged(stack, cli)
+            assert view.verdict is not None
+            if not view.verdict.allowed:
+                raise refusal(stack.name, "up", view.verdict)
+            run = await to_thread.run_sync(self.runs.write, stack.name, view.model, view.profiles)
+            if view.target.target == "swarm":
+                await self._swarm(action, view, arguments, on_event, judged=await _stack_model(run, cli, stack.name))
+                return " (Docker Swarm)"
+            await run.run(cli, stack.name, args, on_event)
+            return ""
+        view = await self.catalog.acting(stack)
+        if view.target.target == "swarm":
+            await self._swarm(action, view, arguments, on_event)
+            if action == "down":
+                await to_thread.run_sync(self.runs.remove, stack.name)
             return " (Docker Swarm)"
         cli = await self.catalog.compose.get()
-        reason: str | None = None
-        if action == "up":
-            await self.catalog.guard.enforce(stack, cli, "up")
-        elif not stack.external:
-            reason = await self._unloadable(stack)
-        if reason is None:
-            try:
-                await cli.run(stack.name, args, compose_file=stack.compose_file, cwd=stack.folder, progress=on_event)
-                return ""
-            except ComposeFailed as failed:
-                if action == "up" or stack.external or await self._model_loads(stack):
-                    raise
-                detail = failed.stderr_tail.splitlines()[-1] if failed.stderr_tail else "it does not load"
-                reason = f"its compose file could not be loaded ({detail})"
-        logger.warning("stack %s: %s; %s acts on its containers by label", stack.name, reason, action)
+        kept = await to_thread.run_sync(self.runs.kept, stack.name)
+        if kept is not None:
+            await kept.run(cli, stack.name, args, on_event)
+            if action == "down":
+                await to_thread.run_sync(self.runs.remove, stack.name)
+            return ""
+        # Compose finds no file in its neutral working directory and acts on the labelled containers.
         await cli.run(stack.name, args, progress=on_event)
+        if stack.external:
+            return ""
+        logger.info("stack %s has no judged model kept; %s acts on its containers by label", stack.name, action)
         return (
-            f"; {reason}, so {action} acted on the project's containers by their compose project label; "
-            "fix the file before the next up"
+            f"; no judged model of it is kept (it was not brought up by this gateway since), so {action} "
+            "acted on the project's containers by their compose project label"
         )
 
     async def _swarm(
         self,
         action: str,
-        stack: Stack,
-        target: StackTarget,
+        view: StackView,
         arguments: dict[str, Any],
         on_event: ProgressCallback,
+        *,
+        judged: dict[str, Any] | None = None,
     ) -> None:
-        """The action on a swarm stack. ``up`` deploys the model Compose loads, once the guard allows it.
-
-        The guard judges the model with every profile enabled, a superset of the default-profile
-        model that is deployed, exactly as for a Compose stack's ``up``.
-        """
+        """The action on a swarm stack. ``up`` deploys ``judged``: the judged model, as Compose reads it
+        back from the run file with the stack's profiles (the services and networks it would run)."""
         swarm = self.catalog.swarm
         services = arguments.get("services")
+        name = view.name
         if action == "up":
-            await self.catalog.guard.enforce(stack, await self.catalog.compose.get(), "up")
-            model = await self.catalog.config_model(stack)
+            assert judged is not None
             await swarm.deploy(
-                stack.name,
-                model,
-                resolve_image=target.resolve_image,
+                name,
+                judged,
+                resolve_image=view.target.resolve_image,
                 services=services,
                 wait=bool(arguments.get("wait")),
                 progress=on_event,
             )
         elif action == "down":
-            await swarm.remove(stack.name, volumes=bool(arguments.get("volumes")), progress=on_event)
+            await swarm.remove(name, volumes=bool(arguments.get("volumes")), progress=on_event)
         elif action == "restart":
-            await swarm.restart(stack.name, services, on_event)
+            await swarm.restart(name, services, on_event)
         elif action == "start":
-            await swarm.start(stack.name, services, on_event)
+            await swarm.start(name, services, on_event)
         elif action == "stop":
-            await swarm.stop(stack.name, services, on_event)
+            await swarm.stop(name, services, on_event)
         else:  # pragma: no cover - the tools offer no other action
             raise InvalidInput(f"{action} is not an action on a swarm stack")
 
-    async def _unloadable(self, stack: Stack) -> str | None:
-        """Why Compose must not load the stack's files, checked without running it; None when it may."""
-        try:
-            outside = await self.catalog.guard.references_refused(stack)
-        except GatewayError as exc:
-            return f"its compose file could not be loaded ({str(exc).splitlines()[0]})"
-        if outside:
-            return "its compose files reference files outside the stack folder"
-        return None
 
-    async def _model_loads(self, stack: Stack) -> bool:
-        try:
-            await self.catalog.config_model(stack)
-        except GatewayError:
-            return False
-        return True
+async def _stack_model(run: RunFile, cli: ComposeCli, project: str) -> dict[str, Any]:
+    """The judged model as Compose reads it back from its run file with the stack's profiles: only the
+    services (and the networks and volumes they use) that ``up`` would run.
+
+    Raises:
+        ComposeFailed: Compose's own error.
+        GatewayError: Compose printed something that is not a JSON object.
+    """
+    output = await run.run(cli, project, ["config", "--format", "json"])
+    try:
+        model = json.loads(output.stdout)
+    except json.JSONDecodeError as exc:
+        raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
+    if not isinstance(model, dict):
+        raise GatewayError("docker compose config printed JSON that is not an object")
+    return model

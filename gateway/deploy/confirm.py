@@ -5,7 +5,10 @@ repeated with ``confirm=<token>`` acts. A token is bound to:
 
 - the tool and its exact arguments (a digest of them; ``confirm`` itself left out),
 - the caller identity that asked for it (another token's holder cannot spend it),
-- the state it was planned against (a digest of the stack's files and containers).
+- the state it was planned against: a digest of every file the stack's model is read from (the
+  compose file, its includes and extended files, env files and ``.env``, by their bytes; for
+  ``deploy`` and ``rollback``, those of the model they would bring) and of its containers
+  (``Planner.state``), so a token handed out before an included file changed is void.
 
 It works once and lasts :data:`CONFIRM_TTL_S`. Tokens live in this process only: a restart voids
 them, which costs a caller one more plan.

@@ -2,11 +2,12 @@
 
 ``deploy`` checks a compose file before anything on disk or in the engine changes:
 
-1. Compose itself validates it, from a scratch folder on the stacks dir's file system, read as if
-   it sat in the stack's folder (so relative paths, hashes and the policy see the real places).
-2. The policy guard judges Compose's model.
-3. Only then is it kept as the next numbered version, written into the stack folder atomically
-   (see :mod:`gateway.deploy.versions`), and brought up.
+1. The policy guard reads it strictly and Compose normalises it, from a scratch folder on the stacks
+   dir's file system, read as if it sat in the stack's folder (so relative paths and the policy see
+   the real places); the guard judges Compose's model.
+2. Only then is it kept as the next numbered version, written into the stack folder atomically
+   (see :mod:`gateway.deploy.versions`), and brought up: ``up`` judges the installed files again and
+   runs exactly the model it judged (:mod:`gateway.compose.runfile`).
 
 Invalid YAML, a failed validation or a policy refusal leave the stack's files, its versions and
 the engine exactly as they were. ``rollback`` is the same path with a kept version's change.
@@ -26,8 +27,8 @@ from anyio import to_thread
 
 from ..audit import Intent
 from ..catalog import StackCatalog
-from ..compose.cli import ComposeCli, ProgressCallback
-from ..compose.lifecycle import EventLog, Lifecycle
+from ..compose.cli import ComposeCli, EventLog, ProgressCallback
+from ..compose.lifecycle import Lifecycle
 from ..errors import ComposeFailed, GatewayError, InvalidInput, PolicyViolation, ShuttingDown
 from ..models import DeployResult, ServiceChange
 from ..policy.candidate import candidate_for, render_env, stack_of, validate_compose_yaml, validate_env
@@ -166,7 +167,7 @@ class Deployer:
                     )
                     # The outcome line says which version this became; the intent could not know it yet.
                     arguments.update(version=version, previous_version=previous)
-                    self.catalog.forget(project)
+                    self.catalog.stack_changed(project)
                     await self._up(project, compose_path, change.wait, events, version, previous)
                 if stopped.cancelled_caught:
                     raise running.interruption(what)
@@ -183,7 +184,7 @@ class Deployer:
             raise
         finally:
             duration = (time.perf_counter() - started) * 1000
-            self.catalog.engine.forget_start_times()
+            self.catalog.stack_changed(project)
             self.lifecycle.metrics.record_execution(self.lifecycle.plane, tool, ok=outcome == "ok")
             if intent is not None:
                 await self.lifecycle.write_outcome(intent, outcome, error)
@@ -214,16 +215,14 @@ class Deployer:
         """
         folder = self.catalog.stacks_dir / project
         async with candidate_for(self.store, folder, project, existing, snapshot.compose, snapshot.env) as candidate:
-            verdict, model = await self.planner.judged(cli, folder, existing, candidate)
-        if not verdict.allowed or model is None:
-            raise refusal(project, tool, verdict)
+            evaluation = await self.planner.judged(cli, folder, existing, candidate)
+        if not evaluation.verdict.allowed:
+            raise refusal(project, tool, evaluation.verdict)
         old_model = None
         if existing is not None:
-            try:
-                old_model = await self.catalog.config_model(stack_of(folder, existing))
-            except GatewayError:
-                old_model = None  # the file on disk did not load; every service counts as added
-        return model, old_model
+            # What the guard last judged of the files on disk; {} when they did not load (all count as added).
+            old_model = (await self.catalog.view(stack_of(folder, existing))).model or None
+        return evaluation.model, old_model
 
     async def _up(
         self,

@@ -22,7 +22,6 @@ from typing import Any
 
 from ..engine.containers import SERVICE_LABEL
 from ..models import DownRisk, PlanAction, PlanResult, VolumeRisk
-from .versions import Snapshot
 
 __all__ = ["HASH_LABEL", "build_actions", "down_risk", "state_fingerprint", "render_plan", "render_down"]
 
@@ -143,15 +142,15 @@ def down_risk(model: Mapping[str, Any] | None, containers: list[dict[str, Any]])
     return DownRisk(containers=names, volumes=sorted(volumes.values(), key=lambda v: v.name))
 
 
-def state_fingerprint(snapshot: Snapshot | None, containers: list[dict[str, Any]]) -> str:
-    """A digest of everything a confirmed call was planned against: the stack's files and its containers.
+def state_fingerprint(files: str, containers: list[dict[str, Any]]) -> str:
+    """A digest of everything a confirmed call was planned against: the files its model is read from
+    (``files``: a strict reading's digest, see ``Reading.digest``) and the stack's containers.
 
-    Any change in between (a file edited, a container recreated, stopped or started) changes it.
+    Any change in between (a file edited, an included or env file too, a container recreated,
+    stopped or started) changes it.
     """
     digest = hashlib.sha256()
-    if snapshot is not None:
-        digest.update(hashlib.sha256(snapshot.compose).digest())
-        digest.update(hashlib.sha256(snapshot.env if snapshot.env is not None else b"\0no-env").digest())
+    digest.update(files.encode("utf-8", "surrogateescape") + b"\0")
     rows = sorted(
         (
             str(c.get("Id")),

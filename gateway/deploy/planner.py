@@ -1,12 +1,16 @@
-"""Plans and the other reads of the deploy family: plan, versions, and what a confirmation shows.
+"""Plans and the other reads of the deploy family: plan, versions, what a confirmation shows and binds.
 
-Nothing here changes a stack. A plan of a compose file an agent sent reads it from a scratch folder
-(see :mod:`gateway.policy.candidate`), after the policy guard has checked its file references: Compose
-reads what a file references while loading it, so a refused reference is never loaded.
+Nothing here changes a stack. A plan judges first, and only a judged model that the guard allows
+reaches Compose again: its config hashes and its dry run are asked of that very model, written to a
+private file (:mod:`gateway.compose.runfile`), never of the stack's files. A refused stack gets no
+hash and no dry run, and a model with a provider service or a model runner gets no dry run either
+(``up --dry-run`` executes providers). A plan of a compose file an agent sent judges it from a
+scratch folder (see :mod:`gateway.policy.candidate`) the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,23 +19,26 @@ from anyio import to_thread
 
 from ..catalog import StackCatalog
 from ..compose.cli import ComposeCli
+from ..compose.runfile import RunFiles
 from ..engine.containers import SERVICE_LABEL
 from ..errors import ComposeFailed, GatewayError
 from ..metrics import CommandExecutionMetrics, ControlPlane
-from ..models import DownRisk, PlanResult, Verdict, VersionInfo, VersionList
+from ..models import DownRisk, PlanAction, PlanResult, VersionInfo, VersionList
 from ..policy.candidate import (
     Candidate,
     candidate_for,
     config_hashes,
     describe_failure,
     dry_run_up,
+    executes_on_the_host,
     rejected,
     render_env,
     stack_of,
     validate_compose_yaml,
     validate_env,
-    validated,
 )
+from ..policy.guard import Evaluation
+from ..policy.reader import read_stack
 from ..stacks import validate_project_name
 from .plan import build_actions, down_risk, state_fingerprint
 from .versions import Snapshot, VersionStore
@@ -43,10 +50,17 @@ class Planner:
     """The reads of the deploy family over the stacks of one catalog."""
 
     def __init__(
-        self, catalog: StackCatalog, store: VersionStore, *, plane: ControlPlane, metrics: CommandExecutionMetrics
+        self,
+        catalog: StackCatalog,
+        store: VersionStore,
+        runs: RunFiles,
+        *,
+        plane: ControlPlane,
+        metrics: CommandExecutionMetrics,
     ) -> None:
         self.catalog = catalog
         self.store = store
+        self.runs = runs
         self.plane = plane
         self.metrics = metrics
 
@@ -72,12 +86,46 @@ class Planner:
             ],
         )
 
-    async def state(self, project: str) -> str:
-        """A digest of the stack's files and containers, which a confirmation token is bound to."""
+    async def state(self, project: str, tool: str = "", arguments: Mapping[str, Any] | None = None) -> str:
+        """A digest of what a confirmation is bound to: every file the stack's model is read from (the
+        compose file, its includes, extended files, env files and ``.env``, by their bytes), and its
+        containers. For ``deploy`` and ``rollback`` (given their ``arguments``), the files the model
+        they would bring is read from instead. Changes nothing and runs no Compose.
+        """
         validate_project_name(project)
-        existing = await to_thread.run_sync(VersionStore.on_disk, self.catalog.stacks_dir / project)
+        files = await to_thread.run_sync(self._files_digest, project, tool, dict(arguments or {}))
         containers = await to_thread.run_sync(self.catalog.engine.project_containers, project)
-        return state_fingerprint(existing[1] if existing else None, containers)
+        return state_fingerprint(files, containers)
+
+    def _files_digest(self, project: str, tool: str, arguments: dict[str, Any]) -> str:
+        """The reading's digest of the stack's files, or of a deploy's or rollback's; blocking.
+
+        What cannot be read strictly is bound by what was wrong: the call it confirms is refused anyway.
+        """
+        folder = self.catalog.stacks_dir / project
+        existing = VersionStore.on_disk(folder)
+        sources: dict[Path, bytes] = {}
+        try:
+            if tool in ("deploy", "rollback"):
+                if tool == "deploy":
+                    compose = validate_compose_yaml(arguments.get("compose_yaml"))
+                    env = None if arguments.get("env") is None else render_env(validate_env(arguments["env"]))
+                    if env is None and existing is not None:
+                        env = existing[1].env
+                else:
+                    version = self.store.rollback_target(project, arguments.get("version"))
+                    snapshot = self.store.read(project, version)
+                    compose, env = snapshot.compose, snapshot.env
+                compose_file = existing[0] if existing is not None else folder / "compose.yaml"
+                sources = {compose_file: compose, folder / ".env": env or b""}
+            elif existing is None:
+                return "no compose file"
+            else:
+                compose_file = existing[0]
+            return read_stack(folder, [compose_file], sources=sources).digest
+        except (GatewayError, OSError) as exc:
+            code = getattr(exc, "code", type(exc).__name__)
+            return "unreadable:" + hashlib.sha256(f"{code}\0{exc}".encode("utf-8", "replace")).hexdigest()
 
     async def plan(
         self, project: str, compose_yaml: str | None = None, env: Mapping[str, str] | None = None
@@ -95,15 +143,11 @@ class Planner:
         return await self._plan(project, snapshot.compose, snapshot.env, keep_env=False)
 
     async def down_risk(self, project: str) -> DownRisk:
-        """What ``down`` would remove now, and which volumes hold data it could delete."""
-        stack = await self.catalog.resolve(project)
+        """What ``down`` would remove now, and which volumes hold data it could delete: ``down`` acts on
+        the stack's last judged model (or by label), so that model, not the files, says what it declares."""
+        await self.catalog.resolve(project)
         containers = await to_thread.run_sync(self.catalog.engine.project_containers, project)
-        model = None
-        if stack.folder is not None:
-            try:
-                model = await self.catalog.config_model(stack)
-            except GatewayError:
-                model = None  # down still works by the project label; the containers say what it takes
+        model = await to_thread.run_sync(self.runs.read, project)
         return down_risk(model, containers)
 
     async def describe(self, project: str, action: str, services: list[str] | None) -> str:
@@ -129,65 +173,84 @@ class Planner:
         version = await to_thread.run_sync(self.store.on_disk_version, project)
         cli = await self.catalog.compose.get()
         warnings: list[str] = []
-        current_model: dict[str, Any] | None = None
-        if existing is not None and proposed is not None:
-            try:
-                current_model = await self.catalog.config_model(stack_of(folder, existing))
-            except GatewayError as exc:
-                warnings.append(f"the compose file on disk does not load: {str(exc).splitlines()[0]}")
-        if keep_env and existing is not None:
-            new_env = existing[1].env
-        actions = []
-        async with candidate_for(self.store, folder, project, existing, proposed, new_env) as candidate:
-            verdict, model = await self.judged(cli, folder, existing, candidate if proposed is not None else None)
-            if proposed is None:
-                current_model = model
-            if model is None:
-                warnings.append("not planned: Compose must not load a file the policy refuses for its references")
-            else:
-                hashes = await config_hashes(cli, candidate)
-                try:
-                    simulated: dict[str, set[str]] | None = await dry_run_up(cli, candidate)
-                except ComposeFailed as exc:
-                    simulated = None
-                    warnings.append(
-                        f"Compose's dry run failed, so this plan rests on config hashes alone: {describe_failure(exc)}"
-                    )
-                actions = build_actions(project, model, containers, hashes, simulated)
+        if proposed is None:
+            # ComposeFailed and PolicyViolation propagate: the stack's own files cannot be judged.
+            view = await self.catalog.judged(stack_of(folder, existing), cli)
+            assert view.evaluation is not None
+            evaluation, current_model = view.evaluation, view.model or None
+        else:
+            current_model = None
+            if existing is not None:
+                current_model = (await self.catalog.view(stack_of(folder, existing))).model or None
+            if keep_env and existing is not None:
+                new_env = existing[1].env
+            async with candidate_for(self.store, folder, project, existing, proposed, new_env) as candidate:
+                evaluation = await self.judged(cli, folder, existing, candidate)
+        actions: list[PlanAction] = []
+        if not evaluation.verdict.allowed:
+            warnings.append(
+                "not planned: the policy guard refuses this compose file, so Compose does not run on it "
+                "(no config hashes, no dry run)"
+            )
+        else:
+            actions = await self._simulate(cli, project, folder, evaluation, containers, warnings)
         self.metrics.record_execution(self.plane, "plan", ok=True)
         return PlanResult(
             project=project,
             version=version,
             actions=actions,
-            policy=verdict,
+            policy=evaluation.verdict,
             down=down_risk(current_model, containers),
             warnings=warnings,
         )
 
-    async def judged(
-        self, cli: ComposeCli, folder: Path, existing: tuple[Path, Snapshot] | None, candidate: Candidate | None
-    ) -> tuple[Verdict, dict[str, Any] | None]:
-        """The guard's verdict on the stack's files, or on ``candidate``; and Compose's (default) model of them.
+    async def _simulate(
+        self,
+        cli: ComposeCli,
+        project: str,
+        folder: Path,
+        evaluation: Evaluation,
+        containers: list[dict[str, Any]],
+        warnings: list[str],
+    ) -> list[PlanAction]:
+        """What ``up`` would do with an allowed judged model: its hashes, and a dry run of it unless it
+        names a program Compose would execute on the host even in a dry run."""
+        model = evaluation.model
+        run = await to_thread.run_sync(self.runs.write_scratch, project, folder, model, evaluation.profiles)
+        try:
+            hashes = await config_hashes(cli, run, project)
+            simulated: dict[str, set[str]] | None = None
+            executes = executes_on_the_host(model)
+            if executes:
+                warnings.append(
+                    f"no dry run: {executes}, which Compose executes on the host even in a dry run; "
+                    "this plan rests on config hashes alone"
+                )
+            else:
+                try:
+                    simulated = await dry_run_up(cli, run, project)
+                except ComposeFailed as exc:
+                    warnings.append(
+                        f"Compose's dry run failed, so this plan rests on config hashes alone: {describe_failure(exc)}"
+                    )
+        finally:
+            await to_thread.run_sync(self.runs.discard, run)
+        return build_actions(project, model, containers, hashes, simulated)
 
-        The model is None when the guard refused the file references: Compose would read them.
+    async def judged(
+        self, cli: ComposeCli, folder: Path, existing: tuple[Path, Snapshot] | None, candidate: Candidate
+    ) -> Evaluation:
+        """The guard's evaluation of ``candidate`` (a compose file not deployed yet), read as if it sat in
+        the stack's folder: its verdict, and the model (every profile) it judged.
 
         Raises:
-            InvalidInput: Compose rejects the candidate.
-            ComposeFailed: Compose rejects the stack's own file.
-            PolicyViolation: the guard cannot read a file.
+            InvalidInput: Compose rejects the candidate (its message, without the scratch folder's path).
+            PolicyViolation: the guard cannot read the candidate strictly.
         """
         stack = stack_of(folder, existing)
-        if candidate is None:
-            # ComposeFailed propagates: the stack's own file does not load, and that is the answer.
-            evaluation = await self.catalog.guard.evaluate(stack, cli)
-            model = await self.catalog.config_model(stack) if evaluation.model else None
-            return evaluation.verdict, model
         try:
-            evaluation = await self.catalog.guard.evaluate(
+            return await self.catalog.guard.evaluate(
                 stack, cli, source=candidate.compose_file, env_file=candidate.env_file
             )
         except ComposeFailed as exc:
             raise rejected(exc, candidate) from exc
-        if not evaluation.model:
-            return evaluation.verdict, None
-        return evaluation.verdict, await validated(cli, candidate)

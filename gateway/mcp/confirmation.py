@@ -222,7 +222,8 @@ async def _plan_call(
             who.principal,
             tool,
             confirm,
-            state=lambda: planner.state(project),
+            # Bound to every file the model is read from (a deploy's or rollback's model, for those).
+            state=lambda: planner.state(project, tool, arguments),
             plan=lambda: plan(planner),
             person=who.person,
         )

@@ -152,7 +152,7 @@ class ToolKit:
             pending,
             answer,
             confirm,
-            state=lambda: self.ops.planner.state(project),
+            state=lambda: self.ops.planner.state(project, tool, arguments),
             audit=lambda reason: self.ops.audit_refusal(tool, audited, pending.caller, reason, on_behalf_of=person),
         )
         return Acting(caller=pending.caller, on_behalf_of=person, progress=self.progress(ctx))

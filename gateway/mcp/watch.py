@@ -10,9 +10,11 @@ the resource list changed. Both are level triggers: the first event is sent at o
 that may follow it (``up`` of ten services) once more at the end of a short window, not once per
 container.
 
-Each event, and each time the stream opens or drops, is first told to the
-:class:`~gateway.engine.client.Engine`, so that the listings it keeps for ``ps`` never outlive an
-event that reached the gateway. The stream is followed on the event loop, over the engine's own
+Each event is first told to the catalog's one freshness call
+(:meth:`~gateway.catalog.StackCatalog.stack_changed`), which tells the
+:class:`~gateway.engine.client.Engine`; each time the stream opens or drops the engine hears it too,
+so that nothing kept for ``ps`` outlives an event that reached the gateway. A stack folder that
+comes or goes is told the same way. The stream is followed on the event loop, over the engine's own
 connection (:meth:`~gateway.engine.client.Engine.events`): the same transport as every read, a
 Unix socket, TLS or SSH.
 """
@@ -117,6 +119,8 @@ class StackWatcher:
         previous, self._names = self._names, names
         if previous is not None and names != previous:
             logger.info("stacks changed: %s", _describe(previous, names))
+            for name in previous ^ names:
+                self.ops.catalog.stack_changed(name)
             await self.notifier.list_changed()
 
     async def _rescan_forever(self) -> None:
@@ -163,8 +167,10 @@ class StackWatcher:
                         project = _project_of(event)
                         if project is None:
                             continue
-                        # The engine's kept listing goes first: a ps after this line must ask the engine.
-                        engine.container_changed(project, _container_of(event), _action_of(event))
+                        # What is kept about the stack goes first: a ps after this line must ask the engine.
+                        self.ops.catalog.stack_changed(
+                            project, container=_container_of(event), action=_action_of(event)
+                        )
                         try:
                             send.send_nowait(project)
                         except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -3,13 +3,16 @@
 A :class:`Candidate` is a compose file as Compose reads it *for a stack*: relative paths and the
 ``.env`` resolve in the stack's folder. A file an agent sends is written into a scratch folder on
 the stacks dir's file system and read with ``--project-directory`` set to the stack's folder (which
-may not exist yet), so its model, hashes and plan come out as they will after the deploy, and the
-exact bytes Compose validated are the ones that get installed.
+may not exist yet), so its judged model and plan come out as they will after the deploy, and the
+exact bytes the guard judged are the ones that get installed.
+
+What a plan asks Compose of a judged model (its config hashes, a dry run of ``up``) is asked of the
+model itself, from its private file (:class:`~gateway.compose.runfile.RunFile`), and only once the
+guard allows it; :func:`executes_on_the_host` says when even a dry run must not happen.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -21,6 +24,7 @@ import anyio
 from anyio import to_thread
 
 from ..compose.cli import ComposeCli
+from ..compose.runfile import RunFile
 from ..deploy.versions import Snapshot, VersionStore
 from ..errors import ComposeFailed, GatewayError, InvalidInput
 from ..stacks import Stack
@@ -28,11 +32,10 @@ from ..stacks import Stack
 __all__ = [
     "Candidate",
     "candidate_for",
-    "load_model",
     "config_hashes",
     "dry_run_up",
     "describe_failure",
-    "validated",
+    "executes_on_the_host",
     "rejected",
     "stack_of",
     "validate_compose_yaml",
@@ -67,63 +70,54 @@ class Candidate:
     project_directory: Path
     env_file: Path | None = None
 
-    async def run(self, cli: ComposeCli, args: list[str]) -> str:
-        output = await cli.run(
-            self.project,
-            args,
-            compose_file=self.compose_file,
-            cwd=self.compose_file.parent,
-            project_directory=self.project_directory,
-            env_file=self.env_file,
-        )
-        return output.stdout if args[0] == "config" else "\n".join(output.events)
 
-
-async def load_model(cli: ComposeCli, candidate: Candidate) -> dict[str, Any]:
-    """Compose's validated, normalised model (``config --format json``).
-
-    Raises:
-        ComposeFailed: the file is not a valid compose file, with Compose's own message.
-    """
-    stdout = await candidate.run(cli, ["config", "--format", "json"])
-    try:
-        model = json.loads(stdout)
-    except json.JSONDecodeError as exc:
-        raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
-    if not isinstance(model, dict):
-        raise GatewayError("docker compose config printed JSON that is not an object")
-    return model
-
-
-async def config_hashes(cli: ComposeCli, candidate: Candidate) -> dict[str, str]:
-    """Each service's configuration hash, as Compose stamps it on the containers it creates."""
-    stdout = await candidate.run(cli, ["config", "--hash", "*"])
+async def config_hashes(cli: ComposeCli, run: RunFile, project: str) -> dict[str, str]:
+    """Each service's configuration hash, as Compose stamps it on the containers it creates from ``run``."""
+    output = await run.run(cli, project, ["config", "--hash", "*"])
     hashes: dict[str, str] = {}
-    for line in stdout.splitlines():
+    for line in output.stdout.splitlines():
         service, _, digest = line.strip().partition(" ")
         if service and digest:
             hashes[service] = digest
     return hashes
 
 
-async def dry_run_up(cli: ComposeCli, candidate: Candidate) -> dict[str, set[str]]:
-    """What ``up --remove-orphans`` would do to each container, by container name.
+async def dry_run_up(cli: ComposeCli, run: RunFile, project: str) -> dict[str, set[str]]:
+    """What ``up --remove-orphans`` of ``run`` would do to each container, by container name.
 
     ``--pull never`` and ``--no-build``: a plan must not reach a registry or send a build context.
+    Call it only for a judged, allowed model that :func:`executes_on_the_host` finds nothing in.
 
     Raises:
         ComposeFailed: Compose could not simulate the run.
     """
-    text = await candidate.run(
-        cli, ["up", "--dry-run", "--detach", "--remove-orphans", "--pull", "never", "--no-build"]
+    output = await run.run(
+        cli, project, ["up", "--dry-run", "--detach", "--remove-orphans", "--pull", "never", "--no-build"]
     )
     statuses: dict[str, set[str]] = {}
-    for line in text.splitlines():
+    for line in output.events:
         match = _CONTAINER_EVENT_RE.match(line.strip())
         if match:
             name = _RENAMED_RE.sub("", match["name"])
             statuses.setdefault(name, set()).add(match["status"])
     return statuses
+
+
+def executes_on_the_host(model: Mapping[str, Any]) -> str | None:
+    """What in a model Compose would execute on the host even in a dry run (a provider service's
+    program, the model runner), said in a few words; None when there is nothing.
+
+    ``docker compose up --dry-run`` runs a provider's program for real (seen on Compose 2.40.3); the
+    policy refuses providers and models, but an operator may allow them for a stack. Lifecycle hooks
+    are only announced by a dry run, never executed: no container is created.
+    """
+    services: Mapping[str, Any] = model.get("services") or {}
+    providers = sorted(str(name) for name, spec in services.items() if isinstance(spec, dict) and spec.get("provider"))
+    if providers:
+        return f"service(s) {', '.join(providers)} run a provider program"
+    if model.get("models") or any(isinstance(spec, dict) and spec.get("models") for spec in services.values()):
+        return "the stack uses models, which the model runner serves"
+    return None
 
 
 @asynccontextmanager
@@ -222,18 +216,6 @@ def render_env(env: Mapping[str, str]) -> bytes:
         value = env[name].replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
         lines.append(f'{name}="{value}"\n')
     return "".join(lines).encode()
-
-
-async def validated(cli: ComposeCli, candidate: Candidate) -> dict[str, Any]:
-    """:func:`load_model`, with Compose's refusal of an agent's file as the caller's mistake.
-
-    Raises:
-        InvalidInput: Compose rejects the file.
-    """
-    try:
-        return await load_model(cli, candidate)
-    except ComposeFailed as exc:
-        raise rejected(exc, candidate) from exc
 
 
 def rejected(exc: ComposeFailed, candidate: Candidate) -> InvalidInput:

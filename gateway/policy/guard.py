@@ -9,10 +9,14 @@
 3. Compose's own model with every profile enabled (``--profile '*'``), walked against the allowlist
    (:func:`gateway.policy.judge.judge_model`).
 
-A verdict is kept with what it depended on: the signature (inode, size, mtime, ctime) of every
-file read, taken on the descriptor the bytes came from, and where every judged host path resolved.
-``up`` and ``config`` reuse an *allowed* verdict only after checking all of that afresh (a few stat
-calls instead of a Compose run); ``list_stacks`` and ``ps`` marks also trust it for :data:`MARK_TTL_S`.
+A verdict is kept with the model and reading it was judged on and what it depended on: the
+signature (inode, size, mtime, ctime) of every file read, taken on the descriptor the bytes came
+from, and where every judged host path resolved. This is the gateway's one cache of a stack's files:
+``up``, ``config`` and ``plan`` reuse an *allowed* verdict only after checking all of that afresh (a
+few stat calls instead of a Compose run); ``list_stacks`` and ``ps`` marks also trust it for
+:data:`MARK_TTL_S`, unless :meth:`PolicyGuard.forget` said the stack changed.
+
+Compose then runs the judged model itself, never the files (:mod:`gateway.compose.runfile`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,13 +37,13 @@ import anyio
 from anyio import to_thread
 
 from ..compose.cli import ComposeCli
-from ..errors import ComposeFailed, GatewayError, PolicyRefused, PolicyViolation
-from ..models import Verdict, Violation
+from ..errors import ComposeFailed, GatewayError
+from ..models import Verdict
 from ..stacks import Stack
 from .findings import Context, OwnerLookup
 from .judge import Judgement, judge_model, judge_references
 from .reader import Reading, read_stack
-from .rules import Policy, runtime_sockets
+from .rules import Policy, refusal, runtime_sockets
 
 __all__ = ["PolicyGuard", "Evaluation", "refusal"]
 
@@ -47,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 # How long a mark is trusted without re-checking what it depends on (as the defined-services cache).
 MARK_TTL_S = 30.0
+# Refusals that rest on the engine's resources or the stacks beside a stack, not on its files alone.
+_NEIGHBOURHOOD_RULES = frozenset({"external_volumes", "external_networks", "external_secrets", "namespace"})
 # Cold marks run Compose once per stack; this many at a time, so a long list does not swamp the host.
 MARK_CONCURRENCY = 4
 
@@ -58,8 +64,8 @@ Resolution = tuple[tuple[str, str, int, int], ...]
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A verdict, the all-profiles model it was judged on (empty when Compose did not run now), and the
-    reading it was judged from (None when a kept verdict was reused)."""
+    """A verdict, the all-profiles model it was judged on (empty when Compose did not run), and the
+    reading it was judged from (None when the files could not be read)."""
 
     verdict: Verdict
     model: dict[str, Any]
@@ -68,6 +74,13 @@ class Evaluation:
     error_code: str | None = None
     # True when a kept verdict (and its model and reading) was reused: nothing it depended on changed.
     reused: bool = False
+    # The error that kept the stack from being judged at all (a mark's error verdict says it in one line).
+    failure: GatewayError | None = None
+
+    @property
+    def profiles(self) -> tuple[str, ...]:
+        """The profiles the stack's ``.env`` turns on: the judged model runs with these."""
+        return self.reading.profiles if self.reading is not None else ()
 
 
 @dataclass
@@ -76,9 +89,17 @@ class _Judged:
     signature: Signature
     resolution: Resolution
     checked: float
-    verdict: Verdict
-    model: dict[str, Any] = field(default_factory=dict)
-    reading: Reading | None = None
+    evaluation: Evaluation
+
+    def reusable(self) -> bool:
+        """An allowed verdict, or a refusal that rests on the files alone (a caller repeating a refused
+        ``up`` does not run Compose each time); not a refusal that rests on the engine or the stacks
+        beside it (a volume another project owns may be gone by now), nor a stack that could not be
+        judged (its error is raised again, afresh)."""
+        verdict = self.evaluation.verdict
+        if self.evaluation.failure is not None or verdict.error:
+            return False
+        return verdict.allowed or not set(verdict.rules) & _NEIGHBOURHOOD_RULES
 
 
 def _signature_of(reading: Reading) -> Signature:
@@ -211,7 +232,7 @@ class PolicyGuard:
         def keep(judgement: Judgement, model: dict[str, Any]) -> Evaluation:
             evaluation = Evaluation(judgement.verdict, model, reading, judgement.error_code)
             if source is None:
-                self._remember(stack, reading, judgement, model)
+                self._remember(stack, reading, judgement, evaluation)
             return evaluation
 
         early = judge_references(reading, context)
@@ -239,45 +260,47 @@ class PolicyGuard:
         judgement = await to_thread.run_sync(judge_model, reading, model, context)
         return keep(judgement, model)
 
-    async def references_refused(self, stack: Stack) -> list[Violation]:
-        """The violations among the stack's raw file references alone; Compose does not run.
-
-        Any Compose run on a stack's files (``config``, and ``down``/``stop`` with its file) reads
-        these references while loading: check them first.
+    async def current(self, stack: Stack, cli: ComposeCli) -> Evaluation:
+        """The stack as its files are now: a verdict kept from before when nothing it depended on changed
+        (checked now, file by file and path by path; ``reused``; see ``_Judged.reusable``), else judged afresh.
 
         Raises:
-            ComposeFailed: a compose file that is not valid YAML.
-            PolicyViolation: files the guard cannot read strictly, or cannot judge.
+            PolicyViolation, ComposeFailed: as :meth:`evaluate` (the stack cannot be judged).
         """
-        reading, context = await to_thread.run_sync(self._read_in_context, stack, None, None)
-        judgement = judge_references(reading, context)
-        if judgement.verdict.error:
-            raise PolicyViolation(judgement.verdict.error)
-        return judgement.violations
+        judged = self._judged.get(stack.name)
+        if judged is not None and judged.reusable():
+            if await to_thread.run_sync(_still_holds, judged, stack):
+                judged.checked = time.monotonic()
+                return replace(judged.evaluation, reused=True)
+        return await self.evaluate(stack, cli)
 
     async def enforce(self, stack: Stack, cli: ComposeCli, action: str, *, fresh: bool = False) -> Evaluation:
-        """Refuse ``action`` unless the policy allows ``stack`` as its files are now.
-
-        An allowed verdict is reused when nothing it depended on changed (checked now, file by file
-        and path by path), with the model and reading it was judged on (``reused``). ``fresh``
-        always runs Compose.
+        """Refuse ``action`` unless the policy allows ``stack`` as its files are now (see :meth:`current`);
+        ``fresh`` always runs Compose.
 
         Raises:
             PolicyRefused: naming each rule, service, value and the config.json key that would allow it.
             PolicyViolation, ComposeFailed: as :meth:`evaluate`.
         """
-        judged = self._judged.get(stack.name)
-        if not fresh and judged is not None and judged.verdict.allowed:
-            if await to_thread.run_sync(_still_holds, judged, stack):
-                judged.checked = time.monotonic()
-                return Evaluation(judged.verdict, judged.model, judged.reading, reused=True)
-        evaluation = await self.evaluate(stack, cli)
+        evaluation = await (self.evaluate(stack, cli) if fresh else self.current(stack, cli))
         if not evaluation.verdict.allowed:
             raise refusal(stack.name, action, evaluation.verdict)
         return evaluation
 
+    def trusted(self, name: str) -> Evaluation | None:
+        """The kept evaluation of stack ``name`` while a mark may trust it unchecked (:data:`MARK_TTL_S`)."""
+        judged = self._judged.get(name)
+        if judged is not None and time.monotonic() - judged.checked < MARK_TTL_S:
+            return judged.evaluation
+        return None
+
     async def mark(self, stack: Stack, cli: ComposeCli) -> Verdict:
-        """The verdict ``up`` would reach, cached; never raises.
+        """The verdict ``up`` would reach, cached; never raises (see :meth:`marked`)."""
+        return (await self.marked(stack, cli)).verdict
+
+    async def marked(self, stack: Stack, cli: ComposeCli) -> Evaluation:
+        """The evaluation behind a mark: kept (trusted for :data:`MARK_TTL_S`, then while its files
+        hold), or judged now; never raises: a stack that cannot be judged gets an error verdict.
 
         A mark that must be computed is computed in a worker thread that outlives this call: a
         listing that stops waiting (see ``reads.MARK_BUDGET_S``) leaves it running, and the next
@@ -287,24 +310,24 @@ class PolicyGuard:
         now = time.monotonic()
         judged = self._judged.get(stack.name)
         if judged is not None and now - judged.checked < MARK_TTL_S:
-            return judged.verdict
+            return judged.evaluation
         if judged is not None and await to_thread.run_sync(_still_holds, judged, stack):
             judged.checked = now
-            return judged.verdict
+            return judged.evaluation
         return await to_thread.run_sync(self._mark_now, stack, cli, now, abandon_on_cancel=True)
 
-    def _mark_now(self, stack: Stack, cli: ComposeCli, asked: float) -> Verdict:
+    def _mark_now(self, stack: Stack, cli: ComposeCli, asked: float) -> Evaluation:
         """Judge ``stack`` in this worker thread, unless another thread judged it since ``asked``."""
         with self._threads_lock:
             lock = self._stack_locks.setdefault(stack.name, threading.Lock())
         with lock:
             judged = self._judged.get(stack.name)
             if judged is not None and judged.checked >= asked:
-                return judged.verdict
+                return judged.evaluation
             with self._slots:
                 try:
                     # A loop of this thread's own: the caller's may have stopped waiting for it.
-                    return anyio.run(self.evaluate, stack, cli).verdict
+                    return anyio.run(self.evaluate, stack, cli)
                 except Exception as exc:  # noqa: BLE001 - whatever fails, it is this stack's mark, not the listing's
                     if isinstance(exc, GatewayError):
                         reason = _one_line(exc)
@@ -312,29 +335,33 @@ class PolicyGuard:
                     else:
                         reason = f"the policy guard could not judge this stack ({type(exc).__name__})"
                         logger.warning("policy guard failed on stack %s", stack.name, exc_info=True)
-                    result = Verdict(allowed=False, error=reason)
+                    failure = exc if isinstance(exc, GatewayError) else GatewayError(reason)
+                    evaluation = Evaluation(
+                        Verdict(allowed=False, error=reason), {}, error_code=getattr(exc, "code", None), failure=failure
+                    )
                     # Kept like a verdict, so a broken stack is not re-run through Compose on every listing.
                     assert stack.folder is not None and stack.compose_file is not None
                     files = [str(stack.compose_file), str(stack.folder / ".env")]
                     self._judged[stack.name] = _Judged(
-                        stack.compose_file, _signature(files), (), time.monotonic(), result
+                        stack.compose_file, _signature(files), (), time.monotonic(), evaluation
                     )
-                    return result
+                    return evaluation
 
     def forget(self, name: str) -> None:
-        """Drop a kept verdict, e.g. after a tool rewrote the stack's files."""
-        self._judged.pop(name, None)
+        """Trust the kept verdict no longer: its next use checks its files afresh (a few ``stat`` calls),
+        and judges again if they changed. For :meth:`gateway.catalog.StackCatalog.stack_changed`."""
+        judged = self._judged.get(name)
+        if judged is not None:
+            judged.checked = float("-inf")
 
-    def _remember(self, stack: Stack, reading: Reading, judgement: Judgement, model: dict[str, Any]) -> None:
+    def _remember(self, stack: Stack, reading: Reading, judgement: Judgement, evaluation: Evaluation) -> None:
         assert stack.compose_file is not None
         self._judged[stack.name] = _Judged(
             stack.compose_file,
             _signature_of(reading),
             _resolution(judgement.resolved),
             time.monotonic(),
-            judgement.verdict,
-            model if judgement.allowed else {},
-            reading,
+            evaluation,
         )
 
     def _stack_folders(self, stacks_dir: Path) -> frozenset[str]:
@@ -361,16 +388,3 @@ def _one_line(exc: GatewayError) -> str:
         last = exc.stderr_tail.strip().splitlines()[-1]
         return lines[0] if last in lines[0] else f"{lines[0]} {last}"
     return lines[0]
-
-
-def refusal(stack: str, action: str, result: Verdict) -> PolicyRefused:
-    """The error a refused call returns: every violation on its own line, and who can relax it."""
-    if result.error and not result.violations:
-        return PolicyRefused(f"the policy guard refuses to {action} stack '{stack}': {result.error}", [])
-    lines = [
-        f"the policy guard refuses to {action} stack '{stack}': its compose files break "
-        f"{len(result.rules)} rule(s) ({', '.join(result.rules)})"
-    ]
-    lines += [f"- {violation.describe()}" for violation in result.violations]
-    lines.append("Only the operator can relax the policy, in config.json; no tool argument or token changes it.")
-    return PolicyRefused("\n".join(lines), list(result.violations))

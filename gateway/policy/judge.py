@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import GatewayError
 from ..models import Verdict, Violation
 from . import constraints
 from .allowlist import TABLE
@@ -77,6 +78,12 @@ def _guarded(findings: Findings, run: Any) -> Judgement:
         run()
     except JudgeError as exc:
         return Judgement(Verdict(allowed=False, error=str(exc)), findings.resolved, exc.code)
+    except GatewayError as exc:
+        # The engine could not say who owns a resource the model names: refused until it can.
+        message = (
+            f"the policy guard could not judge this stack ({str(exc).splitlines()[0]}); it is refused until it can"
+        )
+        return Judgement(Verdict(allowed=False, error=message), findings.resolved, "judge_failed")
     except Exception as exc:  # noqa: BLE001 - a failure to judge is this stack's verdict, never everyone's error
         logger.warning("the policy guard failed on stack %s: %s", findings.stack, type(exc).__name__, exc_info=True)
         message = f"the policy guard could not judge this stack ({type(exc).__name__}); it is refused until it can"

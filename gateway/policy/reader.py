@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..folders import open_regular
+from .profiles import compose_profiles
 from .reading import FileReference, ReadFile, Reading, ReadRefused, Unloadable
 from .strict_yaml import (
     CONTROL_CHARACTERS,
@@ -93,8 +94,10 @@ def read_stack(
     dotenv = env_file or base / ".env"
     state.refs.append(FileReference(".env file", None, dotenv.name, (dotenv,)))
     text = _read(state, dotenv, ".env file", optional=True)
+    profiles: tuple[str, ...] = ()
     if text is not None:
         state.dotenv_names += _DOTENV_NAME.findall(text)
+        profiles = compose_profiles(text)
     for compose_file in compose_files:
         state.refs.append(FileReference("compose file", None, compose_file.name, (compose_file,)))
         _compose_file(state, compose_file, base, "compose file")
@@ -106,6 +109,7 @@ def read_stack(
         references=tuple(dict.fromkeys(state.refs)),
         dotenv_names=tuple(dict.fromkeys(state.dotenv_names)),
         nodes=state.nodes,
+        profiles=profiles,
     )
 
 

@@ -64,6 +64,8 @@ class Reading:
     """Everything the guard read of one stack: immutable, so one reading is judged and passed on.
 
     ``absent`` holds files whose absence shapes the model (a ``.env`` that may appear later).
+    ``profiles`` are those the project's ``.env`` turns on (``COMPOSE_PROFILES``): the judged model
+    holds every profile, and runs with these (see :mod:`gateway.policy.profiles`).
     """
 
     folder: Path
@@ -73,6 +75,7 @@ class Reading:
     references: tuple[FileReference, ...]
     dotenv_names: tuple[str, ...]
     nodes: int
+    profiles: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:

@@ -16,9 +16,19 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..compose.cli import SECRET_ENV, STEERING_ENV
+from ..errors import PolicyRefused
 from ..models import Verdict, Violation
 
-__all__ = ["RULES", "CONFIRMABLE_TOOLS", "DEFAULT_SOCKETS", "Policy", "StackRules", "verdict", "runtime_sockets"]
+__all__ = [
+    "RULES",
+    "CONFIRMABLE_TOOLS",
+    "DEFAULT_SOCKETS",
+    "Policy",
+    "StackRules",
+    "verdict",
+    "refusal",
+    "runtime_sockets",
+]
 
 # Rule id -> what it refuses. The ids are a contract: refusals, config.json and docs name them.
 RULES: dict[str, str] = {
@@ -204,3 +214,16 @@ def verdict(violations: Sequence[Violation]) -> Verdict:
     so that a verdict reads the same whatever order Compose printed the model's keys in."""
     ordered = sorted(violations, key=lambda v: _RULE_ORDER.get(v.rule, len(_RULE_ORDER)))
     return Verdict(allowed=not ordered, rules=list(dict.fromkeys(v.rule for v in ordered)), violations=ordered)
+
+
+def refusal(stack: str, action: str, result: Verdict) -> PolicyRefused:
+    """The error a refused call returns: every violation on its own line, and who can relax it."""
+    if result.error and not result.violations:
+        return PolicyRefused(f"the policy guard refuses to {action} stack '{stack}': {result.error}", [])
+    lines = [
+        f"the policy guard refuses to {action} stack '{stack}': its compose files break "
+        f"{len(result.rules)} rule(s) ({', '.join(result.rules)})"
+    ]
+    lines += [f"- {violation.describe()}" for violation in result.violations]
+    lines.append("Only the operator can relax the policy, in config.json; no tool argument or token changes it.")
+    return PolicyRefused("\n".join(lines), list(result.violations))

@@ -30,9 +30,13 @@ def audit_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ops(stacks: StackFactory, audit_path: Path) -> Iterator[ComposeOperations]:
-    settings = load_settings(
-        {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}, stacks_dir=stacks.root
-    )
+    environ = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        # The judged models Compose runs are kept here (gateway.compose.runfile), beside the test's stacks.
+        "COMPOSE_AGENT_STATE_DIR": str(audit_path.parent / "state"),
+    }
+    settings = load_settings(environ, stacks_dir=stacks.root)
     audit = AuditLog(audit_path)
     operations = ComposeOperations.from_settings(
         settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=dict(os.environ)

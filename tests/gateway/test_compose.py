@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.compose.cli import ComposeCli, compose_environment, describe_event
+from gateway.compose.cli import FIXED_ENV, ComposeCli, compose_environment, describe_event
 
 
 def test_the_cli_sees_only_allowlisted_variables_never_secrets_or_steering_ones() -> None:
@@ -20,12 +20,26 @@ def test_the_cli_sees_only_allowlisted_variables_never_secrets_or_steering_ones(
         "COMPOSE_FILE": "/elsewhere/compose.yaml",
         "COMPOSE_PROFILES": "debug",
         "COMPOSE_PROJECT_NAME": "other",
+        "COMPOSE_EXPERIMENTAL_GIT_REMOTE": "1",
     }
     cli = ComposeCli(["docker-compose"], "2.40.3", env)
-    assert cli.env == {"PATH": "/usr/bin", "HOME": "/home/agent", "DOCKER_HOST": "unix:///run/docker.sock"}
+    assert cli.env == {
+        "PATH": "/usr/bin",
+        "HOME": "/home/agent",
+        "DOCKER_HOST": "unix:///run/docker.sock",
+        # Compose's remote loaders are off on every run, whatever the environment or pass_env say.
+        "COMPOSE_EXPERIMENTAL_GIT_REMOTE": "0",
+        "COMPOSE_EXPERIMENTAL_OCI_REMOTE": "0",
+    }
     # The operator's pass_env adds names, but never a secret or a steering variable.
-    passed = ComposeCli(["docker-compose"], "2.40.3", env, pass_env=["TZ", "VAULT_TOKEN", "COMPOSE_FILE"])
-    assert set(passed.env) == {"PATH", "HOME", "DOCKER_HOST", "TZ"}
+    passed = ComposeCli(
+        ["docker-compose"],
+        "2.40.3",
+        env,
+        pass_env=["TZ", "VAULT_TOKEN", "COMPOSE_FILE", "COMPOSE_EXPERIMENTAL_GIT_REMOTE"],
+    )
+    assert set(passed.env) == {"PATH", "HOME", "DOCKER_HOST", "TZ", *FIXED_ENV}
+    assert passed.env["COMPOSE_EXPERIMENTAL_GIT_REMOTE"] == "0"
     assert compose_environment(env, ["DOCKER_API_VERSION"])["DOCKER_API_VERSION"] == "1.41"
 
 

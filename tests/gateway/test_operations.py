@@ -409,22 +409,45 @@ async def test_a_mutation_refused_for_a_bad_service_name_is_audited(
     assert ops.metrics.snapshot()["total_count"] == 0  # nothing reached Docker
 
 
-async def test_a_stack_whose_file_broke_can_still_be_stopped_restarted_and_brought_down(
+async def test_a_stack_whose_file_broke_is_stopped_restarted_and_brought_down_on_its_last_judged_model(
     ops: ComposeOperations, stacks: StackFactory
 ) -> None:
     name = stacks.make(WEB_WORKER, files=STACK_FILES)
     await ops.up(name)
     (stacks.root / name / "compose.yaml").write_text("services:\n  web: [this is not a service\n")
 
+    # The files as they are now are not read: had Compose loaded them, it would have failed.
     stopped = await ops.service_action("stop", name)
-    assert "could not be loaded" in stopped.message and "project label" in stopped.message
+    assert stopped.message == f"stop finished on '{name}'"
     assert {s.state for s in (await ops.ps(name)).services} == {"exited"}
     restarted = await ops.service_action("restart", name)
-    assert "could not be loaded" in restarted.message
+    assert restarted.message == f"restart finished on '{name}'"
     assert {s.state for s in (await ops.ps(name)).services} == {"running"}
     # up needs the model: it still refuses, with Compose's own error.
     with pytest.raises(ComposeFailed):
         await ops.up(name)
-    down = await ops.down(name)
-    assert "could not be loaded" in down.message
+    await ops.down(name)
     assert (await ops.ps(name)).services == []
+
+
+async def test_without_a_judged_model_kept_stop_and_down_act_by_the_project_label(
+    ops: ComposeOperations, stacks: StackFactory, tmp_path: Path
+) -> None:
+    name = stacks.make(WEB_WORKER, files=STACK_FILES)
+    await ops.up(name)
+    # Another gateway (another state dir) has no judged model of this stack: it never read its files.
+    settings = load_settings(
+        {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "COMPOSE_AGENT_STATE_DIR": str(tmp_path / "other")},
+        stacks_dir=stacks.root,
+    )
+    other = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=dict(os.environ))
+    try:
+        (stacks.root / name / "compose.yaml").write_text("services:\n  web: [this is not a service\n")
+        stopped = await other.service_action("stop", name)
+        assert "project label" in stopped.message and "no judged model" in stopped.message
+        assert {s.state for s in (await other.ps(name)).services} == {"exited"}
+        down = await other.down(name)
+        assert "project label" in down.message
+        assert (await other.ps(name)).services == []
+    finally:
+        other.close()

@@ -69,3 +69,22 @@ async def test_stacks_that_cannot_be_judged_get_error_marks_and_the_listing_goes
         await ops.config(broken["bomb"])
     with pytest.raises(PolicyViolation, match="could not judge"):
         await ops.up(broken["crash"])
+
+
+async def test_a_stack_whose_view_fails_unexpectedly_is_marked_and_every_other_read_goes_on(
+    ops: ComposeOperations, stacks: StackFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fine = stacks.make(SERVICE + "    command: ['sleep', '3600']\n")
+    broken = stacks.make(SERVICE)
+    real = ops.catalog.view
+
+    async def view(stack: Any) -> Any:
+        if stack.name == broken:
+            raise RuntimeError("a bug on the catalog's side")
+        return await real(stack)
+
+    monkeypatch.setattr(ops.catalog, "view", view)
+    found = await marks(ops, [fine, broken])
+    assert found[fine].allowed
+    assert not found[broken].allowed and "RuntimeError" in (found[broken].error or "")
+    assert (await ops.ps(fine)).policy is not None
