@@ -59,7 +59,7 @@ class ComposeOperations:
         self.metrics = metrics or CommandExecutionMetrics()
         self.compose = ComposeLocator(cli)
         # Swarm stacks' docker CLI runs with the Compose CLI's (allowlisted) environment.
-        swarm = SwarmBackend(engine, lambda: DockerCli.locate(docker_bin, self.compose.located().env))
+        swarm = SwarmBackend(engine, lambda: self._docker_cli(docker_bin))
         self.catalog = StackCatalog(stacks_dir, engine, self.compose, guard, swarm)
         self.reads = Reads(self.catalog, plane=plane, metrics=self.metrics)
         self.lifecycle = Lifecycle(
@@ -101,7 +101,7 @@ class ComposeOperations:
         return cls(
             stacks_dir=settings.stacks_dir,
             engine=Engine(settings.docker_host, timeout=settings.docker_timeout),
-            cli=lambda: ComposeCli.locate(settings.compose_bin, env, policy.pass_env),
+            cli=lambda: ComposeCli.locate(settings.compose_bin, env, policy.pass_env, budget=settings.compose_budget),
             plane=plane,
             metrics=metrics,
             audit=audit,
@@ -109,6 +109,10 @@ class ComposeOperations:
             guard=PolicyGuard(policy, docker_host=env.get("DOCKER_HOST")),
             docker_bin=settings.docker_bin,
         )
+
+    def _docker_cli(self, docker_bin: str | None) -> DockerCli:
+        compose = self.compose.located()
+        return DockerCli.locate(docker_bin, compose.env, budget=compose.budget)
 
     @property
     def stacks_dir(self) -> Path:

@@ -34,10 +34,14 @@ from ..auth.tokens import (
     share_panel_token,
     token_source_from_settings,
 )
+from ..compose.keeper import keeper
+from ..compose.process import find_orphans, stop_orphans
 from ..compose.running import RunningCommands
 from ..config import Settings, load_settings
 from ..errors import AuditUnavailable
-from ..mcp.app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
+from ..mcp.app import LOOPBACK_HOSTS, BackgroundTask, Limits, Shutdown, build_http_app
+from ..mcp.edge import ACCEPT_BACKLOG, ConnectionGuard, EdgeLimits, edge_protocol, trusted_networks
+from ..mcp.health import Vitals, supervise
 from ..mcp.notify import Notifier
 from ..mcp.oauth import build_oauth  # [oauth]
 from ..mcp.server import build_server
@@ -45,6 +49,7 @@ from ..mcp.watch import StackWatcher
 from ..metrics import ControlPlane
 from ..operations import ComposeOperations
 from ..ratelimit import FailureLimiter, SessionCounter, TokenBucket
+from .logfilter import AcceptFailures, RepeatFilter
 
 __all__ = ["serve"]
 
@@ -52,6 +57,10 @@ logger = logging.getLogger("gateway")
 
 # How long a stopping stdio server may wait for its stdin reader before it exits regardless.
 _STDIO_EXIT_GRACE_S = 2.0
+# A request head larger than this is refused with 400 (h11's own default, made explicit).
+_MAX_HEAD_BYTES = 16 * 1024
+# How often the audit writes the summaries of repeated refusals.
+_AUDIT_SUMMARY_INTERVAL_S = 60.0
 
 
 def _configure_logging(level: str) -> None:
@@ -62,6 +71,9 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A flood (an attack, a failing dependency) must not fill the disk with the same lines.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatFilter())
     for noisy in ("httpx", "httpx2", "mcp", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
 
@@ -157,9 +169,14 @@ def _announce(settings: Settings, args: argparse.Namespace, source: TokenSource,
 async def _serve_http(
     settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
 ) -> int:
+    import asyncio
+
     import uvicorn
 
     from ..mcp.access import GatewayTokenVerifier
+
+    # Out of descriptors, asyncio reports each failed accept() with a traceback: one line an interval instead.
+    asyncio.get_running_loop().set_exception_handler(AcceptFailures())
 
     store = TokenStore()
     source = token_source_from_settings(settings)
@@ -170,7 +187,10 @@ async def _serve_http(
     if isinstance(source, GeneratedTokenSource):
         # The panel container reads its token from this folder alone, never the full-scope one.
         def share(current: TokenStore) -> None:
-            share_panel_token(settings.state_dir, current.get(STATUS_PANEL.name))
+            try:
+                share_panel_token(settings.state_dir, current.get(STATUS_PANEL.name))
+            except OSError as exc:
+                logger.warning("cannot share the status panel's token in %s: %s", settings.state_dir, exc)
 
         share(store)
         store.on_change(share)
@@ -205,28 +225,56 @@ async def _serve_http(
         rate=TokenBucket(rate=settings.token_rate, burst=settings.token_burst),
         sessions=SessionCounter(limit=settings.max_sessions_per_token, idle_timeout=settings.session_idle_timeout),
     )
+    guard = ConnectionGuard(
+        EdgeLimits(
+            max_connections=settings.max_connections,
+            max_per_peer=settings.max_connections_per_peer,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            trusted=trusted_networks(settings.forwarded_allow_ips or []),
+        )
+    )
+    vitals = Vitals(
+        ops.engine.ping,
+        engine_down_timeout=settings.engine_down_timeout,
+        audit=ops.audit,
+        connections=lambda: guard.open,
+    )
     servers: list[uvicorn.Server] = []
     app = build_http_app(
         server,
         ops,
         host=args.host,
         allowed_hosts=_allowed_hosts(settings, args.host),
-        background=[refresh, notifier.run, StackWatcher(ops, notifier).run, people.watch_forever]
-        + (oauth.background if oauth else []),
+        background={
+            "token refresh": refresh,
+            "people": people.watch_forever,
+            **_background(ops, notifier),
+            **{f"oauth {task.__name__}": task for task in (oauth.background if oauth else [])},
+        },
         limits=limits,
         oauth_app=oauth.app if oauth else None,
         guard=oauth.guard(ops.audit_refusal) if oauth else None,
         # uvicorn owns SIGTERM and SIGINT; its public should_exit says when one arrived.
         shutdown=Shutdown(running, settings.shutdown_timeout, lambda: any(s.should_exit for s in servers)),
+        vitals=vitals,
+        stream_idle_timeout=settings.stream_idle_timeout,
     )
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
+        # uvicorn's loggers go through the gateway's one handler (and its RepeatFilter), not their own.
+        log_config=None,
         log_level="warning",
         access_log=False,
         lifespan="on",
         server_header=False,
+        # The connection edge: caps, header and body timeouts (see gateway.mcp.edge).
+        http=edge_protocol(guard),
+        backlog=ACCEPT_BACKLOG,
+        h11_max_incomplete_event_size=_MAX_HEAD_BYTES,
+        timeout_keep_alive=settings.keep_alive_timeout,
         # Explicit, whatever uvicorn's defaults or its FORWARDED_ALLOW_IPS variable say: a spoofed
         # X-Forwarded-For must not pick the address that failed logins are counted against.
         proxy_headers=bool(settings.forwarded_allow_ips),
@@ -240,6 +288,12 @@ async def _serve_http(
     uv = uvicorn.Server(config)
     servers.append(uv)
     _announce(settings, args, source, store)
+    logger.info(
+        "connections: at most %d open (of %d configured, within the descriptor limit), %d per peer before a token",
+        guard.capacity(),
+        settings.max_connections,
+        settings.max_connections_per_peer,
+    )
     try:
         await uv.serve()
     finally:
@@ -271,11 +325,26 @@ async def _serve_stdio(
                     return
 
         tg.start_soon(stop_on_signal)
-        tg.start_soon(notifier.run)
-        tg.start_soon(StackWatcher(ops, notifier).run)
+        for name, task in _background(ops, notifier).items():
+            tg.start_soon(supervise, name, task)
         await server.run_stdio_async()
         tg.cancel_scope.cancel()
     return 0
+
+
+def _background(ops: ComposeOperations, notifier: Notifier) -> dict[str, BackgroundTask]:
+    """The tasks both transports run for the server's life, by name (each is run supervised)."""
+    tasks: dict[str, BackgroundTask] = {"notifier": notifier.run, "stack watcher": StackWatcher(ops, notifier).run}
+    audit = ops.audit
+    if audit is not None:
+
+        async def summarise_refusals() -> None:
+            while True:
+                await anyio.sleep(_AUDIT_SUMMARY_INTERVAL_S)
+                audit.flush_summaries()
+
+        tasks["audit summaries"] = summarise_refusals
+    return tasks
 
 
 def _notifier() -> Notifier:
@@ -283,6 +352,41 @@ def _notifier() -> Notifier:
     notifier = Notifier.in_memory()
     logging.getLogger("gateway").addHandler(notifier.handler)
     return notifier
+
+
+# The numeric flags of `serve`, named as their settings.
+_NUMERIC_FLAGS = (
+    "max_sessions_per_token",
+    "session_idle_timeout",
+    "token_rate",
+    "token_burst",
+    "shutdown_timeout",
+    "max_connections",
+    "max_connections_per_peer",
+    "header_timeout",
+    "body_timeout",
+    "keep_alive_timeout",
+    "stream_idle_timeout",
+    "engine_down_timeout",
+    "audit_reserve_mb",
+    "compose_memory_mb",
+    "compose_cpu_seconds",
+)
+
+
+def _report_orphans() -> None:
+    """Stop the CLI children an earlier gateway left running (its keeper died with it), and say so."""
+    orphans = find_orphans()
+    if not orphans:
+        return
+    for orphan in orphans:
+        logger.warning(
+            "found a process left by an earlier gateway (pid %d, gone): pid %d, %s; stopping it",
+            orphan.parent,
+            orphan.pid,
+            orphan.command,
+        )
+    stop_orphans(orphans)
 
 
 def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -300,15 +404,20 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         overrides["allowed_hosts"] = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     if args.forwarded_allow_ips:
         overrides["forwarded_allow_ips"] = [ip.strip() for ip in args.forwarded_allow_ips.split(",") if ip.strip()]
-    for name in ("max_sessions_per_token", "session_idle_timeout", "token_rate", "token_burst", "shutdown_timeout"):
+    for name in _NUMERIC_FLAGS:
         overrides[name] = getattr(args, name)
     settings = load_settings(environ, **overrides)
     if settings.control_plane is not ControlPlane.COMPOSE_AGENT:
         logger.warning(
             "CONTROL_PLANE=%s is ignored: the gateway's executions are compose_agent", settings.control_plane
         )
+    _report_orphans()
     try:
-        audit = AuditLog(settings.audit_path)
+        audit = AuditLog(
+            settings.audit_path,
+            reserve=settings.audit_reserve_mb * 1024 * 1024,
+            summary_interval=_AUDIT_SUMMARY_INTERVAL_S,
+        )
         # Calls a crash or SIGKILL cut short get their outcome line before anything new runs.
         audit.recover()
     except AuditUnavailable as exc:
@@ -329,3 +438,4 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     finally:
         ops.close()
         audit.close()
+        keeper().close()

@@ -14,6 +14,12 @@ Each event, and each time the stream opens or drops, is first told to the
 :class:`~gateway.engine.client.Engine` on the event loop, so that the listings it keeps for ``ps`` never
 outlive an event that reached the gateway.
 
+Nothing the engine or the file system does stops the watching: a failed listing (the engine down,
+no file descriptor left) is logged and tried again at the next rescan, a notification that cannot be
+sent is dropped, and a stream that cannot be opened is retried with a growing delay (up to
+:data:`_RECONNECT_MAX_S`). What could still escape :meth:`StackWatcher.run` is caught by the
+supervisor the entry point runs it under (:func:`gateway.mcp.health.supervise`).
+
 The stream is ``GET /events`` through the docker-py client's own HTTP session, streamed, rather than
 the client's ``events()``: the stream that call returns cannot release its socket without reaching
 into its private response. A plain streamed response can be shut from another thread
@@ -26,6 +32,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,8 +41,9 @@ import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 
+from ..backoff import Backoff
 from ..engine.containers import PROJECT_LABEL
-from ..errors import EngineUnavailable, GatewayError
+from ..errors import EngineUnavailable
 from ..operations import ComposeOperations
 from .notify import Notifier
 from .resources import stack_names, status_uri
@@ -49,6 +57,7 @@ STATE_ACTIONS = frozenset(
     {"create", "start", "restart", "stop", "die", "kill", "pause", "unpause", "destroy", "rename", "oom"}
 )
 _RECONNECT_DELAY_S = 1.0
+_RECONNECT_MAX_S = 30.0
 
 
 class StackWatcher:
@@ -76,7 +85,7 @@ class StackWatcher:
     async def run(self) -> None:
         """Watch until cancelled."""
         send, receive = anyio.create_memory_object_stream[str](1024)
-        self._names = {name for name, _ in await stack_names(self.ops)}
+        self._names = await self._stack_names()
         token = anyio.lowlevel.current_token()
         engine = self.ops.engine
 
@@ -127,15 +136,28 @@ class StackWatcher:
 
     async def rescan(self) -> None:
         """Compare the stack names with the last look, and say so when they changed."""
-        try:
-            names = {name for name, _ in await stack_names(self.ops)}
-        except GatewayError as exc:
-            logger.debug("cannot list stacks: %s", exc)
+        names = await self._stack_names()
+        if names is None:
             return
         previous, self._names = self._names, names
         if previous is not None and names != previous:
             logger.info("stacks changed: %s", _describe(previous, names))
-            await self.notifier.list_changed()
+            await self._tell("resources/list_changed", self.notifier.list_changed())
+
+    async def _stack_names(self) -> set[str] | None:
+        """The stack names now, or None when they cannot be listed (tried again at the next rescan)."""
+        try:
+            return {name for name, _ in await stack_names(self.ops)}
+        except Exception as exc:  # noqa: BLE001 - an engine error, EMFILE from scandir: all the same here
+            logger.debug("cannot list stacks: %r", exc)
+            return None
+
+    @staticmethod
+    async def _tell(what: str, sending: Any) -> None:
+        try:
+            await sending
+        except Exception as exc:  # noqa: BLE001 - a lost notification must not end the watching
+            logger.debug("could not send %s: %r", what, exc)
 
     async def _rescan_forever(self) -> None:
         while True:
@@ -157,26 +179,28 @@ class StackWatcher:
 
     async def _notify(self, projects: set[str]) -> None:
         for name in sorted(projects):
-            await self.notifier.updated(status_uri(name))
+            await self._tell("resources/updated", self.notifier.updated(status_uri(name)))
         # A created or destroyed container may be the first or last of a project.
         await self.rescan()
 
     def _follow(self, followed: Callable[[bool], None], arrived: Callable[[str, str | None, str], None]) -> None:
         """Block in a worker thread until closed: say when the stream opens and drops (``followed``),
         and hand each relevant event's project, container id and action to ``arrived``."""
-        failures = 0
+        backoff = Backoff(_RECONNECT_DELAY_S, _RECONNECT_MAX_S)
         while not self._closed.is_set():
             try:
                 stream = _open_events(self.ops.engine.client)
             except Exception as exc:  # noqa: BLE001 - docker-py lets requests' errors through unwrapped
-                failures += 1
+                delay = backoff.next()
                 # One warning per outage, not one per try.
                 logger.log(
-                    logging.WARNING if failures == 1 else logging.DEBUG,
-                    "cannot follow Engine events (%s); stack change notifications wait until it answers",
+                    logging.WARNING if backoff.failures == 1 else logging.DEBUG,
+                    "cannot follow Engine events (%s); stack change notifications wait until it answers"
+                    " (next try in %.0f s)",
                     exc,
+                    delay,
                 )
-                self._closed.wait(_RECONNECT_DELAY_S)
+                self._closed.wait(delay)
                 continue
             with self._stream_lock:
                 self._stream = stream
@@ -184,7 +208,7 @@ class StackWatcher:
                     _shut(stream)
             followed(True)
             self.connected.set()
-            failures = 0
+            opened = time.monotonic()
             try:
                 for event in _events(stream):
                     project = _project_of(event)
@@ -201,8 +225,11 @@ class StackWatcher:
                     self._stream = None
                     _shut(stream)
                     stream.close()  # releases the socket's file descriptor now, not at garbage collection
+            if time.monotonic() - opened > _RECONNECT_MAX_S:
+                backoff.reset()  # it was followed for a while: this is a new drop, not the same outage
             if not self._closed.is_set():
-                self._closed.wait(_RECONNECT_DELAY_S)
+                # A stream that drops as soon as it opens (a proxy that cuts it) is retried ever more slowly.
+                self._closed.wait(backoff.next())
 
 
 def _action_of(event: dict[str, Any]) -> str:
