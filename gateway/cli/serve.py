@@ -339,8 +339,13 @@ def _background(ops: ComposeOperations, notifier: Notifier) -> dict[str, Backgro
     if audit is not None:
 
         async def summarise_refusals() -> None:
-            while True:
-                await anyio.sleep(_AUDIT_SUMMARY_INTERVAL_S)
+            try:
+                while True:
+                    await anyio.sleep(_AUDIT_SUMMARY_INTERVAL_S)
+                    audit.flush_summaries()
+            finally:
+                # At shutdown too: uvicorn re-raises SIGTERM once it has stopped, which ends the
+                # process before the entry point's own clean-up could close the audit.
                 audit.flush_summaries()
 
         tasks["audit summaries"] = summarise_refusals
