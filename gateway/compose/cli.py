@@ -214,7 +214,8 @@ class ComposeCli:
             await stop_child(process)
         if returncode != 0:
             detail = "\n".join(tail) or "(no output)"
-            why = budget_exceeded(returncode, detail, self.budget)
+            # Every line: Go names an exhausted budget first, then prints a long stack.
+            why = budget_exceeded(returncode, "\n".join(events), self.budget)
             raise ComposeFailed(
                 f"docker compose {args[0]} on '{project}' failed (exit {returncode})"
                 + (f"; {why}" if why else "")

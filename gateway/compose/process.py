@@ -61,6 +61,8 @@ PARENT_ENV = "COMPOSE_AGENT_PARENT"
 # How long a child has to end on SIGTERM before its group gets SIGKILL.
 STOP_GRACE_S = 5.0
 MIB = 1024 * 1024
+# What Go's runtime says when an allocation fails (which one depends on where it failed).
+_OUT_OF_MEMORY = ("out of memory", "cannot allocate memory")
 # The kernel's SIGKILL comes this much later than the SIGXCPU at the soft CPU limit.
 _CPU_HARD_MARGIN_S = 5
 
@@ -165,11 +167,11 @@ async def stop_child(process: Process) -> None:
         keeper().forget(process.pid)
 
 
-def budget_exceeded(returncode: int | None, stderr_tail: str, budget: Budget) -> str | None:
+def budget_exceeded(returncode: int | None, stderr: str, budget: Budget) -> str | None:
     """What to add to a failure that looks like the child ran out of its budget, or None."""
     if returncode in (-signal.SIGXCPU, -signal.SIGKILL) and budget.cpu_seconds is not None:
         return f"it may have used up its CPU budget of {budget.cpu_seconds} s (COMPOSE_AGENT_COMPOSE_CPU_SECONDS)"
-    if budget.memory_mb is not None and "out of memory" in stderr_tail:
+    if budget.memory_mb is not None and any(sign in stderr for sign in _OUT_OF_MEMORY):
         return (
             f"it ran out of its memory budget of {budget.memory_mb} MiB (COMPOSE_AGENT_COMPOSE_MEMORY_MB); "
             "a compose file that needs more than this is likely a YAML alias bomb"
