@@ -95,8 +95,9 @@ async def test_a_compose_run_is_held_to_its_budget_as_the_kernel_sees_it(
             limits = limits_of(pid)
             return limits if limits["Max data size"][0] != "unlimited" else None
 
-        limits = await eventually(budgeted, timeout=5, interval=0.001, what="the budget on the child")
-        assert limits is not None
+        found = await eventually(budgeted, timeout=5, interval=0.001, what="the budget on the child")
+        assert found is not None
+        limits = found
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         tg.cancel_scope.cancel()
     assert limits["Max data size"] == (str(512 * 1024 * 1024), str(512 * 1024 * 1024))
