@@ -40,10 +40,11 @@ from ..compose.running import RunningCommands
 from ..config import Settings, load_settings
 from ..errors import AuditUnavailable
 from ..mcp.app import LOOPBACK_HOSTS, BackgroundTask, Limits, Shutdown, build_http_app
-from ..mcp.edge import ACCEPT_BACKLOG, ConnectionGuard, EdgeLimits, edge_protocol, trusted_networks
+from ..mcp.edge import ACCEPT_BACKLOG, ConnectionGuard, EdgeLimits, trusted_networks
 from ..mcp.health import Vitals, supervise
 from ..mcp.notify import Notifier
 from ..mcp.oauth import build_oauth  # [oauth]
+from ..mcp.protocol import edge_protocol
 from ..mcp.server import build_server
 from ..mcp.watch import StackWatcher
 from ..metrics import ControlPlane
@@ -416,7 +417,8 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         logger.warning(
             "CONTROL_PLANE=%s is ignored: the gateway's executions are compose_agent", settings.control_plane
         )
-    _report_orphans()
+    # Off the start-up path: reading other processes' environments can wait on them.
+    threading.Thread(target=_report_orphans, name="find-orphans", daemon=True).start()
     try:
         audit = AuditLog(
             settings.audit_path,

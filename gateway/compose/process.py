@@ -208,11 +208,16 @@ def find_orphans(proc: Path = Path("/proc")) -> list[Orphan]:
     """
     found: list[Orphan] = []
     wanted = PARENT_ENV.encode() + b"="
+    uid = os.getuid()
     for entry in _pids(proc):
         try:
+            # Another user's process is not read at all: reading an environment waits on that
+            # process's memory map, and a gateway's children are its own user's anyway.
+            if (proc / str(entry)).stat().st_uid != uid:
+                continue
             environ = (proc / str(entry) / "environ").read_bytes()
         except OSError:
-            continue  # gone, or another user's
+            continue  # gone
         for item in environ.split(b"\0"):
             if item.startswith(wanted):
                 parent = _dead_parent(item[len(wanted) :].decode("ascii", "replace"), proc)

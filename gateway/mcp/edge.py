@@ -6,8 +6,9 @@ nothing stops a flood of such connections from taking every descriptor the proce
 ``accept()`` fails, and so does everything else that needs one. uvicorn's ``limit_concurrency``
 does not help: it answers 503 to *requests*, authenticated ones included, once the head is in.
 
-So the gateway serves HTTP with :class:`EdgeProtocol`, uvicorn's h11 protocol with four additions,
-all decided on the event loop without reading anything from the connection:
+So the gateway serves HTTP with :class:`~gateway.mcp.protocol.EdgeProtocol`, uvicorn's h11 protocol
+under this module's :class:`ConnectionGuard`, with four additions, all decided on the event loop
+without reading anything from the connection:
 
 - **A cap on open connections** (:meth:`ConnectionGuard.capacity`): the configured maximum, and never
   more than the descriptor limit minus :data:`FD_RESERVE`, which is kept for the engine, the Compose
@@ -44,21 +45,18 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
-from uvicorn.protocols.utils import get_remote_addr
+from typing import Protocol
 
 from ..ratelimit import client_key
 
 __all__ = [
     "ACCEPT_BACKLOG",
+    "CURRENT_CONNECTION",
+    "Connection",
     "ConnectionGuard",
     "EdgeLimits",
-    "EdgeProtocol",
     "FD_RESERVE",
     "MIN_CAPACITY",
-    "edge_protocol",
     "mark_authenticated",
     "trusted_networks",
 ]
@@ -107,11 +105,18 @@ def trusted_networks(forwarded_allow_ips: Iterable[str]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+class Closable(Protocol):
+    """The part of a connection's transport the guard uses."""
+
+    def abort(self) -> None: ...
+
+
 @dataclass(eq=False)
 class Connection:
     """What the guard knows of one accepted connection."""
 
-    protocol: EdgeProtocol
+    guard: ConnectionGuard
+    transport: Closable
     peer: str
     exempt: bool
     opened: float
@@ -121,14 +126,14 @@ class Connection:
 
 
 # The connection the request being served arrived on (the request's task inherits it).
-_CURRENT: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("edge_connection", default=None)
+CURRENT_CONNECTION: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("edge_connection", default=None)
 
 
 def mark_authenticated() -> None:
     """The request being served carries a valid token: its connection is never closed to make room."""
-    connection = _CURRENT.get()
-    if connection is not None and connection.protocol.guard is not None:
-        connection.protocol.guard.authenticated(connection)
+    connection = CURRENT_CONNECTION.get()
+    if connection is not None:
+        connection.guard.authenticated(connection)
 
 
 @dataclass
@@ -169,7 +174,7 @@ class ConnectionGuard:
         by_descriptors = max(MIN_CAPACITY, self._descriptor_limit() - FD_RESERVE)
         return min(self.limits.max_connections, by_descriptors)
 
-    def admit(self, protocol: EdgeProtocol, address: str | None) -> Connection | None:
+    def admit(self, transport: Closable, address: str | None) -> Connection | None:
         """Take a new connection in, closing an older unauthenticated one if needed; None: refuse it."""
         peer = client_key(address)
         exempt = _in_networks(address, self.limits.trusted)
@@ -183,7 +188,7 @@ class ConnectionGuard:
         if len(self._open) >= self.capacity() and not self._evict_from(self._unauthenticated, "closed_cap", peer):
             self._count("refused_cap", peer)
             return None
-        connection = Connection(protocol, peer, exempt, now)
+        connection = Connection(self, transport, peer, exempt, now)
         self._open.add(connection)
         self._unauthenticated[connection] = None
         if not exempt:
@@ -223,7 +228,7 @@ class ConnectionGuard:
                 self._count(why, newcomer)
                 connection.closed = True
                 self.release(connection)
-                connection.protocol.transport.abort()
+                connection.transport.abort()
                 return True
         return False
 
@@ -308,112 +313,3 @@ def _in_networks(address: str | None, networks: tuple[Network, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in networks)
-
-
-class EdgeProtocol(H11Protocol):
-    """uvicorn's h11 protocol under a :class:`ConnectionGuard` (see the module's documentation).
-
-    Made for one guard by :func:`edge_protocol`; uvicorn creates one instance per connection.
-    """
-
-    guard: ConnectionGuard | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._connection: Connection | None = None
-        self._head_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        assert self.guard is not None
-        self.transport = transport
-        remote = get_remote_addr(transport)
-        connection = self.guard.admit(self, remote[0] if remote else None)
-        if connection is None:
-            transport.abort()
-            return
-        self._connection = connection
-        super().connection_made(transport)
-        self._await_head()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel(head=True, body=True)
-        if self._connection is None:
-            return  # refused: uvicorn never knew it
-        if self.guard is not None:
-            self.guard.release(self._connection)
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self._connection is None or self._connection.closed:
-            return
-        before = self.cycle
-        token = _CURRENT.set(self._connection)
-        try:
-            super().data_received(data)
-        finally:
-            _CURRENT.reset(token)
-        self._after_events(before)
-
-    def on_response_complete(self) -> None:
-        before = self.cycle
-        super().on_response_complete()
-        if self._connection is None:
-            return
-        self._connection.busy = False
-        self._cancel(body=True)
-        if not self.transport.is_closing():
-            self._await_head()
-        self._after_events(before)  # a pipelined request may have started
-
-    def _after_events(self, before: RequestResponseCycle | None) -> None:
-        cycle = self.cycle
-        if self._connection is None or cycle is None:
-            return
-        if cycle is not before and not cycle.response_complete:
-            # A request's head is in: the app serves it now.
-            self._connection.busy = True
-            self._cancel(head=True)
-            if cycle.more_body:
-                self._body_timer = self.loop.call_later(self.guard_limits.body_timeout, self._body_timed_out)
-        if not cycle.more_body:
-            self._cancel(body=True)
-
-    @property
-    def guard_limits(self) -> EdgeLimits:
-        assert self.guard is not None
-        return self.guard.limits
-
-    def _await_head(self) -> None:
-        self._cancel(head=True)
-        self._head_timer = self.loop.call_later(self.guard_limits.header_timeout, self._head_timed_out)
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.cycle is not None and not self.cycle.response_complete:
-            return  # a request is being served: not waiting for a head
-        self._close_slow("head")
-
-    def _body_timed_out(self) -> None:
-        self._body_timer = None
-        cycle = self.cycle
-        if cycle is not None and cycle.more_body and not cycle.response_complete:
-            self._close_slow("body")
-
-    def _close_slow(self, what: str) -> None:
-        if self._connection is not None and self.guard is not None and not self.transport.is_closing():
-            self.guard.timed_out(what, self._connection)
-            self.transport.close()
-
-    def _cancel(self, *, head: bool = False, body: bool = False) -> None:
-        if head and self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        if body and self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-
-
-def edge_protocol(guard: ConnectionGuard) -> type[EdgeProtocol]:
-    """The protocol class to hand uvicorn (``Config(http=...)``), bound to ``guard``."""
-    return type("EdgeProtocol", (EdgeProtocol,), {"guard": guard})

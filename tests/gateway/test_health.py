@@ -23,8 +23,9 @@ from mcp.client.streamable_http import streamable_http_client
 
 from gateway.backoff import Backoff
 from gateway.mcp.app import Limits, build_http_app
-from gateway.mcp.edge import ConnectionGuard, EdgeLimits, edge_protocol
+from gateway.mcp.edge import ConnectionGuard, EdgeLimits
 from gateway.mcp.health import DESCRIPTOR_FLOOR, Vitals, supervise
+from gateway.mcp.protocol import edge_protocol
 from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
 from tests.conftest import free_port, random_name

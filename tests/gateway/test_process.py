@@ -224,7 +224,10 @@ async def test_a_restart_stops_and_reports_a_process_an_older_gateway_left(tmp_p
         stacks.mkdir()
         gw = start_gateway(tmp_path, stacks)
         try:
-            assert f"pid {orphan}, sleep 300; stopping it" in gw.stderr_text()
+            async def reported() -> bool:
+                return f"pid {orphan}, sleep 300; stopping it" in gw.stderr_text()
+
+            await eventually(reported, timeout=15, what="the orphan reported")
 
             async def stopped() -> bool:
                 return gone(orphan)
