@@ -224,6 +224,7 @@ async def test_a_restart_stops_and_reports_a_process_an_older_gateway_left(tmp_p
         stacks.mkdir()
         gw = start_gateway(tmp_path, stacks)
         try:
+
             async def reported() -> bool:
                 return f"pid {orphan}, sleep 300; stopping it" in gw.stderr_text()
 
