@@ -44,6 +44,26 @@ def gateway_pid(container: str) -> int:
     raise AssertionError(f"no compose-agent process under pid {init} (children: {children})")
 
 
+def lower_descriptor_limit(pid: int, limit: int) -> None:
+    """``prlimit --pid`` as the process's own user: that needs no CAP_SYS_RESOURCE, which test
+    machines (containers themselves) may lack."""
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    uid, gid = status["Uid"].split()[0], status["Gid"].split()[0]
+    subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            "prlimit",
+            "--pid",
+            str(pid),
+            f"--nofile={limit}",
+        ],
+        check=True,
+    )
+
+
 async def get_health(url: str) -> httpx2.Response | None:
     try:
         async with httpx2.AsyncClient(timeout=5.0) as http:
@@ -59,7 +79,7 @@ async def test_a_gateway_whose_health_says_503_is_restarted_by_the_watchdog(depl
     pid = gateway_pid(gateway)
     open_now = len(list(Path(f"/proc/{pid}/fd").iterdir()))
     # A few descriptors to spare: /health can still answer, and says it cannot serve.
-    subprocess.run(["prlimit", "--pid", str(pid), f"--nofile={open_now + 6}"], check=True)
+    lower_descriptor_limit(pid, open_now + 6)
 
     async def says_503() -> httpx2.Response | None:
         answer = await get_health(deployment.gateway_url)

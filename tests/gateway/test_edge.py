@@ -8,6 +8,7 @@ different peers to the gateway).
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -271,3 +272,57 @@ async def test_an_sse_reconnect_storm_is_held_to_the_tokens_session_places(tmp_p
     finally:
         stop_process(gw.process)
     assert statuses.count(200) == 20 and statuses.count(429) == 20
+
+
+async def test_at_a_cap_full_of_authenticated_connections_new_ones_are_refused_at_once_and_said_once(
+    tmp_path: Path,
+) -> None:
+    stacks = tmp_path / "stacks"
+    stacks.mkdir()
+    gw = start_gateway(tmp_path, stacks, "--max-connections", "4", "--keep-alive-timeout", "120")
+    port = port_of(gw)
+    kept: list[http.client.HTTPConnection] = []
+
+    def ask(connection: http.client.HTTPConnection) -> int:
+        connection.request("GET", "/mcp", headers={**gw.headers(), "Accept": "text/event-stream"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+
+    try:
+        # Four connections with a token, kept alive: none of them may be closed to make room.
+        for _ in range(4):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            assert ask(connection) < 500
+            kept.append(connection)
+        refused_in = []
+        for _ in range(50):
+            with socket.create_connection(("127.0.0.1", port)) as newcomer:
+                _, took = read_until_closed(newcomer, 5)
+                refused_in.append(took)
+        # The kept ones still work, on the same connections.
+        for connection in kept:
+            assert ask(connection) < 500
+            assert connection.sock is not None
+    finally:
+        for connection in kept:
+            connection.close()
+        stop_process(gw.process)
+    assert max(refused_in) < 1.0
+    log = gw.stderr_text()
+    assert log.count("every one authenticated or busy: refusing new connections") == 1
+    assert log.count("refused at the cap") <= 1
+
+
+def test_the_edge_limits_are_settings_of_their_own_validated_at_start() -> None:
+    from gateway.config import load_settings
+    from gateway.errors import ConfigError
+
+    settings = load_settings(
+        {"COMPOSE_AGENT_MAX_CONNECTIONS": "300", "COMPOSE_AGENT_HEADER_TIMEOUT": "4.5"}, body_timeout=12.0
+    )
+    assert (settings.max_connections, settings.header_timeout, settings.body_timeout) == (300, 4.5, 12.0)
+    assert settings.compose_budget.memory_mb == 2048
+    assert load_settings({"COMPOSE_AGENT_COMPOSE_MEMORY_MB": "0"}).compose_budget.memory_mb is None
+    with pytest.raises(ConfigError, match="COMPOSE_AGENT_MAX_CONNECTIONS_PER_PEER"):
+        load_settings({"COMPOSE_AGENT_MAX_CONNECTIONS_PER_PEER": "0"})
