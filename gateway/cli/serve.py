@@ -274,6 +274,8 @@ async def _serve_http(
         # The connection edge: caps, header and body timeouts (see gateway.mcp.edge).
         http=edge_protocol(guard),
         backlog=ACCEPT_BACKLOG,
+        # No route speaks WebSocket: an upgrade must not hand a connection to a protocol outside the edge.
+        ws="none",
         h11_max_incomplete_event_size=_MAX_HEAD_BYTES,
         timeout_keep_alive=settings.keep_alive_timeout,
         # Explicit, whatever uvicorn's defaults or its FORWARDED_ALLOW_IPS variable say: a spoofed

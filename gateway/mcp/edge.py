@@ -278,9 +278,6 @@ _FIRST: dict[str, Callable[[ConnectionGuard], str]] = {
         f"connection cap reached ({g.open} open of {g.capacity()}): closing the oldest "
         "unauthenticated connections to make room"
     ),
-    "refused_peer": lambda g: (
-        f"a peer holds {g.limits.max_per_peer} unauthenticated connections, all busy: refusing its new ones"
-    ),
     "closed_peer": lambda g: (
         f"a peer opened more than {g.limits.max_per_peer} unauthenticated connections: closing its oldest"
     ),
