@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import GatewayError
+from .edge import add_edge_flags
 from .serve import serve
 from .users import add_parser as add_users_parser  # [oauth]
 from .users import run as run_users_command  # [oauth]
@@ -97,70 +98,11 @@ def _parser() -> argparse.ArgumentParser:
         "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (chain) file; needs --tls-key"
     )
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
-    _add_edge_flags(serve)
+    add_edge_flags(serve)
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_vault_parser(commands)
     add_users_parser(commands)  # [oauth]
     return parser
-
-
-# (flag, type, environment variable, default, what it is): the edge, the audit's disk, Compose's budget.
-_EDGE_FLAGS: tuple[tuple[str, type, str, str, str], ...] = (
-    (
-        "--max-connections",
-        int,
-        "MAX_CONNECTIONS",
-        "1024",
-        "open HTTP connections, at most (fewer if the "
-        "descriptor limit is low: it keeps 128 descriptors for everything else)",
-    ),
-    (
-        "--max-connections-per-peer",
-        int,
-        "MAX_CONNECTIONS_PER_PEER",
-        "32",
-        "connections one address may hold "
-        "before it presents a valid token (loopback and Unix sockets count as one address)",
-    ),
-    ("--header-timeout", float, "HEADER_TIMEOUT", "10", "seconds a request's headers may take to arrive"),
-    ("--body-timeout", float, "BODY_TIMEOUT", "30", "seconds a request's body may take to arrive"),
-    ("--keep-alive-timeout", int, "KEEP_ALIVE_TIMEOUT", "5", "seconds an idle keep-alive connection stays open"),
-    (
-        "--stream-idle-timeout",
-        float,
-        "STREAM_IDLE_TIMEOUT",
-        "300",
-        "seconds an SSE or Streamable HTTP GET stream may carry nothing before it is closed",
-    ),
-    (
-        "--engine-down-timeout",
-        float,
-        "ENGINE_DOWN_TIMEOUT",
-        "120",
-        "seconds the Docker engine may not answer before /health says 503",
-    ),
-    (
-        "--audit-reserve-mb",
-        int,
-        "AUDIT_RESERVE_MB",
-        "64",
-        "MiB of the audit log's disk kept for intent and outcome lines: refusals are not written below it",
-    ),
-    (
-        "--compose-memory-mb",
-        int,
-        "COMPOSE_MEMORY_MB",
-        "2048",
-        "MiB of memory (data segment) one Compose run may use; 0: no limit",
-    ),
-    ("--compose-cpu-seconds", int, "COMPOSE_CPU_SECONDS", "300", "seconds of CPU one Compose run may use; 0: no limit"),
-)
-
-
-def _add_edge_flags(serve: argparse.ArgumentParser) -> None:
-    edge = serve.add_argument_group("limits that keep the gateway up under load (see docs/security.md)")
-    for flag, kind, env, default, text in _EDGE_FLAGS:
-        edge.add_argument(flag, type=kind, help=f"{text} (default: $COMPOSE_AGENT_{env}, else {default})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,22 +35,20 @@ from ..auth.tokens import (
     token_source_from_settings,
 )
 from ..compose.keeper import keeper
-from ..compose.process import find_orphans, stop_orphans
 from ..compose.running import RunningCommands
 from ..config import Settings, load_settings
 from ..errors import AuditUnavailable
-from ..mcp.app import LOOPBACK_HOSTS, BackgroundTask, Limits, Shutdown, build_http_app
-from ..mcp.edge import ACCEPT_BACKLOG, ConnectionGuard, EdgeLimits, trusted_networks
-from ..mcp.health import Vitals, supervise
+from ..mcp.app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
+from ..mcp.health import supervise
 from ..mcp.notify import Notifier
 from ..mcp.oauth import build_oauth  # [oauth]
-from ..mcp.protocol import edge_protocol
 from ..mcp.server import build_server
-from ..mcp.watch import StackWatcher
 from ..metrics import ControlPlane
 from ..operations import ComposeOperations
 from ..ratelimit import FailureLimiter, SessionCounter, TokenBucket
-from .logfilter import AcceptFailures, RepeatFilter
+from .edge import EDGE_SETTINGS, connection_guard, uvicorn_edge, vitals_of
+from .logfilter import RepeatFilter
+from .upkeep import AUDIT_SUMMARY_INTERVAL_S, background_tasks, start_orphan_scan
 
 __all__ = ["serve"]
 
@@ -58,10 +56,6 @@ logger = logging.getLogger("gateway")
 
 # How long a stopping stdio server may wait for its stdin reader before it exits regardless.
 _STDIO_EXIT_GRACE_S = 2.0
-# A request head larger than this is refused with 400 (h11's own default, made explicit).
-_MAX_HEAD_BYTES = 16 * 1024
-# How often the audit writes the summaries of repeated refusals.
-_AUDIT_SUMMARY_INTERVAL_S = 60.0
 
 
 def _configure_logging(level: str) -> None:
@@ -170,14 +164,9 @@ def _announce(settings: Settings, args: argparse.Namespace, source: TokenSource,
 async def _serve_http(
     settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
 ) -> int:
-    import asyncio
-
     import uvicorn
 
     from ..mcp.access import GatewayTokenVerifier
-
-    # Out of descriptors, asyncio reports each failed accept() with a traceback: one line an interval instead.
-    asyncio.get_running_loop().set_exception_handler(AcceptFailures())
 
     store = TokenStore()
     source = token_source_from_settings(settings)
@@ -226,21 +215,8 @@ async def _serve_http(
         rate=TokenBucket(rate=settings.token_rate, burst=settings.token_burst),
         sessions=SessionCounter(limit=settings.max_sessions_per_token, idle_timeout=settings.session_idle_timeout),
     )
-    guard = ConnectionGuard(
-        EdgeLimits(
-            max_connections=settings.max_connections,
-            max_per_peer=settings.max_connections_per_peer,
-            header_timeout=settings.header_timeout,
-            body_timeout=settings.body_timeout,
-            trusted=trusted_networks(settings.forwarded_allow_ips or []),
-        )
-    )
-    vitals = Vitals(
-        ops.engine.ping,
-        engine_down_timeout=settings.engine_down_timeout,
-        audit=ops.audit,
-        connections=lambda: guard.open,
-    )
+    guard = connection_guard(settings)
+    vitals = vitals_of(settings, ops, guard)
     servers: list[uvicorn.Server] = []
     app = build_http_app(
         server,
@@ -250,7 +226,7 @@ async def _serve_http(
         background={
             "token refresh": refresh,
             "people": people.watch_forever,
-            **_background(ops, notifier),
+            **background_tasks(ops, notifier),
             **{f"oauth {task.__name__}": task for task in (oauth.background if oauth else [])},
         },
         limits=limits,
@@ -265,19 +241,11 @@ async def _serve_http(
         app,
         host=args.host,
         port=args.port,
-        # uvicorn's loggers go through the gateway's one handler (and its RepeatFilter), not their own.
-        log_config=None,
         log_level="warning",
         access_log=False,
         lifespan="on",
         server_header=False,
-        # The connection edge: caps, header and body timeouts (see gateway.mcp.edge).
-        http=edge_protocol(guard),
-        backlog=ACCEPT_BACKLOG,
-        # No route speaks WebSocket: an upgrade must not hand a connection to a protocol outside the edge.
-        ws="none",
-        h11_max_incomplete_event_size=_MAX_HEAD_BYTES,
-        timeout_keep_alive=settings.keep_alive_timeout,
+        **uvicorn_edge(settings, guard),
         # Explicit, whatever uvicorn's defaults or its FORWARDED_ALLOW_IPS variable say: a spoofed
         # X-Forwarded-For must not pick the address that failed logins are counted against.
         proxy_headers=bool(settings.forwarded_allow_ips),
@@ -328,31 +296,11 @@ async def _serve_stdio(
                     return
 
         tg.start_soon(stop_on_signal)
-        for name, task in _background(ops, notifier).items():
+        for name, task in background_tasks(ops, notifier).items():
             tg.start_soon(supervise, name, task)
         await server.run_stdio_async()
         tg.cancel_scope.cancel()
     return 0
-
-
-def _background(ops: ComposeOperations, notifier: Notifier) -> dict[str, BackgroundTask]:
-    """The tasks both transports run for the server's life, by name (each is run supervised)."""
-    tasks: dict[str, BackgroundTask] = {"notifier": notifier.run, "stack watcher": StackWatcher(ops, notifier).run}
-    audit = ops.audit
-    if audit is not None:
-
-        async def summarise_refusals() -> None:
-            try:
-                while True:
-                    await anyio.sleep(_AUDIT_SUMMARY_INTERVAL_S)
-                    audit.flush_summaries()
-            finally:
-                # At shutdown too: uvicorn re-raises SIGTERM once it has stopped, which ends the
-                # process before the entry point's own clean-up could close the audit.
-                audit.flush_summaries()
-
-        tasks["audit summaries"] = summarise_refusals
-    return tasks
 
 
 def _notifier() -> Notifier:
@@ -363,38 +311,7 @@ def _notifier() -> Notifier:
 
 
 # The numeric flags of `serve`, named as their settings.
-_NUMERIC_FLAGS = (
-    "max_sessions_per_token",
-    "session_idle_timeout",
-    "token_rate",
-    "token_burst",
-    "shutdown_timeout",
-    "max_connections",
-    "max_connections_per_peer",
-    "header_timeout",
-    "body_timeout",
-    "keep_alive_timeout",
-    "stream_idle_timeout",
-    "engine_down_timeout",
-    "audit_reserve_mb",
-    "compose_memory_mb",
-    "compose_cpu_seconds",
-)
-
-
-def _report_orphans() -> None:
-    """Stop the CLI children an earlier gateway left running (its keeper died with it), and say so."""
-    orphans = find_orphans()
-    if not orphans:
-        return
-    for orphan in orphans:
-        logger.warning(
-            "found a process left by an earlier gateway (pid %d, gone): pid %d, %s; stopping it",
-            orphan.parent,
-            orphan.pid,
-            orphan.command,
-        )
-    stop_orphans(orphans)
+_NUMERIC_FLAGS = ("max_sessions_per_token", "session_idle_timeout", "token_rate", "token_burst", "shutdown_timeout")
 
 
 def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -412,20 +329,19 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         overrides["allowed_hosts"] = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     if args.forwarded_allow_ips:
         overrides["forwarded_allow_ips"] = [ip.strip() for ip in args.forwarded_allow_ips.split(",") if ip.strip()]
-    for name in _NUMERIC_FLAGS:
+    for name in (*_NUMERIC_FLAGS, *EDGE_SETTINGS):
         overrides[name] = getattr(args, name)
     settings = load_settings(environ, **overrides)
     if settings.control_plane is not ControlPlane.COMPOSE_AGENT:
         logger.warning(
             "CONTROL_PLANE=%s is ignored: the gateway's executions are compose_agent", settings.control_plane
         )
-    # Off the start-up path: reading other processes' environments can wait on them.
-    threading.Thread(target=_report_orphans, name="find-orphans", daemon=True).start()
+    start_orphan_scan()
     try:
         audit = AuditLog(
             settings.audit_path,
             reserve=settings.audit_reserve_mb * 1024 * 1024,
-            summary_interval=_AUDIT_SUMMARY_INTERVAL_S,
+            summary_interval=AUDIT_SUMMARY_INTERVAL_S,
         )
         # Calls a crash or SIGKILL cut short get their outcome line before anything new runs.
         audit.recover()
