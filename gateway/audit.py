@@ -14,6 +14,10 @@ outcome line: nothing ran.
   (device, inode) is compared on every write, one ``stat`` call.
 - Lines are appended with one ``write`` each (O_APPEND), so processes sharing the file (a stdio
   gateway beside an HTTP one) never interleave within a line.
+- Refusals that repeat are summarised: the first of each caller, tool and reason in an interval is
+  written in full, the rest become one ``summary`` line with their ``count`` (see
+  :mod:`gateway.auditdigest`). Refusal lines are written only while the disk keeps a reserve free
+  for intent and outcome lines; a WARNING says so, once an interval, while it is low.
 
 Callers pass validated or bounded arguments only; the caller field is a token's identity, never
 a token.
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .auditdigest import RefusalDigest, RefusalKey, SpaceWatch, Summary, free_bytes, timestamp
 from .errors import AuditUnavailable, InvalidInput
 
 __all__ = [
@@ -58,6 +63,8 @@ logger = logging.getLogger(__name__)
 _RECOVERY_TAIL_BYTES = 64 * 1024 * 1024
 _MAX_TEXT = 200
 _MAX_ITEMS = 20
+MIB = 1024 * 1024
+DEFAULT_RESERVE = 64 * MIB
 
 
 @dataclass
@@ -121,10 +128,6 @@ def _bounded(value: Any, depth: int = 0) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def _timestamp(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -138,15 +141,22 @@ def _pid_alive(pid: int) -> bool:
 class AuditLog:
     """An append-only JSON-lines audit file, written ahead of every mutation.
 
+    ``reserve`` bytes of the disk are kept for intent and outcome lines: refusal lines are counted,
+    not written, below it. ``summary_interval`` is how often repeated refusals are summarised.
+
     Raises:
         AuditUnavailable: the file cannot be opened (at start: the entry point says so and exits 2).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, reserve: int = DEFAULT_RESERVE, summary_interval: float = 60.0) -> None:
         self.path = path
+        self.reserve = reserve
         self._lock = threading.Lock()
         self._fd = -1
         self._identity: tuple[int, int] | None = None
+        self._digest = RefusalDigest(interval=summary_interval)
+        #: The disk's free space as last seen (``space.free``, ``space.low``), for /health.
+        self.space = SpaceWatch(path, reserve, summary_interval)
         with self._lock:
             self._open()
 
@@ -186,24 +196,39 @@ class AuditLog:
 
     def _append(self, record: dict[str, Any], *, sync: bool) -> None:
         """Write one line (reopening a rotated file first); raise AuditUnavailable if it did not land."""
-        data = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
         with self._lock:
-            try:
-                if self._fd < 0:
-                    raise OSError(errno.EBADF, "the audit log is closed")
-                self._reopen_if_moved()
-                written = os.write(self._fd, data)
-                if written != len(data):
-                    raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
-                if sync:
-                    os.fsync(self._fd)
-            except AuditUnavailable:
-                raise
-            except OSError as exc:
-                raise AuditUnavailable(
-                    f"the audit log {self.path} cannot be written ({exc.strerror or exc}); "
-                    "free disk space or fix its permissions, then retry"
-                ) from None
+            self._write_summaries(self._digest.due())
+            self._append_locked(record, sync=sync, refusal=False)
+
+    def _append_locked(self, record: dict[str, Any], *, sync: bool, refusal: bool) -> bool:
+        """Write one line under the lock. A refusal line is not written (False) when the disk is under its reserve.
+
+        Raises:
+            AuditUnavailable: the line did not land.
+        """
+        data = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode()
+        try:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, "the audit log is closed")
+            self._reopen_if_moved()
+            free = free_bytes(self._fd)
+            if refusal and free is not None and free - len(data) < self.reserve:
+                self.space.note(free)
+                return False
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.EIO, f"short write ({written} of {len(data)} bytes)")
+            if sync:
+                os.fsync(self._fd)
+        except AuditUnavailable:
+            raise
+        except OSError as exc:
+            raise AuditUnavailable(
+                f"the audit log {self.path} cannot be written ({exc.strerror or exc}); "
+                "free disk space or fix its permissions, then retry"
+            ) from None
+        self.space.note(None if free is None else free - len(data))
+        return True
 
     # -- lines ----------------------------------------------------------------------------------------
 
@@ -254,24 +279,46 @@ class AuditLog:
     ) -> bool:
         """One self-contained outcome line, for a call that was refused before anything ran.
 
-        Not fsynced: a flood of refusals must not queue on the disk. A failure is logged; False then.
+        The first of its caller, tool and reason in an interval is written; the repeats are counted
+        into a ``summary`` line at the interval's end. Not fsynced: a flood of refusals must not queue
+        on the disk. A failure is logged; False then.
         """
+        key: RefusalKey = (caller, control_plane, tool, error or outcome, on_behalf_of)
         entry = Intent(uuid.uuid4().hex[:16], caller, control_plane, tool, arguments, on_behalf_of)
         record = self._record(entry, "outcome")
         record.update(outcome=outcome, duration_ms=round(duration_ms, 2))
         if error is not None:
             record["error"] = error
         try:
-            self._append(record, sync=False)
+            with self._lock:
+                self._write_summaries(self._digest.due())
+                if self._digest.admit(key) and not self._append_locked(record, sync=False, refusal=True):
+                    self._digest.withhold(key)
         except AuditUnavailable as exc:
             logger.error("%s (refusal of %s by %s)", exc, tool, caller)
             return False
         return True
 
+    def flush_summaries(self) -> None:
+        """Write the summaries of the interval so far (the entry point calls it once an interval, and at close)."""
+        with self._lock:
+            self._write_summaries(self._digest.flush())
+
+    def _write_summaries(self, summaries: list[Summary]) -> None:
+        lost = 0
+        for summary in summaries:
+            try:
+                written = self._append_locked(summary.record(), sync=False, refusal=True)
+            except AuditUnavailable:
+                written = False  # never in the way of the line being written now
+            lost += 0 if written else summary.count
+        if lost:
+            logger.warning("%d refusal(s) went unrecorded: the audit log's disk is under its reserve", lost)
+
     @staticmethod
     def _record(entry: Intent, phase: str) -> dict[str, Any]:
         record: dict[str, Any] = {
-            "time": _timestamp(time.time()),
+            "time": timestamp(time.time()),
             "id": entry.id,
             "phase": phase,
             "caller": entry.caller,
@@ -300,7 +347,7 @@ class AuditLog:
             pid = record.get("pid")
             if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
                 continue
-            line: dict[str, Any] = {"time": _timestamp(time.time()), "id": record["id"], "phase": "outcome"}
+            line: dict[str, Any] = {"time": timestamp(time.time()), "id": record["id"], "phase": "outcome"}
             line.update({k: record[k] for k in ("caller", "control_plane", "tool", "arguments") if k in record})
             if "on_behalf_of" in record:
                 line["on_behalf_of"] = record["on_behalf_of"]
@@ -348,5 +395,6 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
+                self._write_summaries(self._digest.flush())
                 os.close(self._fd)
                 self._fd = -1

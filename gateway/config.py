@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import ConfigDict, Field, field_validator
 
 from .auth.principals import DEPLOY_TOOLS
+from .compose.process import Budget
 from .engine.endpoint import parse_docker_host, parse_tls_verify
 from .envparse import (
     NAME_PATTERN,
@@ -57,6 +58,27 @@ class Settings(CommonFields):
     token_rate: float = Field(default=20.0, gt=0, description="Requests a second per token, on average")
     token_burst: int = Field(default=100, ge=1)
     shutdown_timeout: float = Field(default=8.0, ge=0, description="How long SIGTERM waits for running commands")
+
+    # The HTTP edge (gateway/mcp/edge.py): what a caller without a token can hold, and for how long.
+    max_connections: int = Field(
+        default=1024, ge=1, description="Open connections, at most (less if descriptors are few)"
+    )
+    max_connections_per_peer: int = Field(default=32, ge=1, description="Connections one address holds before a token")
+    header_timeout: float = Field(default=10.0, gt=0, description="Seconds a request's headers may take to arrive")
+    body_timeout: float = Field(default=30.0, gt=0, description="Seconds a request's body may take to arrive")
+    keep_alive_timeout: int = Field(default=5, ge=1, description="Seconds an idle keep-alive connection stays open")
+    stream_idle_timeout: float = Field(
+        default=300.0, gt=0, description="Seconds an SSE or GET stream may carry nothing"
+    )
+    engine_down_timeout: float = Field(
+        default=120.0, gt=0, description="/health says 503 after the engine is down this long"
+    )
+    audit_reserve_mb: int = Field(
+        default=64, ge=0, description="Free space on the audit's disk kept for mutation lines"
+    )
+    # Every Compose (and docker stack) run's budget (gateway/compose/process.py); 0 lifts a limit.
+    compose_memory_mb: int = Field(default=2048, ge=0, description="Data segment of one Compose run, in MiB")
+    compose_cpu_seconds: int = Field(default=300, ge=0, description="CPU time of one Compose run, in seconds")
 
     # The policy guard (config.json only: no environment variable relaxes it).
     policy: Policy = Field(default_factory=Policy)
@@ -103,6 +125,11 @@ class Settings(CommonFields):
         return f"{parts.scheme}://{parts.netloc.lower()}"
 
     @property
+    def compose_budget(self) -> Budget:
+        """The memory and CPU budget of each Compose run (0 in a setting: no limit)."""
+        return Budget(memory_mb=self.compose_memory_mb or None, cpu_seconds=self.compose_cpu_seconds or None)
+
+    @property
     def audit_path(self) -> Path:
         return self.audit_log or self.state_dir / "audit.log"
 
@@ -138,6 +165,16 @@ _ENV_FIELDS: dict[str, str] = {
     "COMPOSE_AGENT_TOKEN_BURST": "token_burst",
     "COMPOSE_AGENT_SHUTDOWN_TIMEOUT": "shutdown_timeout",
     "COMPOSE_AGENT_PUBLIC_URL": "public_url",  # [oauth]
+    "COMPOSE_AGENT_MAX_CONNECTIONS": "max_connections",
+    "COMPOSE_AGENT_MAX_CONNECTIONS_PER_PEER": "max_connections_per_peer",
+    "COMPOSE_AGENT_HEADER_TIMEOUT": "header_timeout",
+    "COMPOSE_AGENT_BODY_TIMEOUT": "body_timeout",
+    "COMPOSE_AGENT_KEEP_ALIVE_TIMEOUT": "keep_alive_timeout",
+    "COMPOSE_AGENT_STREAM_IDLE_TIMEOUT": "stream_idle_timeout",
+    "COMPOSE_AGENT_ENGINE_DOWN_TIMEOUT": "engine_down_timeout",
+    "COMPOSE_AGENT_AUDIT_RESERVE_MB": "audit_reserve_mb",
+    "COMPOSE_AGENT_COMPOSE_MEMORY_MB": "compose_memory_mb",
+    "COMPOSE_AGENT_COMPOSE_CPU_SECONDS": "compose_cpu_seconds",
 }
 _FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy", "status_panel_tools", "public_url"}
 

@@ -67,7 +67,7 @@ class ComposeOperations:
         self.metrics = metrics or CommandExecutionMetrics()
         self.compose = ComposeLocator(cli)
         # Swarm stacks' docker CLI runs with the Compose CLI's (allowlisted) environment.
-        swarm = SwarmBackend(engine, lambda: DockerCli.locate(docker_bin, self.compose.located().env))
+        swarm = SwarmBackend(engine, lambda: self._docker_cli(docker_bin))
         guard = guard or PolicyGuard(Policy())
         # Ownership by the engine's labels: a stack names only what it created (issue 20).
         owners = EngineOwners(engine)
@@ -131,7 +131,7 @@ class ComposeOperations:
         return cls(
             stacks_dir=settings.stacks_dir,
             engine=engine,
-            cli=lambda: ComposeCli.locate(settings.compose_bin, env, policy.pass_env),
+            cli=lambda: ComposeCli.locate(settings.compose_bin, env, policy.pass_env, budget=settings.compose_budget),
             plane=plane,
             metrics=metrics,
             audit=audit,
@@ -140,6 +140,10 @@ class ComposeOperations:
             docker_bin=settings.docker_bin,
             state_dir=settings.state_dir,
         )
+
+    def _docker_cli(self, docker_bin: str | None) -> DockerCli:
+        compose = self.compose.located()
+        return DockerCli.locate(docker_bin, compose.env, budget=compose.budget)
 
     @property
     def stacks_dir(self) -> Path:

@@ -21,28 +21,38 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["FailureLimiter", "TokenBucket", "SessionCounter", "client_key"]
+__all__ = ["FailureLimiter", "TokenBucket", "SessionCounter", "client_key", "LOCAL_KEY"]
 
 Clock = Callable[[], float]
 # How many of the oldest clients a full failure table looks at for one it can forget.
 _EVICTION_SCAN = 64
 
 
-def client_key(address: str | None) -> str:
-    """The unit a failure is counted against: the address, or its /64 for IPv6.
+# The one key of every caller on this host: any loopback address of either family, or a Unix socket.
+LOCAL_KEY = "local"
 
-    One IPv6 host usually holds a whole /64, so counting single addresses would let it rotate
-    through 2**64 of them. ``None`` (no peer address, e.g. a Unix socket) is one shared key.
+
+def client_key(address: str | None) -> str:
+    """The unit a failure (or an unauthenticated connection) is counted against.
+
+    - An IPv4 address as it is, an IPv4-mapped IPv6 address as its IPv4 address.
+    - Any other IPv6 address by its /64: one IPv6 host usually holds a whole /64, so counting single
+      addresses would let it rotate through 2**64 of them.
+    - Every loopback address (all of 127.0.0.0/8, ``::1``) and no address at all (a Unix socket)
+      as one source, :data:`LOCAL_KEY`: a local caller could otherwise rotate through 16 million
+      loopback addresses, or move between the address families, and start afresh each time.
     """
     if not address:
-        return "?"
+        return LOCAL_KEY
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone index names no other host
     except ValueError:
         return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return LOCAL_KEY
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
     return str(ip)
 

@@ -61,3 +61,11 @@ def test_the_oauth_bench_measures_tokens_calls_and_sign_ins(tmp_path: Path) -> N
     ):
         assert row in out
     assert json.loads(figures.read_text())
+
+
+def test_edge_measures_what_the_gateway_holds_refuses_and_answers(tmp_path: Path) -> None:
+    figures = tmp_path / "edge.json"
+    out = run_bench("edge.py", "--connections", "100", "--refusals", "20", "--health", "50", "--json", str(figures))
+    for row in ("held once all were open", "connect -> closed", "/health, probe reused"):
+        assert row in out
+    assert json.loads(figures.read_text())["held_at_the_cap"] >= 1

@@ -300,8 +300,10 @@ async def refresh_tokens_forever(source: TokenSource, store: TokenStore, *, inte
     """Re-read ``source`` every ``interval`` seconds (less a random jitter of up to 20%) until cancelled.
 
     A changed set replaces the store's tokens at once, so a rotated token is accepted and the old
-    one refused within one interval. On failure the last good tokens stay in force, a WARNING
-    is logged (never with a token in it), and the read is retried with backoff capped at ``interval``.
+    one refused within one interval. On failure (of the read, or of what a change sets off, such as
+    sharing the panel's token on a full disk) the last good tokens stay in force, a WARNING is
+    logged (never with a token in it), and the read is retried with backoff capped at ``interval``.
+    Nothing it meets ends it: it must not take the server's task group down.
     """
     backoff = Backoff(min(1.0, interval / 4), interval)
     retry: float | None = None
@@ -312,6 +314,9 @@ async def refresh_tokens_forever(source: TokenSource, store: TokenStore, *, inte
             if not tokens:
                 # Closing the gateway to everyone is never what a refresh should do by accident.
                 raise VaultError(f"{source.description} returned no token")
+            changed = _changed_keys(store, tokens)
+            if changed:
+                store.replace(tokens)
         except Exception as exc:  # noqa: BLE001 - a refresh failure must never take the server down
             retry = backoff.next()
             logger.warning(
@@ -327,9 +332,7 @@ async def refresh_tokens_forever(source: TokenSource, store: TokenStore, *, inte
             logger.info("token refresh from %s works again after %d failure(s)", source.description, backoff.failures)
             backoff.reset()
             retry = None
-        changed = _changed_keys(store, tokens)
         if changed:
-            store.replace(tokens)
             logger.info("tokens changed in %s: %s; the old ones are refused from now on", source.description, changed)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import GatewayError
+from .edge import add_edge_flags
 from .serve import serve
 from .users import add_parser as add_users_parser  # [oauth]
 from .users import run as run_users_command  # [oauth]
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (chain) file; needs --tls-key"
     )
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    add_edge_flags(serve)
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_vault_parser(commands)
     add_users_parser(commands)  # [oauth]

@@ -34,17 +34,21 @@ from ..auth.tokens import (
     share_panel_token,
     token_source_from_settings,
 )
+from ..compose.keeper import keeper
 from ..compose.running import RunningCommands
 from ..config import Settings, load_settings
 from ..errors import AuditUnavailable
 from ..mcp.app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
+from ..mcp.health import supervise
 from ..mcp.notify import Notifier
 from ..mcp.oauth import build_oauth  # [oauth]
 from ..mcp.server import build_server
-from ..mcp.watch import StackWatcher
 from ..metrics import ControlPlane
 from ..operations import ComposeOperations
 from ..ratelimit import FailureLimiter, SessionCounter, TokenBucket
+from .edge import EDGE_SETTINGS, connection_guard, uvicorn_edge, vitals_of
+from .logfilter import RepeatFilter
+from .upkeep import AUDIT_SUMMARY_INTERVAL_S, background_tasks, start_orphan_scan
 
 __all__ = ["serve"]
 
@@ -62,6 +66,9 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A flood (an attack, a failing dependency) must not fill the disk with the same lines.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatFilter())
     for noisy in ("httpx", "httpx2", "mcp", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
 
@@ -170,7 +177,10 @@ async def _serve_http(
     if isinstance(source, GeneratedTokenSource):
         # The panel container reads its token from this folder alone, never the full-scope one.
         def share(current: TokenStore) -> None:
-            share_panel_token(settings.state_dir, current.get(STATUS_PANEL.name))
+            try:
+                share_panel_token(settings.state_dir, current.get(STATUS_PANEL.name))
+            except OSError as exc:
+                logger.warning("cannot share the status panel's token in %s: %s", settings.state_dir, exc)
 
         share(store)
         store.on_change(share)
@@ -205,19 +215,27 @@ async def _serve_http(
         rate=TokenBucket(rate=settings.token_rate, burst=settings.token_burst),
         sessions=SessionCounter(limit=settings.max_sessions_per_token, idle_timeout=settings.session_idle_timeout),
     )
+    guard = connection_guard(settings)
+    vitals = vitals_of(settings, ops, guard)
     servers: list[uvicorn.Server] = []
     app = build_http_app(
         server,
         ops,
         host=args.host,
         allowed_hosts=_allowed_hosts(settings, args.host),
-        background=[refresh, notifier.run, StackWatcher(ops, notifier).run, people.watch_forever]
-        + (oauth.background if oauth else []),
+        background={
+            "token refresh": refresh,
+            "people": people.watch_forever,
+            **background_tasks(ops, notifier),
+            **{f"oauth {task.__name__}": task for task in (oauth.background if oauth else [])},
+        },
         limits=limits,
         oauth_app=oauth.app if oauth else None,
         guard=oauth.guard(ops.audit_refusal) if oauth else None,
         # uvicorn owns SIGTERM and SIGINT; its public should_exit says when one arrived.
         shutdown=Shutdown(running, settings.shutdown_timeout, lambda: any(s.should_exit for s in servers)),
+        vitals=vitals,
+        stream_idle_timeout=settings.stream_idle_timeout,
     )
     config = uvicorn.Config(
         app,
@@ -227,6 +245,7 @@ async def _serve_http(
         access_log=False,
         lifespan="on",
         server_header=False,
+        **uvicorn_edge(settings, guard),
         # Explicit, whatever uvicorn's defaults or its FORWARDED_ALLOW_IPS variable say: a spoofed
         # X-Forwarded-For must not pick the address that failed logins are counted against.
         proxy_headers=bool(settings.forwarded_allow_ips),
@@ -240,6 +259,12 @@ async def _serve_http(
     uv = uvicorn.Server(config)
     servers.append(uv)
     _announce(settings, args, source, store)
+    logger.info(
+        "connections: at most %d open (of %d configured, within the descriptor limit), %d per peer before a token",
+        guard.capacity(),
+        settings.max_connections,
+        settings.max_connections_per_peer,
+    )
     try:
         await uv.serve()
     finally:
@@ -271,8 +296,8 @@ async def _serve_stdio(
                     return
 
         tg.start_soon(stop_on_signal)
-        tg.start_soon(notifier.run)
-        tg.start_soon(StackWatcher(ops, notifier).run)
+        for name, task in background_tasks(ops, notifier).items():
+            tg.start_soon(supervise, name, task)
         await server.run_stdio_async()
         tg.cancel_scope.cancel()
     return 0
@@ -283,6 +308,10 @@ def _notifier() -> Notifier:
     notifier = Notifier.in_memory()
     logging.getLogger("gateway").addHandler(notifier.handler)
     return notifier
+
+
+# The numeric flags of `serve`, named as their settings.
+_NUMERIC_FLAGS = ("max_sessions_per_token", "session_idle_timeout", "token_rate", "token_burst", "shutdown_timeout")
 
 
 def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -300,15 +329,20 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         overrides["allowed_hosts"] = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     if args.forwarded_allow_ips:
         overrides["forwarded_allow_ips"] = [ip.strip() for ip in args.forwarded_allow_ips.split(",") if ip.strip()]
-    for name in ("max_sessions_per_token", "session_idle_timeout", "token_rate", "token_burst", "shutdown_timeout"):
+    for name in (*_NUMERIC_FLAGS, *EDGE_SETTINGS):
         overrides[name] = getattr(args, name)
     settings = load_settings(environ, **overrides)
     if settings.control_plane is not ControlPlane.COMPOSE_AGENT:
         logger.warning(
             "CONTROL_PLANE=%s is ignored: the gateway's executions are compose_agent", settings.control_plane
         )
+    start_orphan_scan()
     try:
-        audit = AuditLog(settings.audit_path)
+        audit = AuditLog(
+            settings.audit_path,
+            reserve=settings.audit_reserve_mb * 1024 * 1024,
+            summary_interval=AUDIT_SUMMARY_INTERVAL_S,
+        )
         # Calls a crash or SIGKILL cut short get their outcome line before anything new runs.
         audit.recover()
     except AuditUnavailable as exc:
@@ -329,3 +363,4 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     finally:
         ops.close()
         audit.close()
+        keeper().close()

@@ -2,16 +2,14 @@
 
 The CLI runs with ``--progress json``: every event it prints on stderr is handed to a progress
 callback (the MCP server turns them into progress notifications). Cancelling the awaiting task
-stops the child process.
+stops the child process. How the child runs (its session, budget, and end) is
+:mod:`gateway.compose.process`'s.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ import anyio
 from anyio.abc import Process
 
 from ..errors import ComposeFailed
+from .process import DEFAULT_BUDGET, Budget, budget_exceeded, open_child, stop_child
 
 __all__ = [
     "ComposeCli",
@@ -135,22 +134,34 @@ class ComposeCli:
         *,
         pass_env: Sequence[str] = (),
         timeout: float = 900.0,
+        budget: Budget = DEFAULT_BUDGET,
     ) -> None:
-        """``env`` is the gateway's environment; the CLI sees only :func:`compose_environment` of it."""
+        """``env`` is the gateway's environment; the CLI sees only :func:`compose_environment` of it.
+
+        Each run may take ``timeout`` seconds of wall-clock time, and ``budget`` of memory and CPU.
+        """
         self.argv = list(argv)
         self.version = version
         self.env = compose_environment(env, pass_env)
         self.timeout = timeout
+        self.budget = budget
 
     @classmethod
-    def locate(cls, compose_bin: str | None, env: Mapping[str, str], pass_env: Sequence[str] = ()) -> ComposeCli:
+    def locate(
+        cls,
+        compose_bin: str | None,
+        env: Mapping[str, str],
+        pass_env: Sequence[str] = (),
+        *,
+        budget: Budget = DEFAULT_BUDGET,
+    ) -> ComposeCli:
         """Find the Compose CLI (see :func:`locate_compose`), asking it for its version with the allowlisted env."""
         from .locate import locate_compose  # the search needs this class's environment rules first
 
         allowed = compose_environment(env, pass_env)
         argv, version = locate_compose(compose_bin, allowed)
         logger.info("using Docker Compose %s: %s", version, " ".join(argv))
-        return cls(argv, version, env, pass_env=pass_env)
+        return cls(argv, version, env, pass_env=pass_env, budget=budget)
 
     def command(
         self,
@@ -206,9 +217,7 @@ class ComposeCli:
         events: list[str] = []
         tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         stdout_chunks: list[bytes] = []
-        process = await anyio.open_process(
-            argv, cwd=str(cwd or NEUTRAL_CWD), env=self.env, stdin=subprocess.DEVNULL, start_new_session=True
-        )
+        process = await open_child(argv, env=self.env, budget=self.budget, cwd=cwd or NEUTRAL_CWD)
         try:
             with anyio.fail_after(self.timeout):
                 async with anyio.create_task_group() as tg:
@@ -221,11 +230,15 @@ class ComposeCli:
                 stderr_tail="\n".join(tail),
             ) from exc
         finally:
-            await _stop(process)
+            await stop_child(process)
         if returncode != 0:
             detail = "\n".join(tail) or "(no output)"
+            # Every line: Go names an exhausted budget first, then prints a long stack.
+            why = budget_exceeded(returncode, "\n".join(events), self.budget)
             raise ComposeFailed(
-                f"docker compose {args[0]} on '{project}' failed (exit {returncode}):\n{detail}",
+                f"docker compose {args[0]} on '{project}' failed (exit {returncode})"
+                + (f"; {why}" if why else "")
+                + f":\n{detail}",
                 returncode=returncode,
                 stderr_tail=detail,
             )
@@ -271,30 +284,3 @@ async def _drain(process: Process, chunks: list[bytes]) -> None:
     assert process.stdout is not None
     async for chunk in process.stdout:
         chunks.append(chunk)
-
-
-async def _stop(process: Process) -> None:
-    """Make sure the child and its process group are gone, also when the caller was cancelled mid-run.
-
-    The CLI runs in a session of its own (``start_new_session``), so its group id is its pid, and
-    signalling the group also reaches what it started (a build, a credential helper).
-    """
-    if process.returncode is not None:
-        await process.aclose()
-        return
-    with anyio.CancelScope(shield=True):
-        _signal_group(process, signal.SIGTERM)
-        with anyio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            _signal_group(process, signal.SIGKILL)
-        await process.aclose()
-
-
-def _signal_group(process: Process, signum: signal.Signals) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass  # already gone
-    except PermissionError:
-        process.send_signal(signum)

@@ -1,6 +1,10 @@
 """The gateway's HTTP face: Streamable HTTP at /mcp, SSE at /sse (+ /messages/), /health and metrics.
 
-All on one port. MCP routes need a bearer token; /health and the metrics routes do not.
+All on one port. MCP routes need a bearer token; /health and the metrics routes do not. Below the
+app, the connection edge (:mod:`gateway.mcp.edge`) bounds connections and slow requests; in it,
+:class:`EdgeLimiter` limits failed logins, and each token's rate and sessions; streams that carry
+nothing end (:mod:`gateway.mcp.streams`); ``/health`` says what :class:`~gateway.mcp.health.Vitals`
+finds; and background tasks run supervised (:func:`~gateway.mcp.health.supervise`).
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
 from ..compose.running import RunningCommands
 from ..operations import ComposeOperations
 from ..ratelimit import FailureLimiter, SessionCounter, TokenBucket, client_key
+from .edge import mark_authenticated
+from .health import Vitals, supervise
 from .oauth.routes import is_oauth_path
+from .streams import serve_stream
 
 __all__ = ["build_http_app", "transport_security_for", "EdgeLimiter", "Limits", "Shutdown"]
 
@@ -34,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
+# Seconds a stream may carry nothing before it is ended (see gateway.mcp.streams).
+DEFAULT_STREAM_IDLE_TIMEOUT = 300.0
 
 
 def transport_security_for(host: str, allowed_hosts: list[str]) -> TransportSecuritySettings:
@@ -122,6 +130,7 @@ class EdgeLimiter:
         if principal is None:
             await self._unauthenticated(scope, receive, send, guessed=token is not None)
             return
+        mark_authenticated()
         rate = self.limits.rate
         if rate is not None:
             wait = rate.take(principal)
@@ -225,19 +234,24 @@ def build_http_app(
     *,
     host: str = "127.0.0.1",
     allowed_hosts: list[str] | None = None,
-    background: list[BackgroundTask] | None = None,
+    background: dict[str, BackgroundTask] | None = None,
     limits: Limits,
     shutdown: Shutdown | None = None,
     oauth_app: ASGIApp | None = None,
     guard: Callable[[ASGIApp], ASGIApp] | None = None,
+    vitals: Vitals | None = None,
+    stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
 ) -> ASGIApp:
     """One ASGI app for every HTTP route of the gateway, behind the :class:`EdgeLimiter`.
 
-    ``background`` tasks (token refresh) run for the app's lifetime in its lifespan task group.
+    ``background`` tasks (the watcher, the notifier, the token refresh), by name, run supervised for
+    the app's lifetime in its lifespan task group: one that fails is started again, never taking the
+    sessions down. ``vitals`` answers ``/health`` (by default, from ``ops``'s engine alone).
     With ``shutdown``, a stop waits for running Compose commands first (see :mod:`gateway.compose.running`).
     [oauth] ``oauth_app`` answers the authorization server's paths (no bearer token there, so in front
     of the edge limits), and ``guard`` wraps ``/mcp`` (the scope challenge).
     """
+    vitals = vitals or Vitals(ops.engine.ping, engine_state=lambda: ops.engine.state.as_dict())
     security = transport_security_for(host, allowed_hosts or [])
     sessions = limits.sessions
     streamable = mcp.streamable_http_app(
@@ -253,21 +267,8 @@ def build_http_app(
     mcp_app = guard(streamable) if guard is not None else streamable  # [oauth]
 
     async def health(request: Request) -> Response:
-        engine = "up"
-        try:
-            # Bounded by the engine's deadline, and at once while the engine is known to be degraded.
-            await ops.engine.ping_async()
-        except Exception:  # noqa: BLE001 - any failure means the same to a health probe
-            engine = "down"
-        # Always 200: an engine outage is not the gateway's fault, and restarting it would not help.
-        return JSONResponse(
-            {
-                "status": "ok" if engine == "up" else "degraded",
-                "version": __version__,
-                "engine": engine,
-                "engine_state": ops.engine.state.as_dict(),
-            }
-        )
+        report = await vitals.report()
+        return JSONResponse(report.body, status_code=report.status_code, headers={"Cache-Control": "no-store"})
 
     async def metrics_json(request: Request) -> Response:
         return JSONResponse(ops.metrics.snapshot())
@@ -275,14 +276,19 @@ def build_http_app(
     async def metrics_text(request: Request) -> Response:
         return PlainTextResponse(ops.metrics.prometheus(), media_type="text/plain; version=0.0.4")
 
-    # SSE sessions live in their GET request; a shutdown ends them through these scopes.
+    # SSE sessions and GET streams live in their request; a shutdown ends them through these scopes.
     sse_streams: set[anyio.CancelScope] = set()
 
     async def serve_sessions(*, task_status: TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.CancelScope() as scope:
-            async with mcp.session_manager.run():
-                task_status.started(scope)
-                await anyio.sleep_forever()
+            try:
+                async with mcp.session_manager.run():
+                    vitals.sessions_running = True
+                    task_status.started(scope)
+                    await anyio.sleep_forever()
+            finally:
+                # Whatever ended it, no MCP request can be served now: /health says so.
+                vitals.sessions_running = False
 
     async def stop_when_asked(sessions_scope: anyio.CancelScope) -> None:
         """On the server's stop: let running commands finish (bounded), then end every MCP session.
@@ -304,8 +310,8 @@ def build_http_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
             sessions_scope: anyio.CancelScope = await tg.start(serve_sessions)
-            for task in background or []:
-                tg.start_soon(task)
+            for name, task in (background or {}).items():
+                tg.start_soon(supervise, name, task, vitals)
             if shutdown is not None:
                 tg.start_soon(stop_when_asked, sessions_scope)
             yield
@@ -329,14 +335,12 @@ def build_http_app(
             return
         path: str = scope.get("path", "")
         if path == "/sse":
-            with anyio.CancelScope() as stream:
-                sse_streams.add(stream)
-                try:
-                    await sse(scope, receive, send)
-                finally:
-                    sse_streams.discard(stream)
+            await serve_stream(sse, scope, receive, send, idle_timeout=stream_idle_timeout, streams=sse_streams)
         elif path.startswith("/messages/"):
             await sse(scope, receive, send)
+        elif (path == "/mcp" or path.startswith("/mcp/")) and scope.get("method") == "GET":
+            # The standalone stream of a Streamable HTTP session: ended once it carries nothing.
+            await serve_stream(mcp_app, scope, receive, send, idle_timeout=stream_idle_timeout, streams=sse_streams)
         elif path == "/mcp" or path.startswith("/mcp/"):
             await mcp_app(scope, receive, send)
         else:

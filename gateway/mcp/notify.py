@@ -59,6 +59,8 @@ from mcp_types.methods import validate_client_request
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 
+from ..backoff import Backoff
+
 __all__ = ["Notifier", "LOG_LEVELS", "DEFAULT_LOG_LEVEL", "MAX_SUBSCRIPTIONS"]
 
 logger = logging.getLogger(__name__)
@@ -289,15 +291,27 @@ class Notifier:
                     async for level, name, text in receive:
                         params = LoggingMessageNotificationParams(level=level, logger=name, data=text)
                         notification = LoggingMessageNotification(params=params)
-                        await self._broadcast(notification, lambda peer, level=level: _at_least(level, peer.level))
+                        try:
+                            await self._broadcast(notification, lambda peer, level=level: _at_least(level, peer.level))
+                        except Exception as exc:  # noqa: BLE001 - a lost log message must not end the forwarding
+                            logger.debug("dropped a log message for every session: %r", exc)
         finally:
             self._send = None
             send.close()
 
     async def _sweep_forever(self) -> None:
+        backoff = Backoff(self.sweep_interval, 10 * self.sweep_interval)
+        delay = self.sweep_interval
         while True:
-            await anyio.sleep(self.sweep_interval)
-            await self.sweep()
+            await anyio.sleep(delay)
+            try:
+                await self.sweep()
+            except Exception as exc:  # noqa: BLE001 - a failed sweep is tried again, later and later
+                delay = backoff.next()
+                logger.debug("could not sweep the sessions (%r); next sweep in %.0f s", exc, delay)
+            else:
+                backoff.reset()
+                delay = self.sweep_interval
 
     async def sweep(self) -> None:
         """Forget the handshake-era sessions whose connection has closed, pinging those quiet for a while."""

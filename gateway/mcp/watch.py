@@ -17,12 +17,19 @@ so that nothing kept for ``ps`` outlives an event that reached the gateway. A st
 comes or goes is told the same way. The stream is followed on the event loop, over the engine's own
 connection (:meth:`~gateway.engine.client.Engine.events`): the same transport as every read, a
 Unix socket, TLS or SSH.
+
+Nothing the engine or the file system does stops the watching: a failed listing (the engine down,
+no file descriptor left) is logged and tried again at the next rescan, a notification that cannot be
+sent is dropped, and a stream that cannot be opened is retried with a growing delay (up to
+:data:`_RECONNECT_MAX_S`). What could still escape :meth:`StackWatcher.run` is caught by the
+supervisor the entry point runs it under (:func:`gateway.mcp.health.supervise`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -31,8 +38,8 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
+from ..backoff import Backoff
 from ..engine.containers import PROJECT_LABEL
-from ..errors import GatewayError
 from ..operations import ComposeOperations
 from .notify import Notifier
 from .resources import stack_names, status_uri
@@ -46,6 +53,7 @@ STATE_ACTIONS = frozenset(
     {"create", "start", "restart", "stop", "die", "kill", "pause", "unpause", "destroy", "rename", "oom"}
 )
 _RECONNECT_DELAY_S = 1.0
+_RECONNECT_MAX_S = 30.0
 
 
 class StackWatcher:
@@ -74,7 +82,7 @@ class StackWatcher:
     async def run(self) -> None:
         """Watch until cancelled, or until :meth:`close`."""
         send, receive = anyio.create_memory_object_stream[str](1024)
-        self._names = {name for name, _ in await stack_names(self.ops)}
+        self._names = await self._stack_names()
         self._closed.clear()
         self._loop_thread = threading.get_ident()
         self._token = anyio.lowlevel.current_token()
@@ -111,17 +119,30 @@ class StackWatcher:
 
     async def rescan(self) -> None:
         """Compare the stack names with the last look, and say so when they changed."""
-        try:
-            names = {name for name, _ in await stack_names(self.ops)}
-        except GatewayError as exc:
-            logger.debug("cannot list stacks: %s", exc)
+        names = await self._stack_names()
+        if names is None:
             return
         previous, self._names = self._names, names
         if previous is not None and names != previous:
             logger.info("stacks changed: %s", _describe(previous, names))
             for name in previous ^ names:
                 self.ops.catalog.stack_changed(name)
-            await self.notifier.list_changed()
+            await self._tell("resources/list_changed", self.notifier.list_changed())
+
+    async def _stack_names(self) -> set[str] | None:
+        """The stack names now, or None when they cannot be listed (tried again at the next rescan)."""
+        try:
+            return {name for name, _ in await stack_names(self.ops)}
+        except Exception as exc:  # noqa: BLE001 - an engine error, EMFILE from scandir: all the same here
+            logger.debug("cannot list stacks: %r", exc)
+            return None
+
+    @staticmethod
+    async def _tell(what: str, sending: Any) -> None:
+        try:
+            await sending
+        except Exception as exc:  # noqa: BLE001 - a lost notification must not end the watching
+            logger.debug("could not send %s: %r", what, exc)
 
     async def _rescan_forever(self) -> None:
         while True:
@@ -143,7 +164,7 @@ class StackWatcher:
 
     async def _notify(self, projects: set[str]) -> None:
         for name in sorted(projects):
-            await self.notifier.updated(status_uri(name))
+            await self._tell("resources/updated", self.notifier.updated(status_uri(name)))
         # A created or destroyed container may be the first or last of a project.
         await self.rescan()
 
@@ -154,15 +175,14 @@ class StackWatcher:
         stale), then to the notifier; the engine also hears when the stream opens and drops.
         """
         engine = self.ops.engine
-        failures = 0
+        backoff = Backoff(_RECONNECT_DELAY_S, _RECONNECT_MAX_S)
         while not self._closed.is_set():
-            opened = False
+            opened: float | None = None
             try:
                 async with engine.events({"type": ["container"], "label": [PROJECT_LABEL]}) as events:
-                    opened = True
+                    opened = time.monotonic()
                     engine.events_followed(True)
                     self.connected.set()
-                    failures = 0
                     async for event in events:
                         project = _project_of(event)
                         if project is None:
@@ -175,22 +195,24 @@ class StackWatcher:
                             send.send_nowait(project)
                         except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                             pass  # a backlog this deep is refetched by everyone anyway
-            except GatewayError as exc:
-                if opened:
-                    logger.debug("Engine events stream dropped: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - whatever broke the stream, the cure is to reconnect
+                if opened is not None:
+                    logger.debug("Engine events stream dropped: %r", exc)
                 else:
-                    failures += 1
                     # One warning per outage, not one per try.
                     logger.log(
-                        logging.WARNING if failures == 1 else logging.DEBUG,
+                        logging.WARNING if backoff.failures == 0 else logging.DEBUG,
                         "cannot follow Engine events (%s); stack change notifications wait until it answers",
                         exc,
                     )
             finally:
-                if opened:
+                if opened is not None:
                     engine.events_followed(False)  # first: listings kept from here on could go stale unseen
                     self.connected.clear()
-            await anyio.sleep(_RECONNECT_DELAY_S)
+            if opened is not None and time.monotonic() - opened > _RECONNECT_MAX_S:
+                backoff.reset()  # it was followed for a while: this is a new drop, not the same outage
+            # A stream that drops as soon as it opens (a proxy that cuts it) is retried ever more slowly.
+            await anyio.sleep(backoff.next())
 
 
 def _action_of(event: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import Process
 
 from ..compose.cli import ProgressCallback, compose_environment
+from ..compose.process import DEFAULT_BUDGET, Budget, budget_exceeded, open_child, stop_child
 from ..errors import SwarmFailed, SwarmUnavailable
 
 __all__ = ["DockerCli", "locate_docker"]
@@ -57,7 +58,15 @@ def locate_docker(docker_bin: str | None, env: Mapping[str, str]) -> tuple[str, 
 class DockerCli:
     """Runs ``docker stack ...`` commands, one at a time per stack (the caller holds the stack's lock)."""
 
-    def __init__(self, path: str, version: tuple[int, int], env: Mapping[str, str], *, timeout: float = 900.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        version: tuple[int, int],
+        env: Mapping[str, str],
+        *,
+        timeout: float = 900.0,
+        budget: Budget = DEFAULT_BUDGET,
+    ) -> None:
         self.path = path
         self.version = version
         # The same environment the Compose CLI gets: the allowlist (PATH, HOME, the DOCKER_* connection
@@ -65,12 +74,13 @@ class DockerCli:
         self.env = compose_environment(env)
         self.env["DOCKER_CLI_HINTS"] = "false"
         self.timeout = timeout
+        self.budget = budget
 
     @classmethod
-    def locate(cls, docker_bin: str | None, env: Mapping[str, str]) -> DockerCli:
+    def locate(cls, docker_bin: str | None, env: Mapping[str, str], *, budget: Budget = DEFAULT_BUDGET) -> DockerCli:
         path, version = locate_docker(docker_bin, env)
         logger.info("using the docker CLI %d.%d for swarm stacks: %s", version[0], version[1], path)
-        return cls(path, version, env)
+        return cls(path, version, env, budget=budget)
 
     @property
     def detach_flag(self) -> list[str]:
@@ -93,12 +103,12 @@ class DockerCli:
         argv = [self.path, *args]
         logger.debug("running %s", argv)
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
-        process = await anyio.open_process(
+        process = await open_child(
             argv,
             env=self.env,
+            budget=self.budget,
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
         try:
             with anyio.fail_after(self.timeout):
@@ -112,10 +122,12 @@ class DockerCli:
             command = " ".join(args[:2])
             raise SwarmFailed(f"docker {command} timed out after {self.timeout:.0f}s and was stopped") from exc
         finally:
-            await _stop(process)
+            await stop_child(process)
         if returncode != 0:
             detail = "\n".join(tail) or "(no output)"
-            raise SwarmFailed(f"docker {' '.join(args[:2])} failed (exit {returncode}):\n{detail}")
+            why = budget_exceeded(returncode, detail, self.budget)
+            reason = f"; {why}" if why else ""
+            raise SwarmFailed(f"docker {' '.join(args[:2])} failed (exit {returncode}){reason}:\n{detail}")
 
 
 async def _read_lines(
@@ -140,17 +152,3 @@ async def _read_lines(
         for raw in lines:
             await emit(raw)
     await emit(buffer)
-
-
-async def _stop(process: Process) -> None:
-    """Make sure the child is gone, also when the caller was cancelled mid-run."""
-    if process.returncode is not None:
-        await process.aclose()
-        return
-    with anyio.CancelScope(shield=True):
-        process.terminate()
-        with anyio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-        await process.aclose()

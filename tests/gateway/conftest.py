@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +92,15 @@ def wait_for_health(base: str, process: subprocess.Popen[bytes], timeout: float 
 
 
 def start_gateway(
-    tmp_path: Path, stacks_dir: Path, *extra_args: str, env: dict[str, str] | None = None, port: int | None = None
+    tmp_path: Path,
+    stacks_dir: Path,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    prefix: Sequence[str] = (),
 ) -> GatewayProcess:
+    """A `compose-agent serve` on ``port`` (default: a free one); ``prefix`` runs it under a wrapper
+    (``prlimit --nofile=...``)."""
     port = port or free_port()
     agent_token, panel_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     state = tmp_path / f"state-{port}"
@@ -109,6 +116,7 @@ def start_gateway(
     with stderr.open("wb") as err:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "gateway",

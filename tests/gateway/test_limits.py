@@ -14,7 +14,7 @@ import anyio
 import httpx2
 import pytest
 
-from gateway.ratelimit import FailureLimiter, SessionCounter, TokenBucket, client_key
+from gateway.ratelimit import LOCAL_KEY, FailureLimiter, SessionCounter, TokenBucket, client_key
 from tests.gateway.conftest import GatewayProcess, start_gateway, stop_process
 
 pytestmark = pytest.mark.anyio
@@ -74,7 +74,18 @@ def test_ipv6_clients_are_counted_per_64_and_mapped_ipv4_as_ipv4() -> None:
     assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
     assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
-    assert client_key(None) == "?"
+
+
+def test_every_loopback_address_and_a_unix_socket_are_one_source_whatever_the_family() -> None:
+    # A local caller could otherwise rotate through 127.0.0.0/8, or switch families, to start afresh.
+    local = {client_key(a) for a in ("127.0.0.1", "127.0.0.2", "127.255.3.9", "::1", "::ffff:127.0.0.5", None, "")}
+    assert local == {LOCAL_KEY}
+    assert client_key("10.0.0.1") != LOCAL_KEY and client_key("2001:db8::1") != LOCAL_KEY
+    limiter = FailureLimiter(limit=3, window=60, clock=FakeClock())
+    for address in ("127.0.0.1", "127.0.0.2", "::1"):
+        limiter.record_failure(client_key(address))
+    assert limiter.retry_after(client_key("127.9.9.9")) is not None
+    assert limiter.retry_after(client_key(None)) is not None
 
 
 def test_a_token_bucket_allows_its_burst_then_its_rate() -> None:

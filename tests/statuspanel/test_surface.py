@@ -52,6 +52,7 @@ def test_importing_the_whole_panel_loads_no_gateway_module_that_gateway_api_does
 CLIENT_MODE_MODULES = {
     "gateway.api",
     "gateway.audit",
+    "gateway.auditdigest",
     # [oauth] The panel logs in the gateway's people: their document, password hashes and scopes.
     "gateway.auth.documents",
     "gateway.auth.passwords",
