@@ -38,6 +38,7 @@ from ..compose.running import RunningCommands
 from ..config import Settings, load_settings
 from ..errors import AuditUnavailable
 from ..mcp.app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
+from ..mcp.approvals import approval_gate  # [approvals]
 from ..mcp.notify import Notifier
 from ..mcp.oauth import build_oauth  # [oauth]
 from ..mcp.server import build_server
@@ -179,6 +180,7 @@ async def _serve_http(
     # [oauth] People always (the panel logs them in); the authorization server with a public URL only.
     people = await open_people(settings, share=True)
     oauth = await build_oauth(settings, static=static, people=people) if settings.public_url else None
+    approvals = approval_gate(settings)  # [approvals] kept in the state folder, shared with a stdio gateway
     server = build_server(
         ops,
         read_only=args.read_only,
@@ -188,6 +190,7 @@ async def _serve_http(
         people=people.scopes_of,
         notifier=notifier,
         confirm=settings.policy.confirm,
+        approvals=approvals,
     )
 
     async def refresh() -> None:
@@ -212,6 +215,7 @@ async def _serve_http(
         host=args.host,
         allowed_hosts=_allowed_hosts(settings, args.host),
         background=[refresh, notifier.run, StackWatcher(ops, notifier).run, people.watch_forever]
+        + [approvals.watch_forever]  # [approvals]
         + (oauth.background if oauth else []),
         limits=limits,
         oauth_app=oauth.app if oauth else None,
@@ -252,7 +256,10 @@ async def _serve_stdio(
     settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
 ) -> int:
     notifier = _notifier()
-    server = build_server(ops, read_only=args.read_only, notifier=notifier, confirm=settings.policy.confirm)
+    approvals = approval_gate(settings)  # [approvals] shared through the state folder with the HTTP gateway
+    server = build_server(
+        ops, read_only=args.read_only, notifier=notifier, confirm=settings.policy.confirm, approvals=approvals
+    )
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
@@ -273,6 +280,7 @@ async def _serve_stdio(
         tg.start_soon(stop_on_signal)
         tg.start_soon(notifier.run)
         tg.start_soon(StackWatcher(ops, notifier).run)
+        tg.start_soon(approvals.watch_forever)
         await server.run_stdio_async()
         tg.cancel_scope.cancel()
     return 0
