@@ -27,9 +27,12 @@ ApprovalId = Annotated[
 _DECIDE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 
 
-def register_approvals(mcp: MCPServer, kit: ToolKit) -> None:
-    """The approve and reject tools, and the approvals as resources."""
+def register_approvals(mcp: MCPServer, kit: ToolKit, *, tools: bool = True) -> None:
+    """The approvals as resources, and (with ``tools``) the approve and reject tools."""
     gate = kit.approvals
+    register_approval_resources(mcp, gate)
+    if not tools:
+        return
 
     @mcp.tool(
         title="Approve a change",
@@ -53,6 +56,10 @@ def register_approvals(mcp: MCPServer, kit: ToolKit) -> None:
     )
     async def reject(id: ApprovalId, ctx: Context) -> ApprovalInfo:
         return await gate.decide(kit.ops, ctx, kit.people, id, approve=False)
+
+
+def register_approval_resources(mcp: MCPServer, gate: ApprovalGate) -> None:
+    """``compose://approvals`` and ``compose://approvals/{id}``, each filtered to what the caller may see."""
 
     @mcp.resource(
         APPROVALS_URI,

@@ -21,6 +21,7 @@ from pydantic import AnyHttpUrl, ValidationError
 from .. import __version__
 from ..audit import bounded_arguments, on_behalf_of
 from ..auth.principals import DEPLOY_TOOLS, LOCAL, WRITE_TOOLS
+from ..auth.scopes import APPROVE_TOOLS
 from ..deploy.confirm import Confirmations
 from ..errors import (
     APPROVAL_META_KEY,
@@ -123,7 +124,7 @@ class GatewayServer(StackResources):
                 self._refused(name, arguments, context, str(refused))
                 return error_result(refused)
             if cause is None and name not in {tool.name for tool in await self.list_tools()}:
-                if self.read_only and (name in WRITE_TOOLS or name in DEPLOY_TOOLS):
+                if self.read_only and (name in WRITE_TOOLS or name in DEPLOY_TOOLS or name in APPROVE_TOOLS):
                     # The gateway's own answer, not the SDK's "Unknown tool": the caller learns why.
                     offered = ", ".join(sorted(tool.name for tool in await self.list_tools()))
                     read_only = PolicyViolation(
@@ -235,9 +236,8 @@ def build_server(
     if not read_only:
         register_write_tools(mcp, kit)
         register_deploy_tools(mcp, kit)
-    # [approvals] Offered in read-only mode too: deciding changes no stack, and a read-only gateway may be
-    # where people approve what a writing one (on stdio, say) waits for.
-    register_approvals(mcp, kit)
+    # [approvals] The approvals resources always; approve and reject change something, so not read-only.
+    register_approvals(mcp, kit, tools=not read_only)
     register_resources(mcp, ops, notifier)
     mcp.approvals = kit.approvals
     register_prompts(mcp, ops)

@@ -60,7 +60,7 @@ RULES: dict[str, str] = {
 CONFIRMABLE_TOOLS = frozenset({"up", "down", "restart", "start", "stop", "deploy", "rollback"})
 # [approvals] Tools a `policy.approve` entry may name: they act only once a person approved the call.
 APPROVABLE_TOOLS = CONFIRMABLE_TOOLS
-_MIN_APPROVAL_TTL, _MAX_APPROVAL_TTL = 60.0, 7 * 24 * 3600.0
+_MIN_APPROVAL_TTL, _MAX_APPROVAL_TTL = 1.0, 7 * 24 * 3600.0
 
 _STACK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # A key path of Compose's model, dotted, with * for any one name: services.*.annotations.
