@@ -2,8 +2,9 @@
 
 Pages: ``/approvals`` (pending ones first, then those decided in the last day), ``/approvals/{id}``
 (the page an ``approval_required`` result links to) and ``/ui/approvals`` (the list's live part).
-API: ``GET /api/v1/approvals``, ``GET /api/v1/approvals/{id}`` and
-``POST /api/v1/approvals/{id}/approve`` (or ``/reject``).
+API: ``GET /api/v1/approvals``, ``GET /api/v1/approvals/{id}``,
+``POST /api/v1/approvals/{id}/approve`` (or ``/reject``), and ``POST /api/v1/approvals/{id}/run``: the
+person who asked for a change from the panel sends it again, once someone else approved it.
 
 Only a person decides, logged in with their own name and password as one of the gateway's people:
 the panel's token (as a bearer or through the login form), a configured username and open mode name
@@ -19,12 +20,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.api import ApprovalInfo, InvalidInput, check_approval_id
+from gateway.api import STATUS_PANEL, ActionResult, ApprovalInfo, DeployResult, InvalidInput, check_approval_id
 
+from .backend import ActionCall, RollbackCall
 from .errors import BadRequest, Forbidden, NotFound, PanelError
 from .pages import pending_approvals, render
 from .routes import api
-from .state import one_of_the_people, panel
+from .state import ACTIONS, one_of_the_people, panel, person
 
 __all__ = ["routes", "approval_view"]
 
@@ -59,6 +61,11 @@ def _may_approve(request: Request, person: str | None, approval: ApprovalInfo) -
     return scopes is not None and scopes.allows("approve", approval.project, approval.host)
 
 
+def _asked_here(approval: ApprovalInfo, who: str | None) -> bool:
+    """Whether ``who`` asked for it through this panel: only then may the panel send it again for them."""
+    return who is not None and approval.caller == STATUS_PANEL.name and approval.on_behalf_of == who
+
+
 def approval_view(request: Request, approval: ApprovalInfo, person: str | None) -> dict[str, Any]:
     """What the templates show of one approval, and whether ``person`` may press its buttons (and if not, why)."""
     own = person is not None and approval.on_behalf_of == person
@@ -88,6 +95,8 @@ def approval_view(request: Request, approval: ApprovalInfo, person: str | None) 
         "pending": approval.status == "pending",
         "own": own,
         "can_decide": approval.status == "pending" and why_not is None,
+        # The person who asked, from this panel, sends it once it is approved (a deploy is an agent's).
+        "can_run": approval.status == "approved" and approval.tool != "deploy" and _asked_here(approval, person),
         "why_not": why_not if approval.status == "pending" else None,
     }
 
@@ -170,6 +179,40 @@ async def decide_approval(request: Request) -> Response:
     return JSONResponse(decided.model_dump(mode="json"))
 
 
+@api
+async def run_approved(request: Request) -> Response:
+    """Send an approved change again, for the person who asked for it here: it acts once."""
+    approval_id = _valid_id(request.path_params["approval"])
+    who = person(request)
+    found = await panel(request).backend.approval(approval_id)
+    if not _asked_here(found, who):
+        raise Forbidden(
+            "only the person who asked for this change in the panel sends it again; an agent retries itself"
+        )
+    result: ActionResult | DeployResult
+    arguments = found.arguments
+    if found.tool in ACTIONS:
+        services = arguments.get("services")
+        call = ActionCall(
+            found.project,
+            found.tool,
+            services=list(services) if isinstance(services, list) else None,
+            volumes=arguments.get("volumes") is True,
+            on_behalf_of=who,
+            approval=approval_id,
+        )
+        result = await panel(request).backend.action(call)
+    elif found.tool == "rollback":
+        version = arguments.get("version")
+        rollback = RollbackCall(
+            found.project, version if isinstance(version, int) else None, on_behalf_of=who, approval=approval_id
+        )
+        result = await panel(request).backend.rollback(rollback)
+    else:
+        raise BadRequest(f"{found.tool} is sent by the agent that asked for it, not from the panel")
+    return JSONResponse(result.model_dump(mode="json"))
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/approvals", approvals_page),
@@ -177,5 +220,6 @@ def routes() -> list[BaseRoute]:
         Route("/approvals/{approval}", approval_page),
         Route("/api/v1/approvals", list_approvals),
         Route("/api/v1/approvals/{approval}", get_approval),
+        Route("/api/v1/approvals/{approval}/run", run_approved, methods=["POST"]),
         Route("/api/v1/approvals/{approval}/{decision}", decide_approval, methods=["POST"]),
     ]

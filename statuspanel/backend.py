@@ -67,7 +67,8 @@ class LogsCall:
 class ActionCall:
     """up, down, restart, start or stop; ``on_behalf_of`` is the person logged in, for the audit line.
 
-    ``confirm`` is the token of a confirmation the gateway asked for (``policy.confirm``).
+    ``confirm`` is the token of a confirmation the gateway asked for (``policy.confirm``), and
+    ``approval`` the id of a person's approval it waited for (``policy.approve``).
     """
 
     project: str
@@ -76,6 +77,7 @@ class ActionCall:
     volumes: bool = False
     on_behalf_of: str | None = None
     confirm: str | None = None
+    approval: str | None = None
 
     def arguments(self) -> dict[str, Any]:
         """The tool's arguments but ``confirm``: ``down`` takes ``volumes``, the others ``services``."""
@@ -92,6 +94,7 @@ class RollbackCall:
     version: int | None
     on_behalf_of: str | None = None
     confirm: str | None = None
+    approval: str | None = None
 
     def arguments(self) -> dict[str, Any]:
         """The ``rollback`` tool's arguments but ``confirm``."""
@@ -210,7 +213,7 @@ class GatewayBackend:
         return LogsResult.model_validate(await self.client.call("logs", call.arguments()))
 
     async def action(self, call: ActionCall) -> ActionResult:
-        arguments = {**call.arguments(), "confirm": call.confirm}
+        arguments = {**call.arguments(), "confirm": call.confirm, "approval": call.approval}
         payload = await self.client.call(call.action, arguments, on_behalf_of=call.on_behalf_of)
         return ActionResult.model_validate(payload)
 
@@ -221,7 +224,7 @@ class GatewayBackend:
         return VersionList.model_validate(await self.client.call("versions", {"project": project}))
 
     async def rollback(self, call: RollbackCall) -> DeployResult:
-        arguments = {**call.arguments(), "confirm": call.confirm}
+        arguments = {**call.arguments(), "confirm": call.confirm, "approval": call.approval}
         payload = await self.client.call("rollback", arguments, on_behalf_of=call.on_behalf_of)
         return DeployResult.model_validate(payload)
 

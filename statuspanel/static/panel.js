@@ -326,6 +326,28 @@
     });
   }
 
+  // [approvals] The person who asked sends their approved change again: it acts once.
+  function runApproved(button) {
+    var id = button.dataset.run;
+    var key = "approval|" + id;
+    if (pending[key]) return;
+    pending[key] = true;
+    button.disabled = true;
+    var note = toast("pending", "Going ahead\u2026", null);
+    post("/api/v1/approvals/" + encodeURIComponent(id) + "/run").then(async function (response) {
+      var payload = await readJson(response);
+      if (note) note.remove();
+      if (response.ok && payload) toast("ok", (payload.message || "done"), null);
+      else toast("bad", "Going ahead \u2014 refused", errorText(payload, response));
+    }, function (e) {
+      if (note) note.remove();
+      toast("bad", "Going ahead \u2014 failed", "The status panel did not answer: " + e.message);
+    }).finally(function () {
+      delete pending[key];
+      refreshDashboard();
+    });
+  }
+
   function runAction(button, extra) {
     var project = button.dataset.project;
     var service = button.dataset.service;
@@ -391,6 +413,11 @@
       var decision = event.target.closest("button[data-decide]");
       if (decision) {
         if (!decision.disabled) decide(decision);
+        return;
+      }
+      var run = event.target.closest("button[data-run]");
+      if (run) {
+        if (!run.disabled) runApproved(run);
         return;
       }
       var rollback = event.target.closest("button[data-rollback]");
