@@ -266,6 +266,7 @@ class MemoryBackend:
         self.confirm_tools: set[str] = set()  # the operator's policy.confirm, as the gateway would apply it
         self.waiting: dict[str, ApprovalInfo] = {}  # [approvals] what the gateway would list
         self.decided: list[tuple[str, bool, str]] = []  # (id, approved, person), in order
+        self.sent_approvals: list[str | None] = []  # the approval each action carried, in order
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -322,6 +323,7 @@ class MemoryBackend:
         project, action, services = call.project, call.action, call.services
         self.calls.append((action, {"project": project, "services": services, "volumes": call.volumes}))
         self.acted_for.append(call.on_behalf_of)
+        self.sent_approvals.append(call.approval)
         self._check(project)
         self._confirmed(action, project, call.confirm)
         self.metrics_data.record_execution(ControlPlane.COMPOSE_AGENT, action)

@@ -142,6 +142,27 @@ def test_bad_ids_and_decisions_are_refused_at_the_edge(panel: TestClient, backen
     assert backend.decided == []
 
 
+def test_only_the_person_who_asked_in_the_panel_sends_it_again_once_approved(
+    panel: TestClient, backend: MemoryBackend
+) -> None:
+    backend.waiting[ALICES] = backend.waiting[ALICES].model_copy(update={"status": "approved", "decided_by": "bob"})
+    backend.waiting[AGENTS] = backend.waiting[AGENTS].model_copy(update={"status": "approved", "decided_by": "bob"})
+    csrf = log_in(panel, username="bob", password=PASSWORD)
+    assert 'data-testid="run-' not in panel.get("/approvals").text
+    bobs = panel.post(f"/api/v1/approvals/{ALICES}/run", headers={"X-CSRF-Token": csrf})
+    assert bobs.status_code == 403 and "only the person who asked" in bobs.json()["error"]
+    csrf = log_in(panel, username="alice", password=PASSWORD)
+    page = panel.get("/approvals").text
+    assert f'data-testid="run-{ALICES}"' in page and f'data-testid="run-{AGENTS}"' not in page
+    # The agent's own approval is the agent's to spend, not the panel's.
+    assert panel.post(f"/api/v1/approvals/{AGENTS}/run", headers={"X-CSRF-Token": csrf}).status_code == 403
+    assert backend.sent_approvals == []
+    sent = panel.post(f"/api/v1/approvals/{ALICES}/run", headers={"X-CSRF-Token": csrf})
+    assert sent.status_code == 200 and sent.json()["action"] == "down"
+    assert backend.calls[-1] == ("down", {"project": "shop", "services": None, "volumes": True})
+    assert backend.sent_approvals == [ALICES] and backend.acted_for[-1] == "alice"
+
+
 def test_a_call_that_waits_for_a_person_answers_409_with_the_approvals_page() -> None:
     result = CallToolResult(
         content=[TextContent(type="text", text="up on 'shop' waits for a person's approval")],
