@@ -40,6 +40,7 @@ from ..deploy.confirm import call_digest
 from ..errors import ApprovalRequired, GatewayError, InsufficientScope, InvalidInput, PolicyViolation
 from ..policy.rules import Policy
 from .access import PersonScopes, acting_for, principal_of
+from .confirmation import audit_view
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -137,7 +138,6 @@ class ApprovalGate:
         pending: Pending,
         approval: str | None,
         *,
-        shown: dict[str, Any],
         audit: Audit,
     ) -> None:
         """Return to act (the approval is spent); raise to change nothing.
@@ -153,7 +153,8 @@ class ApprovalGate:
             request = Request(
                 tool=tool,
                 project=project,
-                arguments=bounded_arguments(shown),
+                # What the person sees of the call: a compose file by hash, env by names (never values).
+                arguments=bounded_arguments(audit_view(arguments)),
                 call=call,
                 caller=pending.caller,
                 on_behalf_of=pending.person,

@@ -162,7 +162,7 @@ class ToolKit:
             self.ops.audit_refusal(tool, audited, pending.caller, reason, on_behalf_of=person)
 
         if pending.approval:  # [approvals]
-            await self.approvals.settle(tool, arguments, pending, approval, shown=audited, audit=audit)
+            await self.approvals.settle(tool, arguments, pending, approval, audit=audit)
             return Acting(caller=pending.caller, on_behalf_of=person, progress=self.progress(ctx))
         await self.gate.settle(
             tool,
