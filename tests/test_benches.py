@@ -61,3 +61,11 @@ def test_the_oauth_bench_measures_tokens_calls_and_sign_ins(tmp_path: Path) -> N
     ):
         assert row in out
     assert json.loads(figures.read_text())
+
+
+def test_approvals_measures_each_step_and_a_waiting_call(tmp_path: Path) -> None:
+    figures = tmp_path / "approvals.json"
+    out = run_bench("approvals.py", "--iterations", "5", "--json", str(figures))
+    for row in ("file a request", "spend it (the retry)", "restart answered approval_required over HTTP"):
+        assert row in out
+    assert json.loads(figures.read_text())
