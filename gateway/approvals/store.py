@@ -31,7 +31,7 @@ from .records import (
     no_longer_pending,
 )
 
-__all__ = ["APPROVALS_FILE", "ApprovalStore", "MAX_PENDING_PER_CALLER"]
+__all__ = ["APPROVALS_FILE", "ApprovalStore", "MAX_PENDING", "MAX_PENDING_PER_CALLER"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ FORMAT_VERSION = 1
 KEEP_ENDED_S = 24 * 3600.0
 # One caller cannot crowd the others out: this many of its requests may wait at once.
 MAX_PENDING_PER_CALLER = 20
+# And all of them together: a static token may claim any person, so the file is bounded on its own too.
+MAX_PENDING = 500
 MAX_APPROVALS = 2000
 MAX_PLAN_CHARS = 16_000
 
@@ -145,6 +147,12 @@ class ApprovalStore:
                 if (waiting.tool, waiting.call, waiting.state) == (request.tool, request.call, request.state):
                     found.append((waiting, False))
                     return approvals
+            waiting = sum(1 for a in approvals.values() if a.effective(now).status == "pending")
+            if waiting >= MAX_PENDING:
+                raise PolicyViolation(
+                    f"{waiting} approvals already wait for a person, the most the gateway keeps; nothing was changed. "
+                    "Ask people to decide them, or wait until they expire"
+                )
             if len(mine) >= MAX_PENDING_PER_CALLER:
                 raise PolicyViolation(
                     f"{len(mine)} approvals asked for by this caller still wait for a person; nothing was changed. "

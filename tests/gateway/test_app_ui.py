@@ -208,7 +208,7 @@ async def test_a_button_whose_call_waits_for_a_person_offers_the_approval_page_t
                 # Nothing ran: the worker still runs, and the view says so.
                 await expect(view.get_by_test_id("state-worker")).to_have_text("running")
                 await context.close()
-            listing = json.loads((await client_read(gateway, "compose://approvals")))["approvals"]
+            listing = json.loads(await client_read(gateway, "compose://approvals"))["approvals"]
     finally:
         stop_process(gateway.process)
     assert [(a["tool"], a["status"], a["url"]) for a in listing] == [("stop", "pending", url)]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.approvals.records import Approver, Request, check_approval_id
-from gateway.approvals.store import MAX_PENDING_PER_CALLER, ApprovalStore
+from gateway.approvals.store import MAX_PENDING, MAX_PENDING_PER_CALLER, ApprovalStore
 from gateway.config import load_settings
 from gateway.deploy.confirm import call_digest
 from gateway.errors import ApprovalRequired, ConfigError, InvalidInput, PolicyViolation
@@ -170,6 +170,11 @@ def test_the_same_call_waits_on_one_approval_and_one_caller_cannot_crowd_out_the
         store.request(request(state="one too many"))
     # Another caller is not held back by that one.
     assert store.request(request(caller="oauth:client-a", person="alice"))[1]
+    # A static token may claim any person it likes: all the requests together are bounded too.
+    for n in range(MAX_PENDING - MAX_PENDING_PER_CALLER - 1):
+        store.request(request(person=f"claimed-{n}"))
+    with pytest.raises(PolicyViolation, match=f"{MAX_PENDING} approvals already wait"):
+        store.request(request(person="one-more"))
 
 
 def test_approvals_survive_in_the_state_folder_privately_and_hold_no_secret(tmp_path: Path) -> None:
