@@ -132,7 +132,8 @@ class ApprovalStore:
         """The pending approval for this call: a new one, or the one it already waits on (then False).
 
         Raises:
-            PolicyViolation: this caller already has :data:`MAX_PENDING_PER_CALLER` requests waiting.
+            PolicyViolation: this caller already has :data:`MAX_PENDING_PER_CALLER` requests waiting, or
+                :data:`MAX_PENDING` wait in all.
             ConfigError: the file cannot be read or written.
         """
         found: list[tuple[Approval, bool]] = []
@@ -143,9 +144,9 @@ class ApprovalStore:
                 for a in approvals.values()
                 if a.effective(now).status == "pending" and a.asked_by(request.caller, request.on_behalf_of)
             ]
-            for waiting in mine:
-                if (waiting.tool, waiting.call, waiting.state) == (request.tool, request.call, request.state):
-                    found.append((waiting, False))
+            for kept in mine:
+                if (kept.tool, kept.call, kept.state) == (request.tool, request.call, request.state):
+                    found.append((kept, False))
                     return approvals
             waiting = sum(1 for a in approvals.values() if a.effective(now).status == "pending")
             if waiting >= MAX_PENDING:
