@@ -231,8 +231,8 @@ class ApprovalGate:
         arguments: dict[str, Any] = {"id": approval_id}
         person: str | None = principal.person
         try:
-            person = acting_for(principal, ctx.request_context.meta)
-            scopes = _approver_scopes(principal, person, people)
+            person = acting_for(principal, ctx.request_context.meta)  # named in the refusal's line, if any
+            approver, scopes = _approver(principal, person, people)
             check_approval_id(approval_id)
             kept = await to_thread.run_sync(self.store.get, approval_id)
             if kept is None:
@@ -240,22 +240,21 @@ class ApprovalGate:
             arguments.update(tool=kept.tool, project=kept.project)
             _check_scope(scopes, kept)
             # Checked again under the store's lock; here, so that a plain refusal leaves one line.
-            refusal = kept.refusal_for(Approver(person or "", principal.name))
+            refusal = kept.refusal_for(Approver(approver, principal.name))
             if refusal is not None:
                 raise PolicyViolation(refusal)
         except GatewayError as exc:
             with _step_if_known(approval_id, "refused"):
                 ops.audit_refusal(tool, arguments, principal.name, str(exc), on_behalf_of=person)
             raise
-        assert person is not None  # _approver_scopes refused a caller without one
         with approval_step(approval_id, "approved" if approve else "rejected"):
-            intent = await ops.lifecycle.write_intent(tool, arguments, principal.name, person)
+            intent = await ops.lifecycle.write_intent(tool, arguments, principal.name, approver)
             try:
                 decided = await to_thread.run_sync(
                     lambda: self.store.decide(
                         approval_id,
                         approve=approve,
-                        by=Approver(person, principal.name),
+                        by=Approver(approver, principal.name),
                         check=lambda current: _check_scope(scopes, current),
                     )
                 )
@@ -310,13 +309,20 @@ class ApprovalGate:
 
     async def watch_forever(self) -> None:
         """Follow the store until cancelled: another process's approvals, and expiries; never raises."""
+        failing = False
         while True:
-            await self.changed()
+            try:
+                await self.changed()
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - a bad file or folder must not take the server down
+                if not failing:
+                    logger.warning("cannot follow the approvals in %s: %r", self.store.description, exc)
+                failing = True
             await anyio.sleep(WATCH_INTERVAL)
 
 
-def _approver_scopes(principal: Principal, person: str | None, people: PersonScopes | None) -> ScopeSet:
-    """What the person deciding holds, if the caller is one of the people at all.
+def _approver(principal: Principal, person: str | None, people: PersonScopes | None) -> tuple[str, ScopeSet]:
+    """The person deciding and what they hold, if the caller is one of the people at all.
 
     Raises:
         PolicyViolation: a static token naming nobody (or nobody known), the agent's token, or stdio.
@@ -337,7 +343,7 @@ def _approver_scopes(principal: Principal, person: str | None, people: PersonSco
             f"{person} does not hold compose:approve; the operator can grant it (compose-agent users grant)",
             scope=needed_scope("approve"),
         )
-    return scopes
+    return person, scopes
 
 
 def _check_scope(scopes: ScopeSet, approval: Approval) -> None:
