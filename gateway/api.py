@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .approvals.records import ApprovalInfo, check_approval_id
 from .audit import ON_BEHALF_OF_META_KEY, AuditLog, on_behalf_of_meta
 from .auth.people import People, open_people
 from .auth.principals import READ_TOOLS, STATUS_PANEL, TokenStore
@@ -27,7 +28,14 @@ from .auth.tokens import (
 from .backoff import Backoff
 from .engine.logs import DEFAULT_TAIL, MAX_TAIL, SINCE_HELP, compile_grep, parse_since, validate_tail
 from .envparse import TOKEN_SOURCE_ENV, CommonFields, gather, parse_bool, settle
-from .errors import CONFIRM_META_KEY, ERROR_META_KEY, ConfirmationRequired, GatewayError, InvalidInput
+from .errors import (
+    APPROVAL_META_KEY,
+    CONFIRM_META_KEY,
+    ERROR_META_KEY,
+    ConfirmationRequired,
+    GatewayError,
+    InvalidInput,
+)
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .models import (
     Action,
@@ -89,6 +97,9 @@ __all__ = [
     "VersionList",
     "CONFIRM_META_KEY",
     "ConfirmationRequired",
+    "APPROVAL_META_KEY",  # [approvals]
+    "ApprovalInfo",
+    "check_approval_id",
     "on_behalf_of_meta",
     "ON_BEHALF_OF_META_KEY",
     "client_key",

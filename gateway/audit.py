@@ -21,6 +21,13 @@ outcome line: nothing ran.
 
 Callers pass validated or bounded arguments only; the caller field is a token's identity, never
 a token.
+
+[approvals] A line about a change that waits for a person's approval carries ``approval`` (the
+approval's id) and ``approval_step``: ``requested`` (the call that asked, with its caller and the
+person behind it), ``waiting`` (the same call again, before anyone decided), ``approved`` or
+``rejected`` (by whom: the line's caller and ``on_behalf_of``), ``executed`` (the intent and
+outcome of the approved call) or ``refused`` (a retry the approval did not cover). Grep one id to
+read its chain. The approval step is bound to the call being served (:func:`approval_step`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +58,9 @@ __all__ = [
     "ON_BEHALF_OF_META_KEY",
     "on_behalf_of",
     "on_behalf_of_meta",
+    "ApprovalStep",
+    "approval_step",
+    "mark_approval",
 ]
 
 # Where a client that acts for a person (the status panel) names them, in the MCP request's `_meta`.
@@ -67,6 +79,34 @@ MIB = 1024 * 1024
 DEFAULT_RESERVE = 64 * MIB
 
 
+@dataclass(frozen=True)
+class ApprovalStep:
+    """[approvals] Which approval a line belongs to, and which step of its chain it records."""
+
+    id: str
+    step: str
+
+
+# [approvals] The approval step of the call being served: every line written for it carries it. Each
+# request is served in a task of its own, so a step set for one call never reaches another.
+_APPROVAL_STEP: ContextVar[ApprovalStep | None] = ContextVar("compose_agent_approval_step", default=None)
+
+
+def mark_approval(approval_id: str, step: str) -> None:
+    """[approvals] From now on, in this call, audit lines belong to ``approval_id`` at ``step``."""
+    _APPROVAL_STEP.set(ApprovalStep(approval_id, step))
+
+
+@contextmanager
+def approval_step(approval_id: str, step: str) -> Iterator[None]:
+    """[approvals] The lines written inside belong to ``approval_id`` at ``step``."""
+    token = _APPROVAL_STEP.set(ApprovalStep(approval_id, step))
+    try:
+        yield
+    finally:
+        _APPROVAL_STEP.reset(token)
+
+
 @dataclass
 class Intent:
     """A mutation announced in the log; hand it back to :meth:`AuditLog.outcome` when it ends."""
@@ -78,6 +118,8 @@ class Intent:
     arguments: dict[str, Any]
     on_behalf_of: str | None = None
     started: float = field(default_factory=time.perf_counter)
+    # [approvals] Read when the line is made: the outcome line of an intent says the same.
+    approval: ApprovalStep | None = field(default_factory=_APPROVAL_STEP.get)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -328,6 +370,9 @@ class AuditLog:
         }
         if entry.on_behalf_of is not None:
             record["on_behalf_of"] = entry.on_behalf_of
+        if entry.approval is not None:  # [approvals]
+            record["approval"] = entry.approval.id
+            record["approval_step"] = entry.approval.step
         return record
 
     # -- start-up -------------------------------------------------------------------------------------
@@ -349,8 +394,9 @@ class AuditLog:
                 continue
             line: dict[str, Any] = {"time": timestamp(time.time()), "id": record["id"], "phase": "outcome"}
             line.update({k: record[k] for k in ("caller", "control_plane", "tool", "arguments") if k in record})
-            if "on_behalf_of" in record:
-                line["on_behalf_of"] = record["on_behalf_of"]
+            for key in ("on_behalf_of", "approval", "approval_step"):
+                if key in record:
+                    line[key] = record[key]
             line.update(
                 outcome="unknown",
                 recovered=True,

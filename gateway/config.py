@@ -92,6 +92,23 @@ class Settings(CommonFields):
         default=None, description="The URL clients reach the gateway at; OAuth is served only when it is set"
     )
 
+    # [approvals] Where people open the status panel: an approval request links to its page there.
+    panel_url: str | None = Field(
+        default=None, description="The status panel's address people open (https://panel.example.com)"
+    )
+
+    @field_validator("panel_url")
+    @classmethod
+    def _panel_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value[:100]!r} is not an http(s) URL; give the address people open the panel at")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError(f"{value[:100]!r} must be an address only, with no query, fragment or credentials")
+        return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+
     @field_validator("status_panel_tools")
     @classmethod
     def _panel_grantable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -175,8 +192,9 @@ _ENV_FIELDS: dict[str, str] = {
     "COMPOSE_AGENT_AUDIT_RESERVE_MB": "audit_reserve_mb",
     "COMPOSE_AGENT_COMPOSE_MEMORY_MB": "compose_memory_mb",
     "COMPOSE_AGENT_COMPOSE_CPU_SECONDS": "compose_cpu_seconds",
+    "COMPOSE_AGENT_PANEL_URL": "panel_url",  # [approvals]
 }
-_FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy", "status_panel_tools", "public_url"}
+_FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy", "status_panel_tools", "public_url", "panel_url"}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -25,6 +25,9 @@ __all__ = [
     "InsufficientScope",
     "SCOPE_META_KEY",
     "ConfirmationRequired",
+    "ApprovalRequired",
+    "APPROVAL_META_KEY",
+    "APPROVAL_URL_META_KEY",
     "ConfigError",
     "VaultError",
     "SwarmUnavailable",
@@ -40,6 +43,9 @@ ERROR_META_KEY = "compose-agent/error"
 CONFIRM_META_KEY = "compose-agent/confirm"
 # [oauth] Where an insufficient_scope result names the scope that would allow the call.
 SCOPE_META_KEY = "compose-agent/scope"
+# [approvals] Where an approval_required result carries the approval's id, and the page a person approves it on.
+APPROVAL_META_KEY = "compose-agent/approval"
+APPROVAL_URL_META_KEY = "compose-agent/approval_url"
 
 
 class GatewayError(Exception):
@@ -122,6 +128,21 @@ class ConfirmationRequired(GatewayError):
     def __init__(self, message: str, *, token: str) -> None:
         super().__init__(message)
         self.token = token
+
+
+class ApprovalRequired(GatewayError):
+    """[approvals] The operator's ``policy.approve`` lists this call: it waits for a person; nothing was changed.
+
+    ``approval`` is the id a person approves (``url`` is where, when the panel's address is known);
+    once approved, the same call with ``approval`` set to it acts, once.
+    """
+
+    kind = "approval_required"
+
+    def __init__(self, message: str, *, approval: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.approval = approval
+        self.url = url
 
 
 class ConfigError(GatewayError):

@@ -20,7 +20,7 @@ from starlette.templating import Jinja2Templates
 
 from gateway.api import FailureLimiter
 
-from . import pages, routes
+from . import approvals, pages, routes
 from .auth import AuthMiddleware
 from .backend import Backend
 from .bodylimit import MAX_BODY_BYTES, BodyLimitMiddleware
@@ -91,6 +91,7 @@ def create_app(
         routes=[
             *routes.routes(),
             *pages.routes(),
+            *approvals.routes(),  # [approvals]
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[

@@ -6,6 +6,7 @@ result models and raise :mod:`statuspanel.errors` only.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -18,6 +19,7 @@ import httpx2
 from gateway.api import (
     Action,
     ActionResult,
+    ApprovalInfo,
     CommandExecutionMetrics,
     ConfirmationRequired,
     ControlPlane,
@@ -31,7 +33,7 @@ from gateway.api import (
 )
 
 from .client import GatewayClient
-from .errors import ConfirmationNeeded, PanelError, for_kind
+from .errors import ActionFailed, BadRequest, ConfirmationNeeded, NotFound, PanelError, for_kind
 
 if TYPE_CHECKING:  # importing the operations pulls in docker-py, which normal mode must not need
     from gateway.api import AuditLog, ComposeOperations
@@ -65,7 +67,8 @@ class LogsCall:
 class ActionCall:
     """up, down, restart, start or stop; ``on_behalf_of`` is the person logged in, for the audit line.
 
-    ``confirm`` is the token of a confirmation the gateway asked for (``policy.confirm``).
+    ``confirm`` is the token of a confirmation the gateway asked for (``policy.confirm``), and
+    ``approval`` the id of a person's approval it waited for (``policy.approve``).
     """
 
     project: str
@@ -74,6 +77,7 @@ class ActionCall:
     volumes: bool = False
     on_behalf_of: str | None = None
     confirm: str | None = None
+    approval: str | None = None
 
     def arguments(self) -> dict[str, Any]:
         """The tool's arguments but ``confirm``: ``down`` takes ``volumes``, the others ``services``."""
@@ -90,6 +94,7 @@ class RollbackCall:
     version: int | None
     on_behalf_of: str | None = None
     confirm: str | None = None
+    approval: str | None = None
 
     def arguments(self) -> dict[str, Any]:
         """The ``rollback`` tool's arguments but ``confirm``."""
@@ -126,6 +131,18 @@ class Backend(Protocol):
 
     async def rollback(self, call: RollbackCall) -> DeployResult:
         """Bring back an earlier version (the previous one without ``version``) and bring it up."""
+        ...
+
+    async def approvals(self) -> list[ApprovalInfo]:
+        """[approvals] The changes that wait (or waited) for a person, newest first."""
+        ...
+
+    async def approval(self, approval_id: str) -> ApprovalInfo:
+        """[approvals] One of them (NotFound when there is none)."""
+        ...
+
+    async def decide(self, approval_id: str, *, approve: bool, on_behalf_of: str) -> ApprovalInfo:
+        """[approvals] The person ``on_behalf_of`` approves (or rejects) a change that waits."""
         ...
 
     async def compose_agent_status(self) -> str:
@@ -196,7 +213,7 @@ class GatewayBackend:
         return LogsResult.model_validate(await self.client.call("logs", call.arguments()))
 
     async def action(self, call: ActionCall) -> ActionResult:
-        arguments = {**call.arguments(), "confirm": call.confirm}
+        arguments = {**call.arguments(), "confirm": call.confirm, "approval": call.approval}
         payload = await self.client.call(call.action, arguments, on_behalf_of=call.on_behalf_of)
         return ActionResult.model_validate(payload)
 
@@ -207,9 +224,24 @@ class GatewayBackend:
         return VersionList.model_validate(await self.client.call("versions", {"project": project}))
 
     async def rollback(self, call: RollbackCall) -> DeployResult:
-        arguments = {**call.arguments(), "confirm": call.confirm}
+        arguments = {**call.arguments(), "confirm": call.confirm, "approval": call.approval}
         payload = await self.client.call("rollback", arguments, on_behalf_of=call.on_behalf_of)
         return DeployResult.model_validate(payload)
+
+    async def approvals(self) -> list[ApprovalInfo]:
+        data = _json_object(await self.client.read("compose://approvals"))
+        entries = data.get("approvals")
+        if not isinstance(entries, list):
+            raise ActionFailed("the compose-agent's approvals resource holds no list")
+        return [ApprovalInfo.model_validate(entry) for entry in entries]
+
+    async def approval(self, approval_id: str) -> ApprovalInfo:
+        return ApprovalInfo.model_validate(_json_object(await self.client.read(f"compose://approvals/{approval_id}")))
+
+    async def decide(self, approval_id: str, *, approve: bool, on_behalf_of: str) -> ApprovalInfo:
+        tool = "approve" if approve else "reject"
+        payload = await self.client.call(tool, {"id": approval_id}, on_behalf_of=on_behalf_of)
+        return ApprovalInfo.model_validate(payload)
 
     async def _get(self, path: str) -> httpx2.Response | None:
         if self._http is None:
@@ -238,6 +270,20 @@ class GatewayBackend:
         merged = merge_metrics(own, remote if isinstance(remote, dict) else {})
         merged["compose_agent_reachable"] = True
         return merged
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise ActionFailed("the compose-agent sent something other than a JSON object")
+    return data
+
+
+# [approvals] They belong to the compose-agent's tools: the panel running Compose itself has none.
+_NO_APPROVALS = "approvals wait at the compose-agent; a panel in legacy mode (COMPOSE_AGENT_ENABLED=false) has none"
 
 
 def translate(exc: GatewayError) -> PanelError:
@@ -320,6 +366,15 @@ class LegacyBackend:
             )
         except GatewayError as exc:
             raise translate(exc) from exc
+
+    async def approvals(self) -> list[ApprovalInfo]:
+        return []
+
+    async def approval(self, approval_id: str) -> ApprovalInfo:
+        raise NotFound(_NO_APPROVALS)
+
+    async def decide(self, approval_id: str, *, approve: bool, on_behalf_of: str) -> ApprovalInfo:
+        raise BadRequest(_NO_APPROVALS)
 
     async def compose_agent_status(self) -> str:
         return "disabled"

@@ -19,12 +19,21 @@ from anyio.abc import TaskStatus
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, INVALID_PARAMS, CallToolResult, RequestParamsMeta, TextContent
+from mcp_types import (
+    CONNECTION_CLOSED,
+    INVALID_PARAMS,
+    CallToolResult,
+    ReadResourceResult,
+    RequestParamsMeta,
+    TextContent,
+    TextResourceContents,
+)
 
-from gateway.api import CONFIRM_META_KEY, ERROR_META_KEY, READ_TOOLS, Backoff, on_behalf_of_meta
+from gateway.api import APPROVAL_META_KEY, CONFIRM_META_KEY, ERROR_META_KEY, READ_TOOLS, Backoff, on_behalf_of_meta
 
 from .errors import (
     ActionFailed,
+    ApprovalNeeded,
     BadRequest,
     ConfirmationNeeded,
     EngineDown,
@@ -56,6 +65,9 @@ def classify_tool_result(result: CallToolResult) -> PanelError:
     if kind == "confirmation_required":
         token = meta.get(CONFIRM_META_KEY)
         return ConfirmationNeeded(message, token if isinstance(token, str) else None)
+    if kind == "approval_required":  # [approvals]
+        approval = meta.get(APPROVAL_META_KEY)
+        return ApprovalNeeded(message, approval if isinstance(approval, str) else None)
     if isinstance(kind, str):
         return for_kind(kind, message)
     return classify_tool_error(message)
@@ -268,6 +280,34 @@ class GatewayClient:
                 raise ActionFailed(f"the compose-agent's {tool} tool returned no structured result")
             return dict(result.structured_content)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def read(self, uri: str) -> str:
+        """[approvals] The text of one of the gateway's resources (``compose://approvals``, say).
+
+        Raises:
+            GatewayUnavailable: no session within ``connect_wait``, or no answer before the deadline.
+            NotFound: the gateway has no such resource (or none this token may read).
+        """
+        for attempt in range(2):
+            client = await self._wait_connected()
+            try:
+                with anyio.fail_after(self.read_timeout + 1):
+                    result: ReadResourceResult = await client.read_resource(uri)
+            except TimeoutError:
+                self._mark_lost(client)
+                raise GatewayUnavailable(f"the compose-agent did not answer reading {uri}") from None
+            except MCPError as exc:
+                if exc.code == INVALID_PARAMS:
+                    raise NotFound(exc.error.message) from None
+                self._mark_lost(client)
+                if attempt == 0 and exc.code == CONNECTION_CLOSED:
+                    continue
+                raise GatewayUnavailable(f"lost the compose-agent reading {uri}: {exc.error.message}") from None
+            except (httpx2.TransportError, anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError) as exc:
+                self._mark_lost(client)
+                raise GatewayUnavailable(f"lost the compose-agent reading {uri}: {_describe(exc)}") from None
+            return "".join(c.text for c in result.contents if isinstance(c, TextResourceContents))
+        raise GatewayUnavailable(f"the compose-agent at {self.url} keeps dropping the session")
 
     async def _call_once(
         self, client: Client, tool: str, args: dict[str, Any], timeout: float, meta: RequestParamsMeta | None

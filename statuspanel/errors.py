@@ -17,6 +17,7 @@ __all__ = [
     "GatewayUnavailable",
     "EngineDown",
     "ConfirmationNeeded",
+    "ApprovalNeeded",
     "TryLater",
 ]
 
@@ -106,6 +107,23 @@ class ConfirmationNeeded(PanelError):
 
     def to_json(self) -> dict[str, object]:
         return {"error": self.message, "confirmation_required": True, "confirm": self.token}
+
+
+class ApprovalNeeded(PanelError):
+    """[approvals] The operator's ``policy.approve`` lists this call: it waits for another person's approval.
+
+    Nothing was changed; ``approval`` is the id, and the panel's page for it is ``/approvals/<id>``.
+    """
+
+    status_code = 409
+
+    def __init__(self, message: str, approval: str | None) -> None:
+        super().__init__(message)
+        self.approval = approval
+
+    def to_json(self) -> dict[str, object]:
+        page = f"/approvals/{self.approval}" if self.approval else None
+        return {"error": self.message, "approval_required": True, "approval": self.approval, "page": page}
 
 
 # The gateway's error kinds (``GatewayError.kind``). A tool result carries the kind as

@@ -21,7 +21,7 @@ from .state import ACTIONS, PanelState, panel
 from .validation import validate_project
 from .views import stack_card, version_rows
 
-__all__ = ["routes"]
+__all__ = ["routes", "render", "pending_approvals"]
 
 
 async def _watchdog_status(state: PanelState) -> dict[str, Any] | None:
@@ -38,6 +38,14 @@ async def _watchdog_status(state: PanelState) -> dict[str, Any] | None:
         return {"state": "unreachable", "reason": f"status endpoint answered {response.status_code}"}
     except (httpx2.HTTPError, ValueError) as exc:
         return {"state": "unreachable", "reason": str(exc) or type(exc).__name__}
+
+
+async def pending_approvals(state: PanelState) -> int:
+    """[approvals] How many changes wait for a person: the number on the Approvals badge (0 if unknown)."""
+    try:
+        return sum(1 for approval in await state.backend.approvals() if approval.status == "pending")
+    except PanelError:
+        return 0
 
 
 async def _dashboard_context(request: Request) -> dict[str, Any]:
@@ -79,8 +87,11 @@ async def _dashboard_context(request: Request) -> dict[str, Any]:
     async def load_watchdog() -> None:
         out["watchdog"] = await _watchdog_status(state)
 
+    async def load_approvals() -> None:  # [approvals]
+        out["pending_approvals"] = await pending_approvals(state)
+
     async with anyio.create_task_group() as tg:
-        for job in (load_stacks, load_agent, load_metrics, load_watchdog):
+        for job in (load_stacks, load_agent, load_metrics, load_watchdog, load_approvals):
             tg.start_soon(job)
     if out["agent"] == "down" and not out["unavailable"]:
         out["unavailable"] = "the compose-agent does not answer its health check"
@@ -89,7 +100,8 @@ async def _dashboard_context(request: Request) -> dict[str, Any]:
     return out
 
 
-def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+    """A page (or a page's live part) from its template, with what every page shows."""
     state = panel(request)
     base = {
         "csrf": csrf_token(request.session),
@@ -104,12 +116,12 @@ def _page(request: Request, name: str, context: dict[str, Any], status_code: int
 
 
 async def dashboard(request: Request) -> Response:
-    return _page(request, "dashboard.html", await _dashboard_context(request))
+    return render(request, "dashboard.html", await _dashboard_context(request))
 
 
 async def dashboard_fragment(request: Request) -> Response:
     """The dashboard's live part, which the page fetches every few seconds and after each action."""
-    return _page(request, "_dashboard.html", await _dashboard_context(request))
+    return render(request, "_dashboard.html", await _dashboard_context(request))
 
 
 async def _stack_context(request: Request, project: str) -> dict[str, Any]:
@@ -139,8 +151,11 @@ async def _stack_context(request: Request, project: str) -> dict[str, Any]:
         except PanelError as exc:
             out["versions_error"] = exc.message
 
+    async def load_approvals() -> None:  # [approvals]
+        out["pending_approvals"] = await pending_approvals(panel(request))
+
     async with anyio.create_task_group() as tg:
-        for job in (load_info, load_ps, load_versions):
+        for job in (load_info, load_ps, load_versions, load_approvals):
             tg.start_soon(job)
     if found["info"] is None:
         out["error"] = found["error"] or f"stack '{project}' not found"
@@ -154,9 +169,9 @@ async def stack_page(request: Request) -> Response:
     try:
         project = validate_project(request.path_params["project"])
     except BadRequest as exc:
-        return _page(request, "error.html", {"message": exc.message}, status_code=400)
+        return render(request, "error.html", {"message": exc.message}, status_code=400)
     context = await _stack_context(request, project)
-    return _page(request, "stack.html", context, status_code=404 if context["stack"] is None else 200)
+    return render(request, "stack.html", context, status_code=404 if context["stack"] is None else 200)
 
 
 async def stack_fragment(request: Request) -> Response:
@@ -164,22 +179,22 @@ async def stack_fragment(request: Request) -> Response:
     try:
         project = validate_project(request.path_params["project"])
     except BadRequest as exc:
-        return _page(request, "error.html", {"message": exc.message}, status_code=400)
-    return _page(request, "_stack.html", await _stack_context(request, project))
+        return render(request, "error.html", {"message": exc.message}, status_code=400)
+    return render(request, "_stack.html", await _stack_context(request, project))
 
 
 async def logs_page(request: Request) -> Response:
     try:
         project = validate_project(request.path_params["project"])
     except BadRequest as exc:
-        return _page(request, "error.html", {"message": exc.message}, status_code=400)
+        return render(request, "error.html", {"message": exc.message}, status_code=400)
     services: list[str] = []
     problem = None
     try:
         services = sorted({s.service for s in (await panel(request).backend.ps(project)).services})
     except PanelError as exc:
         problem = exc.message
-    return _page(request, "logs.html", {"project": project, "services": services, "problem": problem})
+    return render(request, "logs.html", {"project": project, "services": services, "problem": problem})
 
 
 def _safe_next(raw: str | None) -> str:
@@ -198,13 +213,13 @@ async def login(request: Request) -> Response:
     context: dict[str, Any] = {"next": next_url, "error": None, "token_login": auth.token_login}
     context["password_login"] = auth.password_login
     if request.method == "GET":
-        return _page(request, "login.html", context)
+        return render(request, "login.html", context)
 
     form = await request.form()
     token, username, password = (str(form.get(k) or "") for k in ("token", "username", "password"))
     if not csrf_ok(request.session, str(form.get("csrf") or "")):
         context["error"] = "The login form expired. Please try again."
-        return _page(request, "login.html", context, status_code=400)
+        return render(request, "login.html", context, status_code=400)
     client = client_of(request.scope)
     login: tuple[str, LoginMethod] | None = None
     # The token is checked even when the address is limited: a token is meant to be long and random
@@ -216,7 +231,7 @@ async def login(request: Request) -> Response:
         wait = state.limiter.retry_after(client)
         if wait is not None:
             context["error"] = f"Too many failed logins. Try again in {wait} seconds."
-            response = _page(request, "login.html", context, status_code=429)
+            response = render(request, "login.html", context, status_code=429)
             response.headers["Retry-After"] = str(wait)
             return response
         if username and auth.check_password(username, password):
@@ -226,7 +241,7 @@ async def login(request: Request) -> Response:
     if login is None:
         state.limiter.record_failure(client)
         context["error"] = "Wrong token or username and password."
-        return _page(request, "login.html", context, status_code=401)
+        return render(request, "login.html", context, status_code=401)
     # A fresh session (and CSRF token) at login: nothing set before authentication carries over.
     state.sessions.start(request.session, *login)
     return RedirectResponse(next_url, status_code=303)

@@ -15,7 +15,7 @@ from .backend import Backend
 from .credentials import Authenticator
 from .sessions import SessionGuard
 
-__all__ = ["PanelState", "panel", "person", "ACTIONS"]
+__all__ = ["PanelState", "panel", "person", "one_of_the_people", "ACTIONS"]
 
 ACTIONS: tuple[Action, ...] = ("up", "down", "restart", "start", "stop")
 
@@ -46,3 +46,14 @@ def person(request: Request) -> str | None:
     """
     user = request.scope.get("panel_user")
     return user if isinstance(user, str) and request.scope.get("panel_auth") != "bearer" else None
+
+
+def one_of_the_people(request: Request) -> str | None:
+    """[approvals] The person logged in, when they logged in as one of the gateway's people.
+
+    Only such a person may approve: the panel's token (as a bearer or through the login form), the
+    configured username and open mode name nobody the gateway knows.
+    """
+    if request.scope.get("panel_auth") == "bearer" or request.session.get("auth") != "person":
+        return None
+    return person(request)

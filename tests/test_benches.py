@@ -69,3 +69,11 @@ def test_edge_measures_what_the_gateway_holds_refuses_and_answers(tmp_path: Path
     for row in ("held once all were open", "connect -> closed", "/health, probe reused"):
         assert row in out
     assert json.loads(figures.read_text())["held_at_the_cap"] >= 1
+
+
+def test_approvals_measures_each_step_and_a_waiting_call(tmp_path: Path) -> None:
+    figures = tmp_path / "approvals.json"
+    out = run_bench("approvals.py", "--iterations", "5", "--json", str(figures))
+    for row in ("file a request", "spend it (the retry)", "restart answered approval_required over HTTP"):
+        assert row in out
+    assert json.loads(figures.read_text())

@@ -39,6 +39,7 @@ from ..compose.running import RunningCommands
 from ..config import Settings, load_settings
 from ..errors import AuditUnavailable
 from ..mcp.app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
+from ..mcp.approvals import approval_gate  # [approvals]
 from ..mcp.health import supervise
 from ..mcp.notify import Notifier
 from ..mcp.oauth import build_oauth  # [oauth]
@@ -189,6 +190,7 @@ async def _serve_http(
     # [oauth] People always (the panel logs them in); the authorization server with a public URL only.
     people = await open_people(settings, share=True)
     oauth = await build_oauth(settings, static=static, people=people) if settings.public_url else None
+    approvals = approval_gate(settings)  # [approvals] kept in the state folder, shared with a stdio gateway
     server = build_server(
         ops,
         read_only=args.read_only,
@@ -198,6 +200,7 @@ async def _serve_http(
         people=people.scopes_of,
         notifier=notifier,
         confirm=settings.policy.confirm,
+        approvals=approvals,
     )
 
     async def refresh() -> None:
@@ -226,6 +229,7 @@ async def _serve_http(
         background={
             "token refresh": refresh,
             "people": people.watch_forever,
+            "approvals": approvals.watch_forever,  # [approvals]
             **background_tasks(ops, notifier),
             **{f"oauth {task.__name__}": task for task in (oauth.background if oauth else [])},
         },
@@ -277,7 +281,10 @@ async def _serve_stdio(
     settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
 ) -> int:
     notifier = _notifier()
-    server = build_server(ops, read_only=args.read_only, notifier=notifier, confirm=settings.policy.confirm)
+    approvals = approval_gate(settings)  # [approvals] shared through the state folder with the HTTP gateway
+    server = build_server(
+        ops, read_only=args.read_only, notifier=notifier, confirm=settings.policy.confirm, approvals=approvals
+    )
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
@@ -298,6 +305,7 @@ async def _serve_stdio(
         tg.start_soon(stop_on_signal)
         for name, task in background_tasks(ops, notifier).items():
             tg.start_soon(supervise, name, task)
+        tg.start_soon(supervise, "approvals", approvals.watch_forever)
         await server.run_stdio_async()
         tg.cancel_scope.cancel()
     return 0

@@ -11,6 +11,11 @@ before its body:
 
 The body then calls :meth:`ConfirmGate.settle`: it acts on an accepted elicitation or a valid
 token, and otherwise raises the plan with a fresh token (see :mod:`gateway.deploy.confirm`).
+
+[approvals] A call the operator's ``policy.approve`` lists for its stack waits for a person instead
+(:mod:`gateway.mcp.approvals`): its resolver plans it the same way, nobody is asked, and the plan
+goes into the approval. An approval shows the plan and binds the state as a confirmation does, so
+a tool listed in both waits for the approval only.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .access import PersonScopes, authorize
 if TYPE_CHECKING:
     from ..deploy.planner import Planner
     from ..operations import ComposeOperations
+    from .approvals import ApprovalGate
 
 __all__ = [
     "Approval",
@@ -84,6 +90,8 @@ class Pending:
     state: str = ""
     ask: bool = False
     person: str | None = None
+    # [approvals] The call waits for a person's approval (``plan`` and ``state`` are for it).
+    approval: bool = False
 
 
 def can_elicit(ctx: Context) -> bool:
@@ -193,6 +201,7 @@ class _Kit(Protocol):
     ops: ComposeOperations
     gate: ConfirmGate
     people: PersonScopes | None  # [oauth] the panel's person acts within their own grants
+    approvals: ApprovalGate  # [approvals]
 
 
 def _kit(ctx: Context) -> _Kit:
@@ -209,6 +218,7 @@ async def _plan_call(
     confirm: str | None,
     plan: Callable[[Planner], Awaitable[str]],
     audit_arguments: dict[str, Any] | None = None,
+    approval: str | None = None,
 ) -> Pending:
     kit = _kit(ctx)
     shown = audit_arguments if audit_arguments is not None else arguments
@@ -216,14 +226,22 @@ async def _plan_call(
     who = authorize(kit.ops, ctx, tool, shown, people=kit.people)
     planner = kit.ops.planner
     project = str(arguments["project"])
+
+    def state() -> Awaitable[str]:
+        # What a confirmation and an approval are both bound to: every file the model is read from (a
+        # deploy's or rollback's own model, for those), and the containers.
+        return planner.state(project, tool, arguments)
+
     try:
+        if kit.approvals.required(tool, project):  # [approvals] no question asked: the plan goes to a person
+            text = await plan(planner) if approval is None else ""
+            return Pending(who.principal.name, False, text, await state(), person=who.person, approval=True)
         return await kit.gate.pending(
             ctx,
             who.principal,
             tool,
             confirm,
-            # Bound to every file the model is read from (a deploy's or rollback's model, for those).
-            state=lambda: planner.state(project, tool, arguments),
+            state=state,
             plan=lambda: plan(planner),
             person=who.person,
         )
@@ -232,46 +250,65 @@ async def _plan_call(
         raise
 
 
-async def plan_up(project: str, services: list[str] | None, wait: bool, confirm: str | None, ctx: Context) -> Pending:
+# [approvals] Each resolver also takes the call's ``approval``: a retry that carries one is not planned again.
+
+
+async def plan_up(
+    project: str, services: list[str] | None, wait: bool, confirm: str | None, approval: str | None, ctx: Context
+) -> Pending:
     async def plan(planner: Planner) -> str:
         return render_plan(await planner.plan(project))
 
-    return await _plan_call(ctx, "up", {"project": project, "services": services, "wait": wait}, confirm, plan)
+    arguments = {"project": project, "services": services, "wait": wait}
+    return await _plan_call(ctx, "up", arguments, confirm, plan, approval=approval)
 
 
-async def plan_down(project: str, volumes: bool, confirm: str | None, ctx: Context) -> Pending:
+async def plan_down(project: str, volumes: bool, confirm: str | None, approval: str | None, ctx: Context) -> Pending:
     async def plan(planner: Planner) -> str:
         return render_down(project, await planner.down_risk(project), volumes=volumes)
 
-    return await _plan_call(ctx, "down", {"project": project, "volumes": volumes}, confirm, plan)
+    return await _plan_call(ctx, "down", {"project": project, "volumes": volumes}, confirm, plan, approval=approval)
 
 
 def _service_resolver(action: str) -> Callable[..., Awaitable[Pending]]:
-    async def resolve(project: str, services: list[str] | None, confirm: str | None, ctx: Context) -> Pending:
+    async def resolve(
+        project: str, services: list[str] | None, confirm: str | None, approval: str | None, ctx: Context
+    ) -> Pending:
         async def plan(planner: Planner) -> str:
             return await planner.describe(project, action, services)
 
-        return await _plan_call(ctx, action, {"project": project, "services": services}, confirm, plan)
+        arguments = {"project": project, "services": services}
+        return await _plan_call(ctx, action, arguments, confirm, plan, approval=approval)
 
     resolve.__name__ = resolve.__qualname__ = f"plan_{action}"
     return resolve
 
 
 async def plan_deploy(
-    project: str, compose_yaml: str, env: dict[str, str] | None, wait: bool, confirm: str | None, ctx: Context
+    project: str,
+    compose_yaml: str,
+    env: dict[str, str] | None,
+    wait: bool,
+    confirm: str | None,
+    approval: str | None,
+    ctx: Context,
 ) -> Pending:
     async def plan(planner: Planner) -> str:
         return render_plan(await planner.plan(project, compose_yaml, env))
 
     arguments = {"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}
-    return await _plan_call(ctx, "deploy", arguments, confirm, plan, deploy_audit_arguments(project, compose_yaml))
+    shown = deploy_audit_arguments(project, compose_yaml)
+    return await _plan_call(ctx, "deploy", arguments, confirm, plan, shown, approval=approval)
 
 
-async def plan_rollback(project: str, version: int | None, wait: bool, confirm: str | None, ctx: Context) -> Pending:
+async def plan_rollback(
+    project: str, version: int | None, wait: bool, confirm: str | None, approval: str | None, ctx: Context
+) -> Pending:
     async def plan(planner: Planner) -> str:
         return render_plan(await planner.rollback_plan(project, version))
 
-    return await _plan_call(ctx, "rollback", {"project": project, "version": version, "wait": wait}, confirm, plan)
+    arguments = {"project": project, "version": version, "wait": wait}
+    return await _plan_call(ctx, "rollback", arguments, confirm, plan, approval=approval)
 
 
 def deploy_audit_arguments(project: str, compose_yaml: str) -> dict[str, Any]:

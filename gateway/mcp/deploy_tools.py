@@ -19,7 +19,7 @@ from .confirmation import (
     RollbackPending,
     deploy_audit_arguments,
 )
-from .tools import READ_ONLY, Confirm, Project, StrictBool, ToolKit, write_annotations
+from .tools import READ_ONLY, ApprovalArg, Confirm, Project, StrictBool, ToolKit, write_annotations
 
 __all__ = ["register_deploy_reads", "register_deploy_tools"]
 
@@ -115,10 +115,11 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         env: Env = None,
         wait: Wait = False,
         confirm: Confirm = None,
+        approval: ApprovalArg = None,
     ) -> DeployResult:
         arguments = {"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}
         shown = deploy_audit_arguments(project, compose_yaml)
-        acting = await kit.cleared(ctx, "deploy", arguments, pending, answer, confirm, shown=shown)
+        acting = await kit.cleared(ctx, "deploy", arguments, pending, answer, confirm, shown=shown, approval=approval)
         return await deployer.deploy(project, compose_yaml, env=env, wait=wait, **acting)
 
     @mcp.tool(
@@ -138,8 +139,8 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         version: Version = None,
         wait: Wait = False,
         confirm: Confirm = None,
+        approval: ApprovalArg = None,
     ) -> DeployResult:
-        acting = await kit.cleared(
-            ctx, "rollback", {"project": project, "version": version, "wait": wait}, pending, answer, confirm
-        )
+        arguments = {"project": project, "version": version, "wait": wait}
+        acting = await kit.cleared(ctx, "rollback", arguments, pending, answer, confirm, approval=approval)
         return await deployer.rollback(project, version, wait=wait, **acting)

@@ -46,6 +46,8 @@ from ..folders import NotRegular, read_regular
 from ..operations import ComposeOperations
 from ..stacks import validate_project_name, validate_services
 from .access import current_principal, principal_of_request, remember_requests, require_scope
+from .approval_tools import pending_resources
+from .approvals import ApprovalGate, is_approval_uri
 from .notify import MAX_SUBSCRIPTIONS, Notifier
 
 __all__ = [
@@ -130,6 +132,8 @@ class StackResources(MCPServer):
 
     #: The operations behind the stacks' resources; set by :func:`register_resources`.
     stack_ops: ComposeOperations | None = None
+    #: [approvals] The approvals whose pending ones are listed too; set by ``build_server``.
+    approvals: ApprovalGate | None = None
 
     async def list_resources(self) -> list[Resource]:
         """The resources the caller may read: the registered ones, and each stack's."""
@@ -138,6 +142,8 @@ class StackResources(MCPServer):
         if self.stack_ops is not None and principal.may_call("list_stacks"):
             for name, external in await stack_names(self.stack_ops):
                 listed.extend(_stack_resources(name, external, principal))
+        if self.approvals is not None:  # [approvals]
+            listed.extend(await pending_resources(self.approvals, principal))
         return listed
 
     async def list_resource_templates(self) -> list[ResourceTemplate]:
@@ -317,10 +323,13 @@ def register_resources(mcp: StackResources, ops: ComposeOperations, notifier: No
 
     async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
-        if not is_stack_uri(uri) and not uri.startswith(APP_URI_PREFIX):
+        if not is_stack_uri(uri) and not uri.startswith(APP_URI_PREFIX) and not is_approval_uri(uri):
             raise MCPError(
                 code=INVALID_PARAMS,
-                message=f"nothing to subscribe to at {uri[:100]!r}: subscribe to compose://stacks/<stack>/status",
+                message=(
+                    f"nothing to subscribe to at {uri[:100]!r}: subscribe to compose://stacks/<stack>/status "
+                    "or compose://approvals[/<id>]"
+                ),
             )
         check_read(ops, principal_of_request(ctx), uri, "resources/subscribe")
         if not notifier.subscribe(ctx.session, uri):

@@ -21,11 +21,15 @@ from pydantic import AnyHttpUrl, ValidationError
 from .. import __version__
 from ..audit import bounded_arguments, on_behalf_of
 from ..auth.principals import DEPLOY_TOOLS, LOCAL, WRITE_TOOLS
+from ..auth.scopes import APPROVE_TOOLS
 from ..deploy.confirm import Confirmations
 from ..errors import (
+    APPROVAL_META_KEY,
+    APPROVAL_URL_META_KEY,
     CONFIRM_META_KEY,
     ERROR_META_KEY,
     SCOPE_META_KEY,
+    ApprovalRequired,
     ConfirmationRequired,
     GatewayError,
     InsufficientScope,
@@ -34,6 +38,8 @@ from ..errors import (
 )
 from ..operations import ComposeOperations
 from .access import PersonScopes
+from .approval_tools import register_approvals
+from .approvals import ApprovalGate
 from .completion import register_completion
 from .confirmation import audit_view
 from .dashboard import stack_app
@@ -118,7 +124,7 @@ class GatewayServer(StackResources):
                 self._refused(name, arguments, context, str(refused))
                 return error_result(refused)
             if cause is None and name not in {tool.name for tool in await self.list_tools()}:
-                if self.read_only and (name in WRITE_TOOLS or name in DEPLOY_TOOLS):
+                if self.read_only and (name in WRITE_TOOLS or name in DEPLOY_TOOLS or name in APPROVE_TOOLS):
                     # The gateway's own answer, not the SDK's "Unknown tool": the caller learns why.
                     offered = ", ".join(sorted(tool.name for tool in await self.list_tools()))
                     read_only = PolicyViolation(
@@ -160,13 +166,18 @@ def describe_invalid_arguments(tool: str, error: ValidationError) -> str:
 def error_result(exc: GatewayError) -> CallToolResult:
     """A failed call: the message for people and agents as text; its kind for programs in ``_meta``.
 
-    A call that needs confirming also carries its token there, beside the ``confirm="..."`` in the text.
+    A call that needs confirming also carries its token there, beside the ``confirm="..."`` in the text;
+    one that waits for a person's approval, the approval's id (and its page in the panel).
     """
     meta: dict[str, Any] = {ERROR_META_KEY: exc.kind}
     if isinstance(exc, ConfirmationRequired):
         meta[CONFIRM_META_KEY] = exc.token
     if isinstance(exc, InsufficientScope):  # [oauth]
         meta[SCOPE_META_KEY] = exc.scope
+    if isinstance(exc, ApprovalRequired):  # [approvals]
+        meta[APPROVAL_META_KEY] = exc.approval
+        if exc.url is not None:
+            meta[APPROVAL_URL_META_KEY] = exc.url
     return CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True, _meta=meta)
 
 
@@ -180,13 +191,16 @@ def build_server(
     people: PersonScopes | None = None,
     notifier: Notifier | None = None,
     confirm: Iterable[str] = (),
+    approvals: ApprovalGate | None = None,
 ) -> GatewayServer:
     """An MCP server exposing the compose tools over ``ops``, and the stacks as resources and prompts.
 
     With ``token_verifier``, HTTP transports require a bearer token and every call is checked against
     the token's scopes. Without one (stdio), the caller is the local user who started the process.
     In ``read_only`` mode the tools that change anything are not registered at all. The tools in
-    ``confirm`` (the operator's ``policy.confirm``) act only once confirmed.
+    ``confirm`` (the operator's ``policy.confirm``) act only once confirmed; the calls ``approvals``
+    lists (``policy.approve``) only once a person approved them (without it: none, and the approvals
+    given live in this process only).
 
     ``notifier`` carries stack changes and log messages to hosts; the entry point runs it (and a
     :class:`~gateway.mcp.watch.StackWatcher` feeding it) for the server's lifetime. Without one, the
@@ -215,14 +229,17 @@ def build_server(
         subscriptions=notifier.bus,
     )
     mcp.read_only = read_only
-    kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm))
+    kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm), approvals)
     kit.people = people  # [oauth] the panel's person acts within their own grants
     register_read_tools(mcp, kit)
     register_deploy_reads(mcp, kit)
     if not read_only:
         register_write_tools(mcp, kit)
         register_deploy_tools(mcp, kit)
+    # [approvals] The approvals resources always; approve and reject change something, so not read-only.
+    register_approvals(mcp, kit, tools=not read_only)
     register_resources(mcp, ops, notifier)
+    mcp.approvals = kit.approvals
     register_prompts(mcp, ops)
     register_completion(mcp, ops)
     notifier.install(mcp.middleware)

@@ -22,6 +22,7 @@ from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
 from ..models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from ..operations import ComposeOperations
 from .access import PersonScopes, authorize, principal_of
+from .approvals import ApprovalArg, ApprovalGate
 from .confirmation import (
     CONFIRM_DESCRIPTION,
     SERVICE_CONFIRMATION,
@@ -42,6 +43,7 @@ __all__ = [
     "Project",
     "Services",
     "Confirm",
+    "ApprovalArg",
     "StrictBool",
     "READ_ONLY",
     "write_annotations",
@@ -89,12 +91,19 @@ class ToolKit:
     """What every tool family needs: the operations, the caller's scope check, progress, confirmations."""
 
     def __init__(
-        self, ops: ComposeOperations, notifier: Notifier | None = None, confirmations: Confirmations | None = None
+        self,
+        ops: ComposeOperations,
+        notifier: Notifier | None = None,
+        confirmations: Confirmations | None = None,
+        approvals: ApprovalGate | None = None,
     ) -> None:
         self.ops = ops
         self.notifier = notifier
         self.gate = ConfirmGate(confirmations or Confirmations())
         self.people: PersonScopes | None = None
+        # [approvals] The calls that wait for a person, and the approvals given.
+        self.approvals = approvals or ApprovalGate()
+        self.approvals.notifier = notifier
 
     def authorize(self, ctx: Context, tool: str, arguments: dict[str, Any]) -> Principal:
         """The caller of this request, if its token's scope includes ``tool`` (see :func:`~.access.authorize`).
@@ -129,8 +138,9 @@ class ToolKit:
         confirm: str | None,
         *,
         shown: dict[str, Any] | None = None,
+        approval: str | None = None,
     ) -> Acting:
-        """What a write tool's body does before it acts: settle the confirmation.
+        """What a write tool's body does before it acts: settle the confirmation, or the approval.
 
         The caller's scope was checked once, by the plan resolver that made ``pending`` (it runs
         before the body); the body acts as that caller. ``arguments`` are what a confirmation is
@@ -141,11 +151,19 @@ class ToolKit:
         Raises:
             PolicyViolation: out of scope, a token that does not fit, or a person who declined.
             ConfirmationRequired: the policy asks for a confirmation this call does not carry.
+            ApprovalRequired: the policy asks for a person's approval this call does not carry (yet).
             InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta``.
         """
         audited = arguments if shown is None else shown
         person = pending.person
         project = str(arguments["project"])
+
+        def audit(reason: str) -> None:
+            self.ops.audit_refusal(tool, audited, pending.caller, reason, on_behalf_of=person)
+
+        if pending.approval:  # [approvals]
+            await self.approvals.settle(tool, arguments, pending, approval, audit=audit)
+            return Acting(caller=pending.caller, on_behalf_of=person, progress=self.progress(ctx))
         await self.gate.settle(
             tool,
             arguments,
@@ -153,7 +171,7 @@ class ToolKit:
             answer,
             confirm,
             state=lambda: self.ops.planner.state(project, tool, arguments),
-            audit=lambda reason: self.ops.audit_refusal(tool, audited, pending.caller, reason, on_behalf_of=person),
+            audit=audit,
         )
         return Acting(caller=pending.caller, on_behalf_of=person, progress=self.progress(ctx))
 
@@ -282,9 +300,10 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
             StrictBool, Field(description="Wait until services are running/healthy before returning")
         ] = False,
         confirm: Confirm = None,
+        approval: ApprovalArg = None,
     ) -> ActionResult:
         arguments = {"project": project, "services": services, "wait": wait}
-        acting = await kit.cleared(ctx, "up", arguments, pending, answer, confirm)
+        acting = await kit.cleared(ctx, "up", arguments, pending, answer, confirm, approval=approval)
         return await ops.up(project, services=services, wait=wait, **acting)
 
     @mcp.tool(
@@ -304,8 +323,10 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
             StrictBool, Field(description="Also delete the stack's named volumes and their data")
         ] = False,
         confirm: Confirm = None,
+        approval: ApprovalArg = None,
     ) -> ActionResult:
-        acting = await kit.cleared(ctx, "down", {"project": project, "volumes": volumes}, pending, answer, confirm)
+        arguments = {"project": project, "volumes": volumes}
+        acting = await kit.cleared(ctx, "down", arguments, pending, answer, confirm, approval=approval)
         return await ops.down(project, volumes=volumes, **acting)
 
     for action, (title, idempotent, description) in _SERVICE_TOOLS.items():
@@ -322,8 +343,10 @@ def _register_service_tool(
         answer: Answer,
         services: Services = None,
         confirm: Confirm = None,
+        approval: ApprovalArg = None,
     ) -> ActionResult:
-        acting = await kit.cleared(ctx, action, {"project": project, "services": services}, pending, answer, confirm)
+        arguments = {"project": project, "services": services}
+        acting = await kit.cleared(ctx, action, arguments, pending, answer, confirm, approval=approval)
         return await kit.ops.service_action(action, project, services=services, **acting)
 
     # One body for three tools, each with its own planner: the SDK reads these annotations to resolve them.

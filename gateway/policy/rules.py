@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..approvals.records import DEFAULT_APPROVAL_TTL
 from ..compose.cli import SECRET_ENV, STEERING_ENV
 from ..errors import PolicyRefused
 from ..models import Verdict, Violation
@@ -22,6 +23,7 @@ from ..models import Verdict, Violation
 __all__ = [
     "RULES",
     "CONFIRMABLE_TOOLS",
+    "APPROVABLE_TOOLS",
     "DEFAULT_SOCKETS",
     "Policy",
     "StackRules",
@@ -58,6 +60,9 @@ RULES: dict[str, str] = {
 }
 # Tools a `policy.confirm` entry may name (the confirmation flow itself is issue 12's).
 CONFIRMABLE_TOOLS = frozenset({"up", "down", "restart", "start", "stop", "deploy", "rollback"})
+# [approvals] Tools a `policy.approve` entry may name: they act only once a person approved the call.
+APPROVABLE_TOOLS = CONFIRMABLE_TOOLS
+_MIN_APPROVAL_TTL, _MAX_APPROVAL_TTL = 1.0, 7 * 24 * 3600.0
 
 _STACK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # A key path of Compose's model, dotted, with * for any one name: services.*.annotations.
@@ -89,6 +94,15 @@ class StackRules(BaseModel):
         default=(),
         description="Engine volumes, networks, secrets and configs the stack may use though it did not create them",
     )
+    # [approvals]
+    approve: tuple[str, ...] = Field(
+        default=(), description="Tools that act on this stack only once a person approved the call (adds to policy's)"
+    )
+
+    @field_validator("approve")
+    @classmethod
+    def _approvable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _approvable_tools(value)
 
     @field_validator("allow_keys")
     @classmethod
@@ -131,6 +145,26 @@ class Policy(BaseModel):
     reserved_ports: tuple[int, ...] = Field(
         default=(), description="Host ports no stack may publish (the gateway's and the panel's own)"
     )
+    # [approvals]
+    approve: tuple[str, ...] = Field(
+        default=(), description="Tools that act only once a person other than the caller approved the call"
+    )
+    approval_ttl: float = Field(
+        default=DEFAULT_APPROVAL_TTL,
+        ge=_MIN_APPROVAL_TTL,
+        le=_MAX_APPROVAL_TTL,
+        description="Seconds an approval waits for a person, and then counts once given",
+    )
+
+    @field_validator("approve")
+    @classmethod
+    def _approvable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _approvable_tools(value)
+
+    def needs_approval(self, tool: str, stack: str) -> bool:
+        """[approvals] True when ``tool`` on ``stack`` acts only once a person approved it (a stack adds to all)."""
+        rules = self.stacks.get(stack)
+        return tool in self.approve or (rules is not None and tool in rules.approve)
 
     @field_validator("reserved_ports")
     @classmethod
@@ -196,6 +230,14 @@ class Policy(BaseModel):
         """The engine resources the operator lets ``stack`` use though it did not create them."""
         rules = self.stacks.get(stack)
         return frozenset(rules.resources) if rules is not None else frozenset()
+
+
+def _approvable_tools(value: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [tool for tool in value if tool not in APPROVABLE_TOOLS]
+    if unknown:
+        known = ", ".join(sorted(APPROVABLE_TOOLS))
+        raise ValueError(f"approve names unknown tool(s) {', '.join(unknown)}; known: {known}")
+    return value
 
 
 def runtime_sockets(docker_host: str | None) -> tuple[str, ...]:

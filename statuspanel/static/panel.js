@@ -39,7 +39,7 @@
   // ---- toasts: the outcome of each action ----------------------------------------------------
   var toasts = document.getElementById("toasts");
 
-  function toast(kind, title, body) {
+  function toast(kind, title, body, link) {
     if (!toasts) return null;
     var el = document.createElement("div");
     el.className = "toast toast-" + kind;
@@ -61,6 +61,14 @@
       b.className = "toast-body";
       b.textContent = body;
       el.appendChild(b);
+    }
+    if (link) {
+      var a = document.createElement("a");
+      a.className = "toast-link";
+      a.href = link.href;
+      a.textContent = link.text;
+      a.setAttribute("data-testid", "action-result-link");
+      el.appendChild(a);
     }
     toasts.appendChild(el);
     while (toasts.children.length > 4) toasts.firstElementChild.remove();
@@ -126,6 +134,7 @@
           var again = dashboard.querySelector('details[data-testid="' + CSS.escape(id) + '"]');
           if (again) again.open = true;
         });
+        updateApprovalsBadge();
         applyPending();
       }
     } catch (e) {
@@ -133,6 +142,16 @@
     } finally {
       refreshing = false;
     }
+  }
+
+  // [approvals] The nav's badge follows the count each refreshed part carries.
+  function updateApprovalsBadge() {
+    var badge = document.querySelector("[data-approvals-badge]");
+    var count = dashboard && dashboard.querySelector("[data-pending-approvals]");
+    if (!badge || !count) return;
+    var n = parseInt(count.getAttribute("data-pending-approvals"), 10) || 0;
+    badge.textContent = String(n);
+    badge.hidden = n === 0;
   }
 
   function el(tag, className, text) {
@@ -264,6 +283,10 @@
           send(key, url, Object.assign({}, body, { confirm: token }), label, button);
         });
         if (!asked) toast("bad", label + " \u2014 needs confirmation", errorText(payload, response));
+      } else if (response.status === 409 && payload && payload.approval_required && payload.page) {
+        // [approvals] Nothing ran: another person decides, on the approval's page.
+        toast("pending", label + " \u2014 waits for a person's approval", null,
+          { href: payload.page, text: "Open the approval" });
       } else {
         toast("bad", label + " \u2014 failed", errorText(payload, response));
       }
@@ -275,6 +298,54 @@
       await refreshDashboard();
       applyPending();
     }
+  }
+
+  // [approvals] A person's decision on a change that waits.
+  function decide(button) {
+    var id = button.dataset.approval;
+    var decision = button.dataset.decide;
+    var key = "approval|" + id;
+    if (pending[key]) return;
+    pending[key] = true;
+    button.disabled = true;
+    post("/api/v1/approvals/" + encodeURIComponent(id) + "/" + decision).then(async function (response) {
+      var payload = await readJson(response);
+      if (response.ok) {
+        toast("ok", (decision === "approve" ? "Approved" : "Rejected") + ": " + payload.tool + " on " + payload.project,
+          decision === "approve" ? "The caller that asked may now repeat its call, once." : null);
+      } else if (response.status === 401) {
+        window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
+      } else {
+        toast("bad", decision + " \u2014 refused", errorText(payload, response));
+      }
+    }, function (e) {
+      toast("bad", decision + " \u2014 failed", "The status panel did not answer: " + e.message);
+    }).finally(function () {
+      delete pending[key];
+      refreshDashboard();
+    });
+  }
+
+  // [approvals] The person who asked sends their approved change again: it acts once.
+  function runApproved(button) {
+    var id = button.dataset.run;
+    var key = "approval|" + id;
+    if (pending[key]) return;
+    pending[key] = true;
+    button.disabled = true;
+    var note = toast("pending", "Going ahead\u2026", null);
+    post("/api/v1/approvals/" + encodeURIComponent(id) + "/run").then(async function (response) {
+      var payload = await readJson(response);
+      if (note) note.remove();
+      if (response.ok && payload) toast("ok", (payload.message || "done"), null);
+      else toast("bad", "Going ahead \u2014 refused", errorText(payload, response));
+    }, function (e) {
+      if (note) note.remove();
+      toast("bad", "Going ahead \u2014 failed", "The status panel did not answer: " + e.message);
+    }).finally(function () {
+      delete pending[key];
+      refreshDashboard();
+    });
   }
 
   function runAction(button, extra) {
@@ -339,6 +410,16 @@
 
   if (dashboard) {
     dashboard.addEventListener("click", function (event) {
+      var decision = event.target.closest("button[data-decide]");
+      if (decision) {
+        if (!decision.disabled) decide(decision);
+        return;
+      }
+      var run = event.target.closest("button[data-run]");
+      if (run) {
+        if (!run.disabled) runApproved(run);
+        return;
+      }
       var rollback = event.target.closest("button[data-rollback]");
       if (rollback && !rollback.disabled) {
         if (!openDialog("rollback", rollback)) runRollback(rollback);

@@ -26,7 +26,7 @@ from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
 from tests.chromium import browser
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
-from tests.gateway.conftest import GatewayProcess
+from tests.gateway.conftest import GatewayProcess, start_gateway, stop_process
 from tests.gateway.mcp_tools import mcp_tools_modules
 
 __all__ = ["browser"]  # the fixture, imported for pytest
@@ -158,3 +158,63 @@ async def test_the_stack_view_renders_a_running_stack_and_its_buttons_call_the_t
         ("stop", "ok", "compose_agent_token"),
         ("start", "ok", "compose_agent_token"),
     ]
+
+
+@pytest.mark.docker
+@pytest.mark.browser
+async def test_a_button_whose_call_waits_for_a_person_offers_the_approval_page_to_open(
+    tmp_path: Path, stacks: StackFactory, browser: Browser
+) -> None:
+    project = stacks.make(WEB_WORKER, files=STACK_FILES)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"policy": {"approve": ["stop"]}, "panel_url": "https://panel.example.com"}))
+    gateway = start_gateway(tmp_path, stacks.root, env={"CONFIG_PATH": str(config)})
+    try:
+        async with httpx2.AsyncClient(headers=gateway.headers(), timeout=120) as http:
+            async with Client(streamable_http_client(gateway.url, http_client=http)) as client:
+                assert not (await client.call_tool("up", {"project": project, "wait": True})).is_error
+                ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
+                html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+                result = await client.call_tool("ps", {"project": project})
+
+                async def host_call_tool(name: str, arguments: str) -> str:
+                    called = await client.call_tool(name, json.loads(arguments))
+                    return json.dumps(called.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+                context = await browser.new_context(viewport={"width": 1040, "height": 560})
+                page = await context.new_page()
+                await page.route(f"{ORIGIN}/**", serve_harness(mcp_tools_modules()))
+                await page.expose_function("hostCallTool", host_call_tool)
+                await page.goto(f"{ORIGIN}/host.html")
+                await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
+                await page.evaluate(
+                    "(args) => window.startApp(args)",
+                    {
+                        "html": html,
+                        "tool": ps_tool.model_dump(mode="json", by_alias=True, exclude_none=True),
+                        "toolInput": {"project": project},
+                        "toolResult": result.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    },
+                )
+                view = page.frame_locator("#app")
+                await expect(view.get_by_test_id("state-worker")).to_have_text("running")
+                await expect(view.get_by_test_id("approval")).to_be_hidden()
+                await view.get_by_test_id("action-worker-stop").click()
+                await expect(view.get_by_test_id("status")).to_contain_text("waits for a person's approval")
+                await view.get_by_test_id("approval-link").click()
+                opened = await page.wait_for_function("window.openedLinks.length > 0 && window.openedLinks")
+                (url,) = await opened.json_value()
+                assert re.fullmatch(r"https://panel\.example\.com/approvals/[0-9a-f]{32}", url)
+                # Nothing ran: the worker still runs, and the view says so.
+                await expect(view.get_by_test_id("state-worker")).to_have_text("running")
+                await context.close()
+            listing = json.loads(await client_read(gateway, "compose://approvals"))["approvals"]
+    finally:
+        stop_process(gateway.process)
+    assert [(a["tool"], a["status"], a["url"]) for a in listing] == [("stop", "pending", url)]
+
+
+async def client_read(gateway: GatewayProcess, uri: str) -> str:
+    async with httpx2.AsyncClient(headers=gateway.headers(), timeout=60) as http:
+        async with Client(streamable_http_client(gateway.url, http_client=http)) as client:
+            return (await client.read_resource(uri)).contents[0].text  # type: ignore[union-attr]

@@ -15,6 +15,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from gateway.engine.logs import MAX_TAIL
+from gateway.mcp.approvals import APPROVAL_TEMPLATE
 from gateway.mcp.dashboard import APP_URI
 from gateway.mcp.resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE, tool_for_uri
 from gateway.mcp.server import build_server
@@ -57,7 +58,8 @@ async def test_each_stack_compose_file_is_listed_and_reads_as_written(
 async def test_the_templates_are_listed(ops: ComposeOperations, mode: str) -> None:
     async with Client(build_server(ops), mode=mode) as client:
         templates = {t.uri_template: t for t in (await client.list_resource_templates()).resource_templates}
-    assert set(templates) == {COMPOSE_FILE_TEMPLATE, STATUS_TEMPLATE, LOGS_TEMPLATE}
+    # [approvals] One approval, by its id (compose://approvals/{id}), beside the stacks' three.
+    assert set(templates) == {COMPOSE_FILE_TEMPLATE, STATUS_TEMPLATE, LOGS_TEMPLATE, APPROVAL_TEMPLATE}
     assert templates[LOGS_TEMPLATE].mime_type == "text/plain"
     assert str(MAX_TAIL) in (templates[LOGS_TEMPLATE].description or "")
 

@@ -20,7 +20,8 @@ from tests.processes import compose_pids
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 READ_TOOLS = {"list_stacks", "ps", "logs", "config", "plan", "versions"}
-ALL_TOOLS = READ_TOOLS | {"up", "down", "restart", "start", "stop", "deploy", "rollback"}
+APPROVE_TOOLS = {"approve", "reject"}  # a person's decision on a change that waits: they take the approval's id
+ALL_TOOLS = READ_TOOLS | {"up", "down", "restart", "start", "stop", "deploy", "rollback"} | APPROVE_TOOLS
 
 
 def _person(name: str) -> RequestParamsMeta:
@@ -39,7 +40,9 @@ async def test_every_tool_has_schemas_and_truthful_annotations(ops: ComposeOpera
         assert tool.annotations.read_only_hint is (name in READ_TOOLS), name
         # deploy and rollback may replace or remove services, as down removes them.
         assert tool.annotations.destructive_hint is (name in {"down", "deploy", "rollback"}), name
-        if name != "list_stacks":
+        if name in APPROVE_TOOLS:
+            assert tool.input_schema["required"] == ["id"], name
+        elif name != "list_stacks":
             assert "project" in tool.input_schema["required"], name
     assert tools["restart"].annotations.idempotent_hint is False  # type: ignore[union-attr]
     assert tools["up"].annotations.idempotent_hint is True  # type: ignore[union-attr]

@@ -68,6 +68,7 @@ def acceptance_walk(call: Inspector, project: str, docker_client: docker.DockerC
     assert tools == {
         *("list_stacks", "ps", "logs", "config", "plan", "versions"),
         *("up", "down", "restart", "start", "stop", "deploy", "rollback"),
+        *("approve", "reject"),
     }
     listed = call("tools/call", "list_stacks")["structuredContent"]["stacks"]
     assert project in {s["name"] for s in listed}

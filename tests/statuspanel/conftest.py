@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 
 from gateway.api import (
     ActionResult,
+    ApprovalInfo,
     CommandExecutionMetrics,
     ControlPlane,
     DeployResult,
@@ -263,6 +264,9 @@ class MemoryBackend:
         self.metrics_data = CommandExecutionMetrics()
         self.state = {"shop": {"web": "running", "db": "running"}, "blog": {"app": "exited"}}
         self.confirm_tools: set[str] = set()  # the operator's policy.confirm, as the gateway would apply it
+        self.waiting: dict[str, ApprovalInfo] = {}  # [approvals] what the gateway would list
+        self.decided: list[tuple[str, bool, str]] = []  # (id, approved, person), in order
+        self.sent_approvals: list[str | None] = []  # the approval each action carried, in order
 
     @asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -319,6 +323,7 @@ class MemoryBackend:
         project, action, services = call.project, call.action, call.services
         self.calls.append((action, {"project": project, "services": services, "volumes": call.volumes}))
         self.acted_for.append(call.on_behalf_of)
+        self.sent_approvals.append(call.approval)
         self._check(project)
         self._confirmed(action, project, call.confirm)
         self.metrics_data.record_execution(ControlPlane.COMPOSE_AGENT, action)
@@ -388,6 +393,25 @@ class MemoryBackend:
             duration_ms=1.0,
             message=f"rollback finished on '{project}': version {version or 1} is on disk and up",
         )
+
+    async def approvals(self) -> list[ApprovalInfo]:
+        self._check()
+        return list(self.waiting.values())
+
+    async def approval(self, approval_id: str) -> ApprovalInfo:
+        self._check()
+        if approval_id not in self.waiting:
+            raise NotFound(f"there is no approval at 'compose://approvals/{approval_id}'")
+        return self.waiting[approval_id]
+
+    async def decide(self, approval_id: str, *, approve: bool, on_behalf_of: str) -> ApprovalInfo:
+        found = await self.approval(approval_id)
+        if found.on_behalf_of == on_behalf_of:
+            raise Forbidden(f"{on_behalf_of} asked for this change, so another person must approve or reject it")
+        self.decided.append((approval_id, approve, on_behalf_of))
+        decided = found.model_copy(update={"status": "approved" if approve else "rejected", "decided_by": on_behalf_of})
+        self.waiting[approval_id] = decided
+        return decided
 
     async def compose_agent_status(self) -> str:
         return "down" if self.unavailable else "up"

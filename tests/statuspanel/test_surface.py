@@ -51,6 +51,8 @@ def test_importing_the_whole_panel_loads_no_gateway_module_that_gateway_api_does
 # sources. Legacy mode's operations load on first use only. A new module here is a decision.
 CLIENT_MODE_MODULES = {
     "gateway.api",
+    # [approvals] The panel shows the changes that wait for a person: their model and the id's grammar.
+    "gateway.approvals.records",
     "gateway.audit",
     "gateway.auditdigest",
     # [oauth] The panel logs in the gateway's people: their document, password hashes and scopes.

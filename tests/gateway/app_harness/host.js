@@ -5,18 +5,24 @@ import { AppBridge, PostMessageTransport } from "@modelcontextprotocol/ext-apps/
 
 const status = document.getElementById("harness-status");
 window.hostCalls = [];
+window.openedLinks = [];
 
 window.startApp = async ({ html, tool, toolInput, toolResult }) => {
   const iframe = document.getElementById("app");
   const bridge = new AppBridge(
     null,
     { name: "compose-agent-harness", version: "1.0.0" },
-    { serverTools: {}, logging: {} },
+    { serverTools: {}, logging: {}, openLinks: {} },
     { hostContext: { theme: "light", displayMode: "inline", platform: "web", toolInfo: { tool } } },
   );
   bridge.oncalltool = async (params) => {
     window.hostCalls.push({ name: params.name, arguments: params.arguments ?? {} });
     return JSON.parse(await window.hostCallTool(params.name, JSON.stringify(params.arguments ?? {})));
+  };
+  // A real host would open the page in the person's browser; this one notes which it was asked to.
+  bridge.onopenlink = async ({ url }) => {
+    window.openedLinks.push(url);
+    return {};
   };
   bridge.onsizechange = ({ height }) => {
     if (height) iframe.style.height = `${height}px`;
