@@ -31,6 +31,9 @@ __all__ = [
     "SwarmFailed",
     "AuditUnavailable",
     "ShuttingDown",
+    "IdempotencyConflict",
+    "StateUnavailable",
+    "IDEMPOTENCY_META_KEY",
 ]
 
 
@@ -40,6 +43,8 @@ ERROR_META_KEY = "compose-agent/error"
 CONFIRM_META_KEY = "compose-agent/confirm"
 # [oauth] Where an insufficient_scope result names the scope that would allow the call.
 SCOPE_META_KEY = "compose-agent/scope"
+# [tasks] Where a write tool's result says what its idempotency key did: ran, joined, replayed, retried.
+IDEMPOTENCY_META_KEY = "compose-agent/idempotency"
 
 
 class GatewayError(Exception):
@@ -158,3 +163,15 @@ class ShuttingDown(GatewayError):
     """The gateway is stopping: a command was not started, or was stopped after the grace period."""
 
     kind = "shutting_down"
+
+
+class IdempotencyConflict(InvalidInput):
+    """[tasks] An ``idempotency_key`` already names another call (other arguments, or another tool); nothing ran."""
+
+    kind = "idempotency_conflict"
+
+
+class StateUnavailable(GatewayError):
+    """[tasks] A task or an idempotency key could not be kept in the state folder, so the call did not run."""
+
+    kind = "state_unavailable"

@@ -37,10 +37,10 @@ from ..auth.tokens import (
 from ..compose.running import RunningCommands
 from ..config import Settings, load_settings
 from ..errors import AuditUnavailable
-from ..mcp.app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
+from ..mcp.app import LOOPBACK_HOSTS, BackgroundTask, Limits, Shutdown, build_http_app
 from ..mcp.notify import Notifier
 from ..mcp.oauth import build_oauth  # [oauth]
-from ..mcp.server import build_server
+from ..mcp.server import GatewayServer, build_server
 from ..mcp.watch import StackWatcher
 from ..metrics import ControlPlane
 from ..operations import ComposeOperations
@@ -188,6 +188,7 @@ async def _serve_http(
         people=people.scopes_of,
         notifier=notifier,
         confirm=settings.policy.confirm,
+        state_dir=settings.state_dir,  # [tasks]
     )
 
     async def refresh() -> None:
@@ -212,7 +213,8 @@ async def _serve_http(
         host=args.host,
         allowed_hosts=_allowed_hosts(settings, args.host),
         background=[refresh, notifier.run, StackWatcher(ops, notifier).run, people.watch_forever]
-        + (oauth.background if oauth else []),
+        + (oauth.background if oauth else [])
+        + _task_runner(server),  # [tasks]
         limits=limits,
         oauth_app=oauth.app if oauth else None,
         guard=oauth.guard(ops.audit_refusal) if oauth else None,
@@ -252,7 +254,9 @@ async def _serve_stdio(
     settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
 ) -> int:
     notifier = _notifier()
-    server = build_server(ops, read_only=args.read_only, notifier=notifier, confirm=settings.policy.confirm)
+    server = build_server(
+        ops, read_only=args.read_only, notifier=notifier, confirm=settings.policy.confirm, state_dir=settings.state_dir
+    )
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
@@ -273,9 +277,18 @@ async def _serve_stdio(
         tg.start_soon(stop_on_signal)
         tg.start_soon(notifier.run)
         tg.start_soon(StackWatcher(ops, notifier).run)
+        for run_tasks in _task_runner(server):  # [tasks]
+            tg.start_soon(run_tasks)
         await server.run_stdio_async()
+        # [tasks] The client hung up: a task it left running gets the same bounded wait as at SIGTERM.
+        await running.drain(settings.shutdown_timeout)
         tg.cancel_scope.cancel()
     return 0
+
+
+def _task_runner(server: GatewayServer) -> list[BackgroundTask]:
+    """[tasks] Where the server's detached calls (tasks, keyed writes) run: beside it, for its lifetime."""
+    return [server.tasks.run] if server.tasks is not None else []
 
 
 def _notifier() -> Notifier:

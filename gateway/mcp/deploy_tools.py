@@ -19,7 +19,7 @@ from .confirmation import (
     RollbackPending,
     deploy_audit_arguments,
 )
-from .tools import READ_ONLY, Confirm, Project, StrictBool, ToolKit, write_annotations
+from .tools import READ_ONLY, Confirm, IdempotencyKey, Project, StrictBool, ToolKit, write_annotations
 
 __all__ = ["register_deploy_reads", "register_deploy_tools"]
 
@@ -115,6 +115,7 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         env: Env = None,
         wait: Wait = False,
         confirm: Confirm = None,
+        idempotency_key: IdempotencyKey = None,  # [tasks]
     ) -> DeployResult:
         arguments = {"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}
         shown = deploy_audit_arguments(project, compose_yaml)
@@ -138,6 +139,7 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         version: Version = None,
         wait: Wait = False,
         confirm: Confirm = None,
+        idempotency_key: IdempotencyKey = None,  # [tasks]
     ) -> DeployResult:
         acting = await kit.cleared(
             ctx, "rollback", {"project": project, "version": version, "wait": wait}, pending, answer, confirm
