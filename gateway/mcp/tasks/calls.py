@@ -103,7 +103,7 @@ def requested_task(params: CallToolRequestParams, ctx: ServerRequestContext[Any,
     Before 2025-11-25 the ``task`` field means nothing, and is ignored as the revision says.
     """
     if ctx.protocol_version == LEGACY_VERSION and params.task is not None:
-        token = (ctx.meta or {}).get("progressToken")
+        token = (ctx.meta or {}).get("progress_token")
         return TaskRequest(LEGACY_VERSION, params.task.ttl, token if isinstance(token, str | int) else None)
     if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
         capabilities = ctx.session.client_capabilities
