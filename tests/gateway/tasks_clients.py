@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import anyio
 import anyio.abc
+import docker
 import httpx2
 from mcp import Client
 from mcp.client.extension import ClaimContext, ClientExtension, ResultClaim
@@ -51,6 +52,16 @@ services:
 def slow_stack(seconds: int) -> str:
     """:data:`SLOW`, healthy after ``seconds``."""
     return SLOW.replace("SECONDS", str(seconds))
+
+
+def health_of(project: str) -> str | None:
+    """The health of the project's first container (None without a container, or without a healthcheck)."""
+    client = docker.from_env()
+    try:
+        found = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
+        return found[0].attrs["State"].get("Health", {}).get("Status") if found else None
+    finally:
+        client.close()
 
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
@@ -284,6 +295,7 @@ def with_progress(params: dict[str, Any], token: str) -> dict[str, Any]:
 __all__ = [
     "SLOW",
     "audit_lines",
+    "health_of",
     "intents",
     "sdk_over_http",
     "slow_stack",

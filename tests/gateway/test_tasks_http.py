@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 import anyio
-import docker
 import pytest
 from mcp.shared.exceptions import MCPError
 
@@ -24,6 +23,7 @@ from tests.gateway.tasks_clients import (
     audit_lines,
     cancel_task,
     get_task,
+    health_of,
     intents,
     sdk_over_http,
     slow_stack,
@@ -35,15 +35,6 @@ from tests.processes import compose_up_pids
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 WRITE_TOOLS = {"up", "down", "restart", "start", "stop", "deploy", "rollback"}
-
-
-def health_of(project: str) -> str | None:
-    client = docker.from_env()
-    try:
-        found = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
-        return found[0].attrs["State"].get("Health", {}).get("Status") if found else None
-    finally:
-        client.close()
 
 
 async def test_a_2025_11_25_task_answers_at_once_and_only_its_owner_follows_it(
