@@ -64,6 +64,12 @@ def health_of(project: str) -> str | None:
         client.close()
 
 
+def meta_of(result: CallToolResult) -> dict[str, Any]:
+    """A result's ``_meta`` (it must have one)."""
+    assert result.meta is not None, result
+    return dict(result.meta)
+
+
 def audit_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -287,7 +293,7 @@ class LegacyStdio:
         return _answer(self._answers.pop(number))
 
 
-def with_progress(params: dict[str, Any], token: str) -> dict[str, Any]:
+def with_progress(params: dict[str, Any], token: str | int) -> dict[str, Any]:
     """``params`` asking for progress notifications under ``token``."""
     return {**params, "_meta": {**params.get("_meta", {}), "progressToken": token}}
 
@@ -295,6 +301,7 @@ def with_progress(params: dict[str, Any], token: str) -> dict[str, Any]:
 __all__ = [
     "SLOW",
     "audit_lines",
+    "meta_of",
     "health_of",
     "intents",
     "sdk_over_http",

@@ -13,12 +13,14 @@ from gateway.errors import IDEMPOTENCY_META_KEY
 from tests.conftest import StackFactory, free_port
 from tests.gateway.conftest import start_gateway, stop_process
 from tests.gateway.tasks_clients import (
+    CreatedTask,
     LegacyHttp,
     TasksExtension,
     audit_lines,
     get_task,
     health_of,
     intents,
+    meta_of,
     sdk_over_http,
     slow_stack,
 )
@@ -38,7 +40,8 @@ async def test_a_gateway_killed_mid_task_reports_it_failed_and_its_key_runs_it_o
     try:
         async with sdk_over_http(first.url, first.agent_token, TasksExtension()) as client:
             created = await client.session.call_tool("up", arguments, allow_claimed=True)
-        task_id: str = created.task_id  # type: ignore[attr-defined]
+        assert isinstance(created, CreatedTask)
+        task_id = created.task_id
         await eventually_in_thread(lambda: compose_up_pids(project), what="docker compose up to run")
         await eventually_in_thread(lambda: health_of(project) == "starting", what="the container to start")
         first.process.kill()  # SIGKILL: no drain, no outcome line, no last write
@@ -59,6 +62,7 @@ async def test_a_gateway_killed_mid_task_reports_it_failed_and_its_key_runs_it_o
                 return task if "engine now shows" in task["error"]["message"] else None
 
             task = await eventually(explained, what="the restarted gateway to say what the engine shows")
+        assert task is not None
         assert "stopped while this task ran" in task["statusMessage"]
         assert re.search(r"engine now shows: slow running \((starting|healthy)\)", task["statusMessage"])
 
@@ -73,11 +77,11 @@ async def test_a_gateway_killed_mid_task_reports_it_failed_and_its_key_runs_it_o
         stop_process(second.process)
 
     assert retry.structured_content is not None and retry.structured_content["ok"] is True
-    info = retry.meta[IDEMPOTENCY_META_KEY]
+    info = meta_of(retry)[IDEMPOTENCY_META_KEY]
     assert info["call"] == "retried" and info["attempt"] == 2
     [cut_short] = info["interrupted"]
     assert "stopped while this call ran" in cut_short["reason"]
-    assert again.meta[IDEMPOTENCY_META_KEY]["call"] == "replayed"
+    assert meta_of(again)[IDEMPOTENCY_META_KEY]["call"] == "replayed"
 
     [record] = [json.loads(p.read_text()) for p in (tmp_path / f"state-{port}" / "keys").glob("*.json")]
     assert record["state"] == "done" and record["attempts"] == 2 and len(record["interrupted"]) == 1

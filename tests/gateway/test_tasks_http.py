@@ -17,6 +17,7 @@ from gateway.errors import ERROR_META_KEY, IDEMPOTENCY_META_KEY
 from tests.conftest import NEVER_HEALTHY, StackFactory
 from tests.gateway.conftest import GatewayProcess
 from tests.gateway.tasks_clients import (
+    CreatedTask,
     LegacyHttp,
     RpcError,
     TasksExtension,
@@ -25,6 +26,7 @@ from tests.gateway.tasks_clients import (
     get_task,
     health_of,
     intents,
+    meta_of,
     sdk_over_http,
     slow_stack,
     with_progress,
@@ -69,7 +71,8 @@ async def test_a_2025_11_25_task_answers_at_once_and_only_its_owner_follows_it(
             assert task["status"] in ("working", "completed")
             return task.get("statusMessage") if task["status"] == "working" else None
 
-        assert project in await eventually(progress_shown, what="a status message while the task works")
+        shown = await eventually(progress_shown, what="a status message while the task works")
+        assert shown is not None and project in shown
 
         result = await owner.request("tasks/result", {"taskId": task_id})
         assert result["structuredContent"]["ok"] is True and not result.get("isError")
@@ -133,11 +136,11 @@ async def test_one_key_sent_three_times_runs_compose_once(gateway: GatewayProces
         other_arguments = await client.call_tool("up", {**arguments, "wait": False})
 
     assert all(r.structured_content and r.structured_content["ok"] for r in results)
-    calls = [r.meta[IDEMPOTENCY_META_KEY]["call"] for r in results]
+    calls = [meta_of(r)[IDEMPOTENCY_META_KEY]["call"] for r in results]
     assert sorted(calls[:2]) == ["joined", "ran"] and calls[2] == "replayed"
     assert len({json.dumps(r.structured_content, sort_keys=True) for r in results}) == 1
     for refused in (other_tool, other_arguments):
-        assert refused.is_error and refused.meta[ERROR_META_KEY] == "idempotency_conflict"
+        assert refused.is_error and meta_of(refused)[ERROR_META_KEY] == "idempotency_conflict"
     assert "first used" in other_tool.content[0].text  # type: ignore[union-attr]
 
     [intent] = intents(gateway.audit, "up", project)
@@ -177,7 +180,8 @@ async def test_a_2026_07_28_cancel_is_acknowledged_and_ends_the_task_cancelled(
     project = stacks.make(NEVER_HEALTHY)
     async with sdk_over_http(gateway.url, gateway.agent_token, TasksExtension()) as client:
         created = await client.session.call_tool("up", {"project": project, "wait": True}, allow_claimed=True)
-        task_id = created.task_id  # type: ignore[attr-defined]
+        assert isinstance(created, CreatedTask)
+        task_id = created.task_id
         await eventually_in_thread(lambda: compose_up_pids(project), what="docker compose up to run")
         ack = await cancel_task(client.session, task_id)
         assert ack["resultType"] == "complete" and set(ack) <= {"resultType", "_meta"}

@@ -11,7 +11,15 @@ from mcp import Client, StdioServerParameters
 
 from gateway.errors import IDEMPOTENCY_META_KEY
 from tests.conftest import StackFactory
-from tests.gateway.tasks_clients import LegacyStdio, TasksExtension, get_task, intents, slow_stack, with_progress
+from tests.gateway.tasks_clients import (
+    LegacyStdio,
+    TasksExtension,
+    get_task,
+    intents,
+    meta_of,
+    slow_stack,
+    with_progress,
+)
 from tests.polling import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -61,5 +69,5 @@ async def test_tasks_over_stdio_on_both_revisions_and_across_a_restart(tmp_path:
     assert kept["status"] == "completed" and kept["result"]["structuredContent"]["ok"] is True
     assert restarted.structured_content is not None and restarted.structured_content["ok"] is True
     assert len(tasks.created) == 1
-    assert [r.meta[IDEMPOTENCY_META_KEY]["call"] for r in (keyed, repeated)] == ["ran", "replayed"]
+    assert [meta_of(r)[IDEMPOTENCY_META_KEY]["call"] for r in (keyed, repeated)] == ["ran", "replayed"]
     assert len(intents(audit, "restart", project)) == 2  # the task, and the keyed call once
