@@ -69,6 +69,8 @@ class Run:
     progress: float = 0.0
     message: str | None = None
     cancelled_by: str | None = None
+    # The call has returned (its result is being kept): too late to cancel it.
+    returned: bool = False
     # 2025-11-25: the token the task's tools/call carried; its progress keeps using it.
     progress_token: str | int | None = None
     followers: list[Follower] = field(default_factory=list)
@@ -207,11 +209,16 @@ class Runner:
             del self._by_key[run.key.name]
 
     async def cancel(self, run: Run, by: str) -> None:
-        """Stop ``run`` (its Compose process group with it) and wait, bounded, until it has ended."""
-        run.cancelled_by = by
-        if run.task is not None and self.tasks.finish(run.task, "cancelled", message=f"cancelled by {by}; stopping"):
-            await self._save_task(run.task)
-        run.scope.cancel()
+        """Stop ``run`` (its Compose process group with it) and wait, bounded, until it has ended.
+
+        A call that has already returned is let finish: its task ends with its own result.
+        """
+        if not run.returned:
+            run.cancelled_by = by
+            stopping = f"cancelled by {by}; stopping"
+            if run.task is not None and self.tasks.finish(run.task, "cancelled", message=stopping):
+                await self._save_task(run.task)
+            run.scope.cancel()
         with anyio.move_on_after(_CANCEL_WAIT_S):
             await run.done.wait()
 
@@ -233,6 +240,7 @@ class Runner:
                 except Exception:
                     logger.exception("%s on %r failed inside the gateway", run.tool, run.project)
                     run.error = MCPError(INTERNAL_ERROR, f"{run.tool} failed inside the gateway; see its log")
+            run.returned = True
             if run.scope.cancelled_caught:
                 await self._cancelled(run)
             else:
@@ -264,7 +272,10 @@ class Runner:
                 await self._save_key(run.key)
         if run.task is not None:
             message = finished_message(run.tool, run.result, run.error)
-            if run.error is not None:
+            if run.task.state == "cancelled":
+                # Cancelled as the call finished anyway: it stays cancelled, and says how the call ended.
+                run.task.result, run.task.message = payload, f"{run.task.message}; but it had finished: {message}"
+            elif run.error is not None:
                 error = {"code": run.error.code, "message": run.error.message}
                 self.tasks.finish(run.task, "failed", error=error, message=message)
             elif key_outcome(run.result, None) == "interrupt":
