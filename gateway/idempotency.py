@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .statefiles import RecordFolder, owned_by_live_process
+from .statefiles import RecordFolder, owned_by_live_process, process_started
 
 __all__ = [
     "KeyLedger",
@@ -97,6 +97,8 @@ class KeyRecord:
     result: dict[str, Any] | None = None
     task_id: str | None = None
     pid: int = field(default_factory=os.getpid)
+    # When that process started: a later process that got its pid is not it.
+    pid_started: str | None = field(default_factory=lambda: process_started(os.getpid()))
 
     @property
     def name(self) -> str:
@@ -168,7 +170,7 @@ class KeyLedger:
             if record.expired(now):
                 self._files.remove(name)
                 continue
-            if record.state == "running" and not owned_by_live_process(record.pid):
+            if record.state == "running" and not owned_by_live_process(record.pid, record.pid_started):
                 self.interrupt(record, f"the gateway (pid {record.pid}) stopped while this call ran")
                 self._files.write(name, record.to_json())
                 recovered += 1
@@ -193,7 +195,7 @@ class KeyLedger:
             # interrupted: once more, remembering the attempts that were cut short.
             record.state, record.attempts, record.result, record.task_id = "running", record.attempts + 1, None, None
             record.started_at = record.updated_at = now
-            record.pid = os.getpid()
+            record.pid, record.pid_started = os.getpid(), process_started(os.getpid())
             return Claim("begin", record)
         self._prune(owner, now)
         record = KeyRecord(owner, key, tool, project, print_, now, now, started_at=now)

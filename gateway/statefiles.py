@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import StateUnavailable
 
-__all__ = ["RecordFolder", "MAX_RECORD_BYTES", "owned_by_live_process"]
+__all__ = ["RecordFolder", "MAX_RECORD_BYTES", "owned_by_live_process", "process_started"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,26 @@ class RecordFolder:
             os.close(fd)
 
 
-def owned_by_live_process(pid: object) -> bool:
+def process_started(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, from /proc), to tell it from a later process with its pid.
+
+    None where /proc cannot say (another OS, the process is gone).
+    """
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (2nd field) may hold spaces and parentheses; the fields after it do not.
+    fields = stat_line.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def owned_by_live_process(pid: object, started: object = None) -> bool:
     """True when ``pid`` is another process that is still alive: a gateway sharing this state folder.
 
     Our own pid counts as gone: in a container the restarted gateway is pid 1 again, and whatever a
-    record says pid 1 was doing, this process is not doing it.
+    record says pid 1 was doing, this process is not doing it. With ``started`` (see
+    :func:`process_started`), a live process that reuses a dead gateway's pid counts as gone too.
     """
     if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
         return False
@@ -139,4 +154,7 @@ def owned_by_live_process(pid: object) -> bool:
         return False
     except PermissionError:
         return True  # someone else's process: alive
+    if isinstance(started, str):
+        now = process_started(pid)
+        return now is None or now == started
     return True

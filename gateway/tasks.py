@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ERROR_META_KEY
-from .statefiles import RecordFolder, owned_by_live_process
+from .statefiles import RecordFolder, owned_by_live_process, process_started
 
 __all__ = [
     "TaskRecord",
@@ -72,6 +72,8 @@ class TaskRecord:
     error: dict[str, Any] | None = None
     key: str | None = None
     pid: int = field(default_factory=os.getpid)
+    # When that process started: a later process that got its pid is not it.
+    pid_started: str | None = field(default_factory=lambda: process_started(os.getpid()))
 
     @property
     def terminal(self) -> bool:
@@ -143,7 +145,7 @@ class TaskStore:
                 self._files.remove(name)
                 continue
             self._records[name] = record
-            if record.state == "working" and not owned_by_live_process(record.pid):
+            if record.state == "working" and not owned_by_live_process(record.pid, record.pid_started):
                 self.interrupt(record, f"the gateway (pid {record.pid}) stopped while this task ran")
                 self.save(record)
                 self.recovered.append(record)

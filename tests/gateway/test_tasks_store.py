@@ -13,7 +13,7 @@ import pytest
 
 from gateway.errors import StateUnavailable
 from gateway.idempotency import KEY_TTL_S, KeyLedger, fingerprint, valid_key
-from gateway.statefiles import RecordFolder, owned_by_live_process
+from gateway.statefiles import RecordFolder, owned_by_live_process, process_started
 from gateway.tasks import MAX_TTL_MS, MIN_TTL_MS, TaskStore
 
 
@@ -63,7 +63,18 @@ def test_a_live_process_is_told_from_a_dead_one_and_our_own_pid_counts_as_gone()
     assert not owned_by_live_process(os.getpid())
     assert not owned_by_live_process(_dead_pid())
     assert owned_by_live_process(os.getppid())
+    assert owned_by_live_process(os.getppid(), process_started(os.getppid()))
     assert not owned_by_live_process("12")
+
+
+def test_a_process_that_got_a_dead_gateway_s_pid_is_not_that_gateway(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "tasks")
+    task = store.create("o", "up", "shop")
+    task.pid, task.pid_started = os.getppid(), "1"  # alive, but started at another time than the record says
+    store.save(task)
+    reopened = TaskStore(tmp_path / "tasks")
+    reopened.open()
+    assert reopened.get("o", task.task_id).state == "interrupted"  # type: ignore[union-attr]
 
 
 # -- tasks ------------------------------------------------------------------------------------------
@@ -127,7 +138,7 @@ def test_a_task_a_dead_gateway_left_working_is_interrupted_at_start(tmp_path: Pa
 def test_a_task_of_a_live_gateway_sharing_the_folder_is_left_running(tmp_path: Path) -> None:
     store = TaskStore(tmp_path / "tasks")
     task = store.create("o", "up", "shop")
-    task.pid = os.getppid()
+    task.pid, task.pid_started = os.getppid(), process_started(os.getppid())
     store.save(task)
     other = TaskStore(tmp_path / "tasks")
     other.open()
