@@ -202,6 +202,11 @@ class KeyLedger:
         self._records[name] = record
         return Claim("begin", record)
 
+    def get(self, owner: str, key: str) -> KeyRecord | None:
+        """The owner's record of ``key``, if it has one that has not expired."""
+        record = self._records.get(_record_name(owner, key))
+        return None if record is None or record.expired(time.time()) else record
+
     def save(self, record: KeyRecord) -> None:
         """Write ``record`` to disk (blocking: call it from a worker thread)."""
         if self._files is not None:

@@ -192,7 +192,8 @@ class TaskCalls:
         except GatewayError:
             return await call_next(ctx)  # the call refuses (and audits) the malformed _meta itself
         if not self.runner.accepting:
-            return _error(ShuttingDown("the gateway is stopping and starts no more calls; retry once it is back"))
+            stopping = ShuttingDown("the gateway is stopping and starts no more calls; retry once it is back")
+            return self._refuse(params.name, arguments, caller, stopping)
         project = arguments.get("project") if isinstance(arguments.get("project"), str) else None
         record: KeyRecord | None = None
         if key is not None:
@@ -205,22 +206,20 @@ class TaskCalls:
             if claim.action == "join":
                 joined = self.runner.by_key(record)
                 if joined is None:
-                    return _error(
-                        StateUnavailable(
-                            f"the call with this idempotency_key runs in another gateway process (pid {record.pid}) "
-                            "that shares this state folder; ask that gateway, or wait for it to end"
-                        )
+                    elsewhere = StateUnavailable(
+                        f"the call with this idempotency_key runs in another gateway process (pid {record.pid}) "
+                        "that shares this state folder; ask that gateway, or wait for it to end"
                     )
+                    return self._refuse(params.name, arguments, caller, elsewhere)
                 return await self._follow(joined, ctx, want, "joined")
         if want is not None and self.tasks.working(caller.owner) >= MAX_WORKING_PER_OWNER:
             if record is not None:
                 self.keys.release(record)
-            return _error(
-                PolicyViolation(
-                    f"{caller.owner} already has {MAX_WORKING_PER_OWNER} tasks running; wait for one to end "
-                    "(tasks/get) or cancel one (tasks/cancel)"
-                )
+            busy = PolicyViolation(
+                f"{caller.owner} already has {MAX_WORKING_PER_OWNER} tasks running; wait for one to end "
+                "(tasks/get) or cancel one (tasks/cancel)"
             )
+            return self._refuse(params.name, arguments, caller, busy)
         run = Run(caller.owner, params.name, project, key=record, progress_token=want.progress_token if want else None)
         if want is not None:
             run.task = self.tasks.create(caller.owner, params.name, project, ttl_ms=want.ttl_ms, key=key)
@@ -235,7 +234,7 @@ class TaskCalls:
             if record is not None:
                 self.keys.release(record)
             self.runner.abandon(run, _error(exc))
-            return _error(exc)
+            return self._refuse(params.name, arguments, caller, exc)
         if run.task is not None:
             logger.info("task %s: %s on %r for %s", run.task.task_id, run.tool, project, caller.owner)
         self.runner.start(run, ctx, call_next)
@@ -284,7 +283,8 @@ class TaskCalls:
             # The first call had no task (or it expired): this one is born finished, with the recorded result.
             task = self.tasks.create(caller.owner, record.tool, record.project, key=record.key)
             cancelled = (stored.get("_meta") or {}).get(ERROR_META_KEY) == "cancelled"
-            self.tasks.finish(task, "cancelled" if cancelled else "completed", result=stored, message="replayed")
+            replayed = "the recorded outcome of the first call with this idempotency_key"
+            self.tasks.finish(task, "cancelled" if cancelled else "completed", result=stored, message=replayed)
             try:
                 await to_thread.run_sync(self.tasks.save, task)
             except StateUnavailable as exc:
@@ -299,6 +299,10 @@ class TaskCalls:
         )
         if tool != record.tool:
             reason = reason.replace("with other arguments", f"(not {tool})")
+        return self._refuse(tool, arguments, caller, IdempotencyConflict(reason))
+
+    def _refuse(self, tool: str, arguments: dict[str, Any], caller: Caller, exc: GatewayError) -> CallToolResult:
+        """A call refused here, before it ran: audited like every refusal, answered as an error result."""
         shown = bounded_arguments(audit_view(arguments))
-        self.audit_refusal(tool, shown, caller.name, reason, on_behalf_of=caller.person)
-        return _error(IdempotencyConflict(reason))
+        self.audit_refusal(tool, shown, caller.name, str(exc), on_behalf_of=caller.person)
+        return _error(exc)
