@@ -61,6 +61,7 @@ __all__ = [
     "ApprovalStep",
     "approval_step",
     "mark_approval",
+    "call_tags",
 ]
 
 # Where a client that acts for a person (the status panel) names them, in the MCP request's `_meta`.
@@ -69,6 +70,21 @@ ON_BEHALF_OF_META_KEY = "compose-agent/on_behalf_of"
 _MAX_PERSON = 128
 
 logger = logging.getLogger(__name__)
+
+# [tasks] What a call carries beside its arguments (its idempotency key and attempt, its task), set
+# around the call and added to its intent line: one key's intents can then be found and counted.
+_CALL_TAGS: ContextVar[dict[str, Any] | None] = ContextVar("compose_agent_call_tags", default=None)
+
+
+@contextmanager
+def call_tags(**tags: Any) -> Iterator[None]:
+    """[tasks] Add ``tags`` (JSON values) to the intent lines written inside the block (worker threads too)."""
+    token = _CALL_TAGS.set({**(_CALL_TAGS.get() or {}), **tags})
+    try:
+        yield
+    finally:
+        _CALL_TAGS.reset(token)
+
 
 # Recovery reads only the end of a large file: an intent without its outcome belongs to a run that
 # ended at most one Compose timeout (15 min) of audit lines before the end, far less than this.
@@ -291,6 +307,9 @@ class AuditLog:
         entry = Intent(uuid.uuid4().hex[:16], caller, control_plane, tool, arguments, on_behalf_of)
         record = self._record(entry, "intent")
         record["pid"] = os.getpid()
+        tags = _CALL_TAGS.get()
+        if tags:  # [tasks]
+            record.update({k: v for k, v in tags.items() if k not in record})
         self._append(record, sync=True)
         return entry
 

@@ -34,6 +34,9 @@ __all__ = [
     "SwarmFailed",
     "AuditUnavailable",
     "ShuttingDown",
+    "IdempotencyConflict",
+    "StateUnavailable",
+    "IDEMPOTENCY_META_KEY",
 ]
 
 
@@ -46,6 +49,8 @@ SCOPE_META_KEY = "compose-agent/scope"
 # [approvals] Where an approval_required result carries the approval's id, and the page a person approves it on.
 APPROVAL_META_KEY = "compose-agent/approval"
 APPROVAL_URL_META_KEY = "compose-agent/approval_url"
+# [tasks] Where a write tool's result says what its idempotency key did: ran, joined, replayed, retried.
+IDEMPOTENCY_META_KEY = "compose-agent/idempotency"
 
 
 class GatewayError(Exception):
@@ -179,3 +184,15 @@ class ShuttingDown(GatewayError):
     """The gateway is stopping: a command was not started, or was stopped after the grace period."""
 
     kind = "shutting_down"
+
+
+class IdempotencyConflict(InvalidInput):
+    """[tasks] An ``idempotency_key`` already names another call (other arguments, or another tool); nothing ran."""
+
+    kind = "idempotency_conflict"
+
+
+class StateUnavailable(GatewayError):
+    """[tasks] A task or an idempotency key could not be kept in the state folder, so the call did not run."""
+
+    kind = "state_unavailable"

@@ -34,6 +34,7 @@ from gateway.api import (
 
 from .client import GatewayClient
 from .errors import ActionFailed, BadRequest, ConfirmationNeeded, NotFound, PanelError, for_kind
+from .tasks import TaskView
 
 if TYPE_CHECKING:  # importing the operations pulls in docker-py, which normal mode must not need
     from gateway.api import AuditLog, ComposeOperations
@@ -106,6 +107,8 @@ class Backend(Protocol):
 
     control_plane: ControlPlane
     legacy: bool
+    # [tasks] Whether long actions can run as gateway tasks the browser follows (not in legacy mode).
+    tasks: bool
 
     def lifespan(self) -> AbstractAsyncContextManager[None]:
         """Background work and resources for as long as the app runs."""
@@ -149,6 +152,22 @@ class Backend(Protocol):
         """``up``, ``down`` or ``disabled``."""
         ...
 
+    async def start_action(self, call: ActionCall) -> TaskView:
+        """[tasks] Start ``call`` as a task; its handle (or a finished view if it was answered at once)."""
+        ...
+
+    async def start_rollback(self, call: RollbackCall) -> TaskView:
+        """[tasks] Start a rollback as a task."""
+        ...
+
+    async def task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
+        """[tasks] A task of the person's, as it is now."""
+        ...
+
+    async def cancel_task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
+        """[tasks] Stop a task of the person's; the stack stays as Compose left it."""
+        ...
+
     async def metrics(self) -> dict[str, Any]:
         """The panel's own executions merged with the gateway's."""
         ...
@@ -184,6 +203,7 @@ class GatewayBackend:
 
     control_plane = ControlPlane.COMPOSE_AGENT
     legacy = False
+    tasks = True
 
     def __init__(self, client: GatewayClient, *, probe_timeout: float = 1.5) -> None:
         self.client = client
@@ -243,6 +263,22 @@ class GatewayBackend:
         payload = await self.client.call(tool, {"id": approval_id}, on_behalf_of=on_behalf_of)
         return ApprovalInfo.model_validate(payload)
 
+    # -- [tasks] ---------------------------------------------------------------------------------
+
+    async def start_action(self, call: ActionCall) -> TaskView:
+        arguments = {**call.arguments(), "confirm": call.confirm}
+        return await self.client.start(call.action, arguments, on_behalf_of=call.on_behalf_of)
+
+    async def start_rollback(self, call: RollbackCall) -> TaskView:
+        arguments = {**call.arguments(), "confirm": call.confirm}
+        return await self.client.start("rollback", arguments, on_behalf_of=call.on_behalf_of)
+
+    async def task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
+        return await self.client.task(task_id, on_behalf_of=on_behalf_of)
+
+    async def cancel_task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
+        return await self.client.cancel(task_id, on_behalf_of=on_behalf_of)
+
     async def _get(self, path: str) -> httpx2.Response | None:
         if self._http is None:
             return None
@@ -298,6 +334,7 @@ class LegacyBackend:
 
     control_plane = ControlPlane.STATUS_PANEL
     legacy = True
+    tasks = False
 
     def __init__(
         self, operations: ComposeOperations, *, audit: AuditLog | None = None, caller: str = "status_panel"
@@ -383,3 +420,21 @@ class LegacyBackend:
         merged = merge_metrics(self.operations.metrics.snapshot())
         merged["compose_agent_reachable"] = None
         return merged
+
+    # [tasks] In-process actions answer when they are done; there are no tasks to follow.
+
+    async def start_action(self, call: ActionCall) -> TaskView:
+        return _no_tasks()
+
+    async def start_rollback(self, call: RollbackCall) -> TaskView:
+        return _no_tasks()
+
+    async def task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
+        return _no_tasks()
+
+    async def cancel_task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
+        return _no_tasks()
+
+
+def _no_tasks() -> TaskView:
+    raise NotFound("no tasks in legacy mode: the panel runs each action itself and answers when it is done")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, cast
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import anyio
 import httpx2
@@ -43,10 +45,13 @@ from .errors import (
     PanelError,
     for_kind,
 )
+from .tasks import CreatedTask, PanelTasks, TaskView, cancel_task, get_task, run_as_task
 
 __all__ = ["GatewayClient", "gateway_base_url", "classify_tool_error", "classify_tool_result"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def gateway_base_url(mcp_url: str) -> str:
@@ -211,6 +216,8 @@ class GatewayClient:
             client = Client(
                 streamable_http_client(self.url, http_client=http),
                 read_timeout_seconds=self.read_timeout,
+                # [tasks] The long actions come back as tasks the panel follows (statuspanel.tasks).
+                extensions=[PanelTasks()],
             )
             async with client:
                 self._lost = anyio.Event()
@@ -263,9 +270,8 @@ class GatewayClient:
             NotFound, BadRequest, Forbidden, ActionFailed: the tool reported an error.
         """
         timeout = self.read_timeout if tool in READ_TOOLS else self.action_timeout
-        args = {k: v for k, v in (arguments or {}).items() if v is not None}
-        # An open map (any extra key is allowed), which mypy cannot check for a non-literal key.
-        meta = cast(RequestParamsMeta, on_behalf_of_meta(on_behalf_of)) if on_behalf_of else None
+        args = self._arguments(tool, arguments)
+        meta = _meta(on_behalf_of)
         for attempt in range(2):
             client = await self._wait_connected()
             try:
@@ -309,10 +315,73 @@ class GatewayClient:
             return "".join(c.text for c in result.contents if isinstance(c, TextResourceContents))
         raise GatewayUnavailable(f"the compose-agent at {self.url} keeps dropping the session")
 
+    def _arguments(self, tool: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
+        args = {k: v for k, v in (arguments or {}).items() if v is not None}
+        if tool not in READ_TOOLS:
+            # [tasks] One key per action: the retry after a lost session joins the call instead of repeating it.
+            args.setdefault("idempotency_key", uuid.uuid4().hex)
+        return args
+
+    # -- [tasks] the long actions, as tasks ------------------------------------------------------
+
+    async def start(self, tool: str, arguments: dict[str, Any], *, on_behalf_of: str | None = None) -> TaskView:
+        """Start a long action; the gateway's task handle, or a finished view if it answered at once.
+
+        Raises:
+            GatewayUnavailable, BadRequest, ActionFailed: as :meth:`call`.
+        """
+        args, meta = self._arguments(tool, arguments), _meta(on_behalf_of)
+
+        async def started(client: Client) -> TaskView:
+            answer = await client.session.call_tool(
+                tool, args, read_timeout_seconds=self.read_timeout, meta=meta, allow_claimed=True
+            )
+            if isinstance(answer, CreatedTask):
+                return TaskView(answer.task_id, answer.status, answer.status_message)
+            if isinstance(answer, CallToolResult):
+                return TaskView("", "completed", result=answer)
+            raise ActionFailed(f"the compose-agent answered {tool} with a {type(answer).__name__}")
+
+        return await self._session_call(tool, started)
+
+    async def task(self, task_id: str, *, on_behalf_of: str | None = None) -> TaskView:
+        """The task as it is now (the person's own tasks only)."""
+        meta = _meta(on_behalf_of)
+        return await self._session_call("tasks/get", lambda c: get_task(c.session, task_id, meta, self.read_timeout))
+
+    async def cancel(self, task_id: str, *, on_behalf_of: str | None = None) -> TaskView:
+        """Stop the task's Compose run; the stack stays as Compose left it. Returns the task after."""
+        meta = _meta(on_behalf_of)
+        await self._session_call("tasks/cancel", lambda c: cancel_task(c.session, task_id, meta, self.action_timeout))
+        return await self.task(task_id, on_behalf_of=on_behalf_of)
+
+    async def _session_call(self, what: str, call: Callable[[Client], Awaitable[T]]) -> T:
+        client = await self._wait_connected()
+        try:
+            with anyio.fail_after(self.action_timeout + 1):
+                return await call(client)
+        except TimeoutError:
+            self._mark_lost(client)
+            raise GatewayUnavailable(f"the compose-agent did not answer {what} in time") from None
+        except MCPError as exc:
+            if exc.code == INVALID_PARAMS:
+                raise NotFound(f"no such task for you: {exc.error.message}") from None
+            if exc.code == CONNECTION_CLOSED:
+                self._mark_lost(client)
+                raise GatewayUnavailable(f"lost the compose-agent during {what}") from None
+            raise ActionFailed(f"the compose-agent failed {what}: {exc.error.message}") from None
+        except (httpx2.TransportError, anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            self._mark_lost(client)
+            raise GatewayUnavailable(f"lost the compose-agent during {what}: {_describe(exc)}") from None
+
     async def _call_once(
         self, client: Client, tool: str, args: dict[str, Any], timeout: float, meta: RequestParamsMeta | None
     ) -> CallToolResult:
         try:
+            if tool not in READ_TOOLS:
+                # [tasks] The gateway answers a write with a task here (the session declares the extension).
+                with anyio.fail_after(timeout + self.read_timeout + 1):
+                    return await run_as_task(client.session, tool, args, meta, self.read_timeout, timeout)
             with anyio.fail_after(timeout + 1):
                 return await client.call_tool(tool, args, read_timeout_seconds=timeout, meta=meta)
         except TimeoutError:
@@ -335,6 +404,11 @@ class GatewayClient:
         except (httpx2.TransportError, anyio.ClosedResourceError, anyio.BrokenResourceError, RuntimeError) as exc:
             self._mark_lost(client)
             raise GatewayUnavailable(f"lost the compose-agent during {tool}: {_describe(exc)}") from None
+
+
+def _meta(on_behalf_of: str | None) -> RequestParamsMeta | None:
+    # An open map (any extra key is allowed), which mypy cannot check for a non-literal key.
+    return cast(RequestParamsMeta, on_behalf_of_meta(on_behalf_of)) if on_behalf_of else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -139,6 +139,10 @@ _BY_KIND: dict[str, type[PanelError]] = {
     # The gateway cannot write its audit, or is stopping: nothing ran, and trying later may work.
     "audit_unavailable": TryLater,
     "shutting_down": TryLater,
+    # [tasks] The panel sends a fresh key per action, so a conflict is a bug of its own; the state
+    # folder of tasks and keys out of reach is like the audit's: nothing ran.
+    "idempotency_conflict": BadRequest,
+    "state_unavailable": TryLater,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -15,8 +16,10 @@ from gateway.api import Action
 
 from . import __version__
 from .backend import ActionCall, LogsCall, RollbackCall
-from .errors import BadRequest, NotFound, PanelError
+from .client import classify_tool_result
+from .errors import ActionFailed, BadRequest, NotFound, PanelError
 from .state import ACTIONS, panel, person
+from .tasks import TaskView
 from .validation import (
     json_body,
     validate_confirm,
@@ -28,7 +31,7 @@ from .validation import (
     validate_version,
 )
 
-__all__ = ["routes", "FEATURES", "rfc3339"]
+__all__ = ["routes", "FEATURES", "rfc3339", "task_json"]
 
 FEATURES = [
     "stacks",
@@ -44,6 +47,10 @@ FEATURES = [
     "rollback",
     "on_behalf_of",
 ]
+
+# [tasks] The long actions: with ``Prefer: respond-async`` they answer with a task the browser follows.
+TASK_ACTIONS = frozenset({"up", "down", "restart"})
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def rfc3339(timestamp: float) -> str:
@@ -82,7 +89,7 @@ async def capabilities(request: Request) -> Response:
             "control_plane": backend.control_plane.value,
             "legacy_mode": backend.legacy,
             "version": __version__,
-            "features": FEATURES + ([] if backend.legacy else ["mcp_proxy"]),
+            "features": FEATURES + ([] if backend.legacy else ["mcp_proxy"]) + (["tasks"] if backend.tasks else []),
         }
     )
 
@@ -146,6 +153,8 @@ async def stack_action(request: Request) -> Response:
         on_behalf_of=person(request),
         confirm=confirm,
     )
+    if action in TASK_ACTIONS and _respond_async(request) and panel(request).backend.tasks:
+        return _task_response(await panel(request).backend.start_action(call))
     result = await panel(request).backend.action(call)
     payload = result.model_dump(mode="json")
     if not result.ok:
@@ -177,8 +186,61 @@ async def stack_rollback(request: Request) -> Response:
         raise BadRequest(f"unknown field(s) {', '.join(unknown)} for rollback; allowed: confirm, version")
     version, confirm = validate_version(body.get("version")), validate_confirm(body.get("confirm"))
     call = RollbackCall(project, version, on_behalf_of=person(request), confirm=confirm)
+    if _respond_async(request) and panel(request).backend.tasks:
+        return _task_response(await panel(request).backend.start_rollback(call))
     result = await panel(request).backend.rollback(call)
     return JSONResponse(result.model_dump(mode="json"))
+
+
+# -- [tasks] ----------------------------------------------------------------------------------------
+
+
+def _respond_async(request: Request) -> bool:
+    """The client asked for a handle to follow rather than the result (``Prefer: respond-async``, RFC 7240)."""
+    return any(part.strip().lower() == "respond-async" for part in request.headers.get("prefer", "").split(","))
+
+
+def task_json(view: TaskView) -> dict[str, object]:
+    """A task for the browser: its status and last message; once ended, the result or the error (and its status)."""
+    body: dict[str, object] = {"task": view.id or None, "status": view.status, "message": view.message}
+    if view.status == "completed" and view.result is not None and not view.result.is_error:
+        body["result"] = view.result.structured_content
+    elif view.terminal:
+        error = (
+            classify_tool_result(view.result)
+            if view.result is not None and view.result.is_error
+            else ActionFailed(view.error or view.message or f"the action ended {view.status}")
+        )
+        body.update(error.to_json())
+        body["error_status"] = error.status_code
+    return body
+
+
+def _task_response(view: TaskView) -> Response:
+    if not view.terminal and view.id:
+        return JSONResponse(task_json(view), status_code=202, headers={"Location": f"/api/v1/tasks/{view.id}"})
+    return JSONResponse(task_json(view))
+
+
+def _task_id(request: Request) -> str:
+    task_id = request.path_params["task_id"]
+    if not _TASK_ID.fullmatch(task_id):
+        raise NotFound("no such task: a task id is 1 to 64 letters, digits, '-' or '_'")
+    return str(task_id)
+
+
+@api
+async def task_status(request: Request) -> Response:
+    """A task the person started: working (with its last message), or how it ended."""
+    view = await panel(request).backend.task(_task_id(request), person(request))
+    return JSONResponse(task_json(view))
+
+
+@api
+async def task_cancel(request: Request) -> Response:
+    """Stop a task the person started: Compose is stopped where it is, and nothing is undone."""
+    view = await panel(request).backend.cancel_task(_task_id(request), person(request))
+    return JSONResponse(task_json(view))
 
 
 def routes() -> list[BaseRoute]:
@@ -193,5 +255,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/stacks/{project}/plan", stack_plan),
         Route("/api/v1/stacks/{project}/versions", stack_versions),
         Route("/api/v1/stacks/{project}/rollback", stack_rollback, methods=["POST"]),
+        Route("/api/v1/tasks/{task_id}", task_status),
+        Route("/api/v1/tasks/{task_id}/cancel", task_cancel, methods=["POST"]),
         Route("/api/v1/stacks/{project}/{action}", stack_action, methods=["POST"]),
     ]

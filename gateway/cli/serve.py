@@ -38,12 +38,12 @@ from ..compose.keeper import keeper
 from ..compose.running import RunningCommands
 from ..config import Settings, load_settings
 from ..errors import AuditUnavailable
-from ..mcp.app import LOOPBACK_HOSTS, Limits, Shutdown, build_http_app
+from ..mcp.app import LOOPBACK_HOSTS, BackgroundTask, Limits, Shutdown, build_http_app
 from ..mcp.approvals import approval_gate  # [approvals]
 from ..mcp.health import supervise
 from ..mcp.notify import Notifier
 from ..mcp.oauth import build_oauth  # [oauth]
-from ..mcp.server import build_server
+from ..mcp.server import GatewayServer, build_server
 from ..metrics import ControlPlane
 from ..operations import ComposeOperations
 from ..ratelimit import FailureLimiter, SessionCounter, TokenBucket
@@ -201,6 +201,7 @@ async def _serve_http(
         notifier=notifier,
         confirm=settings.policy.confirm,
         approvals=approvals,
+        state_dir=settings.state_dir,  # [tasks]
     )
 
     async def refresh() -> None:
@@ -231,6 +232,7 @@ async def _serve_http(
             "people": people.watch_forever,
             "approvals": approvals.watch_forever,  # [approvals]
             **background_tasks(ops, notifier),
+            **_task_runner(server),  # [tasks]
             **{f"oauth {task.__name__}": task for task in (oauth.background if oauth else [])},
         },
         limits=limits,
@@ -283,7 +285,12 @@ async def _serve_stdio(
     notifier = _notifier()
     approvals = approval_gate(settings)  # [approvals] shared through the state folder with the HTTP gateway
     server = build_server(
-        ops, read_only=args.read_only, notifier=notifier, confirm=settings.policy.confirm, approvals=approvals
+        ops,
+        read_only=args.read_only,
+        notifier=notifier,
+        confirm=settings.policy.confirm,
+        approvals=approvals,
+        state_dir=settings.state_dir,
     )
     async with anyio.create_task_group() as tg:
 
@@ -306,9 +313,18 @@ async def _serve_stdio(
         for name, task in background_tasks(ops, notifier).items():
             tg.start_soon(supervise, name, task)
         tg.start_soon(supervise, "approvals", approvals.watch_forever)
+        for name, run_tasks in _task_runner(server).items():  # [tasks]
+            tg.start_soon(supervise, name, run_tasks)
         await server.run_stdio_async()
+        # [tasks] The client hung up: a task it left running gets the same bounded wait as at SIGTERM.
+        await running.drain(settings.shutdown_timeout)
         tg.cancel_scope.cancel()
     return 0
+
+
+def _task_runner(server: GatewayServer) -> dict[str, BackgroundTask]:
+    """[tasks] Where the server's detached calls (tasks, keyed writes) run: beside it, for its lifetime."""
+    return {"tasks": server.tasks.run} if server.tasks is not None else {}
 
 
 def _notifier() -> Notifier:

@@ -19,7 +19,7 @@ from .confirmation import (
     RollbackPending,
     deploy_audit_arguments,
 )
-from .tools import READ_ONLY, ApprovalArg, Confirm, Project, StrictBool, ToolKit, write_annotations
+from .tools import READ_ONLY, ApprovalArg, Confirm, IdempotencyKey, Project, StrictBool, ToolKit, write_annotations
 
 __all__ = ["register_deploy_reads", "register_deploy_tools"]
 
@@ -116,6 +116,7 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         wait: Wait = False,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
+        idempotency_key: IdempotencyKey = None,  # [tasks]
     ) -> DeployResult:
         arguments = {"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}
         shown = deploy_audit_arguments(project, compose_yaml)
@@ -140,6 +141,7 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         wait: Wait = False,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
+        idempotency_key: IdempotencyKey = None,  # [tasks]
     ) -> DeployResult:
         arguments = {"project": project, "version": version, "wait": wait}
         acting = await kit.cleared(ctx, "rollback", arguments, pending, answer, confirm, approval=approval)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol
 
 from mcp.server.auth.provider import TokenVerifier
@@ -48,6 +49,7 @@ from .notify import Notifier
 from .prompts import register_prompts
 from .resources import StackResources, register_resources
 from .schema import flatten_schema
+from .tasks import TaskSupport
 from .tools import ToolKit, caller_of, register_read_tools, register_write_tools
 
 __all__ = ["build_server", "error_result", "GatewayServer", "INSTRUCTIONS"]
@@ -60,7 +62,8 @@ name, e.g. "shop"), never by a path. Start with list_stacks, then ps to see each
 and health, logs to read recent output (use grep and since to narrow it), and up/restart/start/
 stop/down to change state. down removes containers (named volumes are kept unless volumes=true).
 To add or change a stack, send its whole compose file to deploy (plan shows first what it would
-do; versions and rollback undo it). Errors say what to do next; read them."""
+do; versions and rollback undo it). Errors say what to do next; read them. A write that may outlast
+your wait can run as a task; send idempotency_key with a write you may retry, and it runs once."""
 
 
 # (tool, bounded arguments, caller, reason): how a refusal at the protocol edge is recorded.
@@ -92,6 +95,8 @@ class GatewayServer(StackResources):
         self.read_only = False
         # What the tools share; resolvers reach it through their context's server.
         self.kit: ToolKit | None = None
+        # [tasks] Tasks and idempotency keys; the entry point runs ``tasks.run`` for the server's lifetime.
+        self.tasks: TaskSupport | None = None
 
     async def list_tools(self) -> list[Tool]:
         """The tools, with flat output schemas: the same documents validate, and clients check them faster."""
@@ -192,6 +197,7 @@ def build_server(
     notifier: Notifier | None = None,
     confirm: Iterable[str] = (),
     approvals: ApprovalGate | None = None,
+    state_dir: Path | None = None,
 ) -> GatewayServer:
     """An MCP server exposing the compose tools over ``ops``, and the stacks as resources and prompts.
 
@@ -205,6 +211,12 @@ def build_server(
     ``notifier`` carries stack changes and log messages to hosts; the entry point runs it (and a
     :class:`~gateway.mcp.watch.StackWatcher` feeding it) for the server's lifetime. Without one, the
     server makes its own, which serves subscriptions and log levels but hears of no changes.
+
+    [tasks] Tasks and idempotency keys are kept in ``state_dir`` (in memory without one); the entry
+    point runs ``server.tasks.run`` beside the server, where detached calls run.
+
+    Raises:
+        StateUnavailable: the state folder's tasks or keys cannot be read.
     """
     auth = None
     if token_verifier is not None:
@@ -217,6 +229,7 @@ def build_server(
             validate_token_resource=True if resource else None,
         )
     notifier = notifier or Notifier(InMemorySubscriptionBus())
+    tasks = TaskSupport(ops, state_dir, frozenset() if read_only else WRITE_TOOLS | DEPLOY_TOOLS)  # [tasks]
     mcp = GatewayServer(
         "compose-agent",
         audit_refusal=ops.audit_refusal,
@@ -225,10 +238,12 @@ def build_server(
         token_verifier=token_verifier,
         auth=auth,
         log_level="WARNING",
-        extensions=[stack_app()],
+        extensions=[stack_app(), tasks.extension],
         subscriptions=notifier.bus,
     )
     mcp.read_only = read_only
+    mcp.tasks = tasks  # [tasks]
+    mcp.middleware.append(tasks.middleware)
     kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm), approvals)
     kit.people = people  # [oauth] the panel's person acts within their own grants
     register_read_tools(mcp, kit)

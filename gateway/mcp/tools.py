@@ -19,6 +19,7 @@ from ..compose.cli import ProgressCallback
 from ..compose.lifecycle import ServiceAction
 from ..deploy.confirm import Confirmations
 from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
+from ..idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from ..models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from ..operations import ComposeOperations
 from .access import PersonScopes, authorize, principal_of
@@ -44,6 +45,7 @@ __all__ = [
     "Services",
     "Confirm",
     "ApprovalArg",
+    "IdempotencyKey",
     "StrictBool",
     "READ_ONLY",
     "write_annotations",
@@ -61,6 +63,20 @@ Services = Annotated[
     Field(description="Only these services (names from ps); omit for every service of the stack", max_length=100),
 ]
 Confirm = Annotated[str | None, Field(description=CONFIRM_DESCRIPTION, max_length=64)]
+# [tasks] Read by the tools/call interceptor (gateway.mcp.tasks.calls), not by the tools' bodies.
+IdempotencyKey = Annotated[
+    str | None,
+    Field(
+        description=(
+            "A string you choose for this change (up to 128 characters, e.g. a UUID). Sent again with the same "
+            "arguments within 24 h, the call runs once: the repeat joins the running call or gets its recorded "
+            "result. Use it whenever you may retry after a timeout. The same key with other arguments is refused"
+        ),
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        pattern=KEY_PATTERN,
+    ),
+]
 # A string is never a boolean or a number in a tool call: "true" or "5" is refused, not coerced.
 StrictBool = Annotated[bool, Strict()]
 StrictInt = Annotated[int, Strict()]
@@ -301,6 +317,7 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         ] = False,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
+        idempotency_key: IdempotencyKey = None,  # [tasks]
     ) -> ActionResult:
         arguments = {"project": project, "services": services, "wait": wait}
         acting = await kit.cleared(ctx, "up", arguments, pending, answer, confirm, approval=approval)
@@ -324,6 +341,7 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         ] = False,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
+        idempotency_key: IdempotencyKey = None,  # [tasks]
     ) -> ActionResult:
         arguments = {"project": project, "volumes": volumes}
         acting = await kit.cleared(ctx, "down", arguments, pending, answer, confirm, approval=approval)
@@ -344,6 +362,7 @@ def _register_service_tool(
         services: Services = None,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
+        idempotency_key: IdempotencyKey = None,  # [tasks]
     ) -> ActionResult:
         arguments = {"project": project, "services": services}
         acting = await kit.cleared(ctx, action, arguments, pending, answer, confirm, approval=approval)

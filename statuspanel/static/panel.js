@@ -9,13 +9,19 @@
   var FOLLOW_MS = 2000;
   var MAX_LOG_LINES = 5000;
 
-  function post(url, body) {
+  function post(url, body, extraHeaders) {
+    var headers = { "Content-Type": "application/json", "X-CSRF-Token": CSRF, "Accept": "application/json" };
+    Object.assign(headers, extraHeaders || {});
     return fetch(url, {
       method: "POST",
       credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": CSRF, "Accept": "application/json" },
+      headers: headers,
       body: body === undefined ? "" : JSON.stringify(body),
     });
+  }
+
+  function sleep(ms) {
+    return new Promise(function (resolve) { setTimeout(resolve, ms); });
   }
 
   function errorText(payload, response) {
@@ -240,6 +246,53 @@
     }
   }
 
+  // ---- long actions run as tasks: the panel answers with a handle, the page follows it --------------
+  var TASK_POLL_MAX_MS = 1000;
+
+  function showProgress(note, task) {
+    if (!note) return;
+    var body = note.querySelector("[data-testid=action-progress]");
+    if (!body) {
+      body = document.createElement("div");
+      body.className = "toast-body mono small";
+      body.setAttribute("data-testid", "action-progress");
+      note.appendChild(body);
+    }
+    body.textContent = task.message || "working\u2026";
+    if (task.task && !note.querySelector("[data-task-stop]")) {
+      var stop = document.createElement("button");
+      stop.type = "button";
+      stop.className = "btn btn-xs";
+      stop.setAttribute("data-task-stop", task.task);
+      stop.setAttribute("data-testid", "action-stop");
+      stop.textContent = "Stop";
+      stop.title = "Stop Compose where it is; nothing is undone";
+      stop.addEventListener("click", function () {
+        stop.disabled = true;
+        post("/api/v1/tasks/" + encodeURIComponent(task.task) + "/cancel");
+      });
+      note.appendChild(stop);
+    }
+  }
+
+  // Poll the task until it ends; answers as the action's own route would have (status, payload).
+  async function follow(task, note) {
+    var pause = 250;
+    while (task.task && task.status === "working") {
+      showProgress(note, task);
+      await sleep(pause);
+      pause = Math.min(pause * 2, TASK_POLL_MAX_MS);
+      var response = await fetch("/api/v1/tasks/" + encodeURIComponent(task.task),
+        { credentials: "same-origin", headers: { "Accept": "application/json" } });
+      var next = await readJson(response);
+      if (!response.ok || !next) return { status: response.status, payload: next, response: response };
+      task = next;
+    }
+    if (task.result) return { status: 200, payload: task.result, response: null };
+    if (task.status === "cancelled" && !task.error_status) task.error_status = 502;
+    return { status: task.error_status || 502, payload: task, response: null };
+  }
+
   // ---- sending actions -----------------------------------------------------------------------
   var gatewayDialog = document.getElementById("confirm-gateway");
   var gatewayRetry = null;
@@ -269,15 +322,22 @@
     applyPending();
     var note = toast("pending", label + "\u2026", null);
     try {
-      var response = await post(url, body);
+      var response = await post(url, body, { "Prefer": "respond-async" });
       var payload = await readJson(response);
+      var status = response.status;
+      if (response.ok && payload && "task" in payload && "status" in payload) {
+        var ended = await follow(payload, note);
+        status = ended.status;
+        payload = ended.payload;
+        if (ended.response) response = ended.response;
+      }
       if (note) note.remove();
-      if (response.ok && payload && (payload.ok || payload.action === "rollback")) {
+      if (status === 200 && payload && (payload.ok || payload.action === "rollback")) {
         var secs = (payload.duration_ms / 1000).toFixed(1);
         toast("ok", label + " \u2014 done in " + secs + " s", payload.message || null);
-      } else if (response.status === 401) {
+      } else if (status === 401) {
         window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname));
-      } else if (response.status === 409 && payload && payload.confirmation_required && payload.confirm) {
+      } else if (status === 409 && payload && payload.confirmation_required && payload.confirm) {
         var token = payload.confirm;
         var asked = askGateway(payload, function () {
           send(key, url, Object.assign({}, body, { confirm: token }), label, button);

@@ -46,6 +46,7 @@ from statuspanel.app import create_app
 from statuspanel.backend import ActionCall, LogsCall, RollbackCall
 from statuspanel.credentials import Authenticator
 from statuspanel.errors import ConfirmationNeeded, Forbidden, GatewayUnavailable, NotFound
+from statuspanel.tasks import TaskView
 from tests.conftest import StackFactory, free_port
 from tests.polling import wait_for
 
@@ -256,6 +257,7 @@ class MemoryBackend:
 
     control_plane = ControlPlane.COMPOSE_AGENT
     legacy = False
+    tasks = False  # the routes then answer every action synchronously, as in legacy mode
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -418,6 +420,18 @@ class MemoryBackend:
 
     async def metrics(self) -> dict[str, Any]:
         return self.metrics_data.snapshot()
+
+    async def start_action(self, call: ActionCall) -> TaskView:
+        raise NotFound("no tasks in memory")
+
+    async def start_rollback(self, call: RollbackCall) -> TaskView:
+        raise NotFound("no tasks in memory")
+
+    async def task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
+        raise NotFound("no tasks in memory")
+
+    async def cancel_task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
+        raise NotFound("no tasks in memory")
 
 
 # -- the app alone, over the in-memory backend (test_app.py, test_security.py) ----------------------
