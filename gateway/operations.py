@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 from .audit import AuditLog
+from .auth.vault import VaultClient
 from .catalog import StackCatalog
 from .compose.cli import ComposeCli
 from .compose.lifecycle import SERVICE_ACTIONS, Lifecycle, ServiceAction
@@ -29,6 +31,7 @@ from .metrics import CommandExecutionMetrics, ControlPlane
 from .policy.guard import PolicyGuard
 from .policy.rules import Policy
 from .reads import Reads
+from .secretrefs import SECRETS_KEY_FILE, StackSecrets
 from .swarm.backend import SwarmBackend
 from .swarm.dockercli import DockerCli
 
@@ -59,9 +62,11 @@ class ComposeOperations:
         guard: PolicyGuard | None = None,
         docker_bin: str | None = None,
         state_dir: Path | None = None,
+        secrets: StackSecrets | None = None,
     ) -> None:
         """``state_dir`` keeps the judged models Compose runs (see :mod:`gateway.compose.runfile`);
-        without one, a private folder of this process's (so a restart forgets them)."""
+        without one, a private folder of this process's (so a restart forgets them). ``secrets`` reads
+        the secrets stacks reference (:mod:`gateway.secretrefs`); without it, no Vault is configured."""
         self.engine = engine
         self.plane = plane
         self.metrics = metrics or CommandExecutionMetrics()
@@ -74,15 +79,30 @@ class ComposeOperations:
         guard.owners = guard.owners or owners.owner
         guard.projects = guard.projects or owners.projects
         self.catalog = StackCatalog(stacks_dir, engine, self.compose, guard, swarm)
-        runs = RunFiles(state_dir or Path(tempfile.mkdtemp(prefix="compose-agent-")), self.catalog.stacks_dir)
+        state_dir = state_dir or Path(tempfile.mkdtemp(prefix="compose-agent-"))
+        runs = RunFiles(state_dir, self.catalog.stacks_dir)
+        self.secrets = secrets or StackSecrets()
+        if self.secrets.key_file is None:
+            self.secrets.key_file = state_dir / SECRETS_KEY_FILE
         self.reads = Reads(self.catalog, plane=plane, metrics=self.metrics)
         self.lifecycle = Lifecycle(
-            self.catalog, plane=plane, metrics=self.metrics, audit=audit, self_project=None, runs=runs
+            self.catalog,
+            plane=plane,
+            metrics=self.metrics,
+            audit=audit,
+            self_project=None,
+            runs=runs,
+            secrets=self.secrets,
         )
         self.self_project = self_project if self_project is not None else guard.self_project
         # deploy, rollback and their reads; versions are kept in the stacks dir (see gateway.deploy.versions).
         self.planner = Planner(
-            self.catalog, VersionStore(self.catalog.stacks_dir), runs, plane=plane, metrics=self.metrics
+            self.catalog,
+            VersionStore(self.catalog.stacks_dir),
+            runs,
+            plane=plane,
+            metrics=self.metrics,
+            secrets=self.secrets,
         )
         self.deployer = Deployer(self.catalog, self.lifecycle, self.planner)
         # The operations are the parts' own methods, bound here: their signatures and docstrings
@@ -139,6 +159,8 @@ class ComposeOperations:
             guard=PolicyGuard(policy, docker_host=env.get("DOCKER_HOST")),
             docker_bin=settings.docker_bin,
             state_dir=settings.state_dir,
+            # Vault for the stacks' secrets: the very Vault (and token) the gateway's own tokens come from.
+            secrets=StackSecrets(partial(VaultClient.from_settings, settings) if settings.vault_address else None),
         )
 
     def _docker_cli(self, docker_bin: str | None) -> DockerCli:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StateUnavailable
+from .redact import REDACTOR
 
 __all__ = ["RecordFolder", "MAX_RECORD_BYTES", "owned_by_live_process", "process_started"]
 
@@ -57,7 +58,9 @@ class RecordFolder:
     def write(self, name: str, data: dict[str, Any]) -> None:
         """Write one record whole; a reader (or a crash) sees the old record or the new one."""
         target = self._file(name)
-        payload = json.dumps(data, separators=(",", ":"), sort_keys=True, default=str).encode() + b"\n"
+        # A task's result may quote a log line: no secret resolved from Vault reaches the disk (gateway.redact).
+        text = REDACTOR.redact(json.dumps(data, separators=(",", ":"), sort_keys=True, default=str))
+        payload = text.encode() + b"\n"
         try:
             self._prepare()
             fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".tmp", dir=self.path)  # created 0600

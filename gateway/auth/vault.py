@@ -269,15 +269,42 @@ class VaultClient:
                 f"Vault at {self.address} answered the write of {self.mount}/{rel} without a version"
             ) from None
 
+    async def read_fields(self, mount: str, path: str) -> dict[str, Any]:
+        """The data of the KV v2 secret ``path`` in ``mount`` (any mount, not only this client's): for the
+        secrets stacks reference (:mod:`gateway.secretrefs`, which checked both names).
+
+        Raises:
+            SecretMissing: no secret at the path, or its latest version is deleted.
+            VaultError: Vault is unreachable or denies the read, or answers without data.
+        """
+        response = await self._call_in(
+            "read",
+            mount,
+            path,
+            lambda: self._client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=mount, raise_on_deleted_version=True
+            ),
+        )
+        try:
+            data = response["data"]["data"]
+        except (KeyError, TypeError):
+            raise VaultError(f"Vault at {self.address} answered the read of {mount}/{path} without data") from None
+        if not isinstance(data, dict):
+            raise VaultError(f"the secret {mount}/{path} in Vault at {self.address} is not a document")
+        return data
+
     def close(self) -> None:
         """Close the HTTP session underneath."""
         self._client.adapter.close()
 
     async def _call(self, verb: str, rel: str, func: Callable[[], T]) -> T:
+        return await self._call_in(verb, self.mount, rel, func)
+
+    async def _call_in(self, verb: str, mount: str, rel: str, func: Callable[[], T]) -> T:
         try:
             return await anyio.to_thread.run_sync(func, abandon_on_cancel=True)
         except (requests.exceptions.RequestException, hvac.exceptions.VaultError) as exc:
-            raise self._translate(exc, verb, f"{self.mount}/{rel}") from exc
+            raise self._translate(exc, verb, f"{mount}/{rel}") from exc
 
     def _translate(self, exc: Exception, verb: str, path: str) -> VaultError:
         where = f"Vault at {self.address}"

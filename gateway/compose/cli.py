@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import Process
 
-from ..errors import ComposeFailed
+from ..errors import ComposeFailed, InvalidInput
 from .process import DEFAULT_BUDGET, Budget, budget_exceeded, open_child, stop_child
 
 __all__ = [
@@ -196,15 +196,27 @@ class ComposeCli:
         profiles: Sequence[str] = (),
         project_directory: Path | None = None,
         env_file: Path | None = None,
+        extra_env: Mapping[str, str] | None = None,
     ) -> ComposeOutput:
         """Run one compose command to completion, streaming its events to ``progress``.
 
         ``project_directory`` and ``env_file`` make Compose read ``compose_file`` as if it were the
-        stack's own: relative paths and the ``.env`` resolve there (or in ``env_file``).
+        stack's own: relative paths and the ``.env`` resolve there (or in ``env_file``). ``extra_env``
+        adds variables to this run's environment alone (a stack's secrets, in memory only).
 
         Raises:
             ComposeFailed: non-zero exit, with the last lines of stderr; or a timeout.
+            InvalidInput: a name of ``extra_env`` that the allowlisted environment already holds.
         """
+        env = self.env
+        if extra_env:
+            taken = sorted(set(extra_env) & (set(env) | SECRET_ENV | STEERING_ENV))
+            if taken:
+                raise InvalidInput(
+                    f"the stack's secret(s) {', '.join(taken)} would replace a variable Compose runs with "
+                    "(PATH, HOME, the DOCKER_* connection or policy.pass_env); give the secret another name"
+                )
+            env = {**env, **extra_env}
         argv = self.command(
             project,
             compose_file,
@@ -217,7 +229,7 @@ class ComposeCli:
         events: list[str] = []
         tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         stdout_chunks: list[bytes] = []
-        process = await open_child(argv, env=self.env, budget=self.budget, cwd=cwd or NEUTRAL_CWD)
+        process = await open_child(argv, env=env, budget=self.budget, cwd=cwd or NEUTRAL_CWD)
         try:
             with anyio.fail_after(self.timeout):
                 async with anyio.create_task_group() as tg:

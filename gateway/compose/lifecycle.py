@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ from ..errors import (
 from ..metrics import CommandExecutionMetrics, ControlPlane
 from ..models import ActionResult
 from ..policy.guard import refusal
+from ..secretrefs import StackSecrets
 from ..stacks import Stack, validate_services
 from .cli import ComposeCli, EventLog, ProgressCallback
 from .runfile import RunFile, RunFiles
@@ -62,8 +64,11 @@ class Lifecycle:
         self_project: str | None = None,
         running: RunningCommands | None = None,
         runs: RunFiles,
+        secrets: StackSecrets | None = None,
     ) -> None:
         self.catalog = catalog
+        # Where a stack's secrets come from at up (gateway.secretrefs); without Vault, a stack naming one is refused.
+        self.secrets = secrets or StackSecrets()
         # The judged models Compose runs, kept in the state dir (see gateway.compose.runfile).
         self.runs = runs
         # The commands running now: a shutdown waits for them, then stops them (gateway.compose.running).
@@ -308,7 +313,10 @@ class Lifecycle:
             assert view.verdict is not None
             if not view.verdict.allowed:
                 raise refusal(stack.name, "up", view.verdict)
-            run = await to_thread.run_sync(self.runs.write, stack.name, view.model, view.profiles)
+            # Read from Vault before anything is written or started: a missing secret starts nothing.
+            model, values = await self.secrets.prepare(stack.name, view.model)
+            run = await to_thread.run_sync(self.runs.write, stack.name, model, view.profiles)
+            run = replace(run, env=values)
             if view.target.target == "swarm":
                 await self._swarm(action, view, arguments, on_event, judged=await _stack_model(run, cli, stack.name))
                 return " (Docker Swarm)"

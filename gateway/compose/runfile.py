@@ -27,7 +27,7 @@ import json
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ class RunFile:
     path: Path
     folder: Path
     profiles: tuple[str, ...] = ()
+    # The stack's secrets (name -> value), for Compose's environment: in memory, never in the file.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     async def run(
         self, cli: ComposeCli, project: str, args: Sequence[str], progress: ProgressCallback | None = None
@@ -70,6 +72,7 @@ class RunFile:
             env_file=EMPTY_ENV,
             profiles=self.profiles,
             progress=progress,
+            extra_env=self.env,
         )
 
 

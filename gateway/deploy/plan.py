@@ -22,8 +22,9 @@ from typing import Any
 
 from ..engine.containers import SERVICE_LABEL
 from ..models import DownRisk, PlanAction, PlanResult, VolumeRisk
+from ..secretrefs import DIGEST_LABEL, changed_secrets
 
-__all__ = ["HASH_LABEL", "build_actions", "down_risk", "state_fingerprint", "render_plan", "render_down"]
+__all__ = ["HASH_LABEL", "build_actions", "rotated", "down_risk", "state_fingerprint", "render_plan", "render_down"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,21 @@ def build_actions(
         have = by_service.get(service, [])
         statuses = simulated.get(service) or _guess(service in defined, have, hashes.get(service))
         actions.append(_action(service, service in defined, have, hashes.get(service), statuses))
+    return actions
+
+
+def rotated(actions: list[PlanAction], model: Mapping[str, Any], containers: list[dict[str, Any]]) -> list[PlanAction]:
+    """The actions, each recreate that a secret changed in Vault saying which (by name; never a value)."""
+    for action in actions:
+        if action.action != "recreate":
+            continue
+        spec = (model.get("services") or {}).get(action.service)
+        wanted = ((spec or {}).get("labels") or {}).get(DIGEST_LABEL) if isinstance(spec, Mapping) else None
+        mine = [c for c in containers if c["Labels"].get(SERVICE_LABEL) == action.service]
+        running = [c["Labels"].get(DIGEST_LABEL) for c in mine]
+        changed = sorted({name for label in running for name in changed_secrets(label, wanted)})
+        if changed:
+            action.reason = f"secret(s) {', '.join(changed)} changed in Vault; {action.reason}"
     return actions
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ from ..policy.candidate import (
 )
 from ..policy.guard import Evaluation
 from ..policy.reader import read_stack
+from ..secretrefs import StackSecrets
 from ..stacks import validate_project_name
-from .plan import build_actions, down_risk, state_fingerprint
+from .plan import build_actions, down_risk, rotated, state_fingerprint
 from .versions import Snapshot, VersionStore
 
 __all__ = ["Planner"]
@@ -57,7 +59,10 @@ class Planner:
         *,
         plane: ControlPlane,
         metrics: CommandExecutionMetrics,
+        secrets: StackSecrets | None = None,
     ) -> None:
+        # A plan asks Compose about the model up would run: with the stack's secrets (gateway.secretrefs).
+        self.secrets = secrets or StackSecrets()
         self.catalog = catalog
         self.store = store
         self.runs = runs
@@ -215,8 +220,9 @@ class Planner:
     ) -> list[PlanAction]:
         """What ``up`` would do with an allowed judged model: its hashes, and a dry run of it unless it
         names a program Compose would execute on the host even in a dry run."""
-        model = evaluation.model
+        model, values = await self.secrets.prepare(project, evaluation.model)
         run = await to_thread.run_sync(self.runs.write_scratch, project, folder, model, evaluation.profiles)
+        run = replace(run, env=values)
         try:
             hashes = await config_hashes(cli, run, project)
             simulated: dict[str, set[str]] | None = None
@@ -235,7 +241,7 @@ class Planner:
                     )
         finally:
             await to_thread.run_sync(self.runs.discard, run)
-        return build_actions(project, model, containers, hashes, simulated)
+        return rotated(build_actions(project, model, containers, hashes, simulated), model, containers)
 
     async def judged(
         self, cli: ComposeCli, folder: Path, existing: tuple[Path, Snapshot] | None, candidate: Candidate

@@ -60,6 +60,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ValidationError
 
 from ..backoff import Backoff
+from ..redact import REDACTOR
 
 __all__ = ["Notifier", "LOG_LEVELS", "DEFAULT_LOG_LEVEL", "MAX_SUBSCRIPTIONS"]
 
@@ -272,7 +273,7 @@ class Notifier:
             peer = self.peer(ctx.session)
             if peer is not None and not _at_least(level, peer.level):
                 return
-        params = LoggingMessageNotificationParams(level=level, logger=logger_name, data=text)
+        params = LoggingMessageNotificationParams(level=level, logger=logger_name, data=REDACTOR.redact(text))
         try:
             await ctx.session.send_notification(LoggingMessageNotification(params=params), ctx.request_id)
         except Exception as exc:  # noqa: BLE001 - a lost log line must not fail the call it describes
@@ -341,6 +342,7 @@ class Notifier:
         send, token = self._send, self._token
         if send is None or token is None or not self._peers:
             return
+        text = REDACTOR.redact(text)
         try:
             if threading.get_ident() == self._loop_thread:
                 send.send_nowait((level, name, text))

@@ -47,6 +47,7 @@ from .dashboard import stack_app
 from .deploy_tools import register_deploy_reads, register_deploy_tools
 from .notify import Notifier
 from .prompts import register_prompts
+from .redaction import redacting_middleware
 from .resources import StackResources, register_resources
 from .schema import flatten_schema
 from .tasks import TaskSupport
@@ -243,6 +244,8 @@ def build_server(
     )
     mcp.read_only = read_only
     mcp.tasks = tasks  # [tasks]
+    # First of the gateway's own, so outermost: every answer passes it last, as it leaves (issue 28).
+    mcp.middleware.append(redacting_middleware())
     mcp.middleware.append(tasks.middleware)
     kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm), approvals)
     kit.people = people  # [oauth] the panel's person acts within their own grants

@@ -22,6 +22,7 @@ from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
 from ..idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from ..models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from ..operations import ComposeOperations
+from ..redact import REDACTOR
 from .access import PersonScopes, authorize, principal_of
 from .approvals import ApprovalArg, ApprovalGate
 from .confirmation import (
@@ -138,6 +139,7 @@ class ToolKit:
         async def report(message: str) -> None:
             nonlocal count
             count += 1
+            message = REDACTOR.redact(message)  # progress is a notification: no result middleware sees it
             await ctx.report_progress(count, None, message)
             if notifier is not None:
                 await notifier.log_to_request(ctx.request_context, "info", "compose", message)

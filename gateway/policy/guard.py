@@ -39,6 +39,7 @@ from anyio import to_thread
 from ..compose.cli import ComposeCli
 from ..errors import ComposeFailed, GatewayError
 from ..models import Verdict
+from ..secretrefs import bind, check_names, declared, placeholders
 from ..stacks import Stack
 from .findings import Context, OwnerLookup
 from .judge import Judgement, judge_model, judge_references
@@ -224,6 +225,8 @@ class PolicyGuard:
             ComposeFailed: a compose file that is not valid YAML, or a model Compose refuses (its own
                 error, from files inside the folder).
             PolicyViolation: files the guard cannot read strictly (``ReadRefused``, with its code).
+            InvalidInput: a secret name that cannot be one, or a secret used outside a service's
+                environment (see :func:`gateway.secretrefs.bind`).
         """
         assert stack.folder is not None and stack.compose_file is not None
         folder = stack.folder
@@ -239,6 +242,8 @@ class PolicyGuard:
         if not early.allowed:
             # Compose would read these files while loading: stop before it runs.
             return keep(early, {})
+        # Secrets from Vault are judged where they go, never with their values (gateway.secretrefs).
+        stand_ins = placeholders(check_names(reading.secret_names))
         output = await cli.run(
             stack.name,
             ["config", "--format", "json"],
@@ -247,6 +252,7 @@ class PolicyGuard:
             profiles=["*"],
             project_directory=None if source is None else folder,
             env_file=env_file,
+            extra_env=stand_ins,
         )
         try:
             model: dict[str, Any] = json.loads(output.stdout)
@@ -254,6 +260,8 @@ class PolicyGuard:
             raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
         if not isinstance(model, dict):
             raise GatewayError("docker compose config printed JSON that is not an object")
+        model = bind(model, stand_ins)
+        declared(model)  # a malformed reference is refused before anything is judged or run
         extension = model.get("x-compose-agent")
         if isinstance(extension, dict) and extension.get("target") == "swarm":
             context = replace(context, swarm=True)

@@ -60,6 +60,7 @@ class _State:
     absent: list[Path] = field(default_factory=list)
     refs: list[FileReference] = field(default_factory=list)
     dotenv_names: list[str] = field(default_factory=list)
+    secret_names: list[str] = field(default_factory=list)
     documents: dict[Path, list[Any]] = field(default_factory=dict)
     scanned: set[Path] = field(default_factory=set)
     extended: set[tuple[Path, str]] = field(default_factory=set)
@@ -110,6 +111,7 @@ def read_stack(
         dotenv_names=tuple(dict.fromkeys(state.dotenv_names)),
         nodes=state.nodes,
         profiles=profiles,
+        secret_names=tuple(dict.fromkeys(state.secret_names)),
     )
 
 
@@ -315,6 +317,11 @@ def _scan(state: _State, doc: dict[str, Any], base: Path) -> None:
                 _service(state, str(name), spec, base)
     for entry in _as_list(doc.get("include"), "include"):
         _include(state, _plain(entry, "include"), base)
+    # The names a stack's secrets go by (gateway.secretrefs): Compose is told a placeholder for each.
+    extension = doc.get("x-compose-agent")
+    declared = extension.get("secrets") if isinstance(extension, dict) else None
+    if isinstance(declared, dict):
+        state.secret_names += [name if isinstance(name, str) else repr(name) for name in declared]
     for kind in ("secrets", "configs"):
         section = doc.get(kind)
         if isinstance(section, dict):

@@ -76,6 +76,8 @@ class Reading:
     dotenv_names: tuple[str, ...]
     nodes: int
     profiles: tuple[str, ...] = ()
+    # The names of the secrets the stack references from Vault (``x-compose-agent.secrets``), unchecked.
+    secret_names: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:

@@ -80,15 +80,21 @@ def stack_target(model: Mapping[str, Any]) -> StackTarget:
     if block is None:
         return StackTarget()
     help_text = f"write it as `{TARGET_KEY}: {{target: swarm}}` (target: compose or swarm; resolve_image: "
-    help_text += f"{', '.join(_RESOLVE_CHOICES)})"
+    help_text += f"{', '.join(_RESOLVE_CHOICES)}; secrets: see docs/secrets.md)"
     if not isinstance(block, Mapping):
         raise InvalidInput(f"the top-level {TARGET_KEY} must be a mapping; {help_text}")
-    unknown = sorted(set(block) - {"target", "resolve_image"})
+    # secrets: references into Vault, checked by gateway.secretrefs.
+    unknown = sorted(set(block) - {"target", "resolve_image", "secrets"})
     if unknown:
         raise InvalidInput(f"{TARGET_KEY} has unknown key(s) {', '.join(map(str, unknown))}; {help_text}")
     target = block.get("target", "compose")
     if target not in ("compose", "swarm"):
         raise InvalidInput(f"{TARGET_KEY}.target is {str(target)[:40]!r}; {help_text}")
+    if target == "swarm" and block.get("secrets"):
+        raise InvalidInput(
+            f"{TARGET_KEY}.secrets (secrets from Vault) run on Compose only: a swarm stack keeps its secrets "
+            "in the swarm (`docker secret create`, then `secrets: {db: {external: true}}`)"
+        )
     resolve = block.get("resolve_image", DEFAULT_RESOLVE_IMAGE)
     if resolve not in _RESOLVE_CHOICES:
         raise InvalidInput(f"{TARGET_KEY}.resolve_image is {str(resolve)[:40]!r}; {help_text}")
