@@ -56,6 +56,7 @@ from .models import (
     VolumeRisk,
 )
 from .ratelimit import FailureLimiter, client_key
+from .redact import REDACTOR, Redactor, install_log_redaction
 from .stacks import validate_project_name, validate_services
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "REDACTOR",  # [secrets]
+    "Redactor",
+    "install_log_redaction",
     "TOKEN_SOURCE_ENV",
     "CommonFields",
     "gather",

@@ -19,6 +19,7 @@ from gateway.api import (
     GeneratedTokenSource,
     TokenSource,
     TokenStore,
+    install_log_redaction,
     load_initial_tokens,
     open_people,
     refresh_tokens_forever,
@@ -143,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Legacy mode resolves stacks' secrets in this process: none reaches the panel's log (gateway.redact).
+    install_log_redaction()
     # httpx2 logs every request at INFO: one line per proxied call would drown the panel's own log.
     logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLogger().level))
     try:

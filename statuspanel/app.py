@@ -27,6 +27,7 @@ from .bodylimit import MAX_BODY_BYTES, BodyLimitMiddleware
 from .credentials import Authenticator
 from .headers import SecurityHeadersMiddleware
 from .hosts import LOOPBACK_HOSTS, AllowedHosts, HostCheckMiddleware
+from .redaction import RedactingMiddleware
 from .sessions import SESSION_LIFETIME, SessionGuard
 from .state import PanelState
 
@@ -95,6 +96,8 @@ def create_app(
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[
+            # Outermost: whatever any route or middleware answers, no secret known here leaves (legacy mode).
+            Middleware(RedactingMiddleware),
             Middleware(SecurityHeadersMiddleware),
             Middleware(HostCheckMiddleware, allowed=hosts),
             Middleware(BodyLimitMiddleware, max_bytes=max_body_bytes),

@@ -1,0 +1,111 @@
+"""A stack whose secret comes from a real OpenBao dev server, and the ways its value could leak.
+
+``secret_stack`` writes a random value into OpenBao, and a stack whose service prints it plainly,
+base64-encoded (with and without the newline ``echo`` adds) and from its mounted Compose secret,
+each between words that must survive redaction; its healthcheck compares the SHA-256 of what it got
+with the value's, so a healthy service proves it received exactly the value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditLog
+from gateway.config import load_settings
+from gateway.metrics import ControlPlane
+from gateway.operations import ComposeOperations
+from gateway.redact import forms_of
+from tests.conftest import StackFactory
+from tests.gateway.vault_fixtures import OpenBao
+
+__all__ = ["SECRET_STACK", "SecretStack", "leaks", "new_value", "vault_ops"]
+
+# Printed around the value: these words must still be there once the value is redacted.
+SECRET_STACK = """
+x-compose-agent:
+  secrets:
+    DB_PASSWORD: "secret/{path}#db"
+services:
+  app:
+    image: {image}
+    init: true
+    environment:
+      DB_PASSWORD: ${DB_PASSWORD}
+      DSN: "postgres://shop:${DB_PASSWORD}@db/shop"
+    secrets: [db]
+    command:
+      - sh
+      - -c
+      - |
+        echo "plain-before $$DB_PASSWORD plain-after"
+        echo "b64-before $$(printf %s "$$DB_PASSWORD" | base64 | tr -d '\\n') b64-after"
+        echo "b64nl-before $$(echo "$$DB_PASSWORD" | base64 | tr -d '\\n') b64nl-after"
+        echo "file-before $$(cat /run/secrets/db) file-after"
+        echo "dsn-before $$DSN dsn-after"
+        echo "ERROR connecting with $$DB_PASSWORD failed"
+        exec sleep 3600
+    healthcheck:
+      test: ["CMD-SHELL", "printf %s \\"$$DB_PASSWORD\\" | sha256sum | grep -q {digest} && printf %s \\"$$(cat /run/secrets/db)\\" | sha256sum | grep -q {digest}"]
+      interval: 1s
+      timeout: 2s
+      retries: 30
+      start_period: 0s
+secrets:
+  db:
+    environment: DB_PASSWORD
+"""
+
+# Lines the service prints, with the value gone: each must still be found, redacted, in the logs.
+EXPECTED_LINES = (
+    "plain-before [redacted:DB_PASSWORD] plain-after",
+    "b64-before [redacted:DB_PASSWORD] b64-after",
+    "b64nl-before [redacted:DB_PASSWORD] b64nl-after",
+    "file-before [redacted:DB_PASSWORD] file-after",
+    "dsn-before postgres://shop:[redacted:DB_PASSWORD]@db/shop dsn-after",
+)
+
+
+def new_value() -> str:
+    """A random secret with the characters that escape differently in JSON, URLs and shells."""
+    return f"Pw{secrets.token_urlsafe(12)}\"/+%\\é"
+
+
+@dataclass
+class SecretStack:
+    name: str
+    path: str
+    value: str
+
+    def compose(self, image: str) -> str:
+        digest = hashlib.sha256(self.value.encode()).hexdigest()
+        return SECRET_STACK.replace("{path}", self.path).replace("{digest}", digest).replace("{image}", image)
+
+
+def leaks(text: str, value: str) -> list[str]:
+    """The forms of ``value`` found in ``text`` (none, if redaction held)."""
+    return sorted(form for form in forms_of(value) if form in text)
+
+
+@pytest.fixture
+def vault_ops(stacks: StackFactory, openbao: OpenBao, tmp_path: Path) -> Iterator[ComposeOperations]:
+    """Operations whose stacks' secrets come from the OpenBao dev server (its root token)."""
+    environ = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "COMPOSE_AGENT_STATE_DIR": str(tmp_path / "state"),
+        "VAULT_ADDRESS": openbao.address,
+        "VAULT_TOKEN": openbao.root_token,
+    }
+    settings = load_settings(environ, stacks_dir=stacks.root)
+    audit = AuditLog(tmp_path / "audit.log")
+    operations = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
+    yield operations
+    operations.close()
+    audit.close()
