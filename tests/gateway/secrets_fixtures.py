@@ -25,7 +25,7 @@ from gateway.redact import forms_of
 from tests.conftest import StackFactory
 from tests.gateway.vault_fixtures import OpenBao
 
-__all__ = ["SECRET_STACK", "SecretStack", "leaks", "new_value", "vault_ops"]
+__all__ = ["EXPECTED_LINES", "SECRET_STACK", "SecretStack", "leaks", "new_value", "sha", "vault_ops"]
 
 # Printed around the value: these words must still be there once the value is redacted.
 SECRET_STACK = """
@@ -50,9 +50,10 @@ services:
         echo "file-before $$(cat /run/secrets/db) file-after"
         echo "dsn-before $$DSN dsn-after"
         echo "ERROR connecting with $$DB_PASSWORD failed"
+        echo "sha-before $$(printf %s "$$DB_PASSWORD" | sha256sum | cut -c1-64) sha-after"
         exec sleep 3600
     healthcheck:
-      test: ["CMD-SHELL", "printf %s \\"$$DB_PASSWORD\\" | sha256sum | grep -q {digest} && printf %s \\"$$(cat /run/secrets/db)\\" | sha256sum | grep -q {digest}"]
+      test: ["CMD-SHELL", "printf %s \\"$$DB_PASSWORD\\" | sha256sum | grep -qE '{digest}' && printf %s \\"$$(cat /run/secrets/db)\\" | sha256sum | grep -qE '{digest}'"]
       interval: 1s
       timeout: 2s
       retries: 30
@@ -74,18 +75,25 @@ EXPECTED_LINES = (
 
 def new_value() -> str:
     """A random secret with the characters that escape differently in JSON, URLs and shells."""
-    return f"Pw{secrets.token_urlsafe(12)}\"/+%\\é"
+    return f'Pw{secrets.token_urlsafe(12)}"/+%\\é'
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 @dataclass
 class SecretStack:
+    """A stack named ``name`` reading ``path#db``; healthy with ``value`` or with ``rotated`` (its next value)."""
+
     name: str
     path: str
     value: str
+    rotated: str = ""
 
     def compose(self, image: str) -> str:
-        digest = hashlib.sha256(self.value.encode()).hexdigest()
-        return SECRET_STACK.replace("{path}", self.path).replace("{digest}", digest).replace("{image}", image)
+        digests = "|".join(sha(v) for v in (self.value, self.rotated) if v)
+        return SECRET_STACK.replace("{path}", self.path).replace("{digest}", digests).replace("{image}", image)
 
 
 def leaks(text: str, value: str) -> list[str]:
@@ -105,7 +113,9 @@ def vault_ops(stacks: StackFactory, openbao: OpenBao, tmp_path: Path) -> Iterato
     }
     settings = load_settings(environ, stacks_dir=stacks.root)
     audit = AuditLog(tmp_path / "audit.log")
-    operations = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
+    operations = ComposeOperations.from_settings(
+        settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ
+    )
     yield operations
     operations.close()
     audit.close()
