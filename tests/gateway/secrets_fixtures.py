@@ -53,7 +53,11 @@ services:
         echo "sha-before $$(printf %s "$$DB_PASSWORD" | sha256sum | cut -c1-64) sha-after"
         exec sleep 3600
     healthcheck:
-      test: ["CMD-SHELL", "printf %s \\"$$DB_PASSWORD\\" | sha256sum | grep -qE '{digest}' && printf %s \\"$$(cat /run/secrets/db)\\" | sha256sum | grep -qE '{digest}'"]
+      test:
+        - CMD-SHELL
+        - >-
+          printf %s "$$DB_PASSWORD" | sha256sum | grep -qE '{digest}' &&
+          printf %s "$$(cat /run/secrets/db)" | sha256sum | grep -qE '{digest}'
       interval: 1s
       timeout: 2s
       retries: 30
