@@ -1,19 +1,39 @@
-"""A stack's secrets from a real OpenBao at up: the containers get them, nothing the gateway keeps holds them."""
+"""A stack's secrets from a real OpenBao at up: the containers get them, nothing the gateway keeps holds
+them, and every way resolving can fail is an error naming the reference (never a value) before anything starts."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
 import pytest
 
+from gateway.compose.cli import ComposeCli
+from gateway.config import load_settings
+from gateway.errors import GatewayError, InvalidInput
+from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
-from tests.conftest import StackFactory, random_name
-from tests.gateway.secrets_fixtures import SecretStack, leaks, new_value, vault_ops
+from gateway.secretrefs import SecretUnavailable
+from tests.conftest import StackFactory, free_port, random_name
+from tests.gateway.secrets_fixtures import EXPECTED_LINES, SecretStack, leaks, new_value, vault_ops
 from tests.gateway.vault_fixtures import OpenBao, openbao
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 __all__ = ["openbao", "vault_ops"]
+
+
+def _stack(stacks: StackFactory, openbao: OpenBao, *, store: dict[str, str] | None = None) -> SecretStack:
+    secret = SecretStack(random_name("sec"), f"apps/{random_name('p')}", new_value())
+    if store is not None:
+        openbao.request("POST", f"secret/data/{secret.path}", {"data": store})
+    stacks.make(secret.compose(stacks.image), name=secret.name)
+    return secret
+
+
+async def _nothing_started(ops: ComposeOperations, name: str) -> None:
+    assert await anyio.to_thread.run_sync(ops.engine.project_containers, name) == []
+    assert ops.lifecycle.runs.kept(name) is None  # no run file written either
 
 
 async def test_up_hands_the_secret_to_the_service_and_keeps_it_off_disk(
@@ -26,8 +46,127 @@ async def test_up_hands_the_secret_to_the_service_and_keeps_it_off_disk(
         result = await vault_ops.up(name, wait=True)
     assert result.ok
     ps = await vault_ops.ps(name)
-    assert [s.health for s in ps.services] == ["healthy"]
-    logs = await vault_ops.logs(name, tail=50)
-    assert "plain-before [redacted:DB_PASSWORD] plain-after" in logs.model_dump_json() or True
+    assert [s.health for s in ps.services] == ["healthy"]  # the healthcheck compared the value's SHA-256
+    run_file = vault_ops.lifecycle.runs.kept(name)
+    assert run_file is not None and "${DB_PASSWORD}" in run_file.path.read_text()
     on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert leaks(on_disk.decode("utf-8", "replace"), secret.value) == []
+    # The operations API returns what the service printed; the MCP edge redacts it (test_secrets_e2e).
+    logs = await vault_ops.logs(name, tail=50)
+    assert "dsn-before postgres://shop:" in logs.text
+    await vault_ops.down(name)
+    assert EXPECTED_LINES
+
+
+async def test_a_missing_key_is_an_error_naming_the_reference_and_nothing_starts(
+    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
+) -> None:
+    secret = _stack(stacks, openbao, store={"other": "not-this-one-1234"})
+    with pytest.raises(SecretUnavailable) as caught:
+        await vault_ops.up(secret.name)
+    message = str(caught.value)
+    assert f"secret DB_PASSWORD of stack '{secret.name}' (secret/{secret.path}#db)" in message
+    assert "has no key 'db'" in message and "nothing was started" in message
+    assert "not-this-one" not in message
+    await _nothing_started(vault_ops, secret.name)
+
+
+async def test_a_missing_path_is_an_error_naming_the_reference_and_nothing_starts(
+    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
+) -> None:
+    secret = _stack(stacks, openbao)
+    with pytest.raises(SecretUnavailable, match=rf"secret/{secret.path}#db.*no secret at secret/{secret.path}"):
+        await vault_ops.up(secret.name)
+    await _nothing_started(vault_ops, secret.name)
+
+
+async def test_a_short_value_is_refused_as_a_secret(
+    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
+) -> None:
+    secret = _stack(stacks, openbao, store={"db": "hunter2"})
+    with pytest.raises(SecretUnavailable, match="fewer than 8 characters") as caught:
+        await vault_ops.up(secret.name)
+    assert "hunter2" not in str(caught.value)
+    await _nothing_started(vault_ops, secret.name)
+
+
+async def test_a_value_that_is_not_a_string_is_refused(
+    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
+) -> None:
+    secret = SecretStack(random_name("sec"), f"apps/{random_name('p')}", new_value())
+    openbao.request("POST", f"secret/data/{secret.path}", {"data": {"db": {"nested": "x" * 20}}})
+    stacks.make(secret.compose(stacks.image), name=secret.name)
+    with pytest.raises(SecretUnavailable, match="is not a string in Vault"):
+        await vault_ops.up(secret.name)
+    await _nothing_started(vault_ops, secret.name)
+
+
+async def test_an_unreachable_vault_is_an_error_naming_the_reference_and_nothing_starts(
+    stacks: StackFactory, openbao: OpenBao, tmp_path: Path
+) -> None:
+    secret = _stack(stacks, openbao, store={"db": new_value()})
+    environ = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "COMPOSE_AGENT_STATE_DIR": str(tmp_path / "state"),
+        "VAULT_ADDRESS": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "VAULT_TOKEN": "s.whatever",
+    }
+    settings = load_settings(environ, stacks_dir=stacks.root)
+    ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=environ)
+    try:
+        with pytest.raises(
+            SecretUnavailable, match=rf"cannot read secret DB_PASSWORD .*secret/{secret.path}#db.*reach"
+        ):
+            await ops.up(secret.name)
+        await _nothing_started(ops, secret.name)
+    finally:
+        ops.close()
+
+
+async def test_without_vault_a_stack_with_references_is_refused_saying_so(
+    ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
+) -> None:
+    secret = _stack(stacks, openbao, store={"db": new_value()})
+    with pytest.raises(SecretUnavailable, match="no Vault configured: set VAULT_ADDRESS and VAULT_TOKEN"):
+        await ops.up(secret.name)
+    await _nothing_started(ops, secret.name)
+    # A plan says the same: it would ask Compose about a model it cannot complete.
+    with pytest.raises(SecretUnavailable, match="no Vault configured"):
+        await ops.planner.plan(secret.name)
+
+
+async def test_a_secret_in_a_command_is_refused_before_anything_runs(
+    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
+) -> None:
+    compose = (
+        'x-compose-agent:\n  secrets:\n    DB_PASSWORD: "secret/apps/x#db"\n'
+        "services:\n  app:\n    image: {image}\n    command: ['sh', '-c', 'echo ${DB_PASSWORD}']\n"
+    )
+    name = stacks.make(compose)
+    with pytest.raises(InvalidInput, match=r"used at services\.app\.command \(DB_PASSWORD\)"):
+        await vault_ops.up(name)
+    await _nothing_started(vault_ops, name)
+
+
+async def test_a_name_that_would_steer_compose_is_refused_before_compose_runs(
+    vault_ops: ComposeOperations, stacks: StackFactory
+) -> None:
+    for name in ("COMPOSE_FILE", "DOCKER_HOST", "PATH"):
+        compose = (
+            f'x-compose-agent:\n  secrets:\n    {name}: "secret/apps/x#db"\nservices:\n  app:\n    image: {{image}}\n'
+        )
+        project = stacks.make(compose)
+        with pytest.raises(InvalidInput, match="give the secret another name"):
+            await vault_ops.up(project)
+        await _nothing_started(vault_ops, project)
+
+
+async def test_compose_refuses_an_extra_variable_that_its_environment_already_holds(tmp_path: Path) -> None:
+    cli = ComposeCli.locate(None, {"PATH": os.environ["PATH"], "HOME": "/root", "SHOP_REGION": "eu"}, ["SHOP_REGION"])
+    for taken in ("PATH", "SHOP_REGION", "VAULT_TOKEN", "COMPOSE_FILE"):
+        with pytest.raises(InvalidInput, match=f"secret\\(s\\) {taken} would replace"):
+            await cli.run("p", ["version"], extra_env={taken: "x" * 12})
+    output = await cli.run("p", ["version"], extra_env={"DB_PASSWORD": "x" * 12})
+    assert output is not None
+    assert issubclass(SecretUnavailable, GatewayError)
