@@ -157,7 +157,7 @@ def test_a_secret_anywhere_but_a_service_environment_is_refused(where: str, serv
 
 
 def test_digests_label_only_the_services_that_use_a_secret_and_change_with_the_value() -> None:
-    model = {
+    model: dict[str, Any] = {
         "services": {
             "app": {"environment": {"A": "${DB_PASSWORD}"}},
             "files": {"secrets": [{"source": "db", "target": "/run/secrets/db"}]},
@@ -167,8 +167,8 @@ def test_digests_label_only_the_services_that_use_a_secret_and_change_with_the_v
     }
     key = b"k" * 32
     first = with_digests(model, {"DB_PASSWORD": "value-one-1", "API_KEY": "value-two-2"}, key)
-    labels = {name: (spec.get("labels") or {}).get(DIGEST_LABEL) for name, spec in first["services"].items()}
-    assert labels["other"] is None
+    labels = {name: str((spec.get("labels") or {}).get(DIGEST_LABEL, "")) for name, spec in first["services"].items()}
+    assert labels["other"] == ""
     assert labels["app"].startswith("DB_PASSWORD:") and labels["files"].startswith("API_KEY:")
     assert "value-one-1" not in str(first) and "value-two-2" not in str(first)
     second = with_digests(model, {"DB_PASSWORD": "value-one-X", "API_KEY": "value-two-2"}, key)
