@@ -30,6 +30,7 @@ __all__ = [
     "APPROVAL_URL_META_KEY",
     "ConfigError",
     "VaultError",
+    "SecretUnavailable",
     "SwarmUnavailable",
     "SwarmFailed",
     "AuditUnavailable",
@@ -160,6 +161,13 @@ class VaultError(GatewayError):
     """Vault could not give or take a token. The message names the address and path, never the token."""
 
     kind = "vault_error"
+
+
+class SecretUnavailable(GatewayError):
+    """A stack's secret cannot be resolved: no Vault, no such path or key, Vault unreachable, or a value
+    that cannot be a secret. The message names the reference, never a value (gateway.secretrefs)."""
+
+    kind = "secret_unavailable"
 
 
 class SwarmUnavailable(GatewayError):

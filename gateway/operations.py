@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from .audit import AuditLog
+from .auth.stacksecrets import StackSecrets
 from .auth.vault import VaultClient
 from .catalog import StackCatalog
 from .compose.cli import ComposeCli
@@ -31,7 +32,7 @@ from .metrics import CommandExecutionMetrics, ControlPlane
 from .policy.guard import PolicyGuard
 from .policy.rules import Policy
 from .reads import Reads
-from .secretrefs import SECRETS_KEY_FILE, StackSecrets
+from .secretrefs import SECRETS_KEY_FILE
 from .swarm.backend import SwarmBackend
 from .swarm.dockercli import DockerCli
 

@@ -17,9 +17,12 @@ Nothing else: a container that prints its secret reversed, hex-encoded, split ov
 base64-encoded with text around it before encoding, prints it in a form nobody predicted.
 docs/secrets.md says so.
 
-Every form is a literal, so all of them go into one compiled alternation (longest first, so that a
-padded form wins over its unpadded prefix): one pass over the text, whatever the number of secrets.
-A text that holds none of them is returned as it is (the same object).
+Every form is a literal. With a few of them (up to :data:`SCAN_LIMIT` forms, a handful of
+secrets), each is looked for with ``str.__contains__`` (CPython's fast search runs at memory speed)
+and only those present are replaced, longest first; past that, one compiled alternation (longest
+first, so that a padded form wins over its unpadded prefix) makes one pass over the text, whatever
+the number of secrets. A text that holds none of them is returned as it is (the same object).
+``bench/redaction.py`` measures both; docs/secrets.md has the figures.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from urllib.parse import quote, quote_plus
 
 __all__ = ["REDACTOR", "RedactingFilter", "Redactor", "forms_of", "install_log_redaction", "marker", "redact_record"]
 
+# Up to this many forms, a search per form beats Python's regular expression engine on a large text.
+SCAN_LIMIT = 48
 # Forms shorter than this are not added: they would redact ordinary text. Values are at least
 # MIN_SECRET_LENGTH (gateway.secretrefs) long, so only degenerate encodings fall below it.
 _MIN_FORM = 8
@@ -67,6 +72,8 @@ class Redactor:
         self._lock = threading.Lock()
         self._names: dict[str, str] = {}  # form -> the secret's name
         self._pattern: re.Pattern[str] | None = None
+        self._ordered: tuple[str, ...] = ()  # the forms, longest first
+        self._state: tuple[re.Pattern[str], dict[str, str], tuple[str, ...]] | None = None
 
     def add(self, name: str, value: str) -> None:
         """Redact ``value`` (in all its forms) as ``[redacted:name]`` from now on."""
@@ -85,17 +92,25 @@ class Redactor:
             # Longest first: Python's alternation takes the first that matches, not the longest.
             ordered = sorted(names, key=lambda form: (-len(form), form))
             pattern = re.compile("|".join(re.escape(form) for form in ordered))
-            self._pattern, self._names = pattern, names
+            # One assignment: a redaction in another thread reads either the old state or the new one.
+            self._state = (pattern, names, tuple(ordered))
+            self._pattern, self._names, self._ordered = self._state
 
     def __bool__(self) -> bool:
         return self._pattern is not None
 
     def redact(self, text: str) -> str:
         """``text`` with every known form of every secret replaced by its marker."""
-        pattern, names = self._pattern, self._names
-        if pattern is None or not text:
+        state = self._state
+        if state is None or not text:
             return text
-        return pattern.sub(lambda match: marker(names[match.group()]), text)
+        pattern, names, ordered = state
+        if len(ordered) > SCAN_LIMIT:
+            return pattern.sub(lambda match: marker(names[match.group()]), text)
+        found = [form for form in ordered if form in text]
+        for form in found:
+            text = text.replace(form, marker(names[form]))
+        return text
 
     def redact_data(self, data: Any) -> Any:
         """A JSON-like value (dicts, lists, strings...) with every string redacted, keys included.

@@ -15,8 +15,8 @@ How a value reaches the containers without ever being written to disk by the gat
    never the value. Compose's own ``secrets: {db: {environment: DB_PASSWORD}}`` names the variable
    and needs nothing. Anywhere else (a command, a label, a path) is refused: it would put a secret
    where the guard's judgement of the value matters, or where every ``ps`` shows it.
-3. At ``up`` (and ``deploy``, ``rollback``, ``plan``) :class:`StackSecrets` reads the values and
-   hands them to Compose as environment variables of its process, and nowhere else.
+3. At ``up`` (and ``deploy``, ``rollback``, ``plan``) :mod:`gateway.auth.stacksecrets` reads the
+   values and hands them to Compose as environment variables of its process, and nowhere else.
 4. Each service that uses a secret gets the label :data:`DIGEST_LABEL`: a keyed hash (HMAC) of each
    value it uses, never the value. A changed secret changes the label, so Compose's config hash
    changes, ``plan`` shows the service recreated, and ``up`` recreates it.
@@ -28,19 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import os
 import re
 import secrets as stdlib_secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import anyio.to_thread
-
-from .errors import ConfigError, GatewayError, InvalidInput, VaultError
-from .redact import REDACTOR, Redactor
+from .errors import InvalidInput, SecretUnavailable
 
 __all__ = [
     "DIGEST_LABEL",
@@ -49,8 +43,6 @@ __all__ = [
     "SECRETS_KEY_FILE",
     "Reference",
     "SecretUnavailable",
-    "SecretReader",
-    "StackSecrets",
     "bind",
     "changed_secrets",
     "check_names",
@@ -60,8 +52,6 @@ __all__ = [
     "placeholders",
     "with_digests",
 ]
-
-logger = logging.getLogger(__name__)
 
 EXTENSION_KEY = "x-compose-agent"
 DIGEST_LABEL = "com.compose-agent.secrets"
@@ -91,15 +81,6 @@ _HELP = (
     f'write it as `{EXTENSION_KEY}: {{secrets: {{DB_PASSWORD: "secret/apps/shop#db"}}}}`: an upper-case variable '
     "name, and a KV v2 reference mount/path#key (letters, digits, _ . -; segments start with a letter or digit)"
 )
-
-
-class SecretUnavailable(GatewayError):
-    """A stack's secret cannot be resolved: no Vault, no such path or key, Vault unreachable, or a bad value.
-
-    The message names the reference, never a value.
-    """
-
-    kind = "secret_unavailable"
 
 
 @dataclass(frozen=True)
@@ -271,147 +252,3 @@ def changed_secrets(old_label: str | None, new_label: str | None) -> list[str]:
 
     old, new = parse(old_label), parse(new_label)
     return sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
-
-
-class SecretReader(Protocol):
-    """Reads the fields of a KV v2 secret (:meth:`gateway.auth.vault.VaultClient.read_fields`)."""
-
-    address: str
-
-    async def read_fields(self, mount: str, path: str) -> dict[str, Any]: ...
-
-
-class StackSecrets:
-    """Resolves a stack's references from Vault, adding every value to the redactor as it is read.
-
-    ``reader`` makes the Vault client on first use (None: no Vault configured); ``key_file`` keeps the
-    key of the digests, so they stay comparable across restarts.
-    """
-
-    def __init__(self, reader: Any = None, *, key_file: Path | None = None, redactor: Redactor = REDACTOR) -> None:
-        self._make_reader = reader
-        self._reader: SecretReader | None = None
-        self.key_file = key_file
-        self.redactor = redactor
-        self._key: bytes | None = None
-
-    def key(self) -> bytes:
-        """The digests' key: read from ``key_file``, or made there (0600) the first time. Blocking."""
-        if self._key is not None:
-            return self._key
-        key = None
-        if self.key_file is not None:
-            try:
-                key = _load_key(self.key_file)
-            except OSError as exc:
-                logger.warning("cannot keep the secrets' digest key in %s (%s)", self.key_file, exc)
-        self._key = key or stdlib_secrets.token_bytes(32)
-        return self._key
-
-    def _vault(self, project: str, references: Mapping[str, Reference]) -> SecretReader:
-        if self._reader is None:
-            listed = ", ".join(f"{name} ({ref})" for name, ref in references.items())
-            if self._make_reader is None:
-                raise SecretUnavailable(
-                    f"stack '{project}' references secrets in Vault ({listed}), but this gateway has no Vault "
-                    "configured: set VAULT_ADDRESS and VAULT_TOKEN (see docs/secrets.md); nothing was started"
-                )
-            try:
-                self._reader = self._make_reader()
-            except ConfigError as exc:
-                raise SecretUnavailable(
-                    f"stack '{project}' references secrets in Vault ({listed}), but Vault cannot be used: {exc}"
-                ) from None
-        assert self._reader is not None
-        return self._reader
-
-    async def prepare(self, project: str, model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-        """The model Compose runs (with :func:`with_digests` labels) and the values for its environment.
-
-        Raises:
-            SecretUnavailable: as :meth:`resolve`.
-            InvalidInput: a malformed ``x-compose-agent.secrets`` block.
-        """
-        references = declared(model)
-        if not references:
-            return model, {}
-        values = await self.resolve(project, references)
-        key = await anyio.to_thread.run_sync(self.key)
-        return with_digests(model, values, key), values
-
-    async def resolve(self, project: str, references: Mapping[str, Reference]) -> dict[str, str]:
-        """Each name's value, read now (one read per path); every value is redacted from then on.
-
-        Raises:
-            SecretUnavailable: no Vault configured, Vault unreachable or refusing, no such path or key,
-                or a value that is not a string of at least :data:`MIN_SECRET_LENGTH` characters.
-                The message names the reference, never a value.
-        """
-        if not references:
-            return {}
-        vault = self._vault(project, references)
-        by_path: dict[tuple[str, str], dict[str, Any]] = {}
-        values: dict[str, str] = {}
-        for name, ref in references.items():
-            where = f"secret {name} of stack '{project}' ({ref})"
-            if (ref.mount, ref.path) not in by_path:
-                try:
-                    by_path[ref.mount, ref.path] = await vault.read_fields(ref.mount, ref.path)
-                except VaultError as exc:
-                    raise SecretUnavailable(f"cannot read {where}: {exc}; nothing was started") from None
-            fields = by_path[ref.mount, ref.path]
-            if ref.key not in fields:
-                raise SecretUnavailable(
-                    f"cannot read {where}: {ref.mount}/{ref.path} in Vault at {vault.address} has no key "
-                    f"'{ref.key}'; nothing was started"
-                )
-            value = fields[ref.key]
-            if not isinstance(value, str):
-                raise SecretUnavailable(f"{where} is not a string in Vault; store it as one")
-            _check_value(where, value)
-            values[name] = value
-        # Known before Compose or anything else sees them.
-        self.redactor.add_many(values)
-        return values
-
-
-def _check_value(where: str, value: str) -> None:
-    if len(value) < MIN_SECRET_LENGTH:
-        raise SecretUnavailable(
-            f"{where} has fewer than {MIN_SECRET_LENGTH} characters: too short to be a secret, and to be "
-            "redacted without redacting ordinary words; store a longer one"
-        )
-    if "\0" in value:
-        raise SecretUnavailable(f"{where} holds a NUL character, which no environment variable can carry")
-    if len(set(value)) < 4:
-        raise SecretUnavailable(f"{where} has fewer than 4 distinct characters: not a secret; store a random one")
-
-
-def _load_key(path: Path) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = stdlib_secrets.token_bytes(32)
-        partial = path.with_name(f".{path.name}.{stdlib_secrets.token_hex(4)}")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, key)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # Two gateways sharing the state dir: the first link wins, and both use what is on disk.
-        try:
-            os.link(partial, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(partial)
-        return _load_key(path)
-    try:
-        key = os.read(fd, 64)
-    finally:
-        os.close(fd)
-    if len(key) != 32:
-        raise OSError(f"{path} is not a key of 32 bytes")
-    return key

@@ -25,6 +25,7 @@ import anyio
 from anyio import to_thread
 
 from ..audit import AuditLog, Intent
+from ..auth.stacksecrets import StackSecrets
 from ..catalog import StackCatalog, StackView
 from ..errors import (
     AuditUnavailable,
@@ -37,7 +38,6 @@ from ..errors import (
 from ..metrics import CommandExecutionMetrics, ControlPlane
 from ..models import ActionResult
 from ..policy.guard import refusal
-from ..secretrefs import StackSecrets
 from ..stacks import Stack, validate_services
 from .cli import ComposeCli, EventLog, ProgressCallback
 from .runfile import RunFile, RunFiles

@@ -18,6 +18,7 @@ from typing import Any
 
 from anyio import to_thread
 
+from ..auth.stacksecrets import StackSecrets
 from ..catalog import StackCatalog
 from ..compose.cli import ComposeCli
 from ..compose.runfile import RunFiles
@@ -40,7 +41,6 @@ from ..policy.candidate import (
 )
 from ..policy.guard import Evaluation
 from ..policy.reader import read_stack
-from ..secretrefs import StackSecrets
 from ..stacks import validate_project_name
 from .plan import build_actions, down_risk, rotated, state_fingerprint
 from .versions import Snapshot, VersionStore

@@ -11,10 +11,9 @@ import pytest
 
 from gateway.compose.cli import ComposeCli
 from gateway.config import load_settings
-from gateway.errors import GatewayError, InvalidInput
+from gateway.errors import GatewayError, InvalidInput, SecretUnavailable
 from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
-from gateway.secretrefs import SecretUnavailable
 from tests.conftest import StackFactory, free_port, random_name
 from tests.gateway.secrets_fixtures import EXPECTED_LINES, SecretStack, leaks, new_value, vault_ops
 from tests.gateway.vault_fixtures import OpenBao, openbao
