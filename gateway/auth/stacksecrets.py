@@ -29,6 +29,8 @@ class SecretReader(Protocol):
     """Reads the fields of a KV v2 secret (:meth:`gateway.auth.vault.VaultClient.read_fields`)."""
 
     address: str
+    mount: str  # where the gateway's own documents live: mount/path_prefix/...
+    path_prefix: str
 
     async def read_fields(self, mount: str, path: str) -> dict[str, Any]: ...
 
@@ -104,8 +106,16 @@ class StackSecrets:
         vault = self._vault(project, references)
         by_path: dict[tuple[str, str], dict[str, Any]] = {}
         values: dict[str, str] = {}
+        own = f"{vault.path_prefix}/"
         for name, ref in references.items():
             where = f"secret {name} of stack '{project}' ({ref})"
+            if ref.mount == vault.mount and (ref.path + "/").startswith(own):
+                # The gateway's tokens, its people and its OAuth grants live there: a compose file that
+                # could read them into a container would hand its author the gateway itself.
+                raise SecretUnavailable(
+                    f"{where} points into {vault.mount}/{vault.path_prefix}/, where the gateway keeps its own "
+                    "tokens and documents; store the stack's secrets elsewhere (docs/secrets.md)"
+                )
             if (ref.mount, ref.path) not in by_path:
                 try:
                     by_path[ref.mount, ref.path] = await vault.read_fields(ref.mount, ref.path)

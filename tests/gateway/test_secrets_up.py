@@ -135,6 +135,19 @@ async def test_without_vault_a_stack_with_references_is_refused_saying_so(
         await ops.planner.plan(secret.name)
 
 
+async def test_a_reference_to_the_gateways_own_tokens_is_refused(
+    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
+) -> None:
+    openbao.write_token("agent/dhijack/compose_agent_token", "the-gateways-own-token-123")
+    for reference in ("secret/agent/dhijack/compose_agent_token#token", "secret/agent#token"):
+        block = f'x-compose-agent:\n  secrets:\n    STOLEN: "{reference}"\n'
+        name = stacks.make(block + "services:\n  app:\n    image: {image}\n    environment: {X: \"${STOLEN}\"}\n")
+        with pytest.raises(SecretUnavailable, match="where the gateway keeps its own tokens") as caught:
+            await vault_ops.up(name)
+        assert "the-gateways-own-token" not in str(caught.value)
+        await _nothing_started(vault_ops, name)
+
+
 async def test_a_secret_in_a_command_is_refused_before_anything_runs(
     vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
 ) -> None:
