@@ -31,7 +31,7 @@ __all__ = ["EXPECTED_LINES", "SECRET_STACK", "SecretStack", "leaks", "new_value"
 SECRET_STACK = """
 x-compose-agent:
   secrets:
-    DB_PASSWORD: "secret/{path}#db"
+    DB_PASSWORD: "secret/apps/stack#db"
 services:
   app:
     image: {image}
@@ -97,7 +97,8 @@ class SecretStack:
 
     def compose(self, image: str) -> str:
         digests = "|".join(sha(v) for v in (self.value, self.rotated) if v)
-        return SECRET_STACK.replace("{path}", self.path).replace("{digest}", digests).replace("{image}", image)
+        text = SECRET_STACK.replace("secret/apps/stack#db", f"secret/{self.path}#db")
+        return text.replace("{digest}", digests).replace("{image}", image)
 
 
 def leaks(text: str, value: str) -> list[str]:

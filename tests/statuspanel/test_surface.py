@@ -70,6 +70,8 @@ CLIENT_MODE_MODULES = {
     "gateway.metrics",
     "gateway.models",
     "gateway.ratelimit",
+    # [secrets] In legacy mode the panel redacts what it resolved itself; in client mode it knows nothing.
+    "gateway.redact",
     "gateway.stacks",
 }
 
