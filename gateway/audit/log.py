@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuditUnavailable
+from ..statefiles import owned_by_live_process
 from .context import ApprovalStep, current_approval, current_tags
 from .digest import RefusalDigest, RefusalKey, SpaceWatch, Summary, free_bytes, timestamp
 
@@ -45,16 +46,6 @@ class Intent:
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
 
 
 class AuditLog:
@@ -270,7 +261,7 @@ class AuditLog:
         resolved = 0
         for record in pending:
             pid = record.get("pid")
-            if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+            if owned_by_live_process(pid):
                 continue
             line: dict[str, Any] = {"time": timestamp(time.time()), "id": record["id"], "phase": "outcome"}
             line.update({k: record[k] for k in ("caller", "control_plane", "tool", "arguments") if k in record})
