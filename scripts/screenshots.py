@@ -21,7 +21,9 @@ dashboard-swarm, approval, and mcp-app (the stack view in the chat host of the M
 Everything it makes is removed at the end, on failure, Ctrl-C and SIGTERM too: containers, networks,
 volumes, the swarm stack (and the swarm, if made here), the demo image tags, the processes and the
 temporary folder. It needs the dev extra (Playwright), Debian's chromium, busybox-static, and the MCP
-tools ``scripts/setup.sh`` installs. PNGs go through ``pngquant`` and ``optipng`` when on PATH.
+tools ``scripts/setup.sh`` installs. PNGs go through ``pngquant`` and ``optipng`` when on PATH. The
+demo itself (stacks, images, the engine, the processes) is in ``scripts/screenshots_demo.py``;
+``tests/distribution/test_screenshots.py`` runs this script at a small size.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def optimise(path: Path) -> None:
 
 async def logged_in(browser: Browser, demo: Demo, path: str, viewport: ViewportSize) -> Page:
     """A page of its own where alice logged in on the way to ``path``."""
-    context = await browser.new_context(viewport=viewport, is_mobile=viewport == PHONE, has_touch=viewport == PHONE)
+    context = await browser.new_context(viewport=viewport)
     page = await context.new_page()
     await page.goto(demo.panel.base + path)
     await page.get_by_test_id("login-username").fill(PERSON)
@@ -177,9 +179,12 @@ async def shoot_panel(browser: Browser, demo: Demo) -> None:
     await expect(card.get_by_test_id("approval-status")).to_have_text("pending")
     await expect(card.get_by_test_id("approval-plan")).to_contain_text("DELETES named volume")
     await save(demo, page, "approval")
+    session = await page.context.storage_state()  # alice's, so that the phone need not log in again
     await page.context.close()
 
-    phone = await logged_in(browser, demo, f"/?q={shop}", PHONE)
+    context = await browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True, storage_state=session)
+    phone = await context.new_page()
+    await phone.goto(f"{demo.panel.base}/?q={shop}")
     await expect(phone.get_by_test_id(f"health-{shop}-storefront")).to_have_text("healthy")
     await save(demo, phone, "dashboard-phone")
     await phone.context.close()

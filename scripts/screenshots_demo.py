@@ -132,9 +132,17 @@ class Service:
     base: str
     process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> None:
+    def spawn(self) -> None:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(self.args, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Wait until it answers ``/health``.
+
+        Raises:
+            ShotsFailed: it exited, or did not answer in time; the message has its last lines of output.
+        """
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -193,19 +201,33 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def check_free(engine: Any, options: Options) -> None:
-    """Refuse to touch projects, stacks or images that are already on the engine under the demo's names."""
+    """Refuse to touch projects, stacks or images that are already on the engine under the demo's names.
+
+    Raises:
+        ShotsFailed: one is there (an earlier run killed with SIGKILL leaves them; the message says what to do).
+    """
     names = {options.name(stack) for stack in STACKS}
     for label in ("com.docker.compose.project", "com.docker.stack.namespace"):
         for container in engine.containers.list(all=True, filters={"label": label}):
             if container.labels.get(label) in names:
-                raise ShotsFailed(f"'{container.labels[label]}' already runs on this engine; pass another --prefix")
+                raise ShotsFailed(
+                    f"'{container.labels[label]}' already runs on this engine: pass another --prefix, or remove "
+                    f"it if an earlier run left it (docker compose -p {container.labels[label]} down -v)"
+                )
     taken = [tag for tag in map(options.image, IMAGES) if engine.images.list(name=tag)]
     if taken:
-        raise ShotsFailed(f"the image {taken[0]} already exists on this engine; pass another --prefix")
+        raise ShotsFailed(
+            f"the image {taken[0]} already exists on this engine: pass another --prefix, or remove it if an "
+            f"earlier run left it (docker image rm {' '.join(taken)})"
+        )
 
 
 def build_images(options: Options, cleanup: ExitStack) -> None:
-    """Every demo image: one FROM scratch with the static busybox, tagged once per role."""
+    """Every demo image: one FROM scratch with the static busybox, tagged once per role.
+
+    Raises:
+        ShotsFailed: busybox is missing, or the build failed.
+    """
     busybox = shutil.which("busybox") or "/bin/busybox"
     if not Path(busybox).is_file():
         raise ShotsFailed("busybox is missing: apt-get install busybox-static (the demo images are built from it)")
@@ -224,7 +246,9 @@ def build_images(options: Options, cleanup: ExitStack) -> None:
 
 def remove_images(tags: list[str]) -> None:
     for tag in tags:
-        subprocess.run(["docker", "image", "rm", tag], capture_output=True)
+        removed = subprocess.run(["docker", "image", "rm", tag], capture_output=True, text=True)
+        if removed.returncode != 0 and "No such image" not in removed.stderr:
+            logger.warning("could not remove the image %s: %s", tag, removed.stderr.strip())
 
 
 def remove_project(engine: Any, project: str) -> None:
@@ -347,7 +371,18 @@ def start_services(options: Options, work: Path, cleanup: ExitStack, swarm: bool
     args = [sys.executable, "-m", "gateway", "serve", "--port", str(gateway_port), "--stacks-dir", str(work / "stacks")]
     gateway = Service("the gateway", args, env, work / "gateway.log", f"http://127.0.0.1:{gateway_port}")
     cleanup.callback(gateway.stop)
-    gateway.start()
+    gateway.spawn()
+    gateway.wait_healthy()
+    panel_env = child_env(
+        COMPOSE_AGENT_URL=f"{gateway.base}/mcp",
+        STATUS_PANEL_TOKEN=panel_token,
+        COMPOSE_AGENT_STATE_DIR=str(state / "panel"),
+        CONFIG_PATH=str(work / "no-config.json"),
+    )
+    args = [sys.executable, "-m", "statuspanel", "serve", "--port", str(panel_port)]
+    panel = Service("the status panel", args, panel_env, work / "panel.log", f"http://127.0.0.1:{panel_port}")
+    cleanup.callback(panel.stop)
+    panel.spawn()  # it starts while the person is added: it follows the people file the gateway shares
     added = subprocess.run(
         [sys.executable, "-m", "gateway", "users", "add", PERSON, "--password-stdin"]
         + ["--grant", "compose:write", "--grant", "compose:approve"],
@@ -364,14 +399,5 @@ def start_services(options: Options, work: Path, cleanup: ExitStack, swarm: bool
         if time.monotonic() > deadline:
             raise ShotsFailed(f"the gateway did not share its people with the panel at {shared}")
         time.sleep(0.1)
-    panel_env = child_env(
-        COMPOSE_AGENT_URL=f"{gateway.base}/mcp",
-        STATUS_PANEL_TOKEN=panel_token,
-        COMPOSE_AGENT_STATE_DIR=str(state / "panel"),
-        CONFIG_PATH=str(work / "no-config.json"),
-    )
-    args = [sys.executable, "-m", "statuspanel", "serve", "--port", str(panel_port)]
-    panel = Service("the status panel", args, panel_env, work / "panel.log", f"http://127.0.0.1:{panel_port}")
-    cleanup.callback(panel.stop)
-    panel.start()
+    panel.wait_healthy()
     return Demo(options, gateway, panel, agent_token, swarm)

@@ -129,9 +129,26 @@ def test_the_screenshot_script_makes_every_shot_and_leaves_nothing_behind(tmp_pa
 
 
 def test_the_script_refuses_a_bad_prefix_and_size_before_touching_anything() -> None:
-    for bad in (["--prefix", "Demo-"], ["--prefix", "demo"], ["--prefix", "../x-"], ["--width", "10"]):
+    for bad in (["--prefix", "../x-"], ["--width", "10"]):  # each run starts Python with Playwright and the SDK
         done = subprocess.run([sys.executable, str(SCRIPT), *bad], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "error:" in done.stderr, (bad, done.stderr)
+
+
+def test_the_script_leaves_alone_what_it_finds_under_its_names(
+    tmp_path: Path, docker_client: Any, busybox_image: str
+) -> None:
+    prefix = random_name("shots") + "-"
+    theirs = f"{prefix.rstrip('-')}/postgres:16"  # someone's image, under a name the demo would use
+    docker_client.images.get(busybox_image).tag(theirs)
+    try:
+        args = [sys.executable, str(SCRIPT), "--prefix", prefix, "--out", str(tmp_path)]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and f"the image {theirs} already exists" in done.stderr, done.stderr
+        assert docker_client.images.get(theirs).id == docker_client.images.get(busybox_image).id
+        assert left_by(docker_client, prefix) == [f"image {theirs}"]
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        docker_client.images.remove(theirs)
 
 
 def test_the_png_check_catches_a_damaged_or_cut_file() -> None:
