@@ -62,6 +62,12 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+def labels(item: Any) -> dict[str, str]:
+    """A container's, network's or volume's labels, as docker-py lists each."""
+    attrs = item.attrs
+    return dict(attrs.get("Labels") or (attrs.get("Config") or {}).get("Labels") or {})
+
+
 def left_by(docker_client: Any, prefix: str) -> list[str]:
     """What on the engine or in this machine is named by the script's prefix."""
     found: list[str] = []
@@ -71,13 +77,7 @@ def left_by(docker_client: Any, prefix: str) -> list[str]:
             ("network", docker_client.networks.list(filters={"label": label})),
             ("volume", docker_client.volumes.list(filters={"label": label})),
         ):
-            found += [
-                f"{kind} {item.name}"
-                for item in items
-                if str(
-                    ((item.attrs.get("Labels") or item.attrs.get("Config", {}).get("Labels")) or {}).get(label, "")
-                ).startswith(prefix)
-            ]
+            found += [f"{kind} {item.name}" for item in items if labels(item).get(label, "").startswith(prefix)]
     if (docker_client.info().get("Swarm") or {}).get("ControlAvailable"):
         found += [f"service {s.name}" for s in docker_client.services.list() if s.name.startswith(prefix)]
     namespace = prefix.rstrip("-") + "/"
