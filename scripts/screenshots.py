@@ -15,8 +15,9 @@ the local Docker engine it brings up, through the gateway:
   A swarm made here is left again; one found is used and kept; otherwise that shot is skipped.
 
 The operator's policy makes ``down`` wait for a person, and the agent asks to take the wiki down with
-its volume, so one approval is pending. The shots: dashboard, dashboard-phone, logs, plan-refused,
-dashboard-swarm, approval, and mcp-app (the stack view in the chat host of the MCP App tests).
+its volume, so one approval is pending. The shots: login, dashboard, plan-down, plan-up, stack,
+plan-refused, dashboard-swarm, logs, approval, dashboard-phone, and mcp-app (the stack view in the
+chat host of the MCP App tests).
 
 Everything it makes is removed at the end, on failure, Ctrl-C and SIGTERM too: containers, networks,
 volumes, the swarm stack (and the swarm, if made here), the demo image tags, the processes and the
@@ -76,7 +77,10 @@ CHROMIUM = "/usr/bin/chromium"
 # As tests/chromium.py: Debian's chromium as root in a container, fetching nothing on its own.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 PHONE: ViewportSize = {"width": 390, "height": 844}
-SHOTS = ("dashboard", "dashboard-phone", "logs", "plan-refused", "dashboard-swarm", "approval", "mcp-app")
+SHOTS = (
+    *("login", "dashboard", "plan-down", "plan-up", "stack", "plan-refused", "dashboard-swarm", "logs", "approval"),
+    *("dashboard-phone", "mcp-app"),
+)
 
 # --- the agent's calls -----------------------------------------------------------------------------------
 
@@ -93,10 +97,14 @@ async def call(client: Client, tool: str, arguments: dict[str, Any]) -> CallTool
 
 
 async def set_the_scene(demo: Demo, client: Client) -> None:
-    """The agent brings the stacks up, the backup job runs, and the agent asks to take the wiki down."""
+    """The agent brings the stacks up, deploys a wiki change, and asks to take the wiki down with its data."""
     name = demo.options.name
     await call(client, "up", {"project": name("shop"), "wait": True})
     await call(client, "up", {"project": name("wiki")})  # the backup job exits, so there is nothing to wait for
+    # A new version through deploy, so that the stack's page lists two (before the approval is asked:
+    # a stack that changes voids it).
+    compose = (demo.stacks / name("wiki") / "compose.yaml").read_text().replace("42 pages", "43 pages")
+    await call(client, "deploy", {"project": name("wiki"), "compose_yaml": compose})
     if demo.swarm:
         await call(client, "up", {"project": name("edge")})
     refused = await client.call_tool("up", {"project": name("monitoring")})
@@ -137,6 +145,8 @@ async def logged_in(browser: Browser, demo: Demo, path: str, viewport: ViewportS
     context = await browser.new_context(viewport=viewport)
     page = await context.new_page()
     await page.goto(demo.panel.base + path)
+    await expect(page.get_by_test_id("login-card")).to_be_visible()
+    await save(demo, page, "login")
     await page.get_by_test_id("login-username").fill(PERSON)
     await page.get_by_test_id("login-password").fill(PASSWORD)
     await page.get_by_test_id("login-submit").click()
@@ -155,6 +165,24 @@ async def shoot_panel(browser: Browser, demo: Demo) -> None:
     if demo.swarm:
         await expect(page.get_by_test_id(f"replicas-{edge}-proxy")).to_have_text("2/2 running", timeout=60_000)
     await save(demo, page, "dashboard")
+
+    await page.goto(f"{demo.panel.base}/?q={shop}")
+    await page.get_by_test_id(f"action-{shop}-down").click()
+    await expect(page.get_by_test_id("plan-down")).to_contain_text(f"{shop}-db-1", timeout=30_000)
+    await expect(page.get_by_test_id(f"plan-volume-{shop}_db-data")).to_be_visible()
+    await save(demo, page, "plan-down")
+    await page.get_by_test_id("confirm-cancel").click()
+
+    await page.goto(f"{demo.panel.base}/?q={wiki}")
+    await page.get_by_test_id(f"action-{wiki}-up").click()
+    await expect(page.get_by_test_id("plan-action-backup")).to_be_visible(timeout=30_000)
+    await save(demo, page, "plan-up")
+    await page.get_by_test_id("confirm-up-cancel").click()
+
+    await page.goto(f"{demo.panel.base}/stacks/{wiki}")
+    await expect(page.get_by_test_id("version-2").get_by_test_id("version-current")).to_be_visible()
+    await expect(page.get_by_test_id(f"state-{wiki}-backup")).to_have_text("exited (0)", timeout=30_000)
+    await save(demo, page, "stack")
 
     await page.goto(f"{demo.panel.base}/?q={refused}")
     await page.get_by_test_id(f"policy-details-{refused}").locator("summary").click()

@@ -178,6 +178,7 @@ class Demo:
     panel: Service
     agent_token: str
     swarm: bool
+    stacks: Path
     approval: str = ""
     taken: list[Path] = field(default_factory=list)
 
@@ -400,4 +401,4 @@ def start_services(options: Options, work: Path, cleanup: ExitStack, swarm: bool
             raise ShotsFailed(f"the gateway did not share its people with the panel at {shared}")
         time.sleep(0.1)
     panel.wait_healthy()
-    return Demo(options, gateway, panel, agent_token, swarm)
+    return Demo(options, gateway, panel, agent_token, swarm, work / "stacks")
