@@ -93,6 +93,25 @@ class StackSecrets:
         key = await anyio.to_thread.run_sync(self.key)
         return with_digests(model, values, key), values
 
+    async def for_action(self, project: str, model: Mapping[str, Any] | None, action: str) -> dict[str, str]:
+        """What Compose's environment needs of a kept model's secrets for ``stop``, ``start``, ``restart``
+        or ``down``.
+
+        ``start`` and ``restart`` hand a secret sourced from a variable to the container again, so they
+        read the values from Vault as ``up`` does; ``stop`` and ``down`` need none, and get empty ones
+        (Compose refuses to load a model whose secret's variable is not set at all): a stack can be
+        stopped without Vault.
+
+        Raises:
+            SecretUnavailable: ``start`` or ``restart`` of a stack whose secrets cannot be read.
+        """
+        references = declared(model) if model else {}
+        if not references:
+            return {}
+        if action in ("start", "restart"):
+            return await self.resolve(project, references)
+        return dict.fromkeys(references, "")
+
     async def resolve(self, project: str, references: Mapping[str, Reference]) -> dict[str, str]:
         """Each name's value, read now (one read per path); every value is redacted from then on.
 

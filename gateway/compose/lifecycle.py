@@ -313,8 +313,7 @@ class Lifecycle:
             assert view.verdict is not None
             if not view.verdict.allowed:
                 raise refusal(stack.name, "up", view.verdict)
-            # Read from Vault before anything is written or started: a missing secret starts nothing.
-            model, values = await self.secrets.prepare(stack.name, view.model)
+            model, values = await self.secrets.prepare(stack.name, view.model)  # from Vault, before anything
             run = await to_thread.run_sync(self.runs.write, stack.name, model, view.profiles)
             run = replace(run, env=values)
             if view.target.target == "swarm":
@@ -331,6 +330,8 @@ class Lifecycle:
         cli = await self.catalog.compose.get()
         kept = await to_thread.run_sync(self.runs.kept, stack.name)
         if kept is not None:
+            kept_model = await to_thread.run_sync(self.runs.read, stack.name)
+            kept = replace(kept, env=await self.secrets.for_action(stack.name, kept_model, action))
             await kept.run(cli, stack.name, args, on_event)
             if action == "down":
                 await to_thread.run_sync(self.runs.remove, stack.name)
