@@ -77,3 +77,10 @@ def test_approvals_measures_each_step_and_a_waiting_call(tmp_path: Path) -> None
     for row in ("file a request", "spend it (the retry)", "restart answered approval_required over HTTP"):
         assert row in out
     assert json.loads(figures.read_text())
+
+
+def test_redaction_measures_the_redactor_on_a_logs_answer(tmp_path: Path) -> None:
+    figures = tmp_path / "redaction.json"
+    out = run_bench("redaction.py", "--megabytes", "0.05", "--repeat", "2", "--json", str(figures))
+    assert "| secrets | forms | no secret in it |" in out
+    assert [row["secrets"] for row in json.loads(figures.read_text())] == [0, 1, 5, 20, 100]
