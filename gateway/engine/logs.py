@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import regex
 
 from ..errors import InvalidInput
+from ..redact import REDACTOR
 
 __all__ = [
     "MAX_TAIL",
@@ -282,8 +283,12 @@ class LogCollector:
         """``<RFC 3339> <message>`` as (timestamp, shown line), or None when grep does not match it."""
         stamp, _, message_bytes = raw.partition(b" ")
         message = message_bytes.decode("utf-8", "replace").rstrip("\r")
-        if self.grep is not None and not self.clock.matches(self.grep, message):
-            return None
+        if self.grep is not None:
+            # Matched as it will be shown: a grep on the raw line would answer, match or not, whether a
+            # redacted secret starts with what the caller guessed (gateway.redact).
+            message = REDACTOR.redact(message)
+            if not self.clock.matches(self.grep, message):
+                return None
         if self.timestamps:
             return stamp, f"{self.label} | {stamp.decode('ascii', 'replace')} {message}"
         return stamp, f"{self.label} | {message}"

@@ -53,6 +53,12 @@ async def test_up_hands_the_secret_to_the_service_and_keeps_it_off_disk(
     # The operations API returns what the service printed; the MCP edge redacts it (test_secrets_e2e).
     logs = await vault_ops.logs(name, tail=50)
     assert "dsn-before postgres://shop:" in logs.text
+    # grep sees lines as they are shown: it is no oracle for guessing the secret a prefix at a time.
+    for guess in (secret.value[:3], secret.value, "Pw"):
+        guessed = await vault_ops.logs(name, tail=50, grep=f"plain-before {guess}")
+        assert guessed.lines == 0, guess
+    shown = await vault_ops.logs(name, tail=50, grep=r"plain-before \[redacted:DB_PASSWORD\] plain-after")
+    assert shown.lines == 1
     await vault_ops.down(name)
     assert EXPECTED_LINES
 
