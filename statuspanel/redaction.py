@@ -32,16 +32,28 @@ class RedactingMiddleware:
             return
         start: Message | None = None
         chunks: list[bytes] = []
+        streaming = False
 
         async def send_redacted(message: Message) -> None:
             nonlocal start
+            nonlocal streaming
             if message["type"] == "http.response.start":
-                content_type = MutableHeaders(scope=message).get("content-type", "")
+                headers = MutableHeaders(scope=message)
+                content_type = headers.get("content-type", "")
+                if content_type.startswith("text/event-stream"):
+                    # A stream is never buffered: each event is redacted as it goes (an event is whole).
+                    streaming = True
+                    await send(message)
+                    return
                 if not content_type.startswith(_TEXT_TYPES):
                     start = None
                     await send(message)
                     return
                 start = message
+                return
+            if streaming and message["type"] == "http.response.body":
+                body = self.redactor.redact(message.get("body", b"").decode("utf-8", "replace")).encode()
+                await send({**message, "body": body})
                 return
             if message["type"] != "http.response.body" or start is None:
                 await send(message)
