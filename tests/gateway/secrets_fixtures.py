@@ -78,8 +78,9 @@ EXPECTED_LINES = (
 
 
 def new_value() -> str:
-    """A random secret with the characters that escape differently in JSON, URLs and shells."""
-    return f'Pw{secrets.token_urlsafe(12)}"/+%\\é'
+    """A random secret with the characters that escape differently in JSON, URLs and shells, and ``$``
+    (Compose must not interpolate a value it was handed)."""
+    return f'Pw{secrets.token_urlsafe(12)}"/+%\\é${{x}}$y'
 
 
 def sha(value: str) -> str:
