@@ -9,6 +9,7 @@ The forms recognised for a value ``v``, each replaced by ``[redacted:NAME]``:
 
 - ``v`` itself;
 - JSON-escaped (``\\"``, ``\\n``, ``\\u00e9``...), as in a JSON document or a log line that quotes it;
+- as Python's ``repr`` and ``ascii`` quote it (an error message's ``{value!r}``);
 - URL-encoded (``%XX`` and ``+`` for a space, with and without ``/`` kept);
 - base64, standard and URL-safe alphabets, with and without padding, of ``v`` and of ``v`` plus a
   newline (what ``echo "$SECRET" | base64`` prints).
@@ -53,6 +54,8 @@ def marker(name: str) -> str:
 def forms_of(value: str) -> set[str]:
     """Every form of ``value`` the redactor recognises (see the module's docstring)."""
     forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    # As Python quotes it (an error message's {value!r}, a log's %r): backslashes and quotes escaped.
+    forms |= {repr(value)[1:-1], ascii(value)[1:-1]}
     forms |= {quote(value, safe=""), quote(value), quote_plus(value)}
     for raw in (value.encode(), (value + "\n").encode()):
         for encoded in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):

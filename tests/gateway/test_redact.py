@@ -23,6 +23,8 @@ def test_every_form_of_a_value_is_replaced_by_its_name() -> None:
         VALUE,
         json.dumps(VALUE)[1:-1],
         json.dumps(VALUE, ensure_ascii=False)[1:-1],
+        repr(VALUE)[1:-1],
+        ascii(VALUE)[1:-1],
         quote(VALUE, safe=""),
         quote(VALUE),
         quote_plus(VALUE),

@@ -148,6 +148,9 @@ async def test_no_tool_resource_prompt_log_or_page_holds_the_secret(
                     result = await _call(client, seen, tool, **arguments)
                 # deploy and rollback resolve the secret again; approve and reject are refused (no such id).
                 assert result.is_error == (tool in ("approve", "reject")), (tool, _text(result))
+            # An agent that pastes the value into a call: refused, and the refusal is audited and logged.
+            pasted = await _call(client, seen, "restart", project=name, services=[secret.value])
+            assert pasted.is_error and "[redacted:DB_PASSWORD]" in _text(pasted), _text(pasted)
             config = await _call(client, seen, "config", project=name)
             assert "${DB_PASSWORD}" in _text(config)  # the reference, as written, and never its value
             # Resources (listed and templated) and prompts.
@@ -222,6 +225,7 @@ async def test_no_tool_resource_prompt_log_or_page_holds_the_secret(
     # The log says what happened around the secret, and the audit has every call.
     assert "[redacted:DB_PASSWORD]" in everything["what the client received"]
     assert '"tool":"rollback"' in everything["the audit"]
+    assert "[redacted:DB_PASSWORD]" in everything["the audit"]  # the pasted value, in the refusal's arguments
 
 
 async def test_the_legacy_panel_redacts_what_it_ran_itself(
