@@ -189,3 +189,30 @@ async def test_compose_refuses_an_extra_variable_that_its_environment_already_ho
     output = await cli.run("p", ["version"], extra_env={"DB_PASSWORD": "x" * 12})
     assert output is not None
     assert issubclass(SecretUnavailable, GatewayError)
+
+
+async def test_a_stack_stops_and_comes_down_without_vault_but_does_not_start_without_it(
+    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao, tmp_path: Path
+) -> None:
+    secret = _stack(stacks, openbao)
+    openbao.request("POST", f"secret/data/{secret.path}", {"data": {"db": secret.value}})
+    with anyio.fail_after(60):
+        await vault_ops.up(secret.name, wait=True)
+    # The same stacks and state dir, and a Vault that does not answer.
+    environ = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "COMPOSE_AGENT_STATE_DIR": str(tmp_path / "state"),
+        "VAULT_ADDRESS": f"http://127.0.0.1:{free_port()}",
+        "VAULT_TOKEN": "s.whatever",
+    }
+    settings = load_settings(environ, stacks_dir=stacks.root)
+    offline = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=environ)
+    try:
+        assert (await offline.service_action("stop", secret.name)).ok
+        with pytest.raises(SecretUnavailable, match=rf"secret DB_PASSWORD .*secret/{secret.path}#db"):
+            await offline.service_action("start", secret.name)
+        assert (await offline.down(secret.name)).ok
+        assert await anyio.to_thread.run_sync(offline.engine.project_containers, secret.name) == []
+    finally:
+        offline.close()
