@@ -24,6 +24,8 @@ __all__ = ["SecretReader", "StackSecrets"]
 
 logger = logging.getLogger(__name__)
 
+MAX_SECRET_LENGTH = 64 * 1024
+
 
 class SecretReader(Protocol):
     """Reads the fields of a KV v2 secret (:meth:`gateway.auth.vault.VaultClient.read_fields`)."""
@@ -162,6 +164,9 @@ def _check_value(where: str, value: str) -> None:
             f"{where} has fewer than {MIN_SECRET_LENGTH} characters: too short to be a secret, and to be "
             "redacted without redacting ordinary words; store a longer one"
         )
+    if len(value) > MAX_SECRET_LENGTH:
+        # Linux caps one environment string at 128 KiB; Compose would fail to start with no clear word.
+        raise SecretUnavailable(f"{where} is longer than {MAX_SECRET_LENGTH} characters; mount a file instead")
     if "\0" in value:
         raise SecretUnavailable(f"{where} holds a NUL character, which no environment variable can carry")
     if len(set(value)) < 4:

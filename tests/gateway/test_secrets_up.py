@@ -85,13 +85,21 @@ async def test_a_missing_path_is_an_error_naming_the_reference_and_nothing_start
     await _nothing_started(vault_ops, secret.name)
 
 
-async def test_a_short_value_is_refused_as_a_secret(
-    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("hunter2", "fewer than 8 characters"),
+        ("aaaabbbb", "fewer than 4 distinct characters"),
+        ("x1" * 40_000, "longer than 65536 characters"),
+    ],
+)
+async def test_a_value_that_cannot_be_a_secret_is_refused(
+    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao, value: str, why: str
 ) -> None:
-    secret = _stack(stacks, openbao, store={"db": "hunter2"})
-    with pytest.raises(SecretUnavailable, match="fewer than 8 characters") as caught:
+    secret = _stack(stacks, openbao, store={"db": value})
+    with pytest.raises(SecretUnavailable, match=why) as caught:
         await vault_ops.up(secret.name)
-    assert "hunter2" not in str(caught.value)
+    assert value[:7] not in str(caught.value)
     await _nothing_started(vault_ops, secret.name)
 
 
