@@ -26,7 +26,7 @@ from tests.gateway.approvals_fixtures import agent
 from tests.gateway.secrets_fixtures import EXPECTED_LINES, SecretStack, leaks, new_value, sha
 from tests.gateway.vault_fixtures import OpenBao, fresh_hash, openbao
 from tests.statuspanel.browser import browser, logged_in_page
-from tests.statuspanel.conftest import Gateway, _clean_env, start_panel
+from tests.statuspanel.conftest import Gateway, _clean_env, poll, start_panel
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.browser]
 __all__ = ["browser", "openbao"]
@@ -243,6 +243,13 @@ async def test_the_legacy_panel_redacts_what_it_ran_itself(
         with panel.client() as http:
             up = http.post(f"/api/v1/stacks/{name}/up", timeout=120)
             assert up.status_code == 200, up.text
+
+            def printed_all() -> bool:
+                # up returns once the container started; its lines follow within moments.
+                text = http.get(f"/api/v1/stacks/{name}/logs?tail=100").text
+                return all(line in text for line in EXPECTED_LINES)
+
+            poll(printed_all, timeout=30, what="the service's lines in the panel's logs")
             answers = []
             for path in (f"/api/v1/stacks/{name}/logs?tail=100", f"/api/v1/stacks/{name}", f"/stacks/{name}/logs"):
                 response = http.get(path)
