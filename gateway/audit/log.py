@@ -196,8 +196,9 @@ class AuditLog:
         into a ``summary`` line at the interval's end. Not fsynced: a flood of refusals must not queue
         on the disk. A failure is logged; False then.
         """
-        key: RefusalKey = (caller, control_plane, tool, error or outcome, on_behalf_of)
         entry = Intent(uuid.uuid4().hex[:16], caller, control_plane, tool, arguments, on_behalf_of)
+        step = (entry.approval.id, entry.approval.step) if entry.approval is not None else None
+        key: RefusalKey = (caller, control_plane, tool, error or outcome, on_behalf_of, step)
         record = self._record(entry, "outcome")
         record.update(outcome=outcome, duration_ms=round(duration_ms, 2))
         if error is not None:

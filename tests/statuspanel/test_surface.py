@@ -72,6 +72,7 @@ CLIENT_MODE_MODULES = {
     "gateway.models",
     "gateway.ratelimit",
     "gateway.stacks",
+    "gateway.statefiles",
 }
 
 
