@@ -142,15 +142,13 @@ class Vitals:
                 degraded.append(f"{name} failed ({state.failures} in a row, retried): {state.last_error}")
         if self.audit is not None and self.audit.space.low:
             degraded.append("the audit log's disk is under its reserve: refusals are counted, not written")
-        body: dict[str, Any] = {
-            "status": "failing" if failing else "degraded" if degraded else "ok",
-            "version": __version__,
-            "engine": "up" if probe.engine_up else "down",
-        }
-        if self.engine_state is not None:
-            body["engine_state"] = self.engine_state()
+        # The reasons come right after the status: a probe quotes the first few hundred bytes.
+        body: dict[str, Any] = {"status": "failing" if failing else "degraded" if degraded else "ok"}
         if failing or degraded:
             body["reasons"] = failing + degraded
+        body.update(version=__version__, engine="up" if probe.engine_up else "down")
+        if self.engine_state is not None:
+            body["engine_state"] = self.engine_state()
         if probe.descriptors is not None:
             body["descriptors"] = {"open": probe.descriptors[0], "limit": probe.descriptors[1]}
         if self.connections is not None:
