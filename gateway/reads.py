@@ -34,7 +34,7 @@ from .engine.logs import (
 )
 from .errors import GatewayError, InvalidInput
 from .metrics import CommandExecutionMetrics, ControlPlane
-from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList, Verdict
+from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList, SwarmNode, Verdict
 from .stacks import Stack, validate_project_name, validate_services
 from .swarm.stackfile import Target
 
@@ -135,12 +135,13 @@ class Reads:
         """
         validate_project_name(project)
         stack = self.catalog.folder(project)
+        nodes: list[SwarmNode] = []  # swarm (issue 26): the nodes and the stack's tasks on each
         if await self._is_swarm(project, stack):
-            services = await self._counted("ps", self.catalog.swarm.ps, project)
+            services, nodes = await self._counted("ps", self.catalog.swarm.ps_nodes, project)
         else:
             services = await self._ps_rows(project)
             if stack is None and not services:
-                services = await to_thread.run_sync(self.catalog.swarm.ps, project)
+                services, nodes = await to_thread.run_sync(self.catalog.swarm.ps_nodes, project)
         if stack is None and not services:
             await self.catalog.not_found(project)
         mark: Verdict | None = None
@@ -150,7 +151,7 @@ class Reads:
             services += [ServiceStatus(service=name, state="missing") for name in defined if name not in present]
             mark = await self._mark(stack)
         services.sort(key=lambda s: (s.service, s.container or ""))
-        return PsResult(project=project, services=services, policy=mark)
+        return PsResult(project=project, services=services, policy=mark, nodes=nodes or None)
 
     async def _is_swarm(self, project: str, stack: Stack | None) -> bool:
         """A stack folder whose model asks for Swarm (folder-less stacks are found by their containers first)."""

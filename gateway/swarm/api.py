@@ -17,9 +17,9 @@ from ..engine.client import Engine
 from ..engine.connection import Query
 from ..engine.transport import EngineRefused
 from ..errors import InvalidInput, SwarmFailed, SwarmUnavailable
-from ..models import ServiceStatus
+from ..models import ServiceStatus, SwarmNode
 from .stackfile import TARGET_KEY
-from .tasks import NAMESPACE_LABEL, is_failure, service_name, task_rows
+from .tasks import NAMESPACE_LABEL, is_failure, node_rows, service_name, task_rows
 
 __all__ = ["SwarmApi", "StackCounts", "STOPPED_REPLICAS_LABEL", "replicas"]
 
@@ -147,20 +147,26 @@ class SwarmApi:
 
     def ps(self, project: str) -> list[ServiceStatus]:
         """Blocking. One entry per current task of the stack (see :func:`task_rows`)."""
+        return self.ps_nodes(project)[0]
+
+    def ps_nodes(self, project: str) -> tuple[list[ServiceStatus], list[SwarmNode]]:
+        """Blocking. :meth:`ps`, and the swarm's nodes with the stack's tasks on each; both empty when
+        the stack has no service."""
         services = self.services(project)
         if not services:
-            return []
+            return [], []
         tasks = self.tasks(project)
-        nodes = self.node_names()
+        nodes = self._get("/nodes")
         # Health lives on the container, which only the node running it knows: shown for local tasks.
         local = self._call(
             "GET", "/containers/json", {"all": True, "filters": {"label": [f"{NAMESPACE_LABEL}={project}"]}}
         )
-        return task_rows(project, services, tasks, nodes, local)
+        rows = task_rows(project, services, tasks, _hostnames(nodes), local)
+        return rows, node_rows(nodes, rows)
 
     def node_names(self) -> dict[str, str | None]:
         """Blocking. The swarm's nodes: hostname by node id."""
-        return {n["ID"]: n.get("Description", {}).get("Hostname") for n in self._get("/nodes")}
+        return _hostnames(self._get("/nodes"))
 
     def update(
         self,
@@ -211,7 +217,13 @@ class SwarmApi:
             want = replicas(svc) if "Replicated" in svc["Spec"].get("Mode", {}) else max(len(current), 1)
             if running < want or update in ("updating", "rollback_started"):
                 done = False
-            parts.append(f"{name} {running}/{want}")
+            # A task the scheduler cannot place says why (no suitable node, ...): worth seeing while waiting.
+            unplaced = [
+                t["Status"]["Err"] for t in current if t["Status"].get("State") == "pending" and t["Status"].get("Err")
+            ]
+            parts.append(
+                f"{name} {running}/{want}" + (f" ({len(unplaced)} pending: {unplaced[0]})" if unplaced else "")
+            )
         return done, "running: " + ", ".join(parts)
 
     def updated(self, project: str, svc: dict[str, Any], started_before: str | None) -> tuple[bool, str]:
@@ -257,6 +269,10 @@ class SwarmApi:
         for volume in volumes:
             self._call("DELETE", f"/volumes/{volume['Name']}")
         return [str(v["Name"]) for v in volumes]
+
+
+def _hostnames(nodes: list[dict[str, Any]]) -> dict[str, str | None]:
+    return {n["ID"]: n.get("Description", {}).get("Hostname") for n in nodes}
 
 
 def _label(label: str) -> Query:
