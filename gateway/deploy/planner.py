@@ -33,6 +33,7 @@ from ..policy.candidate import (
     validated,
 )
 from ..stacks import validate_project_name
+from ..swarm.plan import plan_swarm  # swarm stacks' plans (issue 26)
 from .plan import build_actions, down_risk, state_fingerprint
 from .versions import Snapshot, VersionStore
 
@@ -144,6 +145,11 @@ class Planner:
                 current_model = model
             if model is None:
                 warnings.append("not planned: Compose must not load a file the policy refuses for its references")
+            # -- swarm (issue 26): a swarm stack's plan compares its stack file with the running service
+            # specs (gateway/swarm/plan.py); Compose's hashes and dry run know nothing of Swarm.
+            elif (swarm := await plan_swarm(self.catalog.swarm, project, model)) is not None:
+                actions = swarm.actions
+                warnings += swarm.warnings
             else:
                 hashes = await config_hashes(cli, candidate)
                 try:
