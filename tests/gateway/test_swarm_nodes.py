@@ -9,76 +9,22 @@ commands with those variables.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
 
-from gateway.engine.client import Engine
-from gateway.engine.endpoint import EngineEndpoint
 from gateway.errors import SwarmFailed
 from gateway.models import ServiceStatus, SwarmNode
 from gateway.swarm.backend import SwarmBackend
-from gateway.swarm.dockercli import DockerCli
 from tests.conftest import StackFactory
 from tests.engines import Swarm
-from tests.gateway.test_swarm import model_of
+from tests.gateway.swarm3_fixtures import LIMITED, SPREAD, backend3, deploy, model_of
 from tests.polling import eventually
 
 pytestmark = [pytest.mark.anyio]
 
-# Four replicas, at most one per node, on three nodes: one task always waits, and says why. Each
-# task logs the node it runs on (a Swarm template, filled in per task).
-LIMITED = """
-x-compose-agent:
-  target: swarm
-services:
-  web:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "while true; do echo tick on $$NODE; sleep 0.2; done"]
-    environment:
-      NODE: "{{.Node.Hostname}}"
-    deploy:
-      replicas: 4
-      placement: {max_replicas_per_node: 1}
-      update_config: {parallelism: 4, monitor: 1s}
-      restart_policy: {delay: 100ms}
-"""
-
-# Three replicas with no limit: the scheduler spreads them, one per node, and moves them freely.
-SPREAD = """
-x-compose-agent:
-  target: swarm
-services:
-  api:
-    image: {image}
-    init: true
-    command: ["sh", "-c", "while true; do echo tick on $$NODE; sleep 0.2; done"]
-    environment:
-      NODE: "{{.Node.Hostname}}"
-    deploy:
-      replicas: 3
-      update_config: {parallelism: 3, monitor: 1s}
-"""
-
-
-@pytest.fixture
-def backend3(swarm3: Swarm) -> Iterator[SwarmBackend]:
-    manager = swarm3.manager
-    engine = Engine(EngineEndpoint(manager.tls_host, tls_verify=True, cert_path=manager.tls_dir, timeout=30))
-    env = {**os.environ, **swarm3.docker_env()}
-    yield SwarmBackend(engine, lambda: DockerCli.locate(None, env), converge_timeout=120, poll_interval=0.2, settle=1.0)
-    engine.close()
-
-
-async def deploy(backend: SwarmBackend, stacks: StackFactory, text: str, **kwargs: Any) -> str:
-    # Compose's model keeps the `{{.Node.Hostname}}` template as written; Swarm fills it in per task.
-    name = stacks.make(text)
-    await backend.deploy(name, await model_of(stacks, name), resolve_image="never", **kwargs)
-    return name
+__all__ = ["backend3"]  # the fixture, imported for pytest
 
 
 async def ps(backend: SwarmBackend, name: str) -> tuple[list[ServiceStatus], list[SwarmNode]]:
