@@ -137,11 +137,11 @@ class Reads:
         stack = self.catalog.folder(project)
         nodes: list[SwarmNode] = []  # swarm (issue 26): the nodes and the stack's tasks on each
         if await self._is_swarm(project, stack):
-            services, nodes = await self._counted("ps", self.catalog.swarm.ps_nodes, project)
+            services, nodes = await self._counted_async("ps", self.catalog.swarm.ps_nodes_async(project))
         else:
             services = await self._ps_rows(project)
             if stack is None and not services:
-                services, nodes = await to_thread.run_sync(self.catalog.swarm.ps_nodes, project)
+                services, nodes = await self.catalog.swarm.ps_nodes_async(project)
         if stack is None and not services:
             await self.catalog.not_found(project)
         mark: Verdict | None = None

@@ -9,8 +9,11 @@ the same transport, deadline and breaker as every read.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from ..engine.blocking import run_blocking
 from ..engine.client import Engine
@@ -150,16 +153,29 @@ class SwarmApi:
         return self.ps_nodes(project)[0]
 
     def ps_nodes(self, project: str) -> tuple[list[ServiceStatus], list[SwarmNode]]:
-        """Blocking. :meth:`ps`, and the swarm's nodes with the stack's tasks on each; both empty when
-        the stack has no service."""
-        services = self.services(project)
+        """Blocking :meth:`ps_nodes_async`."""
+        return run_blocking(self.ps_nodes_async, project)
+
+    async def ps_nodes_async(self, project: str) -> tuple[list[ServiceStatus], list[SwarmNode]]:
+        """:meth:`ps`, and the swarm's nodes with the stack's tasks on each; both empty when the stack
+        has no service.
+
+        After the services, the tasks, the nodes and the local containers are asked side by side: to a
+        manager across a network, ``ps`` costs two round trips rather than four.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+            EngineRefused: an error status.
+        """
+        services = await self.services_async(project)
         if not services:
             return [], []
-        tasks = self.tasks(project)
-        nodes = self._get("/nodes")
+        label = _label(f"{NAMESPACE_LABEL}={project}")
         # Health lives on the container, which only the node running it knows: shown for local tasks.
-        local = self._call(
-            "GET", "/containers/json", {"all": True, "filters": {"label": [f"{NAMESPACE_LABEL}={project}"]}}
+        tasks, nodes, local = await _side_by_side(
+            self.engine.request("GET", "/tasks", label),
+            self.engine.request("GET", "/nodes"),
+            self.engine.request("GET", "/containers/json", {"all": True, **label}),
         )
         rows = task_rows(project, services, tasks, _hostnames(nodes), local)
         return rows, node_rows(nodes, rows)
@@ -269,6 +285,30 @@ class SwarmApi:
         for volume in volumes:
             self._call("DELETE", f"/volumes/{volume['Name']}")
         return [str(v["Name"]) for v in volumes]
+
+
+async def _side_by_side(*calls: Awaitable[Any]) -> list[Any]:
+    """The answers of ``calls``, awaited at once, in order; the first failure raised as itself.
+
+    Raises:
+        Exception: what the first call to fail raised (not wrapped in an exception group).
+    """
+    answers: list[Any] = [None] * len(calls)
+
+    async def one(index: int, call: Awaitable[Any]) -> None:
+        answers[index] = await call
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for index, call in enumerate(calls):
+                tg.start_soon(one, index, call)
+    except BaseExceptionGroup as group:
+        # The callers translate the engine's errors; a group would slip past their handlers. A
+        # cancellation stays as it came.
+        if all(isinstance(exc, Exception) for exc in group.exceptions):
+            raise group.exceptions[0] from None
+        raise
+    return answers
 
 
 def _hostnames(nodes: list[dict[str, Any]]) -> dict[str, str | None]:

@@ -94,6 +94,10 @@ class SwarmBackend:
         """Blocking. :meth:`ps`, and every node of the swarm with the stack's tasks on it."""
         return self.api.ps_nodes(project)
 
+    async def ps_nodes_async(self, project: str) -> tuple[list[ServiceStatus], list[SwarmNode]]:
+        """:meth:`ps_nodes` on the event loop (no worker thread)."""
+        return await self.api.ps_nodes_async(project)
+
     async def logs(
         self,
         project: str,

@@ -14,8 +14,9 @@ from typing import Any
 import anyio
 import pytest
 
-from gateway.errors import SwarmFailed
+from gateway.errors import EngineUnavailable, SwarmFailed
 from gateway.models import ServiceStatus, SwarmNode
+from gateway.swarm.api import _side_by_side
 from gateway.swarm.backend import SwarmBackend
 from tests.conftest import StackFactory
 from tests.engines import Swarm
@@ -167,3 +168,15 @@ async def test_down_leaves_no_task_service_or_network_on_any_node(
         assert engine.docker("ps", "-aq", "--filter", label).stdout.strip() == "", engine.name
         assert engine.docker("network", "ls", "-q", "--filter", label).stdout.strip() == "", engine.name
     assert await ps(backend3, name) == ([], [])
+
+
+async def test_reads_side_by_side_raise_the_engines_own_error_not_a_group() -> None:
+    async def answers() -> str:
+        return "tasks"
+
+    async def fails() -> str:
+        raise EngineUnavailable("the engine at tcp://manager:2376 is unreachable")
+
+    assert await _side_by_side(answers(), answers()) == ["tasks", "tasks"]
+    with pytest.raises(EngineUnavailable, match="unreachable"):
+        await _side_by_side(answers(), fails())
