@@ -116,6 +116,14 @@ class Planner:
             for c in containers
             if not services or c["Labels"].get(SERVICE_LABEL) in services
         )
+        if not containers and await to_thread.run_sync(self.catalog.swarm.has_stack, project):
+            # A swarm stack has tasks, not containers of its own project (issue 26).
+            tasks, _ = await self.catalog.swarm.ps_nodes_async(project)
+            rows = sorted(
+                f"{t.container or t.service} ({t.state} on {t.node or 'no node yet'})"
+                for t in tasks
+                if not services or t.service in services
+            )
         scope = f"services {', '.join(services)}" if services else "every service"
         return f"What {action} does to '{project}' ({scope}):\n" + (
             "\n".join(f"  - {row}" for row in rows) or "  (no container)"

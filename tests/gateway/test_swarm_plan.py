@@ -244,6 +244,10 @@ async def test_plan_on_a_three_node_swarm_says_what_a_deploy_changes(
     assert first.warnings == []
 
     await ops3.up(name, wait=True)
+    # What a confirmation of restart shows: the tasks, with their nodes.
+    described = await ops3.planner.describe(name, "restart", ["web"])
+    assert described.startswith(f"What restart does to '{name}' (services web):")
+    assert described.count(f"{name}_web.") == 2 and described.count("(running on compose-agent-swarm-") == 2
     assert {a.service: a.action for a in (await ops3.planner.plan(name)).actions} == {
         "old": "unchanged",
         "web": "unchanged",
