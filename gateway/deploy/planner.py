@@ -78,6 +78,10 @@ class Planner:
         validate_project_name(project)
         existing = await to_thread.run_sync(VersionStore.on_disk, self.catalog.stacks_dir / project)
         containers = await to_thread.run_sync(self.catalog.engine.project_containers, project)
+        if not containers:
+            # A swarm stack (issue 26): its services' versions, which every update, scale or restart bumps.
+            services = await to_thread.run_sync(self.catalog.swarm.api.services, project)
+            containers = [{"Id": s["ID"], "State": str(s["Version"]["Index"])} for s in services]
         return state_fingerprint(existing[1] if existing else None, containers)
 
     async def plan(

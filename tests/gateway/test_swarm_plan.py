@@ -248,6 +248,11 @@ async def test_plan_on_a_three_node_swarm_says_what_a_deploy_changes(
     described = await ops3.planner.describe(name, "restart", ["web"])
     assert described.startswith(f"What restart does to '{name}' (services web):")
     assert described.count(f"{name}_web.") == 2 and described.count("(running on compose-agent-swarm-") == 2
+    # A confirmation token is bound to the stack's state: a rolling restart in between changes it.
+    state = await ops3.planner.state(name)
+    assert await ops3.planner.state(name) == state
+    await ops3.service_action("restart", name, services=["web"])
+    assert await ops3.planner.state(name) != state
     assert {a.service: a.action for a in (await ops3.planner.plan(name)).actions} == {
         "old": "unchanged",
         "web": "unchanged",
