@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "ServiceStatus",
+    "SwarmNode",
     "PsResult",
     "StackInfo",
     "StackList",
@@ -79,6 +80,17 @@ class ServiceStatus(BaseModel):
     error: str | None = Field(default=None, description="Swarm: why the task (or its slot's last task) failed")
 
 
+class SwarmNode(BaseModel):
+    """A node of the swarm a swarm stack runs on, as the manager sees it."""
+
+    hostname: str
+    role: str = Field(description="manager or worker")
+    availability: str = Field(description="active, pause or drain: whether the scheduler places new tasks there")
+    state: str = Field(description="ready, down, unknown or disconnected")
+    leader: bool = Field(default=False, description="The manager that leads the swarm")
+    tasks: int = Field(default=0, description="The stack's current tasks on this node")
+
+
 class PsResult(BaseModel):
     """The state of every service of one stack."""
 
@@ -86,6 +98,10 @@ class PsResult(BaseModel):
     services: list[ServiceStatus]
     policy: Verdict | None = Field(
         default=None, description="The policy guard's verdict on the stack's compose files; null without a folder"
+    )
+    nodes: list[SwarmNode] | None = Field(
+        default=None,
+        description="Swarm: every node of the swarm, with how many of the stack's tasks it runs; null for Compose",
     )
 
 

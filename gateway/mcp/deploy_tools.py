@@ -62,7 +62,8 @@ def register_deploy_reads(mcp: MCPServer, kit: ToolKit) -> None:
         description=(
             "Say what `up` would do to each service of a stack now, or after deploying `compose_yaml` "
             "(and `env`): create, recreate, start, remove or unchanged, with the reason (from Compose's own "
-            "dry run and the containers' config hashes). Also gives the policy guard's verdict and, under "
+            "dry run and the containers' config hashes; for a swarm stack, from the running service specs). "
+            "Also gives the policy guard's verdict and, under "
             "`down`, the containers and volumes `down` would take. Changes nothing."
         ),
     )
