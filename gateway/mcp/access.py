@@ -25,7 +25,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 
-from ..audit import on_behalf_of
+from ..audit import mark_host, on_behalf_of
 from ..auth.principals import (
     ALL_TOOLS,
     DEPLOY_TOOLS,
@@ -154,6 +154,10 @@ def authorize(
         InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta`` (audited too).
     """
     principal = principal_of(ctx)
+    project, host = arguments.get("project"), arguments.get("host")
+    if isinstance(project, str):
+        # [fleet] Every audit line of this call names the host it acts on, refusals included.
+        mark_host(host if isinstance(host, str) else "local")
     try:
         person = acting_for(principal, ctx.request_context.meta)
     except GatewayError as exc:
@@ -168,7 +172,6 @@ def authorize(
     scopes = principal.scopes
     if scopes is None and principal.name == STATUS_PANEL.name and person is not None and people is not None:
         scopes = people(person)
-    project, host = arguments.get("project"), arguments.get("host")
     stack = project if isinstance(project, str) else None
     on_host = host if isinstance(host, str) else None
     if scopes is not None and not scopes.allows(tool, stack, on_host):

@@ -19,6 +19,7 @@ from ..compose.cli import ProgressCallback
 from ..compose.lifecycle import ServiceAction
 from ..deploy.confirm import Confirmations
 from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
+from ..fleet import LOCAL_HOST, Fleet
 from ..idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from ..models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from ..operations import ComposeOperations
@@ -42,6 +43,8 @@ __all__ = [
     "ToolKit",
     "Acting",
     "Project",
+    "HostArg",
+    "on_host",
     "Services",
     "Confirm",
     "ApprovalArg",
@@ -57,6 +60,15 @@ __all__ = [
 Project = Annotated[
     str,
     Field(description="Stack name as shown by list_stacks (lowercase letters, digits, '-', '_')", max_length=63),
+]
+# [fleet] Optional everywhere, and short: a gateway of one engine has only the host "local".
+HostArg = Annotated[
+    str,
+    Field(
+        description="The host the stack is on (as list_stacks shows it); omit for local",
+        max_length=63,
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+    ),
 ]
 Services = Annotated[
     list[str] | None,
@@ -90,6 +102,15 @@ def write_annotations(*, destructive: bool, idempotent: bool) -> ToolAnnotations
     )
 
 
+def on_host(arguments: dict[str, Any], host: str) -> dict[str, Any]:
+    """[fleet] A call's arguments as audited, confirmed and approved: naming its host, unless it is ``local``.
+
+    A confirmation, an approval and an idempotency key are bound to these, so one given for a stack
+    on one host does not act on the same-named stack of another.
+    """
+    return arguments if host == LOCAL_HOST else {**arguments, "host": host}
+
+
 def caller_of(ctx: Context) -> Principal:
     """Who is calling: the principal of the request's verified token (``LOCAL`` on stdio)."""
     return principal_of(ctx)
@@ -112,8 +133,11 @@ class ToolKit:
         notifier: Notifier | None = None,
         confirmations: Confirmations | None = None,
         approvals: ApprovalGate | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.ops = ops
+        # [fleet] Every host's operations; ``ops`` is the host local's (and the shared audit's).
+        self.fleet = fleet or Fleet.single(ops)
         self.notifier = notifier
         self.gate = ConfirmGate(confirmations or Confirmations())
         self.people: PersonScopes | None = None
@@ -186,7 +210,7 @@ class ToolKit:
             pending,
             answer,
             confirm,
-            state=lambda: self.ops.planner.state(project, tool, arguments),
+            state=lambda: self.fleet.get(arguments.get("host")).planner.state(project, tool, arguments),
             audit=audit,
         )
         return Acting(caller=pending.caller, on_behalf_of=person, progress=self.progress(ctx))
@@ -194,23 +218,24 @@ class ToolKit:
 
 def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
     """list_stacks, ps, logs and config: allowed in read-only mode."""
-    ops = kit.ops
 
     @mcp.tool(
         title="List stacks",
         annotations=READ_ONLY,
         description=(
-            "List every compose stack on this host: folders under the stacks dir, and running compose "
+            "List every compose stack on every host: folders under the stacks dir, and running compose "
             "projects without a folder (external: they can be read, restarted, stopped and brought down, "
             "but not brought up). Shows how many containers each has and how many run, and its target: "
-            "compose, or swarm for a Docker Swarm stack. Call this first."
+            "compose, or swarm for a Docker Swarm stack. Each stack names its host (pass it to the other "
+            "tools; local needs no mention); `hosts` says which hosts answered. Call this first."
         ),
     )
     async def list_stacks(ctx: Context) -> StackList:
         who = kit.authorize(ctx, "list_stacks", {})
-        listing = await ops.list_stacks()
+        listing = await kit.fleet.list_stacks()
         if who.scopes is not None:  # [oauth] a token narrowed to stacks sees only those
-            listing = StackList(stacks=[s for s in listing.stacks if who.may_act("ps", s.name)])
+            shown = [s for s in listing.stacks if who.may_act("ps", s.name, s.host)]
+            listing = StackList(stacks=shown, hosts=listing.hosts)
         return listing
 
     @mcp.tool(
@@ -225,9 +250,10 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
             "For a swarm stack: one entry per task, with its task state, node, desired_state and error."
         ),
     )
-    async def ps(project: Project, ctx: Context) -> PsResult:
-        kit.authorize(ctx, "ps", {"project": project})
-        return await ops.ps(project)
+    async def ps(project: Project, ctx: Context, host: HostArg = LOCAL_HOST) -> PsResult:
+        kit.authorize(ctx, "ps", on_host({"project": project}, host))
+        result = await kit.fleet.get(host).ps(project)
+        return result.model_copy(update={"host": host})
 
     @mcp.tool(
         title="Read logs",
@@ -256,11 +282,13 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
         max_bytes: Annotated[
             StrictInt, Field(ge=1024, le=MAX_BYTES, description="Cap on the answer's size; newest lines are kept")
         ] = DEFAULT_BYTES,
+        host: HostArg = LOCAL_HOST,
     ) -> LogsResult:
-        kit.authorize(ctx, "logs", {"project": project})
-        return await ops.logs(
+        kit.authorize(ctx, "logs", on_host({"project": project}, host))
+        result = await kit.fleet.get(host).logs(
             project, services=services, tail=tail, since=since, grep=grep, timestamps=timestamps, max_bytes=max_bytes
         )
+        return result.model_copy(update={"host": host})
 
     @mcp.tool(
         title="Compose config",
@@ -271,9 +299,9 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
             "when the compose file is malformed. Needs the stack's folder (not for external stacks)."
         ),
     )
-    async def config(project: Project, ctx: Context) -> ConfigResult:
-        kit.authorize(ctx, "config", {"project": project})
-        return await ops.config(project)
+    async def config(project: Project, ctx: Context, host: HostArg = LOCAL_HOST) -> ConfigResult:
+        kit.authorize(ctx, "config", on_host({"project": project}, host))
+        return await kit.fleet.get(host).config(project)
 
 
 # restart, start and stop differ only in the Compose verb, their annotations and their words.
@@ -294,7 +322,6 @@ _SERVICE_TOOLS: dict[ServiceAction, tuple[str, bool, str]] = {
 
 def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
     """up, down, restart, start and stop: not registered in read-only mode."""
-    ops = kit.ops
 
     @mcp.tool(
         title="Bring up",
@@ -318,10 +345,12 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         confirm: Confirm = None,
         approval: ApprovalArg = None,
         idempotency_key: IdempotencyKey = None,  # [tasks]
+        host: HostArg = LOCAL_HOST,
     ) -> ActionResult:
-        arguments = {"project": project, "services": services, "wait": wait}
+        arguments = on_host({"project": project, "services": services, "wait": wait}, host)
         acting = await kit.cleared(ctx, "up", arguments, pending, answer, confirm, approval=approval)
-        return await ops.up(project, services=services, wait=wait, **acting)
+        result = await kit.fleet.writable(host, "up").up(project, services=services, wait=wait, **acting)
+        return result.model_copy(update={"host": host})
 
     @mcp.tool(
         title="Bring down",
@@ -342,10 +371,12 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         confirm: Confirm = None,
         approval: ApprovalArg = None,
         idempotency_key: IdempotencyKey = None,  # [tasks]
+        host: HostArg = LOCAL_HOST,
     ) -> ActionResult:
-        arguments = {"project": project, "volumes": volumes}
+        arguments = on_host({"project": project, "volumes": volumes}, host)
         acting = await kit.cleared(ctx, "down", arguments, pending, answer, confirm, approval=approval)
-        return await ops.down(project, volumes=volumes, **acting)
+        result = await kit.fleet.writable(host, "down").down(project, volumes=volumes, **acting)
+        return result.model_copy(update={"host": host})
 
     for action, (title, idempotent, description) in _SERVICE_TOOLS.items():
         _register_service_tool(mcp, kit, action, title, idempotent, description)
@@ -363,10 +394,13 @@ def _register_service_tool(
         confirm: Confirm = None,
         approval: ApprovalArg = None,
         idempotency_key: IdempotencyKey = None,  # [tasks]
+        host: HostArg = LOCAL_HOST,
     ) -> ActionResult:
-        arguments = {"project": project, "services": services}
+        arguments = on_host({"project": project, "services": services}, host)
         acting = await kit.cleared(ctx, action, arguments, pending, answer, confirm, approval=approval)
-        return await kit.ops.service_action(action, project, services=services, **acting)
+        ops = kit.fleet.writable(host, action)
+        result = await ops.service_action(action, project, services=services, **acting)
+        return result.model_copy(update={"host": host})
 
     # One body for three tools, each with its own planner: the SDK reads these annotations to resolve them.
     service_tool.__annotations__ = {**service_tool.__annotations__, **SERVICE_CONFIRMATION[action]}
