@@ -16,6 +16,7 @@ guard calls both from worker threads, and only on a cold judgement, for the name
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import quote
 
@@ -70,11 +71,11 @@ class EngineOwners:
         Raises:
             EngineUnavailable, GatewayError: the engine cannot be asked.
         """
-        return run_blocking(self._projects)
-
-    async def _projects(self) -> set[str]:
-        names = {str(c["Labels"][PROJECT_LABEL]) for c in await self.engine.project_containers_async(None)}
-        listed = await self.engine.request("GET", "/volumes", {"filters": {"label": [PROJECT_LABEL]}}, missing=None)
+        # Each call goes straight to the client (never back into this file), and blocks its worker thread.
+        containers = run_blocking(self.engine.project_containers_async, None)
+        names = {str(c["Labels"][PROJECT_LABEL]) for c in containers}
+        query = {"filters": {"label": [PROJECT_LABEL]}}
+        listed = run_blocking(functools.partial(self.engine.request, missing=None), "GET", "/volumes", query)
         volumes = (listed or {}).get("Volumes") or []
         names.update(str((v.get("Labels") or {}).get(PROJECT_LABEL)) for v in volumes)
         names.discard("")
@@ -82,12 +83,9 @@ class EngineOwners:
         return names
 
     def _inspect(self, kind: str, name: str) -> dict[str, Any] | None:
-        return run_blocking(self._inspect_async, kind, name)
-
-    async def _inspect_async(self, kind: str, name: str) -> dict[str, Any] | None:
         path = _INSPECT[kind].format(quote(name, safe=""))
         try:
-            found = await self.engine.request("GET", path, missing=_ABSENT)
+            found = run_blocking(functools.partial(self.engine.request, missing=_ABSENT), "GET", path)
         except EngineRefused as exc:
             if kind in ("secret", "config") and exc.status == _NOT_A_MANAGER:
                 return None

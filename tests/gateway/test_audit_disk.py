@@ -22,7 +22,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from gateway.audit import AuditLog
-from gateway.auditdigest import OTHER, RefusalDigest
+from gateway.audit.digest import OTHER, RefusalDigest
 from gateway.config import load_settings
 from gateway.errors import AuditUnavailable
 from gateway.metrics import ControlPlane

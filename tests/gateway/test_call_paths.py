@@ -192,7 +192,7 @@ def test_a_cold_up_and_a_warm_ps_take_short_paths_and_never_call_back_up(
     print("warm ps:", " -> ".join(ps.path()), f"({len(ps.entered)} files in all)")
     assert up.path()[0] == "compose/lifecycle.py" and ps.path()[0] == "reads.py"
     # Where the guard decides, where Compose runs, where the audit line is written: all on up's path.
-    assert {"catalog.py", "policy/guard.py", "compose/cli.py", "audit.py"} <= set(up.path())
+    assert {"catalog.py", "policy/guard.py", "compose/cli.py", "audit/log.py"} <= set(up.path())
     assert len(up.path()) <= 8, up.path()
     assert len(ps.path()) <= 6, ps.path()
     for trace in (up, ps):

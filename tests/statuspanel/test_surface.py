@@ -53,8 +53,9 @@ CLIENT_MODE_MODULES = {
     "gateway.api",
     # [approvals] The panel shows the changes that wait for a person: their model and the id's grammar.
     "gateway.approvals.records",
-    "gateway.audit",
-    "gateway.auditdigest",
+    "gateway.audit.context",
+    "gateway.audit.digest",
+    "gateway.audit.log",
     # [oauth] The panel logs in the gateway's people: their document, password hashes and scopes.
     "gateway.auth.documents",
     "gateway.auth.passwords",

@@ -1,34 +1,4 @@
-"""The audit trail, written ahead: an intent line on disk before a mutation runs, an outcome after.
-
-Every line is one JSON object with ``time``, ``id``, ``phase`` (``intent`` or ``outcome``),
-``caller``, ``control_plane``, ``tool`` and ``arguments``, and ``on_behalf_of`` when a person
-acted through the panel. Outcome lines add ``outcome`` (``ok``, ``error``, ``cancelled``,
-``interrupted``, ``refused`` or ``unknown``), ``duration_ms`` and ``error``. A refusal is a single
-outcome line: nothing ran.
-
-- The intent line is flushed to disk (fsync) before the caller may run anything. If it cannot be
-  written, :meth:`AuditLog.intent` raises :class:`AuditUnavailable` and the mutation is refused.
-- At start, :meth:`AuditLog.recover` gives each intent that a dead process left without an
-  outcome (a crash, a SIGKILL) an outcome line saying so.
-- A rotated or deleted file is reopened by path before the next line: the file's identity
-  (device, inode) is compared on every write, one ``stat`` call.
-- Lines are appended with one ``write`` each (O_APPEND), so processes sharing the file (a stdio
-  gateway beside an HTTP one) never interleave within a line.
-- Refusals that repeat are summarised: the first of each caller, tool and reason in an interval is
-  written in full, the rest become one ``summary`` line with their ``count`` (see
-  :mod:`gateway.auditdigest`). Refusal lines are written only while the disk keeps a reserve free
-  for intent and outcome lines; a WARNING says so, once an interval, while it is low.
-
-Callers pass validated or bounded arguments only; the caller field is a token's identity, never
-a token.
-
-[approvals] A line about a change that waits for a person's approval carries ``approval`` (the
-approval's id) and ``approval_step``: ``requested`` (the call that asked, with its caller and the
-person behind it), ``waiting`` (the same call again, before anyone decided), ``approved`` or
-``rejected`` (by whom: the line's caller and ``on_behalf_of``), ``executed`` (the intent and
-outcome of the approved call) or ``refused`` (a retry the approval did not cover). Grep one id to
-read its chain. The approval step is bound to the call being served (:func:`approval_step`).
-"""
+"""The audit log itself: one JSON-lines file, written ahead of every mutation (see :mod:`gateway.audit`)."""
 
 from __future__ import annotations
 
@@ -40,87 +10,24 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .auditdigest import RefusalDigest, RefusalKey, SpaceWatch, Summary, free_bytes, timestamp
-from .errors import AuditUnavailable, InvalidInput
+from ..errors import AuditUnavailable
+from ..statefiles import owned_by_live_process
+from .context import ApprovalStep, current_approval, current_tags
+from .digest import RefusalDigest, RefusalKey, SpaceWatch, Summary, free_bytes, timestamp
 
-__all__ = [
-    "AuditLog",
-    "AuditUnavailable",
-    "Intent",
-    "bounded_arguments",
-    "ON_BEHALF_OF_META_KEY",
-    "on_behalf_of",
-    "on_behalf_of_meta",
-    "ApprovalStep",
-    "approval_step",
-    "mark_approval",
-    "call_tags",
-]
-
-# Where a client that acts for a person (the status panel) names them, in the MCP request's `_meta`.
-# It is the caller's claim, recorded beside the caller's own identity, never in place of it.
-ON_BEHALF_OF_META_KEY = "compose-agent/on_behalf_of"
-_MAX_PERSON = 128
+__all__ = ["AuditLog", "Intent"]
 
 logger = logging.getLogger(__name__)
-
-# [tasks] What a call carries beside its arguments (its idempotency key and attempt, its task), set
-# around the call and added to its intent line: one key's intents can then be found and counted.
-_CALL_TAGS: ContextVar[dict[str, Any] | None] = ContextVar("compose_agent_call_tags", default=None)
-
-
-@contextmanager
-def call_tags(**tags: Any) -> Iterator[None]:
-    """[tasks] Add ``tags`` (JSON values) to the intent lines written inside the block (worker threads too)."""
-    token = _CALL_TAGS.set({**(_CALL_TAGS.get() or {}), **tags})
-    try:
-        yield
-    finally:
-        _CALL_TAGS.reset(token)
-
 
 # Recovery reads only the end of a large file: an intent without its outcome belongs to a run that
 # ended at most one Compose timeout (15 min) of audit lines before the end, far less than this.
 _RECOVERY_TAIL_BYTES = 64 * 1024 * 1024
-_MAX_TEXT = 200
-_MAX_ITEMS = 20
 MIB = 1024 * 1024
 DEFAULT_RESERVE = 64 * MIB
-
-
-@dataclass(frozen=True)
-class ApprovalStep:
-    """[approvals] Which approval a line belongs to, and which step of its chain it records."""
-
-    id: str
-    step: str
-
-
-# [approvals] The approval step of the call being served: every line written for it carries it. Each
-# request is served in a task of its own, so a step set for one call never reaches another.
-_APPROVAL_STEP: ContextVar[ApprovalStep | None] = ContextVar("compose_agent_approval_step", default=None)
-
-
-def mark_approval(approval_id: str, step: str) -> None:
-    """[approvals] From now on, in this call, audit lines belong to ``approval_id`` at ``step``."""
-    _APPROVAL_STEP.set(ApprovalStep(approval_id, step))
-
-
-@contextmanager
-def approval_step(approval_id: str, step: str) -> Iterator[None]:
-    """[approvals] The lines written inside belong to ``approval_id`` at ``step``."""
-    token = _APPROVAL_STEP.set(ApprovalStep(approval_id, step))
-    try:
-        yield
-    finally:
-        _APPROVAL_STEP.reset(token)
 
 
 @dataclass
@@ -135,65 +42,10 @@ class Intent:
     on_behalf_of: str | None = None
     started: float = field(default_factory=time.perf_counter)
     # [approvals] Read when the line is made: the outcome line of an intent says the same.
-    approval: ApprovalStep | None = field(default_factory=_APPROVAL_STEP.get)
+    approval: ApprovalStep | None = field(default_factory=current_approval)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
-
-
-def on_behalf_of(meta: Mapping[str, Any] | None) -> str | None:
-    """The person a request's ``_meta`` says the caller acts for; None when it names no one.
-
-    Raises:
-        InvalidInput: the value is not a name of 1 to 128 printable characters.
-    """
-    if not meta or ON_BEHALF_OF_META_KEY not in meta:
-        return None
-    value = meta[ON_BEHALF_OF_META_KEY]
-    if not isinstance(value, str) or not 1 <= len(value) <= _MAX_PERSON or not value.isprintable():
-        raise InvalidInput(
-            f"_meta[{ON_BEHALF_OF_META_KEY!r}] must name a person in 1 to {_MAX_PERSON} printable characters"
-        )
-    return value
-
-
-def on_behalf_of_meta(person: str) -> dict[str, Any]:
-    """The request ``_meta`` that names ``person`` as the one the caller acts for."""
-    return {ON_BEHALF_OF_META_KEY: person}
-
-
-def bounded_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a caller's arguments that is safe to log whatever they were: short and JSON-able.
-
-    Strings are cut at 200 characters, lists and objects at 20 entries (with the full count), so a
-    refused call with 1,000 service names or a 1 MB string leaves a line of bounded size.
-    """
-    return {str(key)[:_MAX_TEXT]: _bounded(value) for key, value in list(arguments.items())[:_MAX_ITEMS]}
-
-
-def _bounded(value: Any, depth: int = 0) -> Any:
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, str):
-        return value if len(value) <= _MAX_TEXT else value[:_MAX_TEXT] + f"...({len(value)} chars)"
-    if depth >= 2:
-        return f"<{type(value).__name__}>"
-    if isinstance(value, list | tuple):
-        items = [_bounded(v, depth + 1) for v in value[:_MAX_ITEMS]]
-        return items if len(value) <= _MAX_ITEMS else [*items, f"...({len(value)} items)"]
-    if isinstance(value, Mapping):
-        return {str(k)[:_MAX_TEXT]: _bounded(v, depth + 1) for k, v in list(value.items())[:_MAX_ITEMS]}
-    return f"<{type(value).__name__}>"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
 
 
 class AuditLog:
@@ -307,7 +159,7 @@ class AuditLog:
         entry = Intent(uuid.uuid4().hex[:16], caller, control_plane, tool, arguments, on_behalf_of)
         record = self._record(entry, "intent")
         record["pid"] = os.getpid()
-        tags = _CALL_TAGS.get()
+        tags = current_tags()
         if tags:  # [tasks]
             record.update({k: v for k, v in tags.items() if k not in record})
         self._append(record, sync=True)
@@ -409,7 +261,7 @@ class AuditLog:
         resolved = 0
         for record in pending:
             pid = record.get("pid")
-            if isinstance(pid, int) and pid != os.getpid() and _pid_alive(pid):
+            if owned_by_live_process(pid):
                 continue
             line: dict[str, Any] = {"time": timestamp(time.time()), "id": record["id"], "phase": "outcome"}
             line.update({k: record[k] for k in ("caller", "control_plane", "tool", "arguments") if k in record})
