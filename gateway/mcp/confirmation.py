@@ -35,6 +35,7 @@ from ..deploy.plan import render_down, render_plan
 from ..deploy.versions import sha256_hex
 from ..errors import GatewayError, PolicyViolation
 from .access import PersonScopes, authorize
+from .hosts import on_host
 
 if TYPE_CHECKING:
     from ..deploy.planner import Planner
@@ -272,7 +273,7 @@ async def plan_up(
     async def plan(planner: Planner) -> str:
         return render_plan(await planner.plan(project))
 
-    arguments = _on_host({"project": project, "services": services, "wait": wait}, host)
+    arguments = on_host({"project": project, "services": services, "wait": wait}, host)
     return await _plan_call(ctx, "up", arguments, confirm, plan, approval=approval)
 
 
@@ -282,7 +283,7 @@ async def plan_down(
     async def plan(planner: Planner) -> str:
         return render_down(project, await planner.down_risk(project), volumes=volumes)
 
-    arguments = _on_host({"project": project, "volumes": volumes}, host)
+    arguments = on_host({"project": project, "volumes": volumes}, host)
     return await _plan_call(ctx, "down", arguments, confirm, plan, approval=approval)
 
 
@@ -293,7 +294,7 @@ def _service_resolver(action: str) -> Callable[..., Awaitable[Pending]]:
         async def plan(planner: Planner) -> str:
             return await planner.describe(project, action, services)
 
-        arguments = _on_host({"project": project, "services": services}, host)
+        arguments = on_host({"project": project, "services": services}, host)
         return await _plan_call(ctx, action, arguments, confirm, plan, approval=approval)
 
     resolve.__name__ = resolve.__qualname__ = f"plan_{action}"
@@ -313,8 +314,8 @@ async def plan_deploy(
     async def plan(planner: Planner) -> str:
         return render_plan(await planner.plan(project, compose_yaml, env))
 
-    arguments = _on_host({"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}, host)
-    shown = _on_host(deploy_audit_arguments(project, compose_yaml), host)
+    arguments = on_host({"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}, host)
+    shown = on_host(deploy_audit_arguments(project, compose_yaml), host)
     return await _plan_call(ctx, "deploy", arguments, confirm, plan, shown, approval=approval)
 
 
@@ -324,13 +325,8 @@ async def plan_rollback(
     async def plan(planner: Planner) -> str:
         return render_plan(await planner.rollback_plan(project, version))
 
-    arguments = _on_host({"project": project, "version": version, "wait": wait}, host)
+    arguments = on_host({"project": project, "version": version, "wait": wait}, host)
     return await _plan_call(ctx, "rollback", arguments, confirm, plan, approval=approval)
-
-
-def _on_host(arguments: dict[str, Any], host: str) -> dict[str, Any]:
-    # [fleet] As gateway.mcp.tools.on_host (which imports this module): the host, unless it is local.
-    return arguments if host == "local" else {**arguments, "host": host}
 
 
 def deploy_audit_arguments(project: str, compose_yaml: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from typing import Annotated
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field, Strict
 
-from ..fleet import LOCAL_HOST
 from ..models import DeployResult, PlanResult, VersionList
 from ..policy.candidate import MAX_COMPOSE_BYTES, MAX_ENV_NAMES
 from .confirmation import (
@@ -20,16 +19,15 @@ from .confirmation import (
     RollbackPending,
     deploy_audit_arguments,
 )
+from .hosts import LOCAL_HOST, HostArg, on_host
 from .tools import (
     READ_ONLY,
     ApprovalArg,
     Confirm,
-    HostArg,
     IdempotencyKey,
     Project,
     StrictBool,
     ToolKit,
-    on_host,
     write_annotations,
 )
 

@@ -19,7 +19,7 @@ from ..compose.cli import ProgressCallback
 from ..compose.lifecycle import ServiceAction
 from ..deploy.confirm import Confirmations
 from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
-from ..fleet import LOCAL_HOST, Fleet
+from ..fleet import Fleet
 from ..idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from ..models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from ..operations import ComposeOperations
@@ -37,14 +37,13 @@ from .confirmation import (
     UpPending,
 )
 from .dashboard import PS_TOOL_META
+from .hosts import LOCAL_HOST, HostArg, on_host
 from .notify import Notifier
 
 __all__ = [
     "ToolKit",
     "Acting",
     "Project",
-    "HostArg",
-    "on_host",
     "Services",
     "Confirm",
     "ApprovalArg",
@@ -60,15 +59,6 @@ __all__ = [
 Project = Annotated[
     str,
     Field(description="Stack name as shown by list_stacks (lowercase letters, digits, '-', '_')", max_length=63),
-]
-# [fleet] Optional everywhere, and short: a gateway of one engine has only the host "local".
-HostArg = Annotated[
-    str,
-    Field(
-        description="The host the stack is on (as list_stacks shows it); omit for local",
-        max_length=63,
-        pattern=r"^[a-z0-9][a-z0-9_-]*$",
-    ),
 ]
 Services = Annotated[
     list[str] | None,
@@ -100,15 +90,6 @@ def write_annotations(*, destructive: bool, idempotent: bool) -> ToolAnnotations
     return ToolAnnotations(
         read_only_hint=False, destructive_hint=destructive, idempotent_hint=idempotent, open_world_hint=False
     )
-
-
-def on_host(arguments: dict[str, Any], host: str) -> dict[str, Any]:
-    """[fleet] A call's arguments as audited, confirmed and approved: naming its host, unless it is ``local``.
-
-    A confirmation, an approval and an idempotency key are bound to these, so one given for a stack
-    on one host does not act on the same-named stack of another.
-    """
-    return arguments if host == LOCAL_HOST else {**arguments, "host": host}
 
 
 def caller_of(ctx: Context) -> Principal:
