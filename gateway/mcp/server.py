@@ -46,6 +46,7 @@ from .completion import register_completion
 from .confirmation import audit_view
 from .dashboard import stack_app
 from .deploy_tools import register_deploy_reads, register_deploy_tools
+from .host_resources import register_host_resources
 from .notify import Notifier
 from .prompts import register_prompts
 from .resources import StackResources, register_resources
@@ -262,8 +263,9 @@ def build_server(
     # [approvals] The approvals resources always; approve and reject change something, so not read-only.
     register_approvals(mcp, kit, tools=not read_only)
     register_resources(mcp, ops, notifier)
+    register_host_resources(mcp, kit.fleet)  # [fleet] a fleet of one adds nothing
     mcp.approvals = kit.approvals
     register_prompts(mcp, ops)
-    register_completion(mcp, ops)
+    register_completion(mcp, ops, kit.fleet)
     notifier.install(mcp.middleware)
     return mcp

@@ -19,7 +19,7 @@ import anyio
 import docker
 import pytest
 from mcp import Client
-from mcp.types import CallToolResult, TextContent
+from mcp.types import CallToolResult, ResourceTemplateReference, TextContent
 
 from gateway.audit import AuditLog
 from gateway.config import load_settings
@@ -44,6 +44,8 @@ services:
 """
 HOSTILE = "services:\n  a:\n    image: {image}\n    privileged: true\n"
 LIST_BUDGET_S = 3.0
+# The engines' own deadline: past it a call fails and the engine is degraded (calls then fail fast).
+ENGINE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -118,8 +120,7 @@ def fleet_setup(
         "CONFIG_PATH": str(config),
         "COMPOSE_AGENT_STATE_DIR": str(tmp_path / "state"),
     }
-    # A short engine deadline: a paused engine is known degraded before the listing's budget ends.
-    settings = load_settings(environ, stacks_dir=stacks.root, docker_timeout=2.0)
+    settings = load_settings(environ, stacks_dir=stacks.root, docker_timeout=ENGINE_TIMEOUT_S)
     audit = AuditLog(audit_path)
     local = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
     fleet = Fleet.from_settings(settings, local, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
@@ -272,21 +273,26 @@ async def test_a_paused_engine_degrades_the_listing_within_its_budget_and_recove
     await call(client, "up", {"project": edge, "host": "edge"})
 
     with tls_engine.paused_for():
-        for _ in range(2):  # the first meets the silence; the second, a breaker already open
-            began = time.perf_counter()
-            listing = await call(client, "list_stacks", {})
-            elapsed = time.perf_counter() - began
-            assert elapsed < LIST_BUDGET_S + 1.5, elapsed
-            states = {h["name"]: h for h in listing["hosts"]}
-            assert states["edge"]["state"] in ("degraded", "timeout") and states["edge"]["error"]
-            assert {states[name]["state"] for name in ("local", "lab", "vault")} == {"up"}
-            names = {(s["host"], s["name"]) for s in listing["stacks"]}
-            assert ("lab", lab) in names and not any(host == "edge" for host, _ in names)
-        # A call to the host fails fast and names it.
+        began = time.perf_counter()
+        listing = await call(client, "list_stacks", {})
+        assert time.perf_counter() - began < LIST_BUDGET_S + 1.5
+        states = {h["name"]: h for h in listing["hosts"]}
+        assert states["edge"]["state"] in ("degraded", "timeout") and states["edge"]["error"]
+        assert {states[name]["state"] for name in ("local", "lab", "vault")} == {"up"}
+        names = {(s["host"], s["name"]) for s in listing["stacks"]}
+        assert ("lab", lab) in names and not any(host == "edge" for host, _ in names)
+        # A call to the host fails within the engine's deadline, naming it; the engine is degraded then.
         began = time.perf_counter()
         ps = await client.call_tool("ps", {"project": edge, "host": "edge"})
-        assert ps.is_error and "edge" in text_of(ps), text_of(ps)
+        assert ps.is_error and "'edge'" in text_of(ps), text_of(ps)
+        assert time.perf_counter() - began < ENGINE_TIMEOUT_S + 2
+        # And the next listing does not wait for it: the degraded engine fails at once.
+        began = time.perf_counter()
+        listing = await call(client, "list_stacks", {})
         assert time.perf_counter() - began < LIST_BUDGET_S
+        states = {h["name"]: h for h in listing["hosts"]}
+        assert states["edge"]["state"] == "degraded" and "'edge'" in states["edge"]["error"]
+        assert ("lab", lab) in {(s["host"], s["name"]) for s in listing["stacks"]}
 
     async def edge_back() -> bool:
         listing = await call(client, "list_stacks", {})
@@ -298,3 +304,52 @@ async def test_a_paused_engine_degrades_the_listing_within_its_budget_and_recove
     with anyio.fail_after(30):
         ps_ok = await call(client, "ps", {"project": edge, "host": "edge"})
     assert [s["state"] for s in ps_ok["services"]] == ["running"]
+
+
+async def test_resources_and_completion_know_the_hosts(fleet_setup: FleetSetup, client: Client) -> None:
+    project = fleet_setup.make("edge")
+    local = fleet_setup.make("local")
+    listed = {str(r.uri) for r in (await client.list_resources()).resources}
+    # Local stacks keep their URIs; another host's stack has its host in the path.
+    assert {f"compose://stacks/{local}/status", f"compose://stacks/{local}/compose.yaml"} <= listed
+    assert {f"compose://stacks/edge/{project}/status", f"compose://stacks/edge/{project}/compose.yaml"} <= listed
+    assert f"compose://stacks/{project}/status" not in listed
+
+    status = await client.read_resource(f"compose://stacks/edge/{project}/status")
+    body = json.loads(status.contents[0].text)  # type: ignore[union-attr]
+    assert (body["host"], body["project"], [s["state"] for s in body["services"]]) == ("edge", project, ["missing"])
+    compose_file = await client.read_resource(f"compose://stacks/edge/{project}/compose.yaml")
+    assert "ticker:" in compose_file.contents[0].text  # type: ignore[union-attr]
+    with pytest.raises(Exception, match="known hosts: local, edge, lab, vault"):
+        await client.read_resource(f"compose://stacks/nowhere/{project}/status")
+
+    templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
+    assert {"compose://stacks/{host}/{project}/status", "compose://stacks/{project}/status"} <= templates
+    ref = ResourceTemplateReference(type="ref/resource", uri="compose://stacks/{host}/{project}/status")
+    hosts = (await client.complete(ref, {"name": "host", "value": ""})).completion
+    assert hosts.values == ["edge", "lab", "vault"]
+    projects = (await client.complete(ref, {"name": "project", "value": project[:6]}, {"host": "edge"})).completion
+    assert project in projects.values and local not in projects.values
+    services = await client.complete(ref, {"name": "service", "value": ""}, {"host": "edge", "project": project})
+    assert services.completion.values == ["ticker"]  # from that host's stack's compose model
+
+
+def test_a_remote_resource_is_read_under_its_hosts_stack_scope() -> None:
+    from gateway.auth.principals import Principal
+    from gateway.auth.scopes import ScopeSet
+    from gateway.errors import PolicyViolation
+    from gateway.mcp.access import require_scope
+
+    refused: list[str] = []
+
+    class Ops:
+        def audit_refusal(self, tool: str, arguments: dict[str, Any], caller: str, reason: str, **_: Any) -> None:
+            refused.append(reason)
+
+    edge_site = ScopeSet.parse(["compose:read:edge/site"])
+    person = Principal("oauth:c", edge_site.tools(), person="ann", scopes=edge_site)
+    require_scope(Ops(), person, "ps", "resources/read", {"uri": "compose://stacks/edge/site/status"})  # type: ignore[arg-type]
+    for uri in ("compose://stacks/site/status", "compose://stacks/lab/site/status", "compose://stacks/edge/x/logs"):
+        with pytest.raises(PolicyViolation):
+            require_scope(Ops(), person, "ps", "resources/read", {"uri": uri})  # type: ignore[arg-type]
+    assert len(refused) == 3
