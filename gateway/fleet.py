@@ -176,7 +176,7 @@ class Fleet:
                 states[host.name] = HostStatus(
                     name=host.name,
                     state="timeout",
-                    error=f"its engine did not answer within {self.list_budget:g} s",
+                    error=f"the engine of host '{host.name}' did not answer within {self.list_budget:g} s",
                     read_only=host.read_only,
                 )
                 return

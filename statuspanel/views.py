@@ -108,6 +108,10 @@ def stack_card(info: StackInfo, ps: PsResult | None, error: str | None) -> dict[
         overall = "stopped"
     return {
         "name": info.name,
+        # [fleet] Another host's stack is keyed by its host too (a local one may share its name).
+        "host": info.host,
+        "remote": info.host != "local",
+        "key": info.name if info.host == "local" else f"{info.host}-{info.name}",
         "external": info.external,
         "target": info.target,
         "swarm": swarm,
