@@ -29,6 +29,7 @@ LOCAL_HOST = "local"
 # A host's name reads like a stack's: it travels in scopes (compose:write:edge/site) and resource URIs.
 HOST_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_HOSTS = 32
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 _KEYS = ("docker_host", "tls_verify", "cert_path", "stacks_dir", "read_only")
 
 
@@ -72,16 +73,20 @@ class HostConfig(BaseModel):
 
     @model_validator(mode="after")
     def _tls(self) -> HostConfig:
-        scheme = parse_docker_host(self.docker_host).scheme
+        address = parse_docker_host(self.docker_host)
+        scheme = address.scheme
         if self.tls_verify and scheme != "tcp":
             raise ValueError(f"tls_verify applies to a tcp:// docker_host, not {scheme}://; remove it")
         if self.tls_verify and self.cert_path is None:
             raise ValueError("tls_verify needs cert_path: a folder with ca.pem, cert.pem and key.pem")
         if self.cert_path is not None and not self.tls_verify:
             raise ValueError("cert_path is read only with tls_verify: true; set it, or remove cert_path")
-        if scheme == "tcp" and not self.tls_verify:
-            # Anyone who reaches a plain tcp:// engine is root on it: the fleet does not speak that.
-            raise ValueError("a tcp:// engine needs tls_verify: true and cert_path (plain TCP gives root to anyone)")
+        if scheme == "tcp" and not self.tls_verify and address.host not in _LOOPBACK:
+            # Anyone on the path to a plain tcp:// engine is root on it: only one on this machine may go without TLS.
+            raise ValueError(
+                "a tcp:// engine on another machine needs tls_verify: true and cert_path (plain TCP gives its root "
+                "to anyone on the path); or use ssh://"
+            )
         return self
 
 

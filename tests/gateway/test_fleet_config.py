@@ -46,6 +46,9 @@ def test_a_host_takes_the_keys_of_the_issue(tmp_path: Path) -> None:
     assert settings.hosts["edge"].tls_verify and settings.hosts["edge"].cert_path == certs
     assert settings.hosts["lab"].read_only and settings.hosts["lab"].stacks_dir == Path("/srv/lab")
     assert not settings.hosts["edge"].read_only
+    # Plain TCP only to an engine API on this machine (a socket proxy on loopback).
+    proxy = settings_with(tmp_path, {"proxy": {"docker_host": "tcp://127.0.0.1:2375", "stacks_dir": "/srv/p"}})
+    assert not proxy.hosts["proxy"].tls_verify
     assert load_settings({"CONFIG_PATH": str(tmp_path / "none.json")}).hosts == {}
 
 
@@ -61,6 +64,7 @@ def test_a_host_takes_the_keys_of_the_issue(tmp_path: Path) -> None:
         ({"edge": {"docker_host": "ssh://a@b", "stacks_dir": "stacks"}}, "must be an absolute path"),
         ({"edge": {"docker_host": "ftp://a", "stacks_dir": "/s"}}, "hosts.edge.docker_host"),
         ({"edge": {"docker_host": "tcp://10.0.0.5:2375", "stacks_dir": "/s"}}, "needs tls_verify: true"),
+        ({"edge": {"docker_host": "tcp://edge.example:2375", "stacks_dir": "/s"}}, "or use ssh://"),
         ({"edge": {"docker_host": "tcp://10.0.0.5:2376", "tls_verify": True, "stacks_dir": "/s"}}, "needs cert_path"),
         ({"edge": {"docker_host": "ssh://a@b", "tls_verify": True, "cert_path": "/c", "stacks_dir": "/s"}}, "tcp://"),
         ({"edge": {"docker_host": "ssh://a@b", "stacks_dir": "/s", "read_only": "yes"}}, "read_only"),
