@@ -353,3 +353,34 @@ def test_a_remote_resource_is_read_under_its_hosts_stack_scope() -> None:
         with pytest.raises(PolicyViolation):
             require_scope(Ops(), person, "ps", "resources/read", {"uri": uri})  # type: ignore[arg-type]
     assert len(refused) == 3
+
+
+async def test_a_confirmation_is_bound_to_its_host(fleet_setup: FleetSetup) -> None:
+    from gateway.errors import CONFIRM_META_KEY
+
+    project = fleet_setup.make("lab")
+    (fleet_setup.dirs["local"] / project).mkdir()
+    (fleet_setup.dirs["local"] / project / "compose.yaml").write_text(TICKER.replace("{image}", fleet_setup.image))
+    fleet_setup.projects.append(("local", project))
+    server = build_server(fleet_setup.fleet.local, fleet=fleet_setup.fleet, confirm=["down"])
+    async with Client(server) as client:
+        asked = await client.call_tool("down", {"project": project})
+        assert asked.is_error and asked.meta is not None
+        token = asked.meta[CONFIRM_META_KEY]
+        # The token of the local stack does not bring down its namesake on lab.
+        elsewhere = await client.call_tool("down", {"project": project, "host": "lab", "confirm": token})
+        assert elsewhere.is_error and CONFIRM_META_KEY not in (elsewhere.meta or {}), text_of(elsewhere)
+        assert "nothing was changed" in text_of(elsewhere)
+        # (A token that did not fit is spent.) A new one acts on the stack it was given for.
+        again = await client.call_tool("down", {"project": project})
+        assert again.meta is not None
+        here = await client.call_tool("down", {"project": project, "confirm": again.meta[CONFIRM_META_KEY]})
+        assert not here.is_error, text_of(here)
+
+
+def test_an_idempotency_key_is_bound_to_the_host() -> None:
+    from gateway.idempotency import fingerprint
+
+    local = fingerprint("up", {"project": "site"})
+    assert fingerprint("up", {"project": "site", "host": "local"}) == local
+    assert fingerprint("up", {"project": "site", "host": "edge"}) != local
