@@ -73,7 +73,9 @@ def test_pages_redirect_to_login_without_a_session(client: TestClient) -> None:
 
 def test_stack_route_returns_exactly_the_ps_result(client: TestClient) -> None:
     data = client.get("/api/v1/stacks/shop", headers=bearer()).json()
-    assert set(data) == {"project", "services", "policy"}  # policy: the guard's verdict (null here)
+    # policy: the guard's verdict (null here); host: [fleet] the host it is on (local here)
+    assert set(data) == {"project", "host", "services", "policy"}
+    assert data["host"] == "local"
     assert data["project"] == "shop"
     assert {s["service"] for s in data["services"]} == {"web", "db"}
 
