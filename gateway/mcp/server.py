@@ -238,7 +238,7 @@ def build_server(
             validate_token_resource=True if resource else None,
         )
     notifier = notifier or Notifier(InMemorySubscriptionBus())
-    tasks = TaskSupport(ops, state_dir, frozenset() if read_only else WRITE_TOOLS | DEPLOY_TOOLS)  # [tasks]
+    tasks = TaskSupport(ops, state_dir, frozenset() if read_only else WRITE_TOOLS | DEPLOY_TOOLS, fleet)  # [tasks]
     mcp = GatewayServer(
         "compose-agent",
         audit_refusal=ops.audit_refusal,
