@@ -238,6 +238,10 @@ class ScopeSet:
         verb = verb_for_tool(tool)
         return verb is not None and any(s.covers(verb, stack, host) for s in self.scopes)
 
+    def reaches_host(self, host: str) -> bool:
+        """[fleet] True when some scope covers a stack of ``host`` (an unnarrowed one covers every host)."""
+        return any(s.stack is None or s.on_host == host for s in self.scopes)
+
     def tools(self) -> frozenset[str]:
         """Every tool some scope allows on some stack: the tool families the holder may call at all."""
         return frozenset(tool for tool, verb in _TOOL_VERBS.items() if any(verb in _IMPLIES[s.verb] for s in self))

@@ -216,7 +216,8 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
         listing = await kit.fleet.list_stacks()
         if who.scopes is not None:  # [oauth] a token narrowed to stacks sees only those
             shown = [s for s in listing.stacks if who.may_act("ps", s.name, s.host)]
-            listing = StackList(stacks=shown, hosts=listing.hosts)
+            # [fleet] and only the hosts it has a scope on: another host's name and address are not its business.
+            listing = StackList(stacks=shown, hosts=[h for h in listing.hosts if who.scopes.reaches_host(h.name)])
         return listing
 
     @mcp.tool(

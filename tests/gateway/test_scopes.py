@@ -70,6 +70,9 @@ def test_a_host_narrowed_scope_covers_that_hosts_stack_only() -> None:
     assert ScopeSet.parse(["compose:write:local/site"]) == plain
     # Only an unnarrowed scope covers every host.
     assert ScopeSet.parse(["compose:write"]).allows("up", "site", "edge")
+    assert ScopeSet.parse(["compose:read"]).reaches_host("edge")
+    assert plain.reaches_host("local") and not plain.reaches_host("edge")
+    assert ScopeSet.parse(["compose:write:edge/site"]).reaches_host("edge")
 
 
 def test_listing_is_allowed_by_any_read_and_then_filtered_by_stack() -> None:
