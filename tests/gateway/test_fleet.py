@@ -384,3 +384,24 @@ def test_an_idempotency_key_is_bound_to_the_host() -> None:
     local = fingerprint("up", {"project": "site"})
     assert fingerprint("up", {"project": "site", "host": "local"}) == local
     assert fingerprint("up", {"project": "site", "host": "edge"}) != local
+
+
+async def test_deploy_plan_and_versions_work_on_a_remote_host(fleet_setup: FleetSetup, client: Client) -> None:
+    project = random_name("fd")
+    fleet_setup.projects.append(("lab", project))
+    compose_yaml = TICKER.replace("{image}", fleet_setup.image)
+    on = {"project": project, "host": "lab"}
+    plan = await call(client, "plan", {**on, "compose_yaml": compose_yaml})
+    assert [(a["service"], a["action"]) for a in plan["actions"]] == [("ticker", "create")]
+    deployed = await call(client, "deploy", {**on, "compose_yaml": compose_yaml})
+    assert (deployed["host"], deployed["version"], deployed["created"]) == ("lab", 1, True)
+    # The folder is the lab host's, on this machine; the container is on the lab engine.
+    assert (fleet_setup.dirs["lab"] / project / "compose.yaml").is_file()
+    assert not (fleet_setup.dirs["local"] / project).exists()
+    assert len(fleet_setup.containers("lab", project)) == 1
+    versions = await call(client, "versions", on)
+    assert [v["version"] for v in versions["versions"]] == [1]
+    local_versions = await client.call_tool("versions", {"project": project})
+    assert local_versions.is_error  # no such stack on the local host
+    down = await call(client, "down", on)
+    assert down["ok"] and fleet_setup.containers("lab", project) == []
