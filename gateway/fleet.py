@@ -154,13 +154,17 @@ class Fleet:
             )
         return host.ops
 
-    async def list_stacks(self) -> StackList:
-        """Every host's stacks, each with its host, asked side by side; and each host's state.
+    async def list_stacks(self, only: str | None = None) -> StackList:
+        """Every host's stacks (or host ``only``'s), each with its host, asked side by side; and each host's state.
 
         A host that fails, or does not answer within :attr:`list_budget`, adds no stacks but a
         line in ``hosts`` that says why. The answer comes back within about the budget whatever
         the hosts do.
+
+        Raises:
+            InvalidInput: ``only`` is no host of the fleet.
         """
+        hosts = list(self) if only is None else [self.host(only)]
         if len(self._hosts) == 1:
             # A gateway of one engine answers as it always did: its failure is the call's error.
             listing = await self.local.list_stacks()
@@ -195,11 +199,11 @@ class Fleet:
             states[host.name] = HostStatus(name=host.name, state="up", read_only=host.read_only)
 
         async with anyio.create_task_group() as tg:
-            for host in self:
+            for host in hosts:
                 tg.start_soon(one, host)
         return StackList(
             stacks=[stack for name in self._hosts for stack in results.get(name, [])],
-            hosts=[states[name] for name in self._hosts],
+            hosts=[states[name] for name in self._hosts if name in states],
         )
 
     def close(self) -> None:

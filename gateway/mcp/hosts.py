@@ -12,7 +12,7 @@ from pydantic import Field
 
 from ..fleet import LOCAL_HOST
 
-__all__ = ["HostArg", "LOCAL_HOST", "on_host"]
+__all__ = ["HostArg", "LOCAL_HOST", "OneHost", "on_host"]
 
 HostArg = Annotated[
     str,
@@ -21,6 +21,12 @@ HostArg = Annotated[
         max_length=63,
         pattern=r"^[a-z0-9][a-z0-9_-]*$",
     ),
+]
+
+# list_stacks lists every host unless told one.
+OneHost = Annotated[
+    str | None,
+    Field(description="Only this host's stacks; omit for every host", max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]*$"),
 ]
 
 

@@ -37,7 +37,7 @@ from .confirmation import (
     UpPending,
 )
 from .dashboard import PS_TOOL_META
-from .hosts import LOCAL_HOST, HostArg, on_host
+from .hosts import LOCAL_HOST, HostArg, OneHost, on_host
 from .notify import Notifier
 
 __all__ = [
@@ -211,9 +211,9 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
             "tools; local needs no mention); `hosts` says which hosts answered. Call this first."
         ),
     )
-    async def list_stacks(ctx: Context) -> StackList:
-        who = kit.authorize(ctx, "list_stacks", {})
-        listing = await kit.fleet.list_stacks()
+    async def list_stacks(ctx: Context, host: OneHost = None) -> StackList:
+        who = kit.authorize(ctx, "list_stacks", {} if host is None else {"host": host})
+        listing = await kit.fleet.list_stacks(host)
         if who.scopes is not None:  # [oauth] a token narrowed to stacks sees only those
             shown = [s for s in listing.stacks if who.may_act("ps", s.name, s.host)]
             # [fleet] and only the hosts it has a scope on: another host's name and address are not its business.

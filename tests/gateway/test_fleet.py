@@ -220,6 +220,9 @@ async def test_the_same_stack_name_on_two_hosts_is_two_stacks(fleet_setup: Fleet
     rows = sorted((s["host"], s["running"], s["external"]) for s in listing["stacks"] if s["name"] == project)
     # vault shares lab's engine and has no folder of that name: it sees the project as external.
     assert rows == [("lab", 1, False), ("local", 0, False), ("vault", 1, True)]
+    only_lab = await call(client, "list_stacks", {"host": "lab"})
+    assert [h["name"] for h in only_lab["hosts"]] == ["lab"] and {s["host"] for s in only_lab["stacks"]} == {"lab"}
+    assert project in {s["name"] for s in only_lab["stacks"]}
     local_ps = await call(client, "ps", {"project": project})
     assert local_ps["host"] == "local" and [s["state"] for s in local_ps["services"]] == ["missing"]
 
