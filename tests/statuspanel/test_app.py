@@ -416,7 +416,7 @@ class SwarmBackend(MemoryBackend):
         swarm = StackInfo(name="edge", external=False, containers=3, running=1, target="swarm")
         return StackList(stacks=[*listing.stacks, swarm])
 
-    async def ps(self, project: str) -> PsResult:
+    async def ps(self, project: str, host: str | None = None) -> PsResult:
         if project != "edge":
             return await super().ps(project)
 
