@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -205,6 +206,10 @@ class Fleet:
             stacks=[stack for name in self._hosts for stack in results.get(name, [])],
             hosts=[states[name] for name in self._hosts if name in states],
         )
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """The other hosts' engines as their own calls last found them (``up`` or ``degraded``); asks nothing."""
+        return {host.name: host.ops.engine.state.as_dict() for host in self if host.name != LOCAL_HOST}
 
     def close(self) -> None:
         for host in self:

@@ -222,7 +222,7 @@ async def _serve_http(
         sessions=SessionCounter(limit=settings.max_sessions_per_token, idle_timeout=settings.session_idle_timeout),
     )
     guard = connection_guard(settings)
-    vitals = vitals_of(settings, ops, guard)
+    vitals = vitals_of(settings, ops, guard, fleet)
     servers: list[uvicorn.Server] = []
     app = build_http_app(
         server,

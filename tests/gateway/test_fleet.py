@@ -24,6 +24,7 @@ from mcp.types import CallToolResult, ResourceTemplateReference, TextContent
 from gateway.audit import AuditLog
 from gateway.config import load_settings
 from gateway.fleet import Fleet
+from gateway.mcp.health import Report, Vitals
 from gateway.mcp.server import build_server
 from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
@@ -144,6 +145,13 @@ async def client(fleet_setup: FleetSetup) -> AsyncIterator[Client]:
     server = build_server(fleet_setup.fleet.local, fleet=fleet_setup.fleet)
     async with Client(server) as connected:
         yield connected
+
+
+async def health_of(fleet: Fleet) -> Report:
+    """What /health would say of a serving gateway with this fleet (the engine probe: a stand-in)."""
+    vitals = Vitals(lambda: None, hosts=fleet.states)
+    vitals.sessions_running = True
+    return await vitals.report()
 
 
 def text_of(result: CallToolResult) -> str:
@@ -297,6 +305,11 @@ async def test_a_paused_engine_degrades_the_listing_within_its_budget_and_recove
         states = {h["name"]: h for h in listing["hosts"]}
         assert states["edge"]["state"] == "degraded" and "'edge'" in states["edge"]["error"]
         assert ("lab", lab) in {(s["host"], s["name"]) for s in listing["stacks"]}
+        # /health says so, and still serves: one host down is a degraded gateway, not a failing one.
+        health = await health_of(fleet_setup.fleet)
+        assert health.status_code == 200 and health.body["hosts"]["edge"]["status"] == "degraded"
+        assert health.body["hosts"]["lab"]["status"] == "up"
+        assert any(reason.startswith("host edge is degraded") for reason in health.body["reasons"])
 
     async def edge_back() -> bool:
         listing = await call(client, "list_stacks", {})
@@ -308,6 +321,7 @@ async def test_a_paused_engine_degrades_the_listing_within_its_budget_and_recove
     with anyio.fail_after(30):
         ps_ok = await call(client, "ps", {"project": edge, "host": "edge"})
     assert [s["state"] for s in ps_ok["services"]] == ["running"]
+    assert (await health_of(fleet_setup.fleet)).body["hosts"]["edge"]["status"] == "up"
 
 
 async def test_resources_and_completion_know_the_hosts(fleet_setup: FleetSetup, client: Client) -> None:
