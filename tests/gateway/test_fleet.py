@@ -423,3 +423,33 @@ async def test_deploy_plan_and_versions_work_on_a_remote_host(fleet_setup: Fleet
     assert local_versions.is_error  # no such stack on the local host
     down = await call(client, "down", on)
     assert down["ok"] and fleet_setup.containers("lab", project) == []
+
+
+async def test_an_approval_is_bound_to_its_host(
+    fleet_setup: FleetSetup, tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    from gateway.approvals.records import Approver
+    from gateway.approvals.store import ApprovalStore
+    from gateway.auth.principals import oauth_caller
+    from gateway.mcp.approvals import ApprovalGate
+    from gateway.policy.rules import Policy
+    from tests.gateway.approvals_fixtures import PANEL_URL, approval_of, kind
+
+    project = fleet_setup.make("lab")
+    (fleet_setup.dirs["local"] / project).mkdir()
+    (fleet_setup.dirs["local"] / project / "compose.yaml").write_text(TICKER.replace("{image}", fleet_setup.image))
+    fleet_setup.projects.append(("local", project))
+    approvals = ApprovalGate(ApprovalStore(tmp_path / "approvals.json"), Policy(approve=("up",)), panel_url=PANEL_URL)
+    server = build_server(fleet_setup.fleet.local, fleet=fleet_setup.fleet, approvals=approvals)
+    async with Client(server) as client:
+        approval = approval_of(await client.call_tool("up", {"project": project, "host": "lab"}))
+        approvals.store.decide(approval, approve=True, by=Approver("bob", oauth_caller("client-b")))
+        # Approved for lab, it does not bring up the local namesake.
+        replayed = await client.call_tool("up", {"project": project, "approval": approval})
+        assert kind(replayed) == "policy_violation" and "was asked for another call" in text_of(replayed)
+        done = await call(client, "up", {"project": project, "host": "lab", "approval": approval})
+    assert (done["host"], done["ok"]) == ("lab", True)
+    assert len(fleet_setup.containers("lab", project)) == 1
+    assert docker_client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}) == []
+    kept = json.loads((tmp_path / "approvals.json").read_text())["approvals"][approval]
+    assert kept["host"] == "lab" and kept["arguments"]["host"] == "lab"
