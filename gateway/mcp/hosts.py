@@ -17,7 +17,7 @@ __all__ = ["HostArg", "LOCAL_HOST", "OneHost", "on_host"]
 HostArg = Annotated[
     str,
     Field(
-        description="The host the stack is on (as list_stacks shows it); omit for local",
+        description="Host (from list_stacks); omit for local",
         max_length=63,
         pattern=r"^[a-z0-9][a-z0-9_-]*$",
     ),
