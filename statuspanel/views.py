@@ -108,10 +108,9 @@ def stack_card(info: StackInfo, ps: PsResult | None, error: str | None) -> dict[
         overall = "stopped"
     return {
         "name": info.name,
-        # [fleet] Another host's stack is keyed by its host too (a local one may share its name).
+        # [fleet] Another host's stack is shown in its host's group, read-only here.
         "host": info.host,
         "remote": info.host != "local",
-        "key": info.name if info.host == "local" else f"{info.host}-{info.name}",
         "external": info.external,
         "target": info.target,
         "swarm": swarm,

@@ -93,25 +93,25 @@ async def test_the_dashboard_groups_stacks_by_host_with_each_hosts_state(
 
     # The edge engine's project is in the edge group, with its state read over TLS.
     edge_group = page.get_by_test_id("host-edge")
-    card = edge_group.get_by_test_id(f"stack-edge-{edge_app}")
+    card = edge_group.get_by_test_id(f"stack-{edge_app}")
     await expect(card).to_be_visible()
-    await expect(card.get_by_test_id(f"state-edge-{edge_app}-app")).to_have_text("running")
+    await expect(card.get_by_test_id(f"state-{edge_app}-app")).to_have_text("running")
     # Another host's stack is read here; it is changed through the tools, so no buttons.
-    await expect(card.get_by_test_id(f"remote-note-edge-{edge_app}")).to_contain_text("on edge")
+    await expect(card.get_by_test_id(f"remote-note-{edge_app}")).to_contain_text("on edge")
     await expect(card.locator("[data-action]")).to_have_count(0)
     await expect(page.get_by_test_id("host-local").get_by_test_id(f"stack-{edge_app}")).to_have_count(0)
     # The lab host's folder stack, with its service defined but not running.
-    await expect(page.get_by_test_id("host-lab").get_by_test_id("state-lab-quiet-idle")).to_have_text("missing")
+    await expect(page.get_by_test_id("host-lab").get_by_test_id("state-quiet-idle")).to_have_text("missing")
 
     with tls_engine.paused_for():
         await reload_until(page, "edge", "timeout", "degraded", timeout=30)
         await expect(page.get_by_test_id("host-error-edge")).to_contain_text("'edge'")
-        await expect(edge_group.get_by_test_id(f"stack-edge-{edge_app}")).to_have_count(0)
+        await expect(edge_group.get_by_test_id(f"stack-{edge_app}")).to_have_count(0)
         # The other hosts are listed as before.
         await expect(page.get_by_test_id("host-state-local")).to_have_text("up")
-        await expect(page.get_by_test_id("host-lab").get_by_test_id("stack-lab-quiet")).to_be_visible()
+        await expect(page.get_by_test_id("host-lab").get_by_test_id("stack-quiet")).to_be_visible()
 
     await reload_until(page, "edge", "up", timeout=60)
-    await expect(page.get_by_test_id(f"state-edge-{edge_app}-app")).to_have_text("running")
+    await expect(page.get_by_test_id(f"state-{edge_app}-app")).to_have_text("running")
     assert violations == []
     await page.context.close()
