@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import AuditUnavailable
 from ..statefiles import owned_by_live_process
-from .context import ApprovalStep, current_approval, current_tags
+from .context import ApprovalStep, current_approval, current_host, current_tags
 from .digest import RefusalDigest, RefusalKey, SpaceWatch, Summary, free_bytes, timestamp
 
 __all__ = ["AuditLog", "Intent"]
@@ -43,6 +43,7 @@ class Intent:
     started: float = field(default_factory=time.perf_counter)
     # [approvals] Read when the line is made: the outcome line of an intent says the same.
     approval: ApprovalStep | None = field(default_factory=current_approval)
+    host: str | None = field(default_factory=current_host)  # [fleet]
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -242,6 +243,8 @@ class AuditLog:
         }
         if entry.on_behalf_of is not None:
             record["on_behalf_of"] = entry.on_behalf_of
+        if entry.host is not None:  # [fleet]
+            record["host"] = entry.host
         if entry.approval is not None:  # [approvals]
             record["approval"] = entry.approval.id
             record["approval_step"] = entry.approval.step
@@ -266,7 +269,7 @@ class AuditLog:
                 continue
             line: dict[str, Any] = {"time": timestamp(time.time()), "id": record["id"], "phase": "outcome"}
             line.update({k: record[k] for k in ("caller", "control_plane", "tool", "arguments") if k in record})
-            for key in ("on_behalf_of", "approval", "approval_step"):
+            for key in ("on_behalf_of", "host", "approval", "approval_step"):
                 if key in record:
                     line[key] = record[key]
             line.update(

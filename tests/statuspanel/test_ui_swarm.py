@@ -38,9 +38,9 @@ class NodesBackend(MemoryBackend):
             stacks=[*listing.stacks, StackInfo(name="edge", external=False, containers=3, running=2, target="swarm")]
         )
 
-    async def ps(self, project: str) -> PsResult:
+    async def ps(self, project: str, host: str | None = None) -> PsResult:
         if project != "edge":
-            return await super().ps(project)
+            return await super().ps(project, host)
         rows = [
             ServiceStatus(service="web", container="edge_web.1.a", state="running", node="m1", desired_state="running"),
             ServiceStatus(service="web", container="edge_web.2.b", state="running", node="w1", desired_state="running"),
