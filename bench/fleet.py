@@ -11,6 +11,8 @@ each and on the local engine, and times, call by call in turn:
   the rows, over the Unix socket, over TLS, and over a kept ``docker system dial-stdio`` session;
 - ``list_stacks`` of the local engine alone, and of the three engines at once (what a fleet's
   listing does: each host's listing side by side);
+- the ``list_stacks`` tool through an MCP client (in memory), of a gateway of the local engine and
+  of a gateway whose ``config.json`` adds the TLS and the SSH engine as hosts (issue 25's fleet);
 - the same through the docker CLI: ``docker compose ps --format json`` and ``docker compose ls``
   against each engine, the three ``ls`` one after another (as a script would) and side by side.
 
@@ -45,8 +47,11 @@ from _common import (  # noqa: E402 - a script beside its helpers, not a package
     random_name,
     run_main,
 )
+from mcp import Client  # noqa: E402
 
 from gateway.config import load_settings  # noqa: E402
+from gateway.fleet import Fleet  # noqa: E402
+from gateway.mcp.server import build_server  # noqa: E402
 from gateway.metrics import ControlPlane  # noqa: E402
 from gateway.operations import ComposeOperations  # noqa: E402
 
@@ -76,6 +81,32 @@ def operations(environ: dict[str, str], stacks_dir: Path) -> ComposeOperations:
     """The gateway's operations on the engine ``environ``'s DOCKER_* variables name, as ``serve`` builds them."""
     settings = load_settings(environ, stacks_dir=stacks_dir)
     return ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=environ)
+
+
+async def through_gateways(
+    args: argparse.Namespace, hosts: dict[str, Any], local_env: dict[str, str], root: Path
+) -> list[Sample]:
+    """``list_stacks`` as an MCP client sees it: a gateway of one engine, and a fleet of three."""
+    config = root / "config.json"
+    config.write_text(json.dumps({"hosts": hosts}))
+    environ = {**local_env, "CONFIG_PATH": str(config), "COMPOSE_AGENT_STATE_DIR": str(root / "state")}
+    settings = load_settings(environ, stacks_dir=root / "stacks")
+    local = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, environ=environ)
+    fleet = Fleet.from_settings(settings, local, plane=ControlPlane.COMPOSE_AGENT, environ=environ)
+    try:
+        async with Client(build_server(local)) as one, Client(build_server(local, fleet=fleet)) as three:
+            for client in (one, three):  # connect every engine before timing
+                listed = await client.call_tool("list_stacks", {})
+                assert not listed.is_error, listed.content
+            return await alternate(
+                {
+                    "`list_stacks` tool, a gateway of the local engine": lambda: one.call_tool("list_stacks", {}),
+                    "`list_stacks` tool, a fleet of local + TLS + SSH": lambda: three.call_tool("list_stacks", {}),
+                },
+                args.iterations,
+            )
+    finally:
+        fleet.close()
 
 
 async def measure(args: argparse.Namespace, project: str, envs: dict[str, dict[str, str]], root: Path) -> list[Sample]:
@@ -171,6 +202,16 @@ def main() -> int:
             up = ["docker", "compose", "-p", project, "-f", str(compose_file), "up", "-d"]
             subprocess.run(up, env=env, check=True, capture_output=True)
         samples = anyio.run(measure, args, project, envs, root)
+        hosts = {
+            "tls": {
+                "docker_host": tls.tls_host,
+                "tls_verify": True,
+                "cert_path": str(tls.tls_dir),
+                "stacks_dir": str(root / "tls-stacks"),
+            },
+            "ssh": {"docker_host": ssh.ssh_host, "stacks_dir": str(root / "ssh-stacks")},
+        }
+        samples += anyio.run(through_gateways, args, hosts, local_env, root)
     finally:
         for env in envs.values():
             down = ["docker", "compose", "-p", project, "-f", str(compose_file), "down", "--timeout", "1"]
@@ -190,6 +231,11 @@ def main() -> int:
         print(f"\n`ps` on the {name} engine: {by_name[f'`ps` through the gateway, {name} engine'] - local_ps:+.2f} ms")
     fleet = by_name["`list_stacks`, the three engines side by side"] / by_name["`list_stacks`, local engine"]
     print(f"`list_stacks` across three engines: {fleet:.2f}× the local one")
+    tool = (
+        by_name["`list_stacks` tool, a fleet of local + TLS + SSH"]
+        / by_name["`list_stacks` tool, a gateway of the local engine"]
+    )
+    print(f"the `list_stacks` tool of a fleet of three: {tool:.2f}× a gateway of the local engine")
     print(f"\nmachine before: {before}\nmachine after:  {after}")
     if args.json:
         args.json.write_text(json.dumps({"samples": [s.as_dict() for s in samples], "machine": [before, after]}))

@@ -28,6 +28,7 @@ from .envparse import (
     parse_bool,
     settle,
 )
+from .hosts import HostConfig, check_hosts
 from .policy.rules import Policy
 
 __all__ = ["Settings", "load_settings", "parse_bool", "default_state_dir", "NAME_PATTERN", "check_name"]
@@ -80,6 +81,9 @@ class Settings(CommonFields):
     compose_memory_mb: int = Field(default=2048, ge=0, description="Data segment of one Compose run, in MiB")
     compose_cpu_seconds: int = Field(default=300, ge=0, description="CPU time of one Compose run, in seconds")
 
+    # [fleet] More engines than the gateway's own, the host "local" (config.json only; see gateway/hosts.py).
+    hosts: dict[str, HostConfig] = Field(default_factory=dict)
+
     # The policy guard (config.json only: no environment variable relaxes it).
     policy: Policy = Field(default_factory=Policy)
     # Tools of the deploy family the status panel's token may call too (config.json only).
@@ -96,6 +100,11 @@ class Settings(CommonFields):
     panel_url: str | None = Field(
         default=None, description="The status panel's address people open (https://panel.example.com)"
     )
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_names(cls, value: dict[str, HostConfig]) -> dict[str, HostConfig]:
+        return check_hosts(value)
 
     @field_validator("panel_url")
     @classmethod
@@ -194,7 +203,15 @@ _ENV_FIELDS: dict[str, str] = {
     "COMPOSE_AGENT_COMPOSE_CPU_SECONDS": "compose_cpu_seconds",
     "COMPOSE_AGENT_PANEL_URL": "panel_url",  # [approvals]
 }
-_FILE_FIELDS = {"compose_agent_enabled", "control_plane", "policy", "status_panel_tools", "public_url", "panel_url"}
+_FILE_FIELDS = {
+    "compose_agent_enabled",
+    "control_plane",
+    "policy",
+    "hosts",
+    "status_panel_tools",
+    "public_url",
+    "panel_url",
+}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -62,9 +62,13 @@ KeyState = Literal["running", "done", "interrupted"]
 def fingerprint(tool: str, arguments: Mapping[str, Any]) -> str:
     """What a key is bound to: the tool and its arguments (but :data:`IGNORED_ARGUMENTS`), as a hash.
 
-    Arguments left out and arguments sent as null are the same call.
+    Arguments left out and arguments sent as null are the same call; so are no host and ``local`` [fleet].
     """
-    named = {k: v for k, v in arguments.items() if k not in IGNORED_ARGUMENTS and v is not None}
+    named = {
+        k: v
+        for k, v in arguments.items()
+        if k not in IGNORED_ARGUMENTS and v is not None and not (k == "host" and v == "local")
+    }
     canonical = json.dumps([tool, named], sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 

@@ -12,9 +12,11 @@ from pydantic import BaseModel, Field
 
 __all__ = [
     "ServiceStatus",
+    "SwarmNode",
     "PsResult",
     "StackInfo",
     "StackList",
+    "HostStatus",
     "LogsResult",
     "ActionResult",
     "ConfigResult",
@@ -79,13 +81,29 @@ class ServiceStatus(BaseModel):
     error: str | None = Field(default=None, description="Swarm: why the task (or its slot's last task) failed")
 
 
+class SwarmNode(BaseModel):
+    """A node of the swarm a swarm stack runs on, as the manager sees it."""
+
+    hostname: str
+    role: str = Field(description="manager or worker")
+    availability: str = Field(description="active, pause or drain: whether the scheduler places new tasks there")
+    state: str = Field(description="ready, down, unknown or disconnected")
+    leader: bool = Field(default=False, description="The manager that leads the swarm")
+    tasks: int = Field(default=0, description="The stack's current tasks on this node")
+
+
 class PsResult(BaseModel):
     """The state of every service of one stack."""
 
     project: str
+    host: str = Field(default="local", description="The host (engine) it is on; local is the gateway's own")
     services: list[ServiceStatus]
     policy: Verdict | None = Field(
         default=None, description="The policy guard's verdict on the stack's compose files; null without a folder"
+    )
+    nodes: list[SwarmNode] | None = Field(
+        default=None,
+        description="Swarm: every node of the swarm, with how many of the stack's tasks it runs; null for Compose",
     )
 
 
@@ -93,6 +111,7 @@ class StackInfo(BaseModel):
     """One stack: a folder under the stacks dir, or a running compose project without one."""
 
     name: str
+    host: str = Field(default="local", description="The host (engine) it is on; local is the gateway's own")
     external: bool = Field(description="True when the project runs but has no folder; `up` and `config` need one")
     containers: int = Field(description="Containers that exist for this project (for swarm: current tasks)")
     running: int = Field(description="Containers (for swarm: tasks) that are running")
@@ -106,14 +125,30 @@ class StackInfo(BaseModel):
     )
 
 
+class HostStatus(BaseModel):
+    """[fleet] One host of the listing: whether its engine answered, and why not."""
+
+    name: str
+    state: Literal["up", "degraded", "timeout"] = Field(
+        description="up: listed; degraded: its engine failed (calls to it fail fast until it answers again); "
+        "timeout: it did not answer within the listing's budget"
+    )
+    error: str | None = Field(default=None, description="Why its stacks are missing from this listing")
+    read_only: bool = Field(default=False, description="Writes on this host are refused")
+
+
 class StackList(BaseModel):
     stacks: list[StackInfo]
+    hosts: list[HostStatus] = Field(
+        default_factory=list, description="Every host listed, with its state; a host that failed is here, not fatal"
+    )
 
 
 class LogsResult(BaseModel):
     """Recent log lines, newest last, each prefixed with its service."""
 
     project: str
+    host: str = Field(default="local", description="The host (engine) it is on; local is the gateway's own")
     text: str
     lines: int = Field(description="Lines returned")
     truncated: bool = Field(description="True when older lines were dropped to fit the byte cap")
@@ -124,6 +159,7 @@ class ActionResult(BaseModel):
     """The outcome of a lifecycle action."""
 
     project: str
+    host: str = Field(default="local", description="The host (engine) it is on; local is the gateway's own")
     action: str
     ok: bool
     services: list[str] | None = None
@@ -188,6 +224,7 @@ class DeployResult(BaseModel):
     """The outcome of a deploy or a rollback."""
 
     project: str
+    host: str = Field(default="local", description="The host (engine) it is on; local is the gateway's own")
     action: Literal["deploy", "rollback"]
     version: int = Field(description="The version now on disk and running")
     previous_version: int | None = Field(default=None, description="The version that was on disk before")

@@ -28,6 +28,7 @@ from .deploy.versions import VersionStore
 from .engine.client import Engine
 from .engine.endpoint import EngineEndpoint
 from .engine.owners import EngineOwners
+from .hosts import HostConfig
 from .metrics import CommandExecutionMetrics, ControlPlane
 from .policy.guard import PolicyGuard
 from .policy.rules import Policy
@@ -126,6 +127,7 @@ class ComposeOperations:
         metrics: CommandExecutionMetrics | None = None,
         audit: AuditLog | None = None,
         environ: Mapping[str, str] | None = None,
+        host: tuple[str, HostConfig] | None = None,
     ) -> ComposeOperations:
         """Build the operations from settings. The Compose CLI is located on first use, not here.
 
@@ -133,33 +135,50 @@ class ComposeOperations:
         (``PATH``, ``HOME``, the ``DOCKER_*`` connection variables and ``policy.pass_env``), with the
         connection variables set to the engine's own (:meth:`~gateway.engine.client.Engine.cli_environment`).
 
+        [fleet] ``host`` is a configured host (its name and :class:`~gateway.hosts.HostConfig`): its
+        engine and stacks dir instead of the gateway's own, and its judged models kept apart.
+
         Raises:
             ConfigError: the engine's endpoint cannot be used (a TLS folder without ``ca.pem``, an
                 ``ssh://`` host with no ssh client).
         """
         gateway_env = os.environ if environ is None else environ
-        endpoint = EngineEndpoint.from_environ(
-            gateway_env,
-            docker_host=settings.docker_host,
-            tls_verify=settings.docker_tls_verify,
-            cert_path=settings.docker_cert_path,
-            timeout=settings.docker_timeout,
-        )
-        engine = Engine(endpoint)
+        if host is None:
+            endpoint = EngineEndpoint.from_environ(
+                gateway_env,
+                docker_host=settings.docker_host,
+                tls_verify=settings.docker_tls_verify,
+                cert_path=settings.docker_cert_path,
+                timeout=settings.docker_timeout,
+            )
+            name, stacks_dir, state_dir = "local", settings.stacks_dir, settings.state_dir
+            self_project = settings.self_project
+        else:
+            name, config = host
+            endpoint = EngineEndpoint(
+                config.docker_host,
+                tls_verify=config.tls_verify,
+                cert_path=config.cert_path,
+                timeout=settings.docker_timeout,
+            )
+            # The gateway runs on none of the fleet's other engines: no project there is its own.
+            stacks_dir, self_project = config.stacks_dir, None
+            state_dir = settings.state_dir / "hosts" / name
+        engine = Engine(endpoint, name=name)
         # Compose and the docker CLI reach the very engine the gateway reads, over the same transport.
         env = engine.cli_environment(gateway_env)
         policy = settings.policy
         return cls(
-            stacks_dir=settings.stacks_dir,
+            stacks_dir=stacks_dir,
             engine=engine,
             cli=lambda: ComposeCli.locate(settings.compose_bin, env, policy.pass_env, budget=settings.compose_budget),
             plane=plane,
             metrics=metrics,
             audit=audit,
-            self_project=settings.self_project,
+            self_project=self_project,
             guard=PolicyGuard(policy, docker_host=env.get("DOCKER_HOST")),
             docker_bin=settings.docker_bin,
-            state_dir=settings.state_dir,
+            state_dir=state_dir,
             # Vault for the stacks' secrets: the very Vault (and token) the gateway's own tokens come from.
             secrets=StackSecrets(partial(VaultClient.from_settings, settings) if settings.vault_address else None),
         )

@@ -35,7 +35,7 @@ from .engine.logs import (
 )
 from .errors import InvalidInput
 from .metrics import CommandExecutionMetrics, ControlPlane
-from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList, Verdict
+from .models import ConfigResult, LogsResult, PsResult, ServiceStatus, StackInfo, StackList, SwarmNode, Verdict
 from .policy.guard import refusal
 from .stacks import Stack, validate_project_name, validate_services
 from .swarm.stackfile import Target
@@ -132,19 +132,22 @@ class Reads:
         """
         validate_project_name(project)
         view = await self._view(project)
+        nodes: list[SwarmNode] = []  # swarm (issue 26): the nodes and the stack's tasks on each
         if view is not None and view.target.target == "swarm":
-            services = await self._counted("ps", self.catalog.swarm.ps, project)
+            services, nodes = await self._counted_async("ps", self.catalog.swarm.ps_nodes_async(project))
         else:
             services = await self._ps_rows(project)
             if view is None and not services:
-                services = await to_thread.run_sync(self.catalog.swarm.ps, project)
+                services, nodes = await self.catalog.swarm.ps_nodes_async(project)
         if view is None and not services:
             await self.catalog.not_found(project)
         if view is not None:
             present = {s.service for s in services}
             services += [ServiceStatus(service=name, state="missing") for name in view.services if name not in present]
         services.sort(key=lambda s: (s.service, s.container or ""))
-        return PsResult(project=project, services=services, policy=view.verdict if view is not None else None)
+        return PsResult(
+            project=project, services=services, policy=view.verdict if view is not None else None, nodes=nodes or None
+        )
 
     async def _view(self, project: str) -> StackView | None:
         """The stack folder named ``project`` as the guard last judged it; None for a folder-less name

@@ -116,7 +116,9 @@ class Backend(Protocol):
 
     async def list_stacks(self) -> StackList: ...
 
-    async def ps(self, project: str) -> PsResult: ...
+    async def ps(self, project: str, host: str | None = None) -> PsResult:
+        """The stack's services; [fleet] on ``host`` (None: the gateway's own)."""
+        ...
 
     async def logs(self, call: LogsCall) -> LogsResult: ...
 
@@ -226,8 +228,9 @@ class GatewayBackend:
     async def list_stacks(self) -> StackList:
         return StackList.model_validate(await self.client.call("list_stacks"))
 
-    async def ps(self, project: str) -> PsResult:
-        return PsResult.model_validate(await self.client.call("ps", {"project": project}))
+    async def ps(self, project: str, host: str | None = None) -> PsResult:
+        arguments = {"project": project} if host is None else {"project": project, "host": host}
+        return PsResult.model_validate(await self.client.call("ps", arguments))
 
     async def logs(self, call: LogsCall) -> LogsResult:
         return LogsResult.model_validate(await self.client.call("logs", call.arguments()))
@@ -358,7 +361,9 @@ class LegacyBackend:
         except GatewayError as exc:
             raise translate(exc) from exc
 
-    async def ps(self, project: str) -> PsResult:
+    async def ps(self, project: str, host: str | None = None) -> PsResult:
+        if host not in (None, "local"):
+            raise BadRequest(f"legacy mode runs on this host's engine only, not on '{host[:63]}'")
         try:
             return await self.operations.ps(project)
         except GatewayError as exc:

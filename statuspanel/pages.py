@@ -51,7 +51,7 @@ async def pending_approvals(state: PanelState) -> int:
 async def _dashboard_context(request: Request) -> dict[str, Any]:
     state = panel(request)
     backend = state.backend
-    out: dict[str, Any] = {"stacks": [], "error": None, "unavailable": None}
+    out: dict[str, Any] = {"stacks": [], "hosts": [], "error": None, "unavailable": None}
 
     async def load_stacks() -> None:
         try:
@@ -67,7 +67,8 @@ async def _dashboard_context(request: Request) -> dict[str, Any]:
         async def load_ps(card: dict[str, Any]) -> None:
             info: StackInfo = card["info"]
             try:
-                card["ps"] = await backend.ps(info.name)
+                # [fleet] Another host's stack is asked for on its host; the local ones as always.
+                card["ps"] = await (backend.ps(info.name) if info.host == "local" else backend.ps(info.name, info.host))
             except GatewayUnavailable as exc:
                 out["unavailable"] = exc.message
             except PanelError as exc:
@@ -77,6 +78,11 @@ async def _dashboard_context(request: Request) -> dict[str, Any]:
             for card in cards:
                 tg.start_soon(load_ps, card)
         out["stacks"] = [stack_card(card["info"], card["ps"], card["error"]) for card in cards]
+        if len(listing.hosts) > 1:  # [fleet] grouped by host, each with its state
+            out["hosts"] = [
+                {**host.model_dump(), "stacks": [s for s in out["stacks"] if s["host"] == host.name]}
+                for host in listing.hosts
+            ]
 
     async def load_agent() -> None:
         out["agent"] = await backend.compose_agent_status()

@@ -79,6 +79,24 @@ def _swarm_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
+def _swarm_nodes(ps: PsResult | None) -> list[dict[str, Any]]:
+    """Every node of the swarm, managers first, with the stack's tasks there and whether it takes new ones."""
+    if ps is None or not ps.nodes:
+        return []
+    return [
+        {
+            "hostname": n.hostname,
+            "role": "leader" if n.leader else n.role,
+            "availability": n.availability,
+            "state": n.state,
+            "tasks": n.tasks,
+            # A drained or paused node takes no new task; a node that is not ready runs none.
+            "tone": "bad" if n.state != "ready" else "warn" if n.availability != "active" else "ok",
+        }
+        for n in ps.nodes
+    ]
+
+
 def _policy(verdict: Verdict | None) -> dict[str, Any] | None:
     """The guard's verdict, shown only when ``up`` would be refused."""
     if verdict is None or verdict.allowed:
@@ -108,6 +126,9 @@ def stack_card(info: StackInfo, ps: PsResult | None, error: str | None) -> dict[
         overall = "stopped"
     return {
         "name": info.name,
+        # [fleet] Another host's stack is shown in its host's group, read-only here.
+        "host": info.host,
+        "remote": info.host != "local",
         "external": info.external,
         "target": info.target,
         "swarm": swarm,
@@ -116,6 +137,7 @@ def stack_card(info: StackInfo, ps: PsResult | None, error: str | None) -> dict[
         "services": rows,
         "groups": _swarm_groups(rows) if swarm else [],
         "nodes": sorted({r["node"] for r in rows if r["node"]}),
+        "swarm_nodes": _swarm_nodes(ps) if swarm else [],
         "running": running,
         "total": total,
         "overall": overall,

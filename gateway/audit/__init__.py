@@ -28,6 +28,9 @@ person behind it), ``waiting`` (the same call again, before anyone decided), ``a
 ``rejected`` (by whom: the line's caller and ``on_behalf_of``), ``executed`` (the intent and
 outcome of the approved call) or ``refused`` (a retry the approval did not cover). Grep one id to
 read its chain. The approval step is bound to the call being served (:func:`approval_step`).
+
+[fleet] A line about a call on one host of a fleet names it in ``host`` (``local`` for the gateway's
+own engine), bound to the call being served like the approval step (:func:`mark_host`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .context import (
     bounded_arguments,
     call_tags,
     mark_approval,
+    mark_host,
     on_behalf_of,
     on_behalf_of_meta,
 )
@@ -56,5 +60,6 @@ __all__ = [
     "ApprovalStep",
     "approval_step",
     "mark_approval",
+    "mark_host",
     "call_tags",
 ]

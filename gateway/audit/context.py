@@ -22,8 +22,10 @@ __all__ = [
     "bounded_arguments",
     "call_tags",
     "current_approval",
+    "current_host",
     "current_tags",
     "mark_approval",
+    "mark_host",
     "on_behalf_of",
     "on_behalf_of_meta",
 ]
@@ -87,6 +89,20 @@ def approval_step(approval_id: str, step: str) -> Iterator[None]:
 def current_approval() -> ApprovalStep | None:
     """[approvals] The approval step of the call being served, if any."""
     return _APPROVAL_STEP.get()
+
+
+# [fleet] The host the call being served acts on; every line written for it names it.
+_HOST: ContextVar[str | None] = ContextVar("compose_agent_host", default=None)
+
+
+def mark_host(host: str) -> None:
+    """[fleet] From now on, in this call, audit lines name ``host``."""
+    _HOST.set(host)
+
+
+def current_host() -> str | None:
+    """[fleet] The host of the call being served, if it named one (``local`` included)."""
+    return _HOST.get()
 
 
 def on_behalf_of(meta: Mapping[str, Any] | None) -> str | None:

@@ -28,8 +28,9 @@ __all__ = ["RefusalDigest", "Summary", "RefusalKey", "OTHER", "SpaceWatch", "fre
 logger = logging.getLogger("gateway.audit")
 
 Clock = Callable[[], float]
-# (caller, control plane, tool, reason, on_behalf_of): what makes two refusals "the same".
-RefusalKey = tuple[str, str, str, str, str | None]
+# (caller, control plane, tool, reason, on_behalf_of, approval): what makes two refusals "the same".
+# The approval is the (id, step) a refusal belongs to, if any: its summary stays in that approval's chain.
+RefusalKey = tuple[str, str, str, str, str | None, tuple[str, str] | None]
 # Refusals past the interval's room for keys, counted per caller under this tool and reason.
 OTHER = "(other)"
 MIB = 1024 * 1024
@@ -51,7 +52,7 @@ class Summary:
 
     def record(self) -> dict[str, Any]:
         """The ``summary`` line: the key's fields, ``count``, and the interval it covers."""
-        caller, plane, tool, reason, person = self.key
+        caller, plane, tool, reason, person, approval = self.key
         line: dict[str, Any] = {
             "time": timestamp(self.until),
             "phase": "summary",
@@ -65,6 +66,8 @@ class Summary:
         }
         if person is not None:
             line["on_behalf_of"] = person
+        if approval is not None:
+            line["approval"], line["approval_step"] = approval
         return line
 
 
@@ -99,7 +102,7 @@ class RefusalDigest:
             counts[key] += 1
             return False
         if len(counts) >= self.max_keys:
-            overflow: RefusalKey = (key[0], key[1], OTHER, OTHER, None)
+            overflow: RefusalKey = (key[0], key[1], OTHER, OTHER, None, None)
             counts[overflow] = counts.get(overflow, 0) + 1
             return False
         counts[key] = 0  # written in full: only what follows it is counted

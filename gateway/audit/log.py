@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import AuditUnavailable
 from ..redact import REDACTOR
 from ..statefiles import owned_by_live_process
-from .context import ApprovalStep, current_approval, current_tags
+from .context import ApprovalStep, current_approval, current_host, current_tags
 from .digest import RefusalDigest, RefusalKey, SpaceWatch, Summary, free_bytes, timestamp
 
 __all__ = ["AuditLog", "Intent"]
@@ -44,6 +44,7 @@ class Intent:
     started: float = field(default_factory=time.perf_counter)
     # [approvals] Read when the line is made: the outcome line of an intent says the same.
     approval: ApprovalStep | None = field(default_factory=current_approval)
+    host: str | None = field(default_factory=current_host)  # [fleet]
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -198,8 +199,9 @@ class AuditLog:
         into a ``summary`` line at the interval's end. Not fsynced: a flood of refusals must not queue
         on the disk. A failure is logged; False then.
         """
-        key: RefusalKey = (caller, control_plane, tool, error or outcome, on_behalf_of)
         entry = Intent(uuid.uuid4().hex[:16], caller, control_plane, tool, arguments, on_behalf_of)
+        step = (entry.approval.id, entry.approval.step) if entry.approval is not None else None
+        key: RefusalKey = (caller, control_plane, tool, error or outcome, on_behalf_of, step)
         record = self._record(entry, "outcome")
         record.update(outcome=outcome, duration_ms=round(duration_ms, 2))
         if error is not None:
@@ -243,6 +245,8 @@ class AuditLog:
         }
         if entry.on_behalf_of is not None:
             record["on_behalf_of"] = entry.on_behalf_of
+        if entry.host is not None:  # [fleet]
+            record["host"] = entry.host
         if entry.approval is not None:  # [approvals]
             record["approval"] = entry.approval.id
             record["approval_step"] = entry.approval.step
@@ -267,7 +271,7 @@ class AuditLog:
                 continue
             line: dict[str, Any] = {"time": timestamp(time.time()), "id": record["id"], "phase": "outcome"}
             line.update({k: record[k] for k in ("caller", "control_plane", "tool", "arguments") if k in record})
-            for key in ("on_behalf_of", "approval", "approval_step"):
+            for key in ("on_behalf_of", "host", "approval", "approval_step"):
                 if key in record:
                     line[key] = record[key]
             line.update(

@@ -3,7 +3,7 @@
 The grammar, one scope a string::
 
     compose:read                 every stack, every host
-    compose:write:site           the stack "site", on every host
+    compose:write:site           the stack "site" on the host "local" (the gateway's own engine) only
     compose:write:edge/site      the stack "site" on the host "edge" only
 
 The verbs map onto the gateway's tool families (:mod:`gateway.auth.principals`): ``read`` covers
@@ -12,7 +12,10 @@ The verbs map onto the gateway's tool families (:mod:`gateway.auth.principals`):
 ``approve`` covers the approval tools. A ``write`` or ``deploy`` scope also allows reading what it
 covers: a person who may restart a stack may see it. Nothing else implies anything.
 
-A call names no host when it means the gateway's own engine, the host ``local``.
+A call names no host when it means the gateway's own engine, the host ``local``. [fleet] A scope
+narrowed to a stack names one stack on one host: a stack name alone is the host ``local``'s, so that
+a grant written before the fleet grew never reaches a stack of the same name on another engine.
+Only an unnarrowed scope (``compose:write``) covers every host.
 """
 
 from __future__ import annotations
@@ -97,6 +100,11 @@ class Scope:
             return f"{PREFIX}:{self.verb}:{self.stack}"
         return f"{PREFIX}:{self.verb}:{self.host}/{self.stack}"
 
+    @property
+    def on_host(self) -> str | None:
+        """The host a stack scope is on (``local`` when it names none); None for an unnarrowed scope."""
+        return None if self.stack is None else (self.host or LOCAL_HOST)
+
     def covers(self, verb: str, stack: str | None, host: str | None) -> bool:
         """True when this scope allows ``verb`` on ``stack`` of ``host`` (None: any stack, the local host).
 
@@ -105,19 +113,15 @@ class Scope:
         """
         if verb not in _IMPLIES[self.verb]:
             return False
-        if stack is None:
+        if stack is None or self.stack is None:
             return True
-        if self.stack is not None and self.stack != stack:
-            return False
-        return self.host is None or self.host == (host or LOCAL_HOST)
+        return self.stack == stack and self.on_host == (host or LOCAL_HOST)
 
     def includes(self, other: Scope) -> bool:
         """True when everything ``other`` allows, this scope allows too."""
         if not _IMPLIES[other.verb] <= _IMPLIES[self.verb]:
             return False
-        if self.stack is not None and self.stack != other.stack:
-            return False
-        return self.host is None or self.host == other.host
+        return self.stack is None or (self.stack == other.stack and self.on_host == other.on_host)
 
     def meet(self, other: Scope) -> Scope | None:
         """What both allow, as one scope with ``self``'s verb (``self`` is asked for, ``other`` held); or None.
@@ -127,22 +131,12 @@ class Scope:
         """
         if self.verb not in _IMPLIES[other.verb]:
             return None
-        stack = _narrower(self.stack, other.stack)
-        host = _narrower(self.host, other.host)
-        if stack is False or host is False:
+        if self.stack is None or other.stack is None:
+            narrow = other if self.stack is None else self
+            return Scope(self.verb, narrow.stack, narrow.host)
+        if self.stack != other.stack or self.on_host != other.on_host:
             return None
-        if host is not None and stack is None:
-            return None  # a host without a stack is not a scope (no such grant can exist)
-        return Scope(self.verb, stack, host)
-
-
-def _narrower(a: str | None, b: str | None) -> str | None | Literal[False]:
-    """The narrower of two targets (None is "any"); False when they name different things."""
-    if a is None:
-        return b
-    if b is None or a == b:
-        return a
-    return False
+        return Scope(self.verb, self.stack, self.host or other.host)
 
 
 def parse_scope(text: str) -> Scope:
@@ -172,7 +166,8 @@ def parse_scope(text: str) -> Scope:
         raise ScopeError(f"{shown!r} is not a scope: {stack[:70]!r} is not a stack name ({rule}); {hint}")
     if slash and not _NAME_RE.fullmatch(host):
         raise ScopeError(f"{shown!r} is not a scope: {host[:70]!r} is not a host name ({rule}); {hint}")
-    return Scope(verb, stack, host if slash else None)
+    # [fleet] local/site and site are one scope: kept in the short form, so that sets stay minimal.
+    return Scope(verb, stack, host if slash and host != LOCAL_HOST else None)
 
 
 def describe(scope: Scope) -> str:
@@ -242,6 +237,10 @@ class ScopeSet:
         """True when some scope covers ``tool`` on ``stack`` of ``host`` (``list_stacks``: no stack)."""
         verb = verb_for_tool(tool)
         return verb is not None and any(s.covers(verb, stack, host) for s in self.scopes)
+
+    def reaches_host(self, host: str) -> bool:
+        """[fleet] True when some scope covers a stack of ``host`` (an unnarrowed one covers every host)."""
+        return any(s.stack is None or s.on_host == host for s in self.scopes)
 
     def tools(self) -> frozenset[str]:
         """Every tool some scope allows on some stack: the tool families the holder may call at all."""

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from ..config import Settings
+from ..fleet import Fleet
 from ..mcp.edge import ACCEPT_BACKLOG, ConnectionGuard, EdgeLimits, trusted_networks
 from ..mcp.health import Vitals
 from ..mcp.protocol import edge_protocol
@@ -96,14 +97,15 @@ def connection_guard(settings: Settings) -> ConnectionGuard:
     )
 
 
-def vitals_of(settings: Settings, ops: ComposeOperations, guard: ConnectionGuard) -> Vitals:
-    """What /health looks at: the engine, the audit's disk, the guard's connections."""
+def vitals_of(settings: Settings, ops: ComposeOperations, guard: ConnectionGuard, fleet: Fleet | None = None) -> Vitals:
+    """What /health looks at: the engine, the audit's disk, the guard's connections, [fleet] the other hosts."""
     return Vitals(
         ops.engine.ping,
         engine_down_timeout=settings.engine_down_timeout,
         audit=ops.audit,
         connections=lambda: guard.open,
         engine_state=lambda: ops.engine.state.as_dict(),
+        hosts=fleet.states if fleet is not None and len(fleet) > 1 else None,
     )
 
 

@@ -37,7 +37,8 @@ from ..auth.tokens import (
 from ..compose.keeper import keeper
 from ..compose.running import RunningCommands
 from ..config import Settings, load_settings
-from ..errors import AuditUnavailable
+from ..errors import AuditUnavailable, GatewayError
+from ..fleet import Fleet
 from ..mcp.app import LOOPBACK_HOSTS, BackgroundTask, Limits, Shutdown, build_http_app
 from ..mcp.approvals import approval_gate  # [approvals]
 from ..mcp.health import supervise
@@ -166,7 +167,7 @@ def _announce(settings: Settings, args: argparse.Namespace, source: TokenSource,
 
 
 async def _serve_http(
-    settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
+    settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands, fleet: Fleet
 ) -> int:
     import uvicorn
 
@@ -205,6 +206,7 @@ async def _serve_http(
         confirm=settings.policy.confirm,
         approvals=approvals,
         state_dir=settings.state_dir,  # [tasks]
+        fleet=fleet,
     )
 
     async def refresh() -> None:
@@ -223,7 +225,7 @@ async def _serve_http(
         sessions=SessionCounter(limit=settings.max_sessions_per_token, idle_timeout=settings.session_idle_timeout),
     )
     guard = connection_guard(settings)
-    vitals = vitals_of(settings, ops, guard)
+    vitals = vitals_of(settings, ops, guard, fleet)
     servers: list[uvicorn.Server] = []
     app = build_http_app(
         server,
@@ -283,7 +285,7 @@ async def _serve_http(
 
 
 async def _serve_stdio(
-    settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands
+    settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands, fleet: Fleet
 ) -> int:
     notifier = _notifier()
     approvals = approval_gate(settings)  # [approvals] shared through the state folder with the HTTP gateway
@@ -294,6 +296,7 @@ async def _serve_stdio(
         confirm=settings.policy.confirm,
         approvals=approvals,
         state_dir=settings.state_dir,
+        fleet=fleet,
     )
     async with anyio.create_task_group() as tg:
 
@@ -378,6 +381,12 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
     ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
     try:
+        # [fleet] The hosts of config.json beside the gateway's own engine; none is contacted here.
+        fleet = Fleet.from_settings(settings, ops, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
+    except GatewayError:
+        ops.close()
+        raise
+    try:
         ops.self_project = _self_project(settings, ops)
         if ops.self_project:
             logger.info("running in compose project %s: mutating tools will refuse it", ops.self_project)
@@ -385,9 +394,9 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         threading.Thread(target=ops.locate_cli, name="locate-compose", daemon=True).start()
         running = ops.lifecycle.running
         if args.transport == "stdio":
-            return anyio.run(_serve_stdio, settings, args, ops, running)
-        return anyio.run(_serve_http, settings, args, ops, running)
+            return anyio.run(_serve_stdio, settings, args, ops, running, fleet)
+        return anyio.run(_serve_http, settings, args, ops, running, fleet)
     finally:
-        ops.close()
+        fleet.close()
         audit.close()
         keeper().close()

@@ -19,7 +19,7 @@ from typing import Any
 from anyio import to_thread
 
 from ..auth.stacksecrets import StackSecrets
-from ..catalog import StackCatalog
+from ..catalog import StackCatalog, active_services
 from ..compose.cli import ComposeCli
 from ..compose.runfile import RunFiles
 from ..engine.containers import SERVICE_LABEL
@@ -42,6 +42,7 @@ from ..policy.candidate import (
 from ..policy.guard import Evaluation
 from ..policy.reader import read_stack
 from ..stacks import validate_project_name
+from ..swarm.plan import plan_swarm  # swarm stacks' plans (issue 26)
 from .plan import build_actions, down_risk, rotated, state_fingerprint
 from .versions import Snapshot, VersionStore
 
@@ -100,6 +101,10 @@ class Planner:
         validate_project_name(project)
         files = await to_thread.run_sync(self._files_digest, project, tool, dict(arguments or {}))
         containers = await to_thread.run_sync(self.catalog.engine.project_containers, project)
+        if not containers:
+            # A swarm stack (issue 26): its services' versions, which every update, scale or restart bumps.
+            services = await to_thread.run_sync(self.catalog.swarm.api.services, project)
+            containers = [{"Id": s["ID"], "State": str(s["Version"]["Index"])} for s in services]
         return state_fingerprint(files, containers)
 
     def _files_digest(self, project: str, tool: str, arguments: dict[str, Any]) -> str:
@@ -164,6 +169,14 @@ class Planner:
             for c in containers
             if not services or c["Labels"].get(SERVICE_LABEL) in services
         )
+        if not containers and await to_thread.run_sync(self.catalog.swarm.has_stack, project):
+            # A swarm stack has tasks, not containers of its own project (issue 26).
+            tasks, _ = await self.catalog.swarm.ps_nodes_async(project)
+            rows = sorted(
+                f"{t.container or t.service} ({t.state} on {t.node or 'no node yet'})"
+                for t in tasks
+                if not services or t.service in services
+            )
         scope = f"services {', '.join(services)}" if services else "every service"
         return f"What {action} does to '{project}' ({scope}):\n" + (
             "\n".join(f"  - {row}" for row in rows) or "  (no container)"
@@ -197,6 +210,11 @@ class Planner:
                 "not planned: the policy guard refuses this compose file, so Compose does not run on it "
                 "(no config hashes, no dry run)"
             )
+        # -- swarm (issue 26): a swarm stack's plan compares its stack file with the running service
+        # specs (gateway/swarm/plan.py); Compose's hashes and dry run know nothing of Swarm.
+        elif (swarm := await plan_swarm(self.catalog.swarm, project, _active(evaluation))) is not None:
+            actions = swarm.actions
+            warnings += swarm.warnings
         else:
             actions = await self._simulate(cli, project, folder, evaluation, containers, warnings)
         self.metrics.record_execution(self.plane, "plan", ok=True)
@@ -260,3 +278,11 @@ class Planner:
             )
         except ComposeFailed as exc:
             raise rejected(exc, candidate) from exc
+
+
+def _active(evaluation: Evaluation) -> dict[str, Any]:
+    """The judged model with only the services ``up`` would run (its profiles on, none scaled to 0)."""
+    model = evaluation.model
+    active = set(active_services(model, evaluation.profiles))
+    services = {name: spec for name, spec in (model.get("services") or {}).items() if name in active}
+    return {**model, "services": services}

@@ -25,7 +25,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
 from starlette.requests import Request
 
-from ..audit import on_behalf_of
+from ..audit import mark_host, on_behalf_of
 from ..auth.principals import (
     ALL_TOOLS,
     DEPLOY_TOOLS,
@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 _STACK_IN_URI = re.compile(r"compose://stacks/([^/?#]+)/")
+# [fleet] Another host's stack: compose://stacks/{host}/{project}/{part}.
+_HOST_STACK_IN_URI = re.compile(r"compose://stacks/([^/?#]+)/([^/?#]+)/(?:compose\.yaml|status|logs)(?:[?#]|$)")
 
 # The request being served, set by the middleware for the length of its handling (one task).
 _REQUEST: ContextVar[ServerRequestContext[Any, Any] | None] = ContextVar("compose_agent_request", default=None)
@@ -154,6 +156,10 @@ def authorize(
         InvalidInput: a malformed ``on_behalf_of`` in the request's ``_meta`` (audited too).
     """
     principal = principal_of(ctx)
+    project, host = arguments.get("project"), arguments.get("host")
+    if isinstance(project, str):
+        # [fleet] Every audit line of this call names the host it acts on, refusals included.
+        mark_host(host if isinstance(host, str) else "local")
     try:
         person = acting_for(principal, ctx.request_context.meta)
     except GatewayError as exc:
@@ -168,7 +174,6 @@ def authorize(
     scopes = principal.scopes
     if scopes is None and principal.name == STATUS_PANEL.name and person is not None and people is not None:
         scopes = people(person)
-    project, host = arguments.get("project"), arguments.get("host")
     stack = project if isinstance(project, str) else None
     on_host = host if isinstance(host, str) else None
     if scopes is not None and not scopes.allows(tool, stack, on_host):
@@ -193,12 +198,17 @@ def require_scope(
     Raises:
         PolicyViolation: the caller's token may not call ``tool``.
     """
-    project = arguments.get("project")
+    project, host = arguments.get("project"), arguments.get("host")
     if not isinstance(project, str):
-        # [oauth] A stack's resource names its stack in its URI.
-        found = _STACK_IN_URI.match(str(arguments.get("uri", "")))
-        project = found.group(1) if found else None
-    if principal.may_act(tool, project):
+        # [oauth] A stack's resource names its stack (and [fleet] its host) in its URI.
+        uri = str(arguments.get("uri", ""))
+        remote = _HOST_STACK_IN_URI.match(uri)
+        found = _STACK_IN_URI.match(uri)
+        if remote is not None:
+            host, project = remote.group(1), remote.group(2)
+        else:
+            project = found.group(1) if found else None
+    if principal.may_act(tool, project, host if isinstance(host, str) else None):
         return
     reason = (
         f"the token of '{principal.name}' may not call '{tool}', so it may not read this either; "

@@ -1,5 +1,8 @@
 """Argument completion: stack names for ``project``, and that stack's services for ``service``.
 
+[fleet] For another host's resources, ``host`` completes to the hosts of the fleet, and ``project``
+and ``service`` to that host's stacks and services.
+
 Completion answers for the gateway's own prompts and resource templates; any other reference gets
 an empty answer, as the protocol asks. Names are shown only to callers whose scope could list
 them: ``list_stacks`` for stacks, ``ps`` for services.
@@ -15,9 +18,11 @@ from mcp_types import Completion, CompletionArgument, CompletionContext, PromptR
 
 from ..engine.containers import SERVICE_LABEL
 from ..errors import GatewayError
+from ..fleet import LOCAL_HOST, Fleet
 from ..operations import ComposeOperations
 from ..stacks import validate_project_name
 from .access import current_principal, remember_requests
+from .host_resources import HOST_COMPOSE_FILE_TEMPLATE, HOST_TEMPLATES
 from .prompts import PROMPT_NAMES
 from .resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE, stack_names
 
@@ -27,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # The protocol caps one answer at 100 values.
 MAX_VALUES = 100
-_TEMPLATES = (COMPOSE_FILE_TEMPLATE, STATUS_TEMPLATE, LOGS_TEMPLATE)
+_TEMPLATES = (COMPOSE_FILE_TEMPLATE, STATUS_TEMPLATE, LOGS_TEMPLATE, *HOST_TEMPLATES)
 
 
 def _answer(candidates: list[str], prefix: str) -> Completion:
@@ -57,8 +62,9 @@ async def service_names(ops: ComposeOperations, project: str) -> list[str]:
     return sorted(names)
 
 
-def register_completion(mcp: MCPServer, ops: ComposeOperations) -> None:
+def register_completion(mcp: MCPServer, ops: ComposeOperations, fleet: Fleet | None = None) -> None:
     """Serve ``completion/complete`` on ``mcp`` (and so declare the completions capability)."""
+    hosts = fleet or Fleet.single(ops)
     remember_requests(mcp)  # the completion function is not handed its request: the caller comes from it
 
     # MCPServer.completion() carries no annotations, hence the ignore; the function it takes is typed.
@@ -75,15 +81,25 @@ def register_completion(mcp: MCPServer, ops: ComposeOperations) -> None:
             return _empty()
         principal = current_principal()
         name, value = argument.name, argument.value
+        chosen = (context.arguments if context else None) or {}
+        if name == "host" and principal.may_call("list_stacks"):  # [fleet]
+            return _answer([host for host in hosts.names if host != LOCAL_HOST], value)
+        try:
+            on = hosts.get(chosen.get("host")) if isinstance(ref, ResourceTemplateReference) else ops
+        except GatewayError:
+            return _empty()  # no such host: nothing to complete from
         if name == "project" and principal.may_call("list_stacks"):
-            folders_only = not isinstance(ref, PromptReference) and ref.uri == COMPOSE_FILE_TEMPLATE
-            stacks = await stack_names(ops)
+            folders_only = not isinstance(ref, PromptReference) and ref.uri in (
+                COMPOSE_FILE_TEMPLATE,
+                HOST_COMPOSE_FILE_TEMPLATE,
+            )
+            stacks = await stack_names(on)
             return _answer([n for n, external in stacks if not (folders_only and external)], value)
         if name == "service" and principal.may_call("ps"):
-            project = ((context.arguments if context else None) or {}).get("project", "")
+            project = chosen.get("project", "")
             try:
                 validate_project_name(project)
             except GatewayError:
                 return _empty()  # no project chosen yet: nothing to complete from
-            return _answer(await service_names(ops, project), value)
+            return _answer(await service_names(on, project), value)
         return _empty()

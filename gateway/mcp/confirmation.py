@@ -35,9 +35,11 @@ from ..deploy.plan import render_down, render_plan
 from ..deploy.versions import sha256_hex
 from ..errors import GatewayError, PolicyViolation
 from .access import PersonScopes, authorize
+from .hosts import on_host
 
 if TYPE_CHECKING:
     from ..deploy.planner import Planner
+    from ..fleet import Fleet
     from ..operations import ComposeOperations
     from .approvals import ApprovalGate
 
@@ -199,6 +201,7 @@ class _Kit(Protocol):
     """What the plan resolvers need of the server's tool kit (:class:`gateway.mcp.tools.ToolKit`)."""
 
     ops: ComposeOperations
+    fleet: Fleet  # [fleet] the call's host is resolved here, once
     gate: ConfirmGate
     people: PersonScopes | None  # [oauth] the panel's person acts within their own grants
     approvals: ApprovalGate  # [approvals]
@@ -224,8 +227,13 @@ async def _plan_call(
     shown = audit_arguments if audit_arguments is not None else arguments
     # The one scope check of a write: the body acts as the caller this returns.
     who = authorize(kit.ops, ctx, tool, shown, people=kit.people)
-    planner = kit.ops.planner
     project = str(arguments["project"])
+    try:
+        # [fleet] An unknown host, or a write on a read-only one, is refused before anything is planned.
+        planner = kit.fleet.writable(arguments.get("host"), tool).planner
+    except GatewayError as exc:
+        kit.ops.audit_refusal(tool, shown, who.principal.name, str(exc), on_behalf_of=who.person)
+        raise
 
     def state() -> Awaitable[str]:
         # What a confirmation and an approval are both bound to: every file the model is read from (a
@@ -254,30 +262,39 @@ async def _plan_call(
 
 
 async def plan_up(
-    project: str, services: list[str] | None, wait: bool, confirm: str | None, approval: str | None, ctx: Context
+    project: str,
+    services: list[str] | None,
+    wait: bool,
+    confirm: str | None,
+    approval: str | None,
+    host: str,
+    ctx: Context,
 ) -> Pending:
     async def plan(planner: Planner) -> str:
         return render_plan(await planner.plan(project))
 
-    arguments = {"project": project, "services": services, "wait": wait}
+    arguments = on_host({"project": project, "services": services, "wait": wait}, host)
     return await _plan_call(ctx, "up", arguments, confirm, plan, approval=approval)
 
 
-async def plan_down(project: str, volumes: bool, confirm: str | None, approval: str | None, ctx: Context) -> Pending:
+async def plan_down(
+    project: str, volumes: bool, confirm: str | None, approval: str | None, host: str, ctx: Context
+) -> Pending:
     async def plan(planner: Planner) -> str:
         return render_down(project, await planner.down_risk(project), volumes=volumes)
 
-    return await _plan_call(ctx, "down", {"project": project, "volumes": volumes}, confirm, plan, approval=approval)
+    arguments = on_host({"project": project, "volumes": volumes}, host)
+    return await _plan_call(ctx, "down", arguments, confirm, plan, approval=approval)
 
 
 def _service_resolver(action: str) -> Callable[..., Awaitable[Pending]]:
     async def resolve(
-        project: str, services: list[str] | None, confirm: str | None, approval: str | None, ctx: Context
+        project: str, services: list[str] | None, confirm: str | None, approval: str | None, host: str, ctx: Context
     ) -> Pending:
         async def plan(planner: Planner) -> str:
             return await planner.describe(project, action, services)
 
-        arguments = {"project": project, "services": services}
+        arguments = on_host({"project": project, "services": services}, host)
         return await _plan_call(ctx, action, arguments, confirm, plan, approval=approval)
 
     resolve.__name__ = resolve.__qualname__ = f"plan_{action}"
@@ -291,23 +308,24 @@ async def plan_deploy(
     wait: bool,
     confirm: str | None,
     approval: str | None,
+    host: str,
     ctx: Context,
 ) -> Pending:
     async def plan(planner: Planner) -> str:
         return render_plan(await planner.plan(project, compose_yaml, env))
 
-    arguments = {"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}
-    shown = deploy_audit_arguments(project, compose_yaml)
+    arguments = on_host({"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}, host)
+    shown = on_host(deploy_audit_arguments(project, compose_yaml), host)
     return await _plan_call(ctx, "deploy", arguments, confirm, plan, shown, approval=approval)
 
 
 async def plan_rollback(
-    project: str, version: int | None, wait: bool, confirm: str | None, approval: str | None, ctx: Context
+    project: str, version: int | None, wait: bool, confirm: str | None, approval: str | None, host: str, ctx: Context
 ) -> Pending:
     async def plan(planner: Planner) -> str:
         return render_plan(await planner.rollback_plan(project, version))
 
-    arguments = {"project": project, "version": version, "wait": wait}
+    arguments = on_host({"project": project, "version": version, "wait": wait}, host)
     return await _plan_call(ctx, "rollback", arguments, confirm, plan, approval=approval)
 
 

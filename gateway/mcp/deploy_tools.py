@@ -19,7 +19,17 @@ from .confirmation import (
     RollbackPending,
     deploy_audit_arguments,
 )
-from .tools import READ_ONLY, ApprovalArg, Confirm, IdempotencyKey, Project, StrictBool, ToolKit, write_annotations
+from .hosts import LOCAL_HOST, HostArg, on_host
+from .tools import (
+    READ_ONLY,
+    ApprovalArg,
+    Confirm,
+    IdempotencyKey,
+    Project,
+    StrictBool,
+    ToolKit,
+    write_annotations,
+)
 
 __all__ = ["register_deploy_reads", "register_deploy_tools"]
 
@@ -54,7 +64,6 @@ Wait = Annotated[StrictBool, Field(description="Wait until services are running/
 
 def register_deploy_reads(mcp: MCPServer, kit: ToolKit) -> None:
     """plan and versions: read-only, so also offered in read-only mode."""
-    planner = kit.ops.planner
 
     @mcp.tool(
         title="Plan",
@@ -62,7 +71,8 @@ def register_deploy_reads(mcp: MCPServer, kit: ToolKit) -> None:
         description=(
             "Say what `up` would do to each service of a stack now, or after deploying `compose_yaml` "
             "(and `env`): create, recreate, start, remove or unchanged, with the reason (from Compose's own "
-            "dry run and the containers' config hashes). Also gives the policy guard's verdict and, under "
+            "dry run and the containers' config hashes; for a swarm stack, from the running service specs). "
+            "Also gives the policy guard's verdict and, under "
             "`down`, the containers and volumes `down` would take. Changes nothing."
         ),
     )
@@ -73,9 +83,10 @@ def register_deploy_reads(mcp: MCPServer, kit: ToolKit) -> None:
             str | None, Field(max_length=MAX_COMPOSE_BYTES, description="A compose file to plan")
         ] = None,
         env: Env = None,
+        host: HostArg = LOCAL_HOST,
     ) -> PlanResult:
-        kit.authorize(ctx, "plan", {"project": project})
-        return await planner.plan(project, compose_yaml, env)
+        kit.authorize(ctx, "plan", on_host({"project": project}, host))
+        return await kit.fleet.get(host).planner.plan(project, compose_yaml, env)
 
     @mcp.tool(
         title="Versions",
@@ -86,14 +97,13 @@ def register_deploy_reads(mcp: MCPServer, kit: ToolKit) -> None:
             "rollback takes one of these numbers."
         ),
     )
-    async def versions(project: Project, ctx: Context) -> VersionList:
-        kit.authorize(ctx, "versions", {"project": project})
-        return await planner.versions(project)
+    async def versions(project: Project, ctx: Context, host: HostArg = LOCAL_HOST) -> VersionList:
+        kit.authorize(ctx, "versions", on_host({"project": project}, host))
+        return await kit.fleet.get(host).planner.versions(project)
 
 
 def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
     """deploy and rollback: not registered in read-only mode."""
-    deployer = kit.ops.deployer
 
     @mcp.tool(
         title="Deploy",
@@ -117,11 +127,14 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         confirm: Confirm = None,
         approval: ApprovalArg = None,
         idempotency_key: IdempotencyKey = None,  # [tasks]
+        host: HostArg = LOCAL_HOST,
     ) -> DeployResult:
-        arguments = {"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}
-        shown = deploy_audit_arguments(project, compose_yaml)
+        arguments = on_host({"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}, host)
+        shown = on_host(deploy_audit_arguments(project, compose_yaml), host)
         acting = await kit.cleared(ctx, "deploy", arguments, pending, answer, confirm, shown=shown, approval=approval)
-        return await deployer.deploy(project, compose_yaml, env=env, wait=wait, **acting)
+        deployer = kit.fleet.writable(host, "deploy").deployer
+        result = await deployer.deploy(project, compose_yaml, env=env, wait=wait, **acting)
+        return result.model_copy(update={"host": host})
 
     @mcp.tool(
         title="Roll back",
@@ -142,7 +155,9 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         confirm: Confirm = None,
         approval: ApprovalArg = None,
         idempotency_key: IdempotencyKey = None,  # [tasks]
+        host: HostArg = LOCAL_HOST,
     ) -> DeployResult:
-        arguments = {"project": project, "version": version, "wait": wait}
+        arguments = on_host({"project": project, "version": version, "wait": wait}, host)
         acting = await kit.cleared(ctx, "rollback", arguments, pending, answer, confirm, approval=approval)
-        return await deployer.rollback(project, version, wait=wait, **acting)
+        result = await kit.fleet.writable(host, "rollback").deployer.rollback(project, version, wait=wait, **acting)
+        return result.model_copy(update={"host": host})

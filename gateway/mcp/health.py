@@ -81,6 +81,8 @@ class Vitals:
     ``ping`` asks the engine for a sign of life (blocking; it runs in a worker thread).
     ``connections`` says how many HTTP connections are open (the edge's count), if known;
     ``engine_state`` the engine connection's own account (its breaker's state, reason and since when).
+    [fleet] ``hosts`` the same of the fleet's other hosts, by name: shown, and a degraded one is a reason
+    (the gateway serves the others, so never a 503).
     """
 
     def __init__(
@@ -91,8 +93,10 @@ class Vitals:
         audit: AuditLog | None = None,
         connections: Callable[[], int] | None = None,
         engine_state: Callable[[], dict[str, Any]] | None = None,
+        hosts: Callable[[], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
         self.ping = ping
+        self.hosts = hosts
         self.engine_down_timeout = engine_down_timeout
         self.audit = audit
         self.connections = connections
@@ -140,17 +144,21 @@ class Vitals:
         for name, state in sorted(self.tasks.items()):
             if anyio.current_time() - state.last_failed < _STABLE_RUN_S:
                 degraded.append(f"{name} failed ({state.failures} in a row, retried): {state.last_error}")
+        hosts = self.hosts() if self.hosts is not None else {}
+        for host, host_state in sorted(hosts.items()):  # [fleet] known from the hosts' own calls: nothing is asked
+            if host_state.get("status") == "degraded":
+                degraded.append(f"host {host} is degraded: {host_state.get('reason')}")
         if self.audit is not None and self.audit.space.low:
             degraded.append("the audit log's disk is under its reserve: refusals are counted, not written")
-        body: dict[str, Any] = {
-            "status": "failing" if failing else "degraded" if degraded else "ok",
-            "version": __version__,
-            "engine": "up" if probe.engine_up else "down",
-        }
-        if self.engine_state is not None:
-            body["engine_state"] = self.engine_state()
+        # The reasons come right after the status: a probe quotes the first few hundred bytes.
+        body: dict[str, Any] = {"status": "failing" if failing else "degraded" if degraded else "ok"}
         if failing or degraded:
             body["reasons"] = failing + degraded
+        body.update(version=__version__, engine="up" if probe.engine_up else "down")
+        if self.engine_state is not None:
+            body["engine_state"] = self.engine_state()
+        if hosts:
+            body["hosts"] = hosts
         if probe.descriptors is not None:
             body["descriptors"] = {"open": probe.descriptors[0], "limit": probe.descriptors[1]}
         if self.connections is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ APP_URI_PREFIX = "ui://compose-agent/"
 MAX_COMPOSE_FILE_BYTES = 1024 * 1024
 
 _STACK_URI_RE = re.compile(r"compose://stacks/([^/?#]*)/(compose\.yaml|status|logs)(\?[^#]*)?")
+# [fleet] Another host's stack: compose://stacks/{host}/{project}/... (see gateway.mcp.host_resources).
+_HOST_STACK_URI_RE = re.compile(r"compose://stacks/[^/?#]+/[^/?#]+/(compose\.yaml|status|logs)(\?[^#]*)?")
 _TOOL_FOR_PART = {"compose.yaml": "config", "status": "ps", "logs": "logs"}
 _TOOL_FOR_TEMPLATE = {COMPOSE_FILE_TEMPLATE: "config", STATUS_TEMPLATE: "ps", LOGS_TEMPLATE: "logs"}
 # Error kinds that are the caller's to fix, answered as invalid params rather than a server fault.
@@ -113,6 +115,8 @@ def tool_for_uri(uri: str) -> str | None:
     if uri.startswith(APP_URI_PREFIX):
         return "ps"
     match = _STACK_URI_RE.fullmatch(uri)
+    if match is None and (remote := _HOST_STACK_URI_RE.fullmatch(uri)) is not None:
+        return _TOOL_FOR_PART[remote.group(1)]  # [fleet] read under the same tool's scope, on its host
     return _TOOL_FOR_PART[match.group(2)] if match else None
 
 
@@ -134,6 +138,8 @@ class StackResources(MCPServer):
     stack_ops: ComposeOperations | None = None
     #: [approvals] The approvals whose pending ones are listed too; set by ``build_server``.
     approvals: ApprovalGate | None = None
+    #: [fleet] The other hosts' stacks' resources the caller may read; set by ``register_host_resources``.
+    remote_resources: Callable[[Principal], Awaitable[list[Resource]]] | None = None
 
     async def list_resources(self) -> list[Resource]:
         """The resources the caller may read: the registered ones, and each stack's."""
@@ -142,6 +148,8 @@ class StackResources(MCPServer):
         if self.stack_ops is not None and principal.may_call("list_stacks"):
             for name, external in await stack_names(self.stack_ops):
                 listed.extend(_stack_resources(name, external, principal))
+            if self.remote_resources is not None:
+                listed.extend(await self.remote_resources(principal))
         if self.approvals is not None:  # [approvals]
             listed.extend(await pending_resources(self.approvals, principal))
         return listed

@@ -37,6 +37,7 @@ from ..errors import (
     InvalidInput,
     PolicyViolation,
 )
+from ..fleet import Fleet
 from ..operations import ComposeOperations
 from .access import PersonScopes
 from .approval_tools import register_approvals
@@ -45,6 +46,7 @@ from .completion import register_completion
 from .confirmation import audit_view
 from .dashboard import stack_app
 from .deploy_tools import register_deploy_reads, register_deploy_tools
+from .host_resources import register_host_resources
 from .notify import Notifier
 from .prompts import register_prompts
 from .redaction import redacting_middleware
@@ -65,6 +67,10 @@ stop/down to change state. down removes containers (named volumes are kept unles
 To add or change a stack, send its whole compose file to deploy (plan shows first what it would
 do; versions and rollback undo it). Errors say what to do next; read them. A write that may outlast
 your wait can run as a task; send idempotency_key with a write you may retry, and it runs once."""
+# [fleet] Said only by a gateway that drives more than its own engine.
+FLEET_INSTRUCTIONS = """
+This gateway drives several Docker engines (hosts). list_stacks lists every host's stacks, each with
+its host; pass that host to every other tool (omitted: local). A host marked read_only refuses writes."""
 
 
 # (tool, bounded arguments, caller, reason): how a refusal at the protocol edge is recorded.
@@ -199,6 +205,7 @@ def build_server(
     confirm: Iterable[str] = (),
     approvals: ApprovalGate | None = None,
     state_dir: Path | None = None,
+    fleet: Fleet | None = None,
 ) -> GatewayServer:
     """An MCP server exposing the compose tools over ``ops``, and the stacks as resources and prompts.
 
@@ -216,6 +223,8 @@ def build_server(
     [tasks] Tasks and idempotency keys are kept in ``state_dir`` (in memory without one); the entry
     point runs ``server.tasks.run`` beside the server, where detached calls run.
 
+    [fleet] ``fleet`` holds the hosts beside ``ops`` (its ``local``); without one, ``ops`` is the only host.
+
     Raises:
         StateUnavailable: the state folder's tasks or keys cannot be read.
     """
@@ -230,11 +239,11 @@ def build_server(
             validate_token_resource=True if resource else None,
         )
     notifier = notifier or Notifier(InMemorySubscriptionBus())
-    tasks = TaskSupport(ops, state_dir, frozenset() if read_only else WRITE_TOOLS | DEPLOY_TOOLS)  # [tasks]
+    tasks = TaskSupport(ops, state_dir, frozenset() if read_only else WRITE_TOOLS | DEPLOY_TOOLS, fleet)  # [tasks]
     mcp = GatewayServer(
         "compose-agent",
         audit_refusal=ops.audit_refusal,
-        instructions=INSTRUCTIONS,
+        instructions=INSTRUCTIONS + (FLEET_INSTRUCTIONS if fleet is not None and len(fleet) > 1 else ""),
         version=__version__,
         token_verifier=token_verifier,
         auth=auth,
@@ -247,7 +256,7 @@ def build_server(
     # First of the gateway's own, so outermost: every answer passes it last, as it leaves (issue 28).
     mcp.middleware.append(redacting_middleware())
     mcp.middleware.append(tasks.middleware)
-    kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm), approvals)
+    kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm), approvals, fleet)
     kit.people = people  # [oauth] the panel's person acts within their own grants
     register_read_tools(mcp, kit)
     register_deploy_reads(mcp, kit)
@@ -257,8 +266,9 @@ def build_server(
     # [approvals] The approvals resources always; approve and reject change something, so not read-only.
     register_approvals(mcp, kit, tools=not read_only)
     register_resources(mcp, ops, notifier)
+    register_host_resources(mcp, kit.fleet)  # [fleet] a fleet of one adds nothing
     mcp.approvals = kit.approvals
     register_prompts(mcp, ops)
-    register_completion(mcp, ops)
+    register_completion(mcp, ops, kit.fleet)
     notifier.install(mcp.middleware)
     return mcp

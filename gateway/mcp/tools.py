@@ -19,6 +19,7 @@ from ..compose.cli import ProgressCallback
 from ..compose.lifecycle import ServiceAction
 from ..deploy.confirm import Confirmations
 from ..engine.logs import DEFAULT_BYTES, DEFAULT_TAIL, MAX_BYTES, MAX_TAIL
+from ..fleet import Fleet
 from ..idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from ..models import ActionResult, ConfigResult, LogsResult, PsResult, StackList
 from ..operations import ComposeOperations
@@ -37,6 +38,7 @@ from .confirmation import (
     UpPending,
 )
 from .dashboard import PS_TOOL_META
+from .hosts import LOCAL_HOST, HostArg, OneHost, on_host
 from .notify import Notifier
 
 __all__ = [
@@ -113,8 +115,11 @@ class ToolKit:
         notifier: Notifier | None = None,
         confirmations: Confirmations | None = None,
         approvals: ApprovalGate | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.ops = ops
+        # [fleet] Every host's operations; ``ops`` is the host local's (and the shared audit's).
+        self.fleet = fleet or Fleet.single(ops)
         self.notifier = notifier
         self.gate = ConfirmGate(confirmations or Confirmations())
         self.people: PersonScopes | None = None
@@ -188,7 +193,7 @@ class ToolKit:
             pending,
             answer,
             confirm,
-            state=lambda: self.ops.planner.state(project, tool, arguments),
+            state=lambda: self.fleet.get(arguments.get("host")).planner.state(project, tool, arguments),
             audit=audit,
         )
         return Acting(caller=pending.caller, on_behalf_of=person, progress=self.progress(ctx))
@@ -196,23 +201,25 @@ class ToolKit:
 
 def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
     """list_stacks, ps, logs and config: allowed in read-only mode."""
-    ops = kit.ops
 
     @mcp.tool(
         title="List stacks",
         annotations=READ_ONLY,
         description=(
-            "List every compose stack on this host: folders under the stacks dir, and running compose "
+            "List every compose stack on every host: folders under the stacks dir, and running compose "
             "projects without a folder (external: they can be read, restarted, stopped and brought down, "
             "but not brought up). Shows how many containers each has and how many run, and its target: "
-            "compose, or swarm for a Docker Swarm stack. Call this first."
+            "compose, or swarm for a Docker Swarm stack. Each stack names its host (pass it to the other "
+            "tools; local needs no mention); `hosts` says which hosts answered. Call this first."
         ),
     )
-    async def list_stacks(ctx: Context) -> StackList:
-        who = kit.authorize(ctx, "list_stacks", {})
-        listing = await ops.list_stacks()
+    async def list_stacks(ctx: Context, host: OneHost = None) -> StackList:
+        who = kit.authorize(ctx, "list_stacks", {} if host is None else {"host": host})
+        listing = await kit.fleet.list_stacks(host)
         if who.scopes is not None:  # [oauth] a token narrowed to stacks sees only those
-            listing = StackList(stacks=[s for s in listing.stacks if who.may_act("ps", s.name)])
+            shown = [s for s in listing.stacks if who.may_act("ps", s.name, s.host)]
+            # [fleet] and only the hosts it has a scope on: another host's name and address are not its business.
+            listing = StackList(stacks=shown, hosts=[h for h in listing.hosts if who.scopes.reaches_host(h.name)])
         return listing
 
     @mcp.tool(
@@ -227,9 +234,10 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
             "For a swarm stack: one entry per task, with its task state, node, desired_state and error."
         ),
     )
-    async def ps(project: Project, ctx: Context) -> PsResult:
-        kit.authorize(ctx, "ps", {"project": project})
-        return await ops.ps(project)
+    async def ps(project: Project, ctx: Context, host: HostArg = LOCAL_HOST) -> PsResult:
+        kit.authorize(ctx, "ps", on_host({"project": project}, host))
+        result = await kit.fleet.get(host).ps(project)
+        return result.model_copy(update={"host": host})
 
     @mcp.tool(
         title="Read logs",
@@ -258,11 +266,13 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
         max_bytes: Annotated[
             StrictInt, Field(ge=1024, le=MAX_BYTES, description="Cap on the answer's size; newest lines are kept")
         ] = DEFAULT_BYTES,
+        host: HostArg = LOCAL_HOST,
     ) -> LogsResult:
-        kit.authorize(ctx, "logs", {"project": project})
-        return await ops.logs(
+        kit.authorize(ctx, "logs", on_host({"project": project}, host))
+        result = await kit.fleet.get(host).logs(
             project, services=services, tail=tail, since=since, grep=grep, timestamps=timestamps, max_bytes=max_bytes
         )
+        return result.model_copy(update={"host": host})
 
     @mcp.tool(
         title="Compose config",
@@ -273,9 +283,9 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
             "when the compose file is malformed. Needs the stack's folder (not for external stacks)."
         ),
     )
-    async def config(project: Project, ctx: Context) -> ConfigResult:
-        kit.authorize(ctx, "config", {"project": project})
-        return await ops.config(project)
+    async def config(project: Project, ctx: Context, host: HostArg = LOCAL_HOST) -> ConfigResult:
+        kit.authorize(ctx, "config", on_host({"project": project}, host))
+        return await kit.fleet.get(host).config(project)
 
 
 # restart, start and stop differ only in the Compose verb, their annotations and their words.
@@ -296,7 +306,6 @@ _SERVICE_TOOLS: dict[ServiceAction, tuple[str, bool, str]] = {
 
 def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
     """up, down, restart, start and stop: not registered in read-only mode."""
-    ops = kit.ops
 
     @mcp.tool(
         title="Bring up",
@@ -320,10 +329,12 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         confirm: Confirm = None,
         approval: ApprovalArg = None,
         idempotency_key: IdempotencyKey = None,  # [tasks]
+        host: HostArg = LOCAL_HOST,
     ) -> ActionResult:
-        arguments = {"project": project, "services": services, "wait": wait}
+        arguments = on_host({"project": project, "services": services, "wait": wait}, host)
         acting = await kit.cleared(ctx, "up", arguments, pending, answer, confirm, approval=approval)
-        return await ops.up(project, services=services, wait=wait, **acting)
+        result = await kit.fleet.writable(host, "up").up(project, services=services, wait=wait, **acting)
+        return result.model_copy(update={"host": host})
 
     @mcp.tool(
         title="Bring down",
@@ -344,10 +355,12 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         confirm: Confirm = None,
         approval: ApprovalArg = None,
         idempotency_key: IdempotencyKey = None,  # [tasks]
+        host: HostArg = LOCAL_HOST,
     ) -> ActionResult:
-        arguments = {"project": project, "volumes": volumes}
+        arguments = on_host({"project": project, "volumes": volumes}, host)
         acting = await kit.cleared(ctx, "down", arguments, pending, answer, confirm, approval=approval)
-        return await ops.down(project, volumes=volumes, **acting)
+        result = await kit.fleet.writable(host, "down").down(project, volumes=volumes, **acting)
+        return result.model_copy(update={"host": host})
 
     for action, (title, idempotent, description) in _SERVICE_TOOLS.items():
         _register_service_tool(mcp, kit, action, title, idempotent, description)
@@ -365,10 +378,13 @@ def _register_service_tool(
         confirm: Confirm = None,
         approval: ApprovalArg = None,
         idempotency_key: IdempotencyKey = None,  # [tasks]
+        host: HostArg = LOCAL_HOST,
     ) -> ActionResult:
-        arguments = {"project": project, "services": services}
+        arguments = on_host({"project": project, "services": services}, host)
         acting = await kit.cleared(ctx, action, arguments, pending, answer, confirm, approval=approval)
-        return await kit.ops.service_action(action, project, services=services, **acting)
+        ops = kit.fleet.writable(host, action)
+        result = await ops.service_action(action, project, services=services, **acting)
+        return result.model_copy(update={"host": host})
 
     # One body for three tools, each with its own planner: the SDK reads these annotations to resolve them.
     service_tool.__annotations__ = {**service_tool.__annotations__, **SERVICE_CONFIRMATION[action]}

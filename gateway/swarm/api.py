@@ -9,17 +9,20 @@ the same transport, deadline and breaker as every read.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from ..engine.blocking import run_blocking
 from ..engine.client import Engine
 from ..engine.connection import Query
 from ..engine.transport import EngineRefused
 from ..errors import InvalidInput, SwarmFailed, SwarmUnavailable
-from ..models import ServiceStatus
+from ..models import ServiceStatus, SwarmNode
 from .stackfile import TARGET_KEY
-from .tasks import NAMESPACE_LABEL, is_failure, service_name, task_rows
+from .tasks import NAMESPACE_LABEL, is_failure, node_rows, service_name, task_rows
 
 __all__ = ["SwarmApi", "StackCounts", "STOPPED_REPLICAS_LABEL", "replicas"]
 
@@ -147,20 +150,39 @@ class SwarmApi:
 
     def ps(self, project: str) -> list[ServiceStatus]:
         """Blocking. One entry per current task of the stack (see :func:`task_rows`)."""
-        services = self.services(project)
+        return self.ps_nodes(project)[0]
+
+    def ps_nodes(self, project: str) -> tuple[list[ServiceStatus], list[SwarmNode]]:
+        """Blocking :meth:`ps_nodes_async`."""
+        return run_blocking(self.ps_nodes_async, project)
+
+    async def ps_nodes_async(self, project: str) -> tuple[list[ServiceStatus], list[SwarmNode]]:
+        """:meth:`ps`, and the swarm's nodes with the stack's tasks on each; both empty when the stack
+        has no service.
+
+        After the services, the tasks, the nodes and the local containers are asked side by side: to a
+        manager across a network, ``ps`` costs two round trips rather than four.
+
+        Raises:
+            EngineUnavailable: the engine cannot be reached.
+            EngineRefused: an error status.
+        """
+        services = await self.services_async(project)
         if not services:
-            return []
-        tasks = self.tasks(project)
-        nodes = self.node_names()
+            return [], []
+        label = _label(f"{NAMESPACE_LABEL}={project}")
         # Health lives on the container, which only the node running it knows: shown for local tasks.
-        local = self._call(
-            "GET", "/containers/json", {"all": True, "filters": {"label": [f"{NAMESPACE_LABEL}={project}"]}}
+        tasks, nodes, local = await _side_by_side(
+            self.engine.request("GET", "/tasks", label),
+            self.engine.request("GET", "/nodes"),
+            self.engine.request("GET", "/containers/json", {"all": True, **label}),
         )
-        return task_rows(project, services, tasks, nodes, local)
+        rows = task_rows(project, services, tasks, _hostnames(nodes), local)
+        return rows, node_rows(nodes, rows)
 
     def node_names(self) -> dict[str, str | None]:
         """Blocking. The swarm's nodes: hostname by node id."""
-        return {n["ID"]: n.get("Description", {}).get("Hostname") for n in self._get("/nodes")}
+        return _hostnames(self._get("/nodes"))
 
     def update(
         self,
@@ -211,7 +233,13 @@ class SwarmApi:
             want = replicas(svc) if "Replicated" in svc["Spec"].get("Mode", {}) else max(len(current), 1)
             if running < want or update in ("updating", "rollback_started"):
                 done = False
-            parts.append(f"{name} {running}/{want}")
+            # A task the scheduler cannot place says why (no suitable node, ...): worth seeing while waiting.
+            unplaced = [
+                t["Status"]["Err"] for t in current if t["Status"].get("State") == "pending" and t["Status"].get("Err")
+            ]
+            parts.append(
+                f"{name} {running}/{want}" + (f" ({len(unplaced)} pending: {unplaced[0]})" if unplaced else "")
+            )
         return done, "running: " + ", ".join(parts)
 
     def updated(self, project: str, svc: dict[str, Any], started_before: str | None) -> tuple[bool, str]:
@@ -257,6 +285,34 @@ class SwarmApi:
         for volume in volumes:
             self._call("DELETE", f"/volumes/{volume['Name']}")
         return [str(v["Name"]) for v in volumes]
+
+
+async def _side_by_side(*calls: Awaitable[Any]) -> list[Any]:
+    """The answers of ``calls``, awaited at once, in order; the first failure raised as itself.
+
+    Raises:
+        Exception: what the first call to fail raised (not wrapped in an exception group).
+    """
+    answers: list[Any] = [None] * len(calls)
+
+    async def one(index: int, call: Awaitable[Any]) -> None:
+        answers[index] = await call
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for index, call in enumerate(calls):
+                tg.start_soon(one, index, call)
+    except BaseExceptionGroup as group:
+        # The callers translate the engine's errors; a group would slip past their handlers. A
+        # cancellation stays as it came.
+        if all(isinstance(exc, Exception) for exc in group.exceptions):
+            raise group.exceptions[0] from None
+        raise
+    return answers
+
+
+def _hostnames(nodes: list[dict[str, Any]]) -> dict[str, str | None]:
+    return {n["ID"]: n.get("Description", {}).get("Hostname") for n in nodes}
 
 
 def _label(label: str) -> Query:

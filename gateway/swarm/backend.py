@@ -27,7 +27,7 @@ from ..compose.cli import ProgressCallback
 from ..engine.client import Engine
 from ..engine.logs import bound_lines, merge_logs
 from ..errors import InvalidInput, SwarmFailed
-from ..models import LogsResult, ServiceStatus
+from ..models import LogsResult, ServiceStatus, SwarmNode
 from .api import STOPPED_REPLICAS_LABEL, StackCounts, SwarmApi, replicas
 from .dockercli import DockerCli
 from .stackfile import ResolveImage, to_stack_file
@@ -89,6 +89,14 @@ class SwarmBackend:
     def ps(self, project: str) -> list[ServiceStatus]:
         """Blocking. One entry per current task of the stack (see :func:`gateway.swarm.tasks.task_rows`)."""
         return self.api.ps(project)
+
+    def ps_nodes(self, project: str) -> tuple[list[ServiceStatus], list[SwarmNode]]:
+        """Blocking. :meth:`ps`, and every node of the swarm with the stack's tasks on it."""
+        return self.api.ps_nodes(project)
+
+    async def ps_nodes_async(self, project: str) -> tuple[list[ServiceStatus], list[SwarmNode]]:
+        """:meth:`ps_nodes` on the event loop (no worker thread)."""
+        return await self.api.ps_nodes_async(project)
 
     async def logs(
         self,

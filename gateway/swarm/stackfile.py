@@ -14,6 +14,8 @@ is refused. Anything else the CLI does not know, it refuses itself, before creat
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -23,12 +25,14 @@ from ..errors import InvalidInput
 STACK_FILE_VERSION = "3.9"
 
 __all__ = [
+    "CONFIG_HASH_LABEL",
     "TARGET_KEY",
     "DEFAULT_RESOLVE_IMAGE",
     "ResolveImage",
     "StackFile",
     "StackTarget",
     "Target",
+    "config_hash",
     "stack_target",
     "to_stack_file",
 ]
@@ -60,6 +64,10 @@ _RESOURCES: dict[str, tuple[str, str]] = {
     "pids_limit": ("limits", "pids"),
 }
 _ANY_ADDRESS = {"", "0.0.0.0", "::"}
+# Set on each service the gateway deploys: a digest of its stack file entry but for its image and
+# replicas, which `plan` reads from the spec itself. What else changed is known by the digest alone:
+# the spec Swarm keeps is the docker CLI's translation of the entry, not the entry.
+CONFIG_HASH_LABEL = "com.compose-agent.config-hash"
 
 
 @dataclass(frozen=True)
@@ -161,6 +169,26 @@ def _rewrite_service(name: str, spec: dict[str, Any], dropped: dict[str, list[st
     if "devices" in spec:
         # Swarm ignores devices (the docker CLI says so); it wants them in the short form to say it.
         spec["devices"] = [_device(d) for d in spec["devices"]]
+    labels = deploy.get("labels") or {}
+    if isinstance(labels, list):  # the short form, should a model carry it: ["key=value", ...]
+        labels = dict(str(item).partition("=")[::2] for item in labels)
+    deploy["labels"] = {**labels, CONFIG_HASH_LABEL: config_hash(spec)}
+
+
+def config_hash(entry: Mapping[str, Any]) -> str:
+    """The digest of a stack file's service entry, leaving out its image, its replicas and this digest.
+
+    The image and the replicas are compared with the running service's spec directly; everything
+    else only through this digest, kept in the service's :data:`CONFIG_HASH_LABEL`.
+    """
+    rest = {k: v for k, v in entry.items() if k != "image"}
+    deploy = {k: v for k, v in (rest.get("deploy") or {}).items() if k != "replicas"}
+    labels = deploy.get("labels")
+    if isinstance(labels, Mapping):
+        deploy["labels"] = {k: v for k, v in labels.items() if k != CONFIG_HASH_LABEL}
+    rest["deploy"] = deploy
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _port(service: str, port: Any) -> Any:

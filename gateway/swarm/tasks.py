@@ -10,12 +10,13 @@ from typing import Any
 
 from ..engine.containers import parse_status
 from ..engine.logs import split_log
-from ..models import ServiceStatus
+from ..models import ServiceStatus, SwarmNode
 
 __all__ = [
     "NAMESPACE_LABEL",
     "TASK_LABEL",
     "is_failure",
+    "node_rows",
     "service_name",
     "split_service_log",
     "task_labels",
@@ -174,3 +175,31 @@ def split_service_log(service: str, data: bytes, labels: Mapping[str, str]) -> l
                     task_id = value.decode("ascii", "replace")
         streams.setdefault(task_id, []).append(stamp + b" " + rest)
     return [(labels.get(task_id, service), lines) for task_id, lines in streams.items()]
+
+
+def node_rows(nodes: Sequence[Mapping[str, Any]], rows: Sequence[ServiceStatus]) -> list[SwarmNode]:
+    """Every node of the swarm (``GET /nodes``), managers first, with how many of the stack's current tasks it runs.
+
+    A task counts where Swarm still drives it to run (a task of a drained node that is shutting down
+    no longer does).
+    """
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row.node and row.desired_state not in (None, *_GONE):
+            counts[row.node] = counts.get(row.node, 0) + 1
+    found = []
+    for node in nodes:
+        hostname = str((node.get("Description") or {}).get("Hostname") or node["ID"])
+        spec, status = node.get("Spec") or {}, node.get("Status") or {}
+        found.append(
+            SwarmNode(
+                hostname=hostname,
+                role=str(spec.get("Role", "worker")),
+                availability=str(spec.get("Availability", "active")),
+                state=str(status.get("State", "unknown")),
+                leader=bool((node.get("ManagerStatus") or {}).get("Leader")),
+                tasks=counts.get(hostname, 0),
+            )
+        )
+    found.sort(key=lambda n: (n.role != "manager", n.hostname))
+    return found

@@ -343,7 +343,7 @@
           send(key, url, Object.assign({}, body, { confirm: token }), label, button);
         });
         if (!asked) toast("bad", label + " \u2014 needs confirmation", errorText(payload, response));
-      } else if (response.status === 409 && payload && payload.approval_required && payload.page) {
+      } else if (status === 409 && payload && payload.approval_required && payload.page) {
         // [approvals] Nothing ran: another person decides, on the approval's page.
         toast("pending", label + " \u2014 waits for a person's approval", null,
           { href: payload.page, text: "Open the approval" });

@@ -1,6 +1,7 @@
 """A single-node swarm on the shared engine, made for the tests and left afterwards only if they made it.
 
-Several test sessions share one engine. Each holds a shared lock on a file while it uses the swarm;
+Several test sessions share one engine. Each holds a shared lock on a file while it uses the swarm
+(checking and making it under a second lock, so sessions never wait for each other to finish);
 the session that initialised it writes the cluster id into a marker, and whichever session finishes
 last leaves the swarm if the marker still names the current cluster. A swarm someone made by hand
 has no marker and is never left. Compose stacks are not disturbed by swarm mode.
@@ -41,6 +42,7 @@ services:
 """
 
 _LOCK = Path("/tmp/compose-agent-test-swarm.lock")
+_INIT_LOCK = Path("/tmp/compose-agent-test-swarm.init.lock")
 _MARKER = Path("/tmp/compose-agent-test-swarm.made")
 
 
@@ -60,23 +62,26 @@ class _Holder:
 
 
 def _acquire(client: Any) -> str:
-    lock = _LOCK.open("a+")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        state = _swarm_state(client)
-        if state.get("LocalNodeState") == "inactive":
-            subprocess.run(
-                ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=True, capture_output=True
-            )
-            state = _swarm_state(client)
-            _MARKER.write_text(state["Cluster"]["ID"])
-        if state.get("LocalNodeState") != "active" or not state.get("ControlAvailable"):
-            lock.close()
-            pytest.fail(f"the engine is in a swarm but not as a usable manager: {state.get('LocalNodeState')}")
-    finally:
-        # Shared while in use, so that no other session leaves the swarm under these tests.
-        if not lock.closed:
+    # One session at a time checks (and makes) the swarm, under the init lock; every session then
+    # holds the use lock shared for as long as it uses the swarm, side by side with the others.
+    # Leaving takes the use lock exclusively, so no session leaves while another holds it.
+    with _INIT_LOCK.open("a+") as init:
+        fcntl.flock(init, fcntl.LOCK_EX)
+        lock = _LOCK.open("a+")
+        try:
             fcntl.flock(lock, fcntl.LOCK_SH)
+            state = _swarm_state(client)
+            if state.get("LocalNodeState") == "inactive":
+                subprocess.run(
+                    ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], check=True, capture_output=True
+                )
+                state = _swarm_state(client)
+                _MARKER.write_text(state["Cluster"]["ID"])
+            if state.get("LocalNodeState") != "active" or not state.get("ControlAvailable"):
+                pytest.fail(f"the engine is in a swarm but not as a usable manager: {state.get('LocalNodeState')}")
+        except BaseException:
+            lock.close()
+            raise
     _Holder.lock = lock
     return str(state["Cluster"]["ID"])
 
@@ -85,15 +90,17 @@ def _release(client: Any) -> None:
     lock = _Holder.lock
     assert lock is not None
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("another test session still uses the swarm; it leaves it when done")
-            return
-        made = _MARKER.read_text().strip() if _MARKER.exists() else ""
-        if made and made == _swarm_state(client).get("Cluster", {}).get("ID"):
-            subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True)
-            _MARKER.unlink()
+        with _INIT_LOCK.open("a+") as init:
+            fcntl.flock(init, fcntl.LOCK_EX)  # no session is between its check and its shared hold
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("another test session still uses the swarm; it leaves it when done")
+                return
+            made = _MARKER.read_text().strip() if _MARKER.exists() else ""
+            if made and made == _swarm_state(client).get("Cluster", {}).get("ID"):
+                subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True)
+                _MARKER.unlink()
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()

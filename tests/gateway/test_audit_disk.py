@@ -89,7 +89,7 @@ def refuse(audit: AuditLog, reason: str, tool: str = "up", caller: str = "status
 def test_the_first_refusal_of_a_key_is_written_and_its_repeats_become_one_count_an_interval() -> None:
     clock = FakeClock()
     digest = RefusalDigest(interval=60, max_keys=3, clock=clock, wall=clock)
-    key = ("status_panel", "compose_agent", "up", "not allowed", None)
+    key = ("status_panel", "compose_agent", "up", "not allowed", None, None)
     assert digest.admit(key)
     assert [digest.admit(key) for _ in range(99)] == [False] * 99
     assert digest.due() == []
@@ -102,10 +102,10 @@ def test_the_first_refusal_of_a_key_is_written_and_its_repeats_become_one_count_
 def test_past_its_room_for_keys_an_interval_counts_each_callers_other_refusals_under_one_key() -> None:
     clock = FakeClock()
     digest = RefusalDigest(interval=60, max_keys=3, clock=clock, wall=clock)
-    written = [digest.admit(("agent", "compose_agent", "up", f"no stack 's{n}'", None)) for n in range(1000)]
+    written = [digest.admit(("agent", "compose_agent", "up", f"no stack 's{n}'", None, None)) for n in range(1000)]
     assert written.count(True) == 3
     summaries = {s.key: s.count for s in digest.flush()}
-    assert summaries == {("agent", "compose_agent", OTHER, OTHER, None): 997}
+    assert summaries == {("agent", "compose_agent", OTHER, OTHER, None, None): 997}
 
 
 def test_a_refusal_storm_leaves_a_line_per_key_and_a_summary_and_varied_reasons_buy_nothing(tmp_path: Path) -> None:

@@ -106,6 +106,9 @@ async def test_a_compose_run_is_held_to_its_budget_as_the_kernel_sees_it(
         "DOCKER_CONFIG",
         "DOCKER_CERT_PATH",
         "DOCKER_TLS_VERIFY",
+        # Set on every run, whatever the environment says: Compose loads no remote git or OCI files.
+        "COMPOSE_EXPERIMENTAL_GIT_REMOTE",
+        "COMPOSE_EXPERIMENTAL_OCI_REMOTE",
         PARENT_ENV,
     }
     assert compose_pids(name) == []

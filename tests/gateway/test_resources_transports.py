@@ -22,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import PromptReference, ResourceTemplateReference
 
+from gateway.mcp.approvals import APPROVAL_TEMPLATE
 from gateway.mcp.dashboard import APP_MIME_TYPE, APP_URI
 from gateway.mcp.resources import COMPOSE_FILE_TEMPLATE, LOGS_TEMPLATE, STATUS_TEMPLATE
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
@@ -63,7 +64,8 @@ async def walk(client: Client, stacks: StackFactory, project: str) -> None:
             await client.read_resource(uri)
 
     templates = {t.uri_template for t in (await client.list_resource_templates()).resource_templates}
-    assert templates == {COMPOSE_FILE_TEMPLATE, STATUS_TEMPLATE, LOGS_TEMPLATE}
+    # Every caller sees the approvals template; what it lists is filtered to what that caller may see.
+    assert templates == {COMPOSE_FILE_TEMPLATE, STATUS_TEMPLATE, LOGS_TEMPLATE, APPROVAL_TEMPLATE}
 
     prompt = await client.get_prompt("diagnose_stack", {"project": project})
     text = prompt.messages[0].content.text  # type: ignore[union-attr]
@@ -114,7 +116,7 @@ async def test_the_panel_token_reads_what_it_may_call_and_nothing_more(
             await panel.read_resource(compose_uri)
     # The panel may not call config, so it neither sees nor reads compose files; ps and logs it may.
     assert f"compose://stacks/{project}/status" in listed and compose_uri not in listed
-    assert templates == {STATUS_TEMPLATE, LOGS_TEMPLATE}
+    assert templates == {STATUS_TEMPLATE, LOGS_TEMPLATE, APPROVAL_TEMPLATE}
     assert json.loads(status.contents[0].text)["project"] == project  # type: ignore[union-attr]
     assert "may not call 'config'" in str(refused.value)
     assert (refused.value.error.data or {})["kind"] == "policy_violation"

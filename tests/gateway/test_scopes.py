@@ -63,8 +63,16 @@ def test_a_host_narrowed_scope_covers_that_hosts_stack_only() -> None:
     assert edge.allows("up", "site", "edge")
     assert not edge.allows("up", "site")  # no host: the local one
     assert not edge.allows("up", "site", "lab")
-    everywhere = ScopeSet.parse(["compose:write:site"])
-    assert everywhere.allows("up", "site", "edge") and everywhere.allows("up", "site")
+    # [fleet] A stack name alone is the local host's stack: a grant never reaches a namesake elsewhere.
+    plain = ScopeSet.parse(["compose:write:site"])
+    assert plain.allows("up", "site") and plain.allows("up", "site", "local")
+    assert not plain.allows("up", "site", "edge") and not plain.allows("ps", "site", "edge")
+    assert ScopeSet.parse(["compose:write:local/site"]) == plain
+    # Only an unnarrowed scope covers every host.
+    assert ScopeSet.parse(["compose:write"]).allows("up", "site", "edge")
+    assert ScopeSet.parse(["compose:read"]).reaches_host("edge")
+    assert plain.reaches_host("local") and not plain.reaches_host("edge")
+    assert ScopeSet.parse(["compose:write:edge/site"]).reaches_host("edge")
 
 
 def test_listing_is_allowed_by_any_read_and_then_filtered_by_stack() -> None:
@@ -81,7 +89,10 @@ def test_listing_is_allowed_by_any_read_and_then_filtered_by_stack() -> None:
         (["compose:write"], ["compose:write:site"], ["compose:write:site"]),
         (["compose:read"], ["compose:write:site"], ["compose:read:site"]),
         (["compose:write"], ["compose:read"], ["compose:read"]),
-        (["compose:write:site"], ["compose:write:edge/site"], ["compose:write:edge/site"]),
+        (["compose:write:site"], ["compose:write:edge/site"], []),
+        (["compose:write"], ["compose:write:edge/site"], ["compose:write:edge/site"]),
+        (["compose:read"], ["compose:write:edge/site"], ["compose:read:edge/site"]),
+        (["compose:write:edge/site"], ["compose:write:edge/site", "compose:write:site"], ["compose:write:edge/site"]),
         (["compose:write:a"], ["compose:write:b"], ["compose:read:a"][:0]),
         (["compose:deploy", "compose:approve"], ["compose:read"], ["compose:read"]),
         (
@@ -102,8 +113,12 @@ def test_a_set_keeps_no_scope_another_one_includes() -> None:
         "compose:read",
         "compose:write:site",
     ]
-    # A host's stack is inside the stack everywhere, not the other way round.
-    assert ScopeSet.parse(["compose:write:edge/site", "compose:write:site"]).strings() == ["compose:write:site"]
+    # [fleet] The same stack name on two hosts is two stacks: neither scope includes the other.
+    assert ScopeSet.parse(["compose:write:edge/site", "compose:write:site"]).strings() == [
+        "compose:write:site",
+        "compose:write:edge/site",
+    ]
+    assert ScopeSet.parse(["compose:write:edge/site", "compose:write"]).strings() == ["compose:write"]
 
 
 def test_a_refusal_names_the_narrowest_scope_that_would_allow_the_call() -> None:

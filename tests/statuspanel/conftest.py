@@ -295,7 +295,7 @@ class MemoryBackend:
             ]
         )
 
-    async def ps(self, project: str) -> PsResult:
+    async def ps(self, project: str, host: str | None = None) -> PsResult:
         self.calls.append(("ps", {"project": project}))
         self._check(project)
         return PsResult(

@@ -73,7 +73,10 @@ def test_pages_redirect_to_login_without_a_session(client: TestClient) -> None:
 
 def test_stack_route_returns_exactly_the_ps_result(client: TestClient) -> None:
     data = client.get("/api/v1/stacks/shop", headers=bearer()).json()
-    assert set(data) == {"project", "services", "policy"}  # policy: the guard's verdict (null here)
+    # policy: the guard's verdict (null here); nodes: a swarm's nodes (null for a Compose stack);
+    # host: the host it is on (local here)
+    assert set(data) == {"project", "host", "services", "policy", "nodes"}
+    assert data["nodes"] is None and data["host"] == "local"
     assert data["project"] == "shop"
     assert {s["service"] for s in data["services"]} == {"web", "db"}
 
@@ -414,7 +417,7 @@ class SwarmBackend(MemoryBackend):
         swarm = StackInfo(name="edge", external=False, containers=3, running=1, target="swarm")
         return StackList(stacks=[*listing.stacks, swarm])
 
-    async def ps(self, project: str) -> PsResult:
+    async def ps(self, project: str, host: str | None = None) -> PsResult:
         if project != "edge":
             return await super().ps(project)
 

@@ -74,7 +74,6 @@ CLIENT_MODE_MODULES = {
     # [secrets] In legacy mode the panel redacts what it resolved itself; in client mode it knows nothing.
     "gateway.redact",
     "gateway.stacks",
-    # The audit's recovery asks it whether an intent's process lives (gateway.audit.log imports it).
     "gateway.statefiles",
 }
 

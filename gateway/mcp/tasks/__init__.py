@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import anyio.abc
 
+from ...fleet import Fleet
 from ...idempotency import KeyLedger
 from ...operations import ComposeOperations
 from ...tasks import TaskStore
@@ -35,12 +36,14 @@ class TaskSupport:
         StateUnavailable: the state folder's tasks or keys cannot be read.
     """
 
-    def __init__(self, ops: ComposeOperations, state_dir: Path | None, write_tools: frozenset[str]) -> None:
+    def __init__(
+        self, ops: ComposeOperations, state_dir: Path | None, write_tools: frozenset[str], fleet: Fleet | None = None
+    ) -> None:
         self.tasks = TaskStore(state_dir / "tasks" if state_dir is not None else None)
         self.keys = KeyLedger(state_dir / "keys" if state_dir is not None else None)
         self.tasks.open()
         self.keys.open()
-        self.runner = Runner(self.tasks, self.keys, engine_now_of(ops))
+        self.runner = Runner(self.tasks, self.keys, engine_now_of(fleet or Fleet.single(ops)))
         self.calls = TaskCalls(self.runner, audit_refusal=ops.audit_refusal, write_tools=write_tools)
         self.extension = TasksExtension(self.calls, TaskMethods(self.runner))
         self.middleware = legacy_middleware(write_tools)

@@ -15,8 +15,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, TextContent
 
 from ...errors import ERROR_META_KEY, GatewayError
+from ...fleet import Fleet
 from ...models import PsResult
-from ...operations import ComposeOperations
 
 __all__ = ["EngineNow", "NOT_STARTED", "describe_ps", "engine_now_of", "finished_message", "key_outcome"]
 
@@ -85,15 +85,19 @@ def describe_ps(ps: PsResult) -> str:
     return ", ".join(parts) if parts else "no containers"
 
 
-def engine_now_of(ops: ComposeOperations) -> EngineNow:
-    """What ``ps`` shows of a stack now, as one line; never raises."""
+def engine_now_of(fleet: Fleet) -> EngineNow:
+    """What ``ps`` shows of a stack now, as one line; never raises.
+
+    [fleet] A task on another host names its stack ``host/project`` (see :mod:`.calls`).
+    """
 
     async def engine_now(project: str | None) -> str:
         if project is None:
             return "(no stack was named)"
+        host, _, name = project.rpartition("/")
         try:
             with anyio.fail_after(_ENGINE_WAIT_S):
-                return describe_ps(await ops.ps(project))
+                return describe_ps(await fleet.get(host or None).ps(name))
         except TimeoutError:
             return f"(the engine did not answer ps within {_ENGINE_WAIT_S:g} s)"
         except GatewayError as exc:

@@ -139,6 +139,9 @@ async def test_every_hostile_case_is_refused_by_every_tool_token_and_mode_and_no
     assert not [i for i in docker_client.images.list() if any(t.startswith("othershop") for t in i.tags)]
     outcomes = [json.loads(line) for line in served.audit.read_text().splitlines()]
     written = [r for r in outcomes if r.get("phase") == "outcome" and r["tool"] in ("up", "deploy")]
-    assert len(written) == 4 * len(corpus)
+    # Past the audit's room for distinct refusals in a minute, the rest are counted in summary lines
+    # (written at the latest when the gateway stops): every refusal is accounted for, one way or the other.
+    summarised = sum(r["count"] for r in outcomes if r.get("phase") == "summary" and r["tool"] in ("up", "deploy"))
+    assert len(written) + summarised == 4 * len(corpus)
     assert {r["outcome"] for r in written} <= {"refused", "error"}, {r["outcome"] for r in written}
     assert "Traceback" not in served.stderr_text() + read_only.stderr_text()
