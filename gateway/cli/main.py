@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import GatewayError
+from ..redact import install_log_redaction
 from .edge import add_edge_flags
 from .serve import serve
 from .users import add_parser as add_users_parser  # [oauth]
@@ -113,6 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_vault_command(args, environ)
         if args.command == "users":  # [oauth]
             return run_users_command(args, environ)
+        install_log_redaction()  # no secret resolved from Vault reaches any log handler (gateway.redact)
         return serve(args, environ)
     except GatewayError as exc:
         print(f"compose-agent: error: {exc}", file=sys.stderr)

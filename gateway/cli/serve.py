@@ -48,7 +48,6 @@ from ..mcp.server import GatewayServer, build_server
 from ..metrics import ControlPlane
 from ..operations import ComposeOperations
 from ..ratelimit import FailureLimiter, SessionCounter, TokenBucket
-from ..redact import install_log_redaction
 from .edge import EDGE_SETTINGS, connection_guard, uvicorn_edge, vitals_of
 from .logfilter import RepeatFilter
 from .upkeep import AUDIT_SUMMARY_INTERVAL_S, background_tasks, start_orphan_scan
@@ -69,8 +68,6 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # A secret resolved from Vault never reaches the log, whichever logger or handler (gateway.redact).
-    install_log_redaction()
     # A flood (an attack, a failing dependency) must not fill the disk with the same lines.
     for handler in logging.getLogger().handlers:
         handler.addFilter(RepeatFilter())
