@@ -82,7 +82,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "REDACTOR",  # [secrets]
+    "REDACTOR",
     "Redactor",
     "install_log_redaction",
     "TOKEN_SOURCE_ENV",
@@ -102,7 +102,7 @@ __all__ = [
     "VersionList",
     "CONFIRM_META_KEY",
     "ConfirmationRequired",
-    "APPROVAL_META_KEY",  # [approvals]
+    "APPROVAL_META_KEY",
     "ApprovalInfo",
     "check_approval_id",
     "on_behalf_of_meta",

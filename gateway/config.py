@@ -81,7 +81,7 @@ class Settings(CommonFields):
     compose_memory_mb: int = Field(default=2048, ge=0, description="Data segment of one Compose run, in MiB")
     compose_cpu_seconds: int = Field(default=300, ge=0, description="CPU time of one Compose run, in seconds")
 
-    # [fleet] More engines than the gateway's own, the host "local" (config.json only; see gateway/hosts.py).
+    # More engines than the gateway's own, the host "local" (config.json only; see gateway/hosts.py).
     hosts: dict[str, HostConfig] = Field(default_factory=dict)
 
     # The policy guard (config.json only: no environment variable relaxes it).
@@ -91,12 +91,12 @@ class Settings(CommonFields):
         default=(), description="deploy and/or rollback: grant them to the status panel's token"
     )
 
-    # [oauth] The gateway's public address (https://host[:port]): turns on the OAuth authorization server.
+    # The gateway's public address (https://host[:port]): turns on the OAuth authorization server.
     public_url: str | None = Field(
         default=None, description="The URL clients reach the gateway at; OAuth is served only when it is set"
     )
 
-    # [approvals] Where people open the status panel: an approval request links to its page there.
+    # Where people open the status panel: an approval request links to its page there.
     panel_url: str | None = Field(
         default=None, description="The status panel's address people open (https://panel.example.com)"
     )
@@ -131,7 +131,7 @@ class Settings(CommonFields):
     @field_validator("public_url")
     @classmethod
     def _public_origin(cls, value: str | None) -> str | None:
-        # [oauth] It becomes the OAuth issuer: an origin, https unless this machine is the only client.
+        # It becomes the OAuth issuer: an origin, https unless this machine is the only client.
         if value is None:
             return None
         parts = urlsplit(value.strip())
@@ -190,7 +190,7 @@ _ENV_FIELDS: dict[str, str] = {
     "COMPOSE_AGENT_TOKEN_RATE": "token_rate",
     "COMPOSE_AGENT_TOKEN_BURST": "token_burst",
     "COMPOSE_AGENT_SHUTDOWN_TIMEOUT": "shutdown_timeout",
-    "COMPOSE_AGENT_PUBLIC_URL": "public_url",  # [oauth]
+    "COMPOSE_AGENT_PUBLIC_URL": "public_url",
     "COMPOSE_AGENT_MAX_CONNECTIONS": "max_connections",
     "COMPOSE_AGENT_MAX_CONNECTIONS_PER_PEER": "max_connections_per_peer",
     "COMPOSE_AGENT_HEADER_TIMEOUT": "header_timeout",
@@ -201,7 +201,7 @@ _ENV_FIELDS: dict[str, str] = {
     "COMPOSE_AGENT_AUDIT_RESERVE_MB": "audit_reserve_mb",
     "COMPOSE_AGENT_COMPOSE_MEMORY_MB": "compose_memory_mb",
     "COMPOSE_AGENT_COMPOSE_CPU_SECONDS": "compose_cpu_seconds",
-    "COMPOSE_AGENT_PANEL_URL": "panel_url",  # [approvals]
+    "COMPOSE_AGENT_PANEL_URL": "panel_url",
 }
 _FILE_FIELDS = {
     "compose_agent_enabled",

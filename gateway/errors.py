@@ -45,12 +45,12 @@ __all__ = [
 ERROR_META_KEY = "compose-agent/error"
 # Where a confirmation_required result carries its token, so a program need not parse the text.
 CONFIRM_META_KEY = "compose-agent/confirm"
-# [oauth] Where an insufficient_scope result names the scope that would allow the call.
+# Where an insufficient_scope result names the scope that would allow the call.
 SCOPE_META_KEY = "compose-agent/scope"
-# [approvals] Where an approval_required result carries the approval's id, and the page a person approves it on.
+# Where an approval_required result carries the approval's id, and the page a person approves it on.
 APPROVAL_META_KEY = "compose-agent/approval"
 APPROVAL_URL_META_KEY = "compose-agent/approval_url"
-# [tasks] Where a write tool's result says what its idempotency key did: ran, joined, replayed, retried.
+# Where a write tool's result says what its idempotency key did: ran, joined, replayed, retried.
 IDEMPOTENCY_META_KEY = "compose-agent/idempotency"
 
 
@@ -114,7 +114,7 @@ class PolicyRefused(PolicyViolation):
 
 
 class InsufficientScope(PolicyViolation):
-    """[oauth] An OAuth token's scopes do not cover this call; ``scope`` names the one that would."""
+    """An OAuth token's scopes do not cover this call; ``scope`` names the one that would."""
 
     kind = "insufficient_scope"
 
@@ -137,7 +137,7 @@ class ConfirmationRequired(GatewayError):
 
 
 class ApprovalRequired(GatewayError):
-    """[approvals] The operator's ``policy.approve`` lists this call: it waits for a person; nothing was changed.
+    """The operator's ``policy.approve`` lists this call: it waits for a person; nothing was changed.
 
     ``approval`` is the id a person approves (``url`` is where, when the panel's address is known);
     once approved, the same call with ``approval`` set to it acts, once.
@@ -195,12 +195,12 @@ class ShuttingDown(GatewayError):
 
 
 class IdempotencyConflict(InvalidInput):
-    """[tasks] An ``idempotency_key`` already names another call (other arguments, or another tool); nothing ran."""
+    """An ``idempotency_key`` already names another call (other arguments, or another tool); nothing ran."""
 
     kind = "idempotency_conflict"
 
 
 class StateUnavailable(GatewayError):
-    """[tasks] A task or an idempotency key could not be kept in the state folder, so the call did not run."""
+    """A task or an idempotency key could not be kept in the state folder, so the call did not run."""
 
     kind = "state_unavailable"

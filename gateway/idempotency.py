@@ -62,7 +62,7 @@ KeyState = Literal["running", "done", "interrupted"]
 def fingerprint(tool: str, arguments: Mapping[str, Any]) -> str:
     """What a key is bound to: the tool and its arguments (but :data:`IGNORED_ARGUMENTS`), as a hash.
 
-    Arguments left out and arguments sent as null are the same call; so are no host and ``local`` [fleet].
+    Arguments left out and arguments sent as null are the same call; so are no host and ``local``.
     """
     named = {
         k: v

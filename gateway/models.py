@@ -126,7 +126,7 @@ class StackInfo(BaseModel):
 
 
 class HostStatus(BaseModel):
-    """[fleet] One host of the listing: whether its engine answered, and why not."""
+    """One host of the listing: whether its engine answered, and why not."""
 
     name: str
     state: Literal["up", "degraded", "timeout"] = Field(

@@ -135,7 +135,7 @@ class ComposeOperations:
         (``PATH``, ``HOME``, the ``DOCKER_*`` connection variables and ``policy.pass_env``), with the
         connection variables set to the engine's own (:meth:`~gateway.engine.client.Engine.cli_environment`).
 
-        [fleet] ``host`` is a configured host (its name and :class:`~gateway.hosts.HostConfig`): its
+        ``host`` is a configured host (its name and :class:`~gateway.hosts.HostConfig`): its
         engine and stacks dir instead of the gateway's own, and its judged models kept apart.
 
         Raises:

@@ -92,7 +92,7 @@ def create_app(
         routes=[
             *routes.routes(),
             *pages.routes(),
-            *approvals.routes(),  # [approvals]
+            *approvals.routes(),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[

@@ -1,4 +1,4 @@
-"""[approvals] Changes that wait for a person: the list with each plan, one approval's page, and the decisions.
+"""Changes that wait for a person: the list with each plan, one approval's page, and the decisions.
 
 Pages: ``/approvals`` (pending ones first, then those decided in the last day), ``/approvals/{id}``
 (the page an ``approval_required`` result links to) and ``/ui/approvals`` (the list's live part).

@@ -107,7 +107,7 @@ class Backend(Protocol):
 
     control_plane: ControlPlane
     legacy: bool
-    # [tasks] Whether long actions can run as gateway tasks the browser follows (not in legacy mode).
+    # Whether long actions can run as gateway tasks the browser follows (not in legacy mode).
     tasks: bool
 
     def lifespan(self) -> AbstractAsyncContextManager[None]:
@@ -117,7 +117,7 @@ class Backend(Protocol):
     async def list_stacks(self) -> StackList: ...
 
     async def ps(self, project: str, host: str | None = None) -> PsResult:
-        """The stack's services; [fleet] on ``host`` (None: the gateway's own)."""
+        """The stack's services; on ``host`` (None: the gateway's own)."""
         ...
 
     async def logs(self, call: LogsCall) -> LogsResult: ...
@@ -139,15 +139,15 @@ class Backend(Protocol):
         ...
 
     async def approvals(self) -> list[ApprovalInfo]:
-        """[approvals] The changes that wait (or waited) for a person, newest first."""
+        """The changes that wait (or waited) for a person, newest first."""
         ...
 
     async def approval(self, approval_id: str) -> ApprovalInfo:
-        """[approvals] One of them (NotFound when there is none)."""
+        """One of them (NotFound when there is none)."""
         ...
 
     async def decide(self, approval_id: str, *, approve: bool, on_behalf_of: str) -> ApprovalInfo:
-        """[approvals] The person ``on_behalf_of`` approves (or rejects) a change that waits."""
+        """The person ``on_behalf_of`` approves (or rejects) a change that waits."""
         ...
 
     async def compose_agent_status(self) -> str:
@@ -155,19 +155,19 @@ class Backend(Protocol):
         ...
 
     async def start_action(self, call: ActionCall) -> TaskView:
-        """[tasks] Start ``call`` as a task; its handle (or a finished view if it was answered at once)."""
+        """Start ``call`` as a task; its handle (or a finished view if it was answered at once)."""
         ...
 
     async def start_rollback(self, call: RollbackCall) -> TaskView:
-        """[tasks] Start a rollback as a task."""
+        """Start a rollback as a task."""
         ...
 
     async def task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
-        """[tasks] A task of the person's, as it is now."""
+        """A task of the person's, as it is now."""
         ...
 
     async def cancel_task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
-        """[tasks] Stop a task of the person's; the stack stays as Compose left it."""
+        """Stop a task of the person's; the stack stays as Compose left it."""
         ...
 
     async def metrics(self) -> dict[str, Any]:
@@ -266,7 +266,7 @@ class GatewayBackend:
         payload = await self.client.call(tool, {"id": approval_id}, on_behalf_of=on_behalf_of)
         return ApprovalInfo.model_validate(payload)
 
-    # -- [tasks] ---------------------------------------------------------------------------------
+    # -- tasks: ---------------------------------------------------------------------------------
 
     async def start_action(self, call: ActionCall) -> TaskView:
         arguments = {**call.arguments(), "confirm": call.confirm}
@@ -321,7 +321,7 @@ def _json_object(text: str) -> dict[str, Any]:
     return data
 
 
-# [approvals] They belong to the compose-agent's tools: the panel running Compose itself has none.
+# They belong to the compose-agent's tools: the panel running Compose itself has none.
 _NO_APPROVALS = "approvals wait at the compose-agent; a panel in legacy mode (COMPOSE_AGENT_ENABLED=false) has none"
 
 
@@ -426,7 +426,7 @@ class LegacyBackend:
         merged["compose_agent_reachable"] = None
         return merged
 
-    # [tasks] In-process actions answer when they are done; there are no tasks to follow.
+    # In-process actions answer when they are done; there are no tasks to follow.
 
     async def start_action(self, call: ActionCall) -> TaskView:
         return _no_tasks()

@@ -70,7 +70,7 @@ def classify_tool_result(result: CallToolResult) -> PanelError:
     if kind == "confirmation_required":
         token = meta.get(CONFIRM_META_KEY)
         return ConfirmationNeeded(message, token if isinstance(token, str) else None)
-    if kind == "approval_required":  # [approvals]
+    if kind == "approval_required":
         approval = meta.get(APPROVAL_META_KEY)
         return ApprovalNeeded(message, approval if isinstance(approval, str) else None)
     if isinstance(kind, str):
@@ -216,7 +216,7 @@ class GatewayClient:
             client = Client(
                 streamable_http_client(self.url, http_client=http),
                 read_timeout_seconds=self.read_timeout,
-                # [tasks] The long actions come back as tasks the panel follows (statuspanel.tasks).
+                # The long actions come back as tasks the panel follows (statuspanel.tasks).
                 extensions=[PanelTasks()],
             )
             async with client:
@@ -288,7 +288,7 @@ class GatewayClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def read(self, uri: str) -> str:
-        """[approvals] The text of one of the gateway's resources (``compose://approvals``, say).
+        """The text of one of the gateway's resources (``compose://approvals``, say).
 
         Raises:
             GatewayUnavailable: no session within ``connect_wait``, or no answer before the deadline.
@@ -318,11 +318,11 @@ class GatewayClient:
     def _arguments(self, tool: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
         args = {k: v for k, v in (arguments or {}).items() if v is not None}
         if tool not in READ_TOOLS:
-            # [tasks] One key per action: the retry after a lost session joins the call instead of repeating it.
+            # One key per action: the retry after a lost session joins the call instead of repeating it.
             args.setdefault("idempotency_key", uuid.uuid4().hex)
         return args
 
-    # -- [tasks] the long actions, as tasks ------------------------------------------------------
+    # -- tasks: the long actions, as tasks ------------------------------------------------------
 
     async def start(self, tool: str, arguments: dict[str, Any], *, on_behalf_of: str | None = None) -> TaskView:
         """Start a long action; the gateway's task handle, or a finished view if it answered at once.
@@ -379,7 +379,7 @@ class GatewayClient:
     ) -> CallToolResult:
         try:
             if tool not in READ_TOOLS:
-                # [tasks] The gateway answers a write with a task here (the session declares the extension).
+                # The gateway answers a write with a task here (the session declares the extension).
                 with anyio.fail_after(timeout + self.read_timeout + 1):
                     return await run_as_task(client.session, tool, args, meta, self.read_timeout, timeout)
             with anyio.fail_after(timeout + 1):

@@ -110,7 +110,7 @@ class ConfirmationNeeded(PanelError):
 
 
 class ApprovalNeeded(PanelError):
-    """[approvals] The operator's ``policy.approve`` lists this call: it waits for another person's approval.
+    """The operator's ``policy.approve`` lists this call: it waits for another person's approval.
 
     Nothing was changed; ``approval`` is the id, and the panel's page for it is ``/approvals/<id>``.
     """
@@ -139,7 +139,7 @@ _BY_KIND: dict[str, type[PanelError]] = {
     # The gateway cannot write its audit, or is stopping: nothing ran, and trying later may work.
     "audit_unavailable": TryLater,
     "shutting_down": TryLater,
-    # [tasks] The panel sends a fresh key per action, so a conflict is a bug of its own; the state
+    # The panel sends a fresh key per action, so a conflict is a bug of its own; the state
     # folder of tasks and keys out of reach is like the audit's: nothing ran.
     "idempotency_conflict": BadRequest,
     "state_unavailable": TryLater,

@@ -41,7 +41,7 @@ async def _watchdog_status(state: PanelState) -> dict[str, Any] | None:
 
 
 async def pending_approvals(state: PanelState) -> int:
-    """[approvals] How many changes wait for a person: the number on the Approvals badge (0 if unknown)."""
+    """How many changes wait for a person: the number on the Approvals badge (0 if unknown)."""
     try:
         return sum(1 for approval in await state.backend.approvals() if approval.status == "pending")
     except PanelError:
@@ -67,7 +67,7 @@ async def _dashboard_context(request: Request) -> dict[str, Any]:
         async def load_ps(card: dict[str, Any]) -> None:
             info: StackInfo = card["info"]
             try:
-                # [fleet] Another host's stack is asked for on its host; the local ones as always.
+                # Another host's stack is asked for on its host; the local ones as always.
                 card["ps"] = await (backend.ps(info.name) if info.host == "local" else backend.ps(info.name, info.host))
             except GatewayUnavailable as exc:
                 out["unavailable"] = exc.message
@@ -78,7 +78,7 @@ async def _dashboard_context(request: Request) -> dict[str, Any]:
             for card in cards:
                 tg.start_soon(load_ps, card)
         out["stacks"] = [stack_card(card["info"], card["ps"], card["error"]) for card in cards]
-        if len(listing.hosts) > 1:  # [fleet] grouped by host, each with its state
+        if len(listing.hosts) > 1:  # grouped by host, each with its state
             out["hosts"] = [
                 {**host.model_dump(), "stacks": [s for s in out["stacks"] if s["host"] == host.name]}
                 for host in listing.hosts
@@ -93,7 +93,7 @@ async def _dashboard_context(request: Request) -> dict[str, Any]:
     async def load_watchdog() -> None:
         out["watchdog"] = await _watchdog_status(state)
 
-    async def load_approvals() -> None:  # [approvals]
+    async def load_approvals() -> None:
         out["pending_approvals"] = await pending_approvals(state)
 
     async with anyio.create_task_group() as tg:
@@ -157,7 +157,7 @@ async def _stack_context(request: Request, project: str) -> dict[str, Any]:
         except PanelError as exc:
             out["versions_error"] = exc.message
 
-    async def load_approvals() -> None:  # [approvals]
+    async def load_approvals() -> None:
         out["pending_approvals"] = await pending_approvals(panel(request))
 
     async with anyio.create_task_group() as tg:

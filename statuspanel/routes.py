@@ -48,7 +48,7 @@ FEATURES = [
     "on_behalf_of",
 ]
 
-# [tasks] The long actions: with ``Prefer: respond-async`` they answer with a task the browser follows.
+# The long actions: with ``Prefer: respond-async`` they answer with a task the browser follows.
 TASK_ACTIONS = frozenset({"up", "down", "restart"})
 _TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -192,7 +192,7 @@ async def stack_rollback(request: Request) -> Response:
     return JSONResponse(result.model_dump(mode="json"))
 
 
-# -- [tasks] ----------------------------------------------------------------------------------------
+# -- tasks: ----------------------------------------------------------------------------------------
 
 
 def _respond_async(request: Request) -> bool:

@@ -49,7 +49,7 @@ def person(request: Request) -> str | None:
 
 
 def one_of_the_people(request: Request) -> str | None:
-    """[approvals] The person logged in, when they logged in as one of the gateway's people.
+    """The person logged in, when they logged in as one of the gateway's people.
 
     Only such a person may approve: the panel's token (as a bearer or through the login form), the
     configured username and open mode name nobody the gateway knows.

@@ -126,7 +126,7 @@ def stack_card(info: StackInfo, ps: PsResult | None, error: str | None) -> dict[
         overall = "stopped"
     return {
         "name": info.name,
-        # [fleet] Another host's stack is shown in its host's group, read-only here.
+        # Another host's stack is shown in its host's group, read-only here.
         "host": info.host,
         "remote": info.host != "local",
         "external": info.external,

@@ -22,14 +22,14 @@ outcome line: nothing ran.
 Callers pass validated or bounded arguments only; the caller field is a token's identity, never
 a token.
 
-[approvals] A line about a change that waits for a person's approval carries ``approval`` (the
+A line about a change that waits for a person's approval carries ``approval`` (the
 approval's id) and ``approval_step``: ``requested`` (the call that asked, with its caller and the
 person behind it), ``waiting`` (the same call again, before anyone decided), ``approved`` or
 ``rejected`` (by whom: the line's caller and ``on_behalf_of``), ``executed`` (the intent and
 outcome of the approved call) or ``refused`` (a retry the approval did not cover). Grep one id to
 read its chain. The approval step is bound to the call being served (:func:`approval_step`).
 
-[fleet] A line about a call on one host of a fleet names it in ``host`` (``local`` for the gateway's
+A line about a call on one host of a fleet names it in ``host`` (``local`` for the gateway's
 own engine), bound to the call being served like the approval step (:func:`mark_host`).
 """
 

@@ -38,14 +38,14 @@ _MAX_PERSON = 128
 _MAX_TEXT = 200
 _MAX_ITEMS = 20
 
-# [tasks] What a call carries beside its arguments (its idempotency key and attempt, its task), set
+# What a call carries beside its arguments (its idempotency key and attempt, its task), set
 # around the call and added to its intent line: one key's intents can then be found and counted.
 _CALL_TAGS: ContextVar[dict[str, Any] | None] = ContextVar("compose_agent_call_tags", default=None)
 
 
 @contextmanager
 def call_tags(**tags: Any) -> Iterator[None]:
-    """[tasks] Add ``tags`` (JSON values) to the intent lines written inside the block (worker threads too)."""
+    """Add ``tags`` (JSON values) to the intent lines written inside the block (worker threads too)."""
     token = _CALL_TAGS.set({**(_CALL_TAGS.get() or {}), **tags})
     try:
         yield
@@ -54,31 +54,31 @@ def call_tags(**tags: Any) -> Iterator[None]:
 
 
 def current_tags() -> dict[str, Any] | None:
-    """[tasks] The tags of the call being served, if any."""
+    """The tags of the call being served, if any."""
     return _CALL_TAGS.get()
 
 
 @dataclass(frozen=True)
 class ApprovalStep:
-    """[approvals] Which approval a line belongs to, and which step of its chain it records."""
+    """Which approval a line belongs to, and which step of its chain it records."""
 
     id: str
     step: str
 
 
-# [approvals] The approval step of the call being served: every line written for it carries it. Each
+# The approval step of the call being served: every line written for it carries it. Each
 # request is served in a task of its own, so a step set for one call never reaches another.
 _APPROVAL_STEP: ContextVar[ApprovalStep | None] = ContextVar("compose_agent_approval_step", default=None)
 
 
 def mark_approval(approval_id: str, step: str) -> None:
-    """[approvals] From now on, in this call, audit lines belong to ``approval_id`` at ``step``."""
+    """From now on, in this call, audit lines belong to ``approval_id`` at ``step``."""
     _APPROVAL_STEP.set(ApprovalStep(approval_id, step))
 
 
 @contextmanager
 def approval_step(approval_id: str, step: str) -> Iterator[None]:
-    """[approvals] The lines written inside belong to ``approval_id`` at ``step``."""
+    """The lines written inside belong to ``approval_id`` at ``step``."""
     token = _APPROVAL_STEP.set(ApprovalStep(approval_id, step))
     try:
         yield
@@ -87,21 +87,21 @@ def approval_step(approval_id: str, step: str) -> Iterator[None]:
 
 
 def current_approval() -> ApprovalStep | None:
-    """[approvals] The approval step of the call being served, if any."""
+    """The approval step of the call being served, if any."""
     return _APPROVAL_STEP.get()
 
 
-# [fleet] The host the call being served acts on; every line written for it names it.
+# The host the call being served acts on; every line written for it names it.
 _HOST: ContextVar[str | None] = ContextVar("compose_agent_host", default=None)
 
 
 def mark_host(host: str) -> None:
-    """[fleet] From now on, in this call, audit lines name ``host``."""
+    """From now on, in this call, audit lines name ``host``."""
     _HOST.set(host)
 
 
 def current_host() -> str | None:
-    """[fleet] The host of the call being served, if it named one (``local`` included)."""
+    """The host of the call being served, if it named one (``local`` included)."""
     return _HOST.get()
 
 

@@ -42,9 +42,9 @@ class Intent:
     arguments: dict[str, Any]
     on_behalf_of: str | None = None
     started: float = field(default_factory=time.perf_counter)
-    # [approvals] Read when the line is made: the outcome line of an intent says the same.
+    # Read when the line is made: the outcome line of an intent says the same.
     approval: ApprovalStep | None = field(default_factory=current_approval)
-    host: str | None = field(default_factory=current_host)  # [fleet]
+    host: str | None = field(default_factory=current_host)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -163,7 +163,7 @@ class AuditLog:
         record = self._record(entry, "intent")
         record["pid"] = os.getpid()
         tags = current_tags()
-        if tags:  # [tasks]
+        if tags:
             record.update({k: v for k, v in tags.items() if k not in record})
         self._append(record, sync=True)
         return entry
@@ -245,9 +245,9 @@ class AuditLog:
         }
         if entry.on_behalf_of is not None:
             record["on_behalf_of"] = entry.on_behalf_of
-        if entry.host is not None:  # [fleet]
+        if entry.host is not None:
             record["host"] = entry.host
-        if entry.approval is not None:  # [approvals]
+        if entry.approval is not None:
             record["approval"] = entry.approval.id
             record["approval_step"] = entry.approval.step
         return record

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .scopes import ScopeSet  # [oauth] scopes.py imports the tool families from here
+    from .scopes import ScopeSet  # scopes.py imports the tool families from here
 
 __all__ = [
     "COMPOSE_AGENT",
@@ -49,7 +49,7 @@ def scope_for(tool: str) -> str:
 class Principal:
     """A caller identity (never the token itself) and the tools it may call.
 
-    [oauth] An OAuth access token is a person acting through a client: ``person`` names them and
+    An OAuth access token is a person acting through a client: ``person`` names them and
     ``scopes`` (``compose:write:site``...) narrow each call to stacks; the static tokens have neither.
     """
 
@@ -62,14 +62,14 @@ class Principal:
         return tool in self.tools
 
     def may_act(self, tool: str, project: str | None = None, host: str | None = None) -> bool:
-        """[oauth] :meth:`may_call`, and for an OAuth token: on this stack (of this host)."""
+        """:meth:`may_call`, and for an OAuth token: on this stack (of this host)."""
         if self.scopes is None:
             return self.may_call(tool)
         return self.scopes.allows(tool, project, host)
 
 
 def oauth_caller(client_id: str) -> str:
-    """[oauth] The caller an OAuth client is in the audit (the person is ``on_behalf_of``)."""
+    """The caller an OAuth client is in the audit (the person is ``on_behalf_of``)."""
     return f"oauth:{client_id}"
 
 

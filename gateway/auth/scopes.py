@@ -12,7 +12,7 @@ The verbs map onto the gateway's tool families (:mod:`gateway.auth.principals`):
 ``approve`` covers the approval tools. A ``write`` or ``deploy`` scope also allows reading what it
 covers: a person who may restart a stack may see it. Nothing else implies anything.
 
-A call names no host when it means the gateway's own engine, the host ``local``. [fleet] A scope
+A call names no host when it means the gateway's own engine, the host ``local``. A scope
 narrowed to a stack names one stack on one host: a stack name alone is the host ``local``'s, so that
 a grant written before the fleet grew never reaches a stack of the same name on another engine.
 Only an unnarrowed scope (``compose:write``) covers every host.
@@ -166,7 +166,7 @@ def parse_scope(text: str) -> Scope:
         raise ScopeError(f"{shown!r} is not a scope: {stack[:70]!r} is not a stack name ({rule}); {hint}")
     if slash and not _NAME_RE.fullmatch(host):
         raise ScopeError(f"{shown!r} is not a scope: {host[:70]!r} is not a host name ({rule}); {hint}")
-    # [fleet] local/site and site are one scope: kept in the short form, so that sets stay minimal.
+    # local/site and site are one scope: kept in the short form, so that sets stay minimal.
     return Scope(verb, stack, host if slash and host != LOCAL_HOST else None)
 
 
@@ -239,7 +239,7 @@ class ScopeSet:
         return verb is not None and any(s.covers(verb, stack, host) for s in self.scopes)
 
     def reaches_host(self, host: str) -> bool:
-        """[fleet] True when some scope covers a stack of ``host`` (an unnarrowed one covers every host)."""
+        """True when some scope covers a stack of ``host`` (an unnarrowed one covers every host)."""
         return any(s.stack is None or s.on_host == host for s in self.scopes)
 
     def tools(self) -> frozenset[str]:

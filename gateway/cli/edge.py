@@ -98,7 +98,7 @@ def connection_guard(settings: Settings) -> ConnectionGuard:
 
 
 def vitals_of(settings: Settings, ops: ComposeOperations, guard: ConnectionGuard, fleet: Fleet | None = None) -> Vitals:
-    """What /health looks at: the engine, the audit's disk, the guard's connections, [fleet] the other hosts."""
+    """What /health looks at: the engine, the audit's disk, the guard's connections, the other hosts."""
     return Vitals(
         ops.engine.ping,
         engine_down_timeout=settings.engine_down_timeout,

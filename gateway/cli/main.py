@@ -17,8 +17,8 @@ from ..errors import GatewayError
 from ..redact import install_log_redaction
 from .edge import add_edge_flags
 from .serve import serve
-from .users import add_parser as add_users_parser  # [oauth]
-from .users import run as run_users_command  # [oauth]
+from .users import add_parser as add_users_parser
+from .users import run as run_users_command
 from .vault import add_vault_parser, run_vault_command
 
 __all__ = ["main"]
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds SIGTERM waits for running compose commands before ending them "
         "(default: $COMPOSE_AGENT_SHUTDOWN_TIMEOUT, else 8)",
     )
-    # [oauth] OAuth for hosted clients, and HTTPS from the gateway itself (docs/oauth.md).
+    # OAuth for hosted clients, and HTTPS from the gateway itself (docs/oauth.md).
     serve.add_argument(
         "--public-url",
         help="the https:// address clients reach this gateway at; turns on OAuth for hosted clients "
@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     add_edge_flags(serve)
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_vault_parser(commands)
-    add_users_parser(commands)  # [oauth]
+    add_users_parser(commands)
     return parser
 
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "vault":
             return run_vault_command(args, environ)
-        if args.command == "users":  # [oauth]
+        if args.command == "users":
             return run_users_command(args, environ)
         install_log_redaction()  # no secret resolved from Vault reaches any log handler (gateway.redact)
         return serve(args, environ)

@@ -24,7 +24,7 @@ import anyio
 
 from .. import __version__
 from ..audit import AuditLog
-from ..auth.people import open_people  # [oauth]
+from ..auth.people import open_people
 from ..auth.principals import STATUS_PANEL, TokenStore
 from ..auth.tokens import (
     GeneratedTokenSource,
@@ -40,10 +40,10 @@ from ..config import Settings, load_settings
 from ..errors import AuditUnavailable, GatewayError
 from ..fleet import Fleet
 from ..mcp.app import LOOPBACK_HOSTS, BackgroundTask, Limits, Shutdown, build_http_app
-from ..mcp.approvals import approval_gate  # [approvals]
+from ..mcp.approvals import approval_gate
 from ..mcp.health import supervise
 from ..mcp.notify import Notifier
-from ..mcp.oauth import build_oauth  # [oauth]
+from ..mcp.oauth import build_oauth
 from ..mcp.server import GatewayServer, build_server
 from ..metrics import ControlPlane
 from ..operations import ComposeOperations
@@ -76,7 +76,7 @@ def _configure_logging(level: str) -> None:
 
 
 def _allowed_hosts(settings: Settings, host: str) -> list[str]:
-    """[oauth] The Host headers served: as configured, plus the public URL's host (clients come through it)."""
+    """The Host headers served: as configured, plus the public URL's host (clients come through it)."""
     hosts = list(settings.allowed_hosts)
     if not settings.public_url or hosts == ["*"]:
         return hosts
@@ -139,7 +139,7 @@ def _announce(settings: Settings, args: argparse.Namespace, source: TokenSource,
         f"  SSE              {base}/sse",
         f"  health, metrics  {base}/health  {base}/api/v1/metrics  {base}/metrics",
     ]
-    if settings.public_url:  # [oauth]
+    if settings.public_url:
         lines.append(f"  OAuth            {settings.public_url}/mcp (hosted clients sign in as one of the people)")
     token = "<your compose_agent_token>"
     if isinstance(source, GeneratedTokenSource):
@@ -188,10 +188,10 @@ async def _serve_http(
         store.on_change(share)
     notifier = _notifier()
     static = GatewayTokenVerifier(store, panel_tools=settings.status_panel_tools)
-    # [oauth] People always (the panel logs them in); the authorization server with a public URL only.
+    # People always (the panel logs them in); the authorization server with a public URL only.
     people = await open_people(settings, share=True)
     oauth = await build_oauth(settings, static=static, people=people) if settings.public_url else None
-    approvals = approval_gate(settings)  # [approvals] kept in the state folder, shared with a stdio gateway
+    approvals = approval_gate(settings)  # kept in the state folder, shared with a stdio gateway
     server = build_server(
         ops,
         read_only=args.read_only,
@@ -202,7 +202,7 @@ async def _serve_http(
         notifier=notifier,
         confirm=settings.policy.confirm,
         approvals=approvals,
-        state_dir=settings.state_dir,  # [tasks]
+        state_dir=settings.state_dir,
         fleet=fleet,
     )
 
@@ -212,7 +212,7 @@ async def _serve_http(
     def identify(token: str) -> str | None:
         principal = store.identify(token)
         if principal is None and oauth is not None:
-            return oauth.identify(token)  # [oauth] person@client: each their own rate and sessions
+            return oauth.identify(token)  # person@client: each their own rate and sessions
         return None if principal is None else principal.name
 
     limits = Limits(
@@ -232,9 +232,9 @@ async def _serve_http(
         background={
             "token refresh": refresh,
             "people": people.watch_forever,
-            "approvals": approvals.watch_forever,  # [approvals]
+            "approvals": approvals.watch_forever,
             **background_tasks(ops, notifier),
-            **_task_runner(server),  # [tasks]
+            **_task_runner(server),
             **{f"oauth {task.__name__}": task for task in (oauth.background if oauth else [])},
         },
         limits=limits,
@@ -260,7 +260,7 @@ async def _serve_http(
         forwarded_allow_ips=settings.forwarded_allow_ips or [],
         # A backstop only: the app's own drain waits for running commands and then ends the sessions.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout) + 10,
-        # [oauth] uvicorn's own TLS, for a gateway that clients reach directly (docs/oauth.md).
+        # uvicorn's own TLS, for a gateway that clients reach directly (docs/oauth.md).
         ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key,
     )
@@ -285,7 +285,7 @@ async def _serve_stdio(
     settings: Settings, args: argparse.Namespace, ops: ComposeOperations, running: RunningCommands, fleet: Fleet
 ) -> int:
     notifier = _notifier()
-    approvals = approval_gate(settings)  # [approvals] shared through the state folder with the HTTP gateway
+    approvals = approval_gate(settings)  # shared through the state folder with the HTTP gateway
     server = build_server(
         ops,
         read_only=args.read_only,
@@ -316,17 +316,17 @@ async def _serve_stdio(
         for name, task in background_tasks(ops, notifier).items():
             tg.start_soon(supervise, name, task)
         tg.start_soon(supervise, "approvals", approvals.watch_forever)
-        for name, run_tasks in _task_runner(server).items():  # [tasks]
+        for name, run_tasks in _task_runner(server).items():
             tg.start_soon(supervise, name, run_tasks)
         await server.run_stdio_async()
-        # [tasks] The client hung up: a task it left running gets the same bounded wait as at SIGTERM.
+        # The client hung up: a task it left running gets the same bounded wait as at SIGTERM.
         await running.drain(settings.shutdown_timeout)
         tg.cancel_scope.cancel()
     return 0
 
 
 def _task_runner(server: GatewayServer) -> dict[str, BackgroundTask]:
-    """[tasks] Where the server's detached calls (tasks, keyed writes) run: beside it, for its lifetime."""
+    """Where the server's detached calls (tasks, keyed writes) run: beside it, for its lifetime."""
     return {"tasks": server.tasks.run} if server.tasks is not None else {}
 
 
@@ -351,7 +351,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             print(f"compose-agent: error: cannot read {tls_file}", file=sys.stderr)
             return 2
     overrides: dict[str, object] = {"stacks_dir": args.stacks_dir, "compose_bin": args.compose_bin}
-    overrides["public_url"] = args.public_url  # [oauth]
+    overrides["public_url"] = args.public_url
     if args.allowed_hosts:
         overrides["allowed_hosts"] = [h.strip() for h in args.allowed_hosts.split(",") if h.strip()]
     if args.forwarded_allow_ips:
@@ -378,7 +378,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
     ops = ComposeOperations.from_settings(settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
     try:
-        # [fleet] The hosts of config.json beside the gateway's own engine; none is contacted here.
+        # The hosts of config.json beside the gateway's own engine; none is contacted here.
         fleet = Fleet.from_settings(settings, ops, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ)
     except GatewayError:
         ops.close()

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 _STACK_IN_URI = re.compile(r"compose://stacks/([^/?#]+)/")
-# [fleet] Another host's stack: compose://stacks/{host}/{project}/{part}.
+# Another host's stack: compose://stacks/{host}/{project}/{part}.
 _HOST_STACK_IN_URI = re.compile(r"compose://stacks/([^/?#]+)/([^/?#]+)/(?:compose\.yaml|status|logs)(?:[?#]|$)")
 
 # The request being served, set by the middleware for the length of its handling (one task).
@@ -117,7 +117,7 @@ class Authorized:
     person: str | None
 
 
-# [oauth] What a person holds now (None: no such person), for the panel acting for one of the people.
+# What a person holds now (None: no such person), for the panel acting for one of the people.
 PersonScopes = Callable[[str], ScopeSet | None]
 
 
@@ -131,7 +131,7 @@ def acting_for(principal: Principal, meta: Any) -> str | None:
     claimed = on_behalf_of(meta)
     if principal.person is None:
         return claimed
-    if claimed is not None and claimed != principal.person:  # [oauth] a client cannot act for someone else
+    if claimed is not None and claimed != principal.person:  # a client cannot act for someone else
         raise InvalidInput(f"this token acts for {principal.person}; _meta may not name anyone else")
     return principal.person
 
@@ -158,7 +158,7 @@ def authorize(
     principal = principal_of(ctx)
     project, host = arguments.get("project"), arguments.get("host")
     if isinstance(project, str):
-        # [fleet] Every audit line of this call names the host it acts on, refusals included.
+        # Every audit line of this call names the host it acts on, refusals included.
         mark_host(host if isinstance(host, str) else "local")
     try:
         person = acting_for(principal, ctx.request_context.meta)
@@ -169,7 +169,7 @@ def authorize(
         reason = f"the token of '{principal.name}' may not call '{tool}'; use a token whose scope includes it"
         ops.audit_refusal(tool, arguments, principal.name, reason, on_behalf_of=person)
         raise PolicyViolation(reason)
-    # [oauth] An OAuth token acts within its scopes, stack by stack; the panel acting for one of the
+    # An OAuth token acts within its scopes, stack by stack; the panel acting for one of the
     # people, within that person's grants too.
     scopes = principal.scopes
     if scopes is None and principal.name == STATUS_PANEL.name and person is not None and people is not None:
@@ -200,7 +200,7 @@ def require_scope(
     """
     project, host = arguments.get("project"), arguments.get("host")
     if not isinstance(project, str):
-        # [oauth] A stack's resource names its stack (and [fleet] its host) in its URI.
+        # A stack's resource names its stack (and its host) in its URI.
         uri = str(arguments.get("uri", ""))
         remote = _HOST_STACK_IN_URI.match(uri)
         found = _STACK_IN_URI.match(uri)
@@ -253,7 +253,7 @@ def _principal(client_id: str, scopes: tuple[str, ...], subject: str | None = No
     # Once per token and scope set, not once per call: every tool call asks.
     if client_id not in PRINCIPALS:
         if subject is not None:
-            # [oauth] Only the authorization server's tokens name a person; their scopes are compose:*.
+            # Only the authorization server's tokens name a person; their scopes are compose:*.
             held = ScopeSet.parse_known(scopes)
             return Principal(oauth_caller(client_id), held.tools(), person=subject, scopes=held)
         # An identity we did not issue gets no tools at all rather than a default.

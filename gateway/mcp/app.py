@@ -160,7 +160,7 @@ class EdgeLimiter:
             return
 
         async def watch(message: Message) -> None:
-            # [oauth] Only a presented token that is wrong counts: an OAuth client's first request has
+            # Only a presented token that is wrong counts: an OAuth client's first request has
             # none (it is how it discovers where to log in), and hosted clients share a few addresses.
             if message["type"] == "http.response.start" and message["status"] == 401 and guessed:
                 failures.record_failure(key)
@@ -248,7 +248,7 @@ def build_http_app(
     the app's lifetime in its lifespan task group: one that fails is started again, never taking the
     sessions down. ``vitals`` answers ``/health`` (by default, from ``ops``'s engine alone).
     With ``shutdown``, a stop waits for running Compose commands first (see :mod:`gateway.compose.running`).
-    [oauth] ``oauth_app`` answers the authorization server's paths (no bearer token there, so in front
+    ``oauth_app`` answers the authorization server's paths (no bearer token there, so in front
     of the edge limits), and ``guard`` wraps ``/mcp`` (the scope challenge).
     """
     vitals = vitals or Vitals(ops.engine.ping, engine_state=lambda: ops.engine.state.as_dict())
@@ -264,7 +264,7 @@ def build_http_app(
         max_sessions=None if sessions is None else 2 * sessions.limit + 1,
     )
     sse = mcp.sse_app(transport_security=security, host=host)
-    mcp_app = guard(streamable) if guard is not None else streamable  # [oauth]
+    mcp_app = guard(streamable) if guard is not None else streamable
 
     async def health(request: Request) -> Response:
         report = await vitals.report()
@@ -351,7 +351,7 @@ def build_http_app(
         return edge
 
     async def front(scope: Scope, receive: Receive, send: Send) -> None:
-        # [oauth] The login pages and OAuth endpoints take no bearer token: they are not the edge's to count.
+        # The login pages and OAuth endpoints take no bearer token: they are not the edge's to count.
         if scope["type"] == "http" and is_oauth_path(scope["path"]):
             await oauth_app(scope, receive, send)
         else:

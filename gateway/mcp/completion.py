@@ -1,6 +1,6 @@
 """Argument completion: stack names for ``project``, and that stack's services for ``service``.
 
-[fleet] For another host's resources, ``host`` completes to the hosts of the fleet, and ``project``
+For another host's resources, ``host`` completes to the hosts of the fleet, and ``project``
 and ``service`` to that host's stacks and services.
 
 Completion answers for the gateway's own prompts and resource templates; any other reference gets
@@ -82,7 +82,7 @@ def register_completion(mcp: MCPServer, ops: ComposeOperations, fleet: Fleet | N
         principal = current_principal()
         name, value = argument.name, argument.value
         chosen = (context.arguments if context else None) or {}
-        if name == "host" and principal.may_call("list_stacks"):  # [fleet]
+        if name == "host" and principal.may_call("list_stacks"):
             return _answer([host for host in hosts.names if host != LOCAL_HOST], value)
         try:
             on = hosts.get(chosen.get("host")) if isinstance(ref, ResourceTemplateReference) else ops

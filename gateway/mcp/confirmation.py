@@ -12,7 +12,7 @@ before its body:
 The body then calls :meth:`ConfirmGate.settle`: it acts on an accepted elicitation or a valid
 token, and otherwise raises the plan with a fresh token (see :mod:`gateway.deploy.confirm`).
 
-[approvals] A call the operator's ``policy.approve`` lists for its stack waits for a person instead
+A call the operator's ``policy.approve`` lists for its stack waits for a person instead
 (:mod:`gateway.mcp.approvals`): its resolver plans it the same way, nobody is asked, and the plan
 goes into the approval. An approval shows the plan and binds the state as a confirmation does, so
 a tool listed in both waits for the approval only.
@@ -92,7 +92,7 @@ class Pending:
     state: str = ""
     ask: bool = False
     person: str | None = None
-    # [approvals] The call waits for a person's approval (``plan`` and ``state`` are for it).
+    # The call waits for a person's approval (``plan`` and ``state`` are for it).
     approval: bool = False
 
 
@@ -201,10 +201,10 @@ class _Kit(Protocol):
     """What the plan resolvers need of the server's tool kit (:class:`gateway.mcp.tools.ToolKit`)."""
 
     ops: ComposeOperations
-    fleet: Fleet  # [fleet] the call's host is resolved here, once
+    fleet: Fleet  # the call's host is resolved here, once
     gate: ConfirmGate
-    people: PersonScopes | None  # [oauth] the panel's person acts within their own grants
-    approvals: ApprovalGate  # [approvals]
+    people: PersonScopes | None  # the panel's person acts within their own grants
+    approvals: ApprovalGate
 
 
 def _kit(ctx: Context) -> _Kit:
@@ -229,7 +229,7 @@ async def _plan_call(
     who = authorize(kit.ops, ctx, tool, shown, people=kit.people)
     project = str(arguments["project"])
     try:
-        # [fleet] An unknown host, or a write on a read-only one, is refused before anything is planned.
+        # An unknown host, or a write on a read-only one, is refused before anything is planned.
         planner = kit.fleet.writable(arguments.get("host"), tool).planner
     except GatewayError as exc:
         kit.ops.audit_refusal(tool, shown, who.principal.name, str(exc), on_behalf_of=who.person)
@@ -241,7 +241,7 @@ async def _plan_call(
         return planner.state(project, tool, arguments)
 
     try:
-        if kit.approvals.required(tool, project):  # [approvals] no question asked: the plan goes to a person
+        if kit.approvals.required(tool, project):  # no question asked: the plan goes to a person
             text = await plan(planner) if approval is None else ""
             return Pending(who.principal.name, False, text, await state(), person=who.person, approval=True)
         return await kit.gate.pending(
@@ -258,7 +258,7 @@ async def _plan_call(
         raise
 
 
-# [approvals] Each resolver also takes the call's ``approval``: a retry that carries one is not planned again.
+# Each resolver also takes the call's ``approval``: a retry that carries one is not planned again.
 
 
 async def plan_up(

@@ -126,7 +126,7 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         wait: Wait = False,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
-        idempotency_key: IdempotencyKey = None,  # [tasks]
+        idempotency_key: IdempotencyKey = None,
         host: HostArg = LOCAL_HOST,
     ) -> DeployResult:
         arguments = on_host({"project": project, "compose_yaml": compose_yaml, "env": env, "wait": wait}, host)
@@ -154,7 +154,7 @@ def register_deploy_tools(mcp: MCPServer, kit: ToolKit) -> None:
         wait: Wait = False,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
-        idempotency_key: IdempotencyKey = None,  # [tasks]
+        idempotency_key: IdempotencyKey = None,
         host: HostArg = LOCAL_HOST,
     ) -> DeployResult:
         arguments = on_host({"project": project, "version": version, "wait": wait}, host)

@@ -81,7 +81,7 @@ class Vitals:
     ``ping`` asks the engine for a sign of life (blocking; it runs in a worker thread).
     ``connections`` says how many HTTP connections are open (the edge's count), if known;
     ``engine_state`` the engine connection's own account (its breaker's state, reason and since when).
-    [fleet] ``hosts`` the same of the fleet's other hosts, by name: shown, and a degraded one is a reason
+    ``hosts`` the same of the fleet's other hosts, by name: shown, and a degraded one is a reason
     (the gateway serves the others, so never a 503).
     """
 
@@ -145,7 +145,7 @@ class Vitals:
             if anyio.current_time() - state.last_failed < _STABLE_RUN_S:
                 degraded.append(f"{name} failed ({state.failures} in a row, retried): {state.last_error}")
         hosts = self.hosts() if self.hosts is not None else {}
-        for host, host_state in sorted(hosts.items()):  # [fleet] known from the hosts' own calls: nothing is asked
+        for host, host_state in sorted(hosts.items()):  # known from the hosts' own calls: nothing is asked
             if host_state.get("status") == "degraded":
                 degraded.append(f"host {host} is degraded: {host_state.get('reason')}")
         if self.audit is not None and self.audit.space.low:

@@ -1,4 +1,4 @@
-"""[fleet] The stacks of the other hosts as resources: ``compose://stacks/{host}/{project}/...``.
+"""The stacks of the other hosts as resources: ``compose://stacks/{host}/{project}/...``.
 
 The local host's stacks keep their URIs (``compose://stacks/{project}/status``); a stack of another
 host has one more segment, its host. The same three resources (compose file, status, logs), read

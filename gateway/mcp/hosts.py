@@ -1,4 +1,4 @@
-"""[fleet] The ``host`` argument every stack tool takes, and how it joins a call's arguments.
+"""The ``host`` argument every stack tool takes, and how it joins a call's arguments.
 
 A gateway of one engine has only the host ``local``: the argument is optional and described in a
 few words, so its tool listing stays as it was but for one line per tool.

@@ -78,7 +78,7 @@ APP_URI_PREFIX = "ui://compose-agent/"
 MAX_COMPOSE_FILE_BYTES = 1024 * 1024
 
 _STACK_URI_RE = re.compile(r"compose://stacks/([^/?#]*)/(compose\.yaml|status|logs)(\?[^#]*)?")
-# [fleet] Another host's stack: compose://stacks/{host}/{project}/... (see gateway.mcp.host_resources).
+# Another host's stack: compose://stacks/{host}/{project}/... (see gateway.mcp.host_resources).
 _HOST_STACK_URI_RE = re.compile(r"compose://stacks/[^/?#]+/[^/?#]+/(compose\.yaml|status|logs)(\?[^#]*)?")
 _TOOL_FOR_PART = {"compose.yaml": "config", "status": "ps", "logs": "logs"}
 _TOOL_FOR_TEMPLATE = {COMPOSE_FILE_TEMPLATE: "config", STATUS_TEMPLATE: "ps", LOGS_TEMPLATE: "logs"}
@@ -116,7 +116,7 @@ def tool_for_uri(uri: str) -> str | None:
         return "ps"
     match = _STACK_URI_RE.fullmatch(uri)
     if match is None and (remote := _HOST_STACK_URI_RE.fullmatch(uri)) is not None:
-        return _TOOL_FOR_PART[remote.group(1)]  # [fleet] read under the same tool's scope, on its host
+        return _TOOL_FOR_PART[remote.group(1)]  # read under the same tool's scope, on its host
     return _TOOL_FOR_PART[match.group(2)] if match else None
 
 
@@ -136,9 +136,9 @@ class StackResources(MCPServer):
 
     #: The operations behind the stacks' resources; set by :func:`register_resources`.
     stack_ops: ComposeOperations | None = None
-    #: [approvals] The approvals whose pending ones are listed too; set by ``build_server``.
+    #: The approvals whose pending ones are listed too; set by ``build_server``.
     approvals: ApprovalGate | None = None
-    #: [fleet] The other hosts' stacks' resources the caller may read; set by ``register_host_resources``.
+    #: The other hosts' stacks' resources the caller may read; set by ``register_host_resources``.
     remote_resources: Callable[[Principal], Awaitable[list[Resource]]] | None = None
 
     async def list_resources(self) -> list[Resource]:
@@ -150,7 +150,7 @@ class StackResources(MCPServer):
                 listed.extend(_stack_resources(name, external, principal))
             if self.remote_resources is not None:
                 listed.extend(await self.remote_resources(principal))
-        if self.approvals is not None:  # [approvals]
+        if self.approvals is not None:
             listed.extend(await pending_resources(self.approvals, principal))
         return listed
 
@@ -204,7 +204,7 @@ async def stack_names(ops: ComposeOperations) -> list[tuple[str, bool]]:
 
 def _stack_resources(name: str, external: bool, principal: Principal) -> list[Resource]:
     resources = []
-    if not external and principal.may_act("config", name):  # [oauth] may_act: per stack
+    if not external and principal.may_act("config", name):  # may_act: per stack
         resources.append(
             Resource(
                 uri=compose_file_uri(name),

@@ -67,7 +67,7 @@ stop/down to change state. down removes containers (named volumes are kept unles
 To add or change a stack, send its whole compose file to deploy (plan shows first what it would
 do; versions and rollback undo it). Errors say what to do next; read them. A write that may outlast
 your wait can run as a task; send idempotency_key with a write you may retry, and it runs once."""
-# [fleet] Said only by a gateway that drives more than its own engine.
+# Said only by a gateway that drives more than its own engine.
 FLEET_INSTRUCTIONS = """
 This gateway drives several Docker engines (hosts). list_stacks lists every host's stacks, each with
 its host; pass that host to every other tool (omitted: local). A host marked read_only refuses writes."""
@@ -102,7 +102,7 @@ class GatewayServer(StackResources):
         self.read_only = False
         # What the tools share; resolvers reach it through their context's server.
         self.kit: ToolKit | None = None
-        # [tasks] Tasks and idempotency keys; the entry point runs ``tasks.run`` for the server's lifetime.
+        # Tasks and idempotency keys; the entry point runs ``tasks.run`` for the server's lifetime.
         self.tasks: TaskSupport | None = None
 
     async def list_tools(self) -> list[Tool]:
@@ -153,7 +153,7 @@ class GatewayServer(StackResources):
         principal = caller_of(context) if context is not None else LOCAL
         caller = principal.name
         try:
-            # [oauth] An OAuth token's person is the token's, whatever the request's _meta claims.
+            # An OAuth token's person is the token's, whatever the request's _meta claims.
             person = principal.person or (on_behalf_of(context.request_context.meta) if context is not None else None)
         except (InvalidInput, ValueError):
             # A malformed name (refused with the call anyway), or no request to read it from.
@@ -184,9 +184,9 @@ def error_result(exc: GatewayError) -> CallToolResult:
     meta: dict[str, Any] = {ERROR_META_KEY: exc.kind}
     if isinstance(exc, ConfirmationRequired):
         meta[CONFIRM_META_KEY] = exc.token
-    if isinstance(exc, InsufficientScope):  # [oauth]
+    if isinstance(exc, InsufficientScope):
         meta[SCOPE_META_KEY] = exc.scope
-    if isinstance(exc, ApprovalRequired):  # [approvals]
+    if isinstance(exc, ApprovalRequired):
         meta[APPROVAL_META_KEY] = exc.approval
         if exc.url is not None:
             meta[APPROVAL_URL_META_KEY] = exc.url
@@ -220,17 +220,17 @@ def build_server(
     :class:`~gateway.mcp.watch.StackWatcher` feeding it) for the server's lifetime. Without one, the
     server makes its own, which serves subscriptions and log levels but hears of no changes.
 
-    [tasks] Tasks and idempotency keys are kept in ``state_dir`` (in memory without one); the entry
+    Tasks and idempotency keys are kept in ``state_dir`` (in memory without one); the entry
     point runs ``server.tasks.run`` beside the server, where detached calls run.
 
-    [fleet] ``fleet`` holds the hosts beside ``ops`` (its ``local``); without one, ``ops`` is the only host.
+    ``fleet`` holds the hosts beside ``ops`` (its ``local``); without one, ``ops`` is the only host.
 
     Raises:
         StateUnavailable: the state folder's tasks or keys cannot be read.
     """
     auth = None
     if token_verifier is not None:
-        # [oauth] With a public URL, tokens are bound to this resource (RFC 8707) and a 401 points at
+        # With a public URL, tokens are bound to this resource (RFC 8707) and a 401 points at
         # its metadata (RFC 9728); the static tokens are stamped with it by the OAuth verifier.
         resource = AnyHttpUrl(resource_server_url) if resource_server_url else None
         auth = AuthSettings(
@@ -239,7 +239,7 @@ def build_server(
             validate_token_resource=True if resource else None,
         )
     notifier = notifier or Notifier(InMemorySubscriptionBus())
-    tasks = TaskSupport(ops, state_dir, frozenset() if read_only else WRITE_TOOLS | DEPLOY_TOOLS, fleet)  # [tasks]
+    tasks = TaskSupport(ops, state_dir, frozenset() if read_only else WRITE_TOOLS | DEPLOY_TOOLS, fleet)
     mcp = GatewayServer(
         "compose-agent",
         audit_refusal=ops.audit_refusal,
@@ -252,21 +252,21 @@ def build_server(
         subscriptions=notifier.bus,
     )
     mcp.read_only = read_only
-    mcp.tasks = tasks  # [tasks]
+    mcp.tasks = tasks
     # First of the gateway's own, so outermost: every answer passes it last, as it leaves (issue 28).
     mcp.middleware.append(redacting_middleware())
     mcp.middleware.append(tasks.middleware)
     kit = mcp.kit = ToolKit(ops, notifier, Confirmations(confirm), approvals, fleet)
-    kit.people = people  # [oauth] the panel's person acts within their own grants
+    kit.people = people  # the panel's person acts within their own grants
     register_read_tools(mcp, kit)
     register_deploy_reads(mcp, kit)
     if not read_only:
         register_write_tools(mcp, kit)
         register_deploy_tools(mcp, kit)
-    # [approvals] The approvals resources always; approve and reject change something, so not read-only.
+    # The approvals resources always; approve and reject change something, so not read-only.
     register_approvals(mcp, kit, tools=not read_only)
     register_resources(mcp, ops, notifier)
-    register_host_resources(mcp, kit.fleet)  # [fleet] a fleet of one adds nothing
+    register_host_resources(mcp, kit.fleet)  # a fleet of one adds nothing
     mcp.approvals = kit.approvals
     register_prompts(mcp, ops)
     register_completion(mcp, ops, kit.fleet)

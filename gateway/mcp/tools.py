@@ -66,7 +66,7 @@ Services = Annotated[
     Field(description="Only these services (names from ps); omit for every service of the stack", max_length=100),
 ]
 Confirm = Annotated[str | None, Field(description=CONFIRM_DESCRIPTION, max_length=64)]
-# [tasks] Read by the tools/call interceptor (gateway.mcp.tasks.calls), not by the tools' bodies.
+# Read by the tools/call interceptor (gateway.mcp.tasks.calls), not by the tools' bodies.
 IdempotencyKey = Annotated[
     str | None,
     Field(
@@ -118,12 +118,12 @@ class ToolKit:
         fleet: Fleet | None = None,
     ) -> None:
         self.ops = ops
-        # [fleet] Every host's operations; ``ops`` is the host local's (and the shared audit's).
+        # Every host's operations; ``ops`` is the host local's (and the shared audit's).
         self.fleet = fleet or Fleet.single(ops)
         self.notifier = notifier
         self.gate = ConfirmGate(confirmations or Confirmations())
         self.people: PersonScopes | None = None
-        # [approvals] The calls that wait for a person, and the approvals given.
+        # The calls that wait for a person, and the approvals given.
         self.approvals = approvals or ApprovalGate()
         self.approvals.notifier = notifier
 
@@ -184,7 +184,7 @@ class ToolKit:
         def audit(reason: str) -> None:
             self.ops.audit_refusal(tool, audited, pending.caller, reason, on_behalf_of=person)
 
-        if pending.approval:  # [approvals]
+        if pending.approval:
             await self.approvals.settle(tool, arguments, pending, approval, audit=audit)
             return Acting(caller=pending.caller, on_behalf_of=person, progress=self.progress(ctx))
         await self.gate.settle(
@@ -216,9 +216,9 @@ def register_read_tools(mcp: MCPServer, kit: ToolKit) -> None:
     async def list_stacks(ctx: Context, host: OneHost = None) -> StackList:
         who = kit.authorize(ctx, "list_stacks", {} if host is None else {"host": host})
         listing = await kit.fleet.list_stacks(host)
-        if who.scopes is not None:  # [oauth] a token narrowed to stacks sees only those
+        if who.scopes is not None:  # a token narrowed to stacks sees only those
             shown = [s for s in listing.stacks if who.may_act("ps", s.name, s.host)]
-            # [fleet] and only the hosts it has a scope on: another host's name and address are not its business.
+            # and only the hosts it has a scope on: another host's name and address are not its business.
             listing = StackList(stacks=shown, hosts=[h for h in listing.hosts if who.scopes.reaches_host(h.name)])
         return listing
 
@@ -328,7 +328,7 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         ] = False,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
-        idempotency_key: IdempotencyKey = None,  # [tasks]
+        idempotency_key: IdempotencyKey = None,
         host: HostArg = LOCAL_HOST,
     ) -> ActionResult:
         arguments = on_host({"project": project, "services": services, "wait": wait}, host)
@@ -354,7 +354,7 @@ def register_write_tools(mcp: MCPServer, kit: ToolKit) -> None:
         ] = False,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
-        idempotency_key: IdempotencyKey = None,  # [tasks]
+        idempotency_key: IdempotencyKey = None,
         host: HostArg = LOCAL_HOST,
     ) -> ActionResult:
         arguments = on_host({"project": project, "volumes": volumes}, host)
@@ -377,7 +377,7 @@ def _register_service_tool(
         services: Services = None,
         confirm: Confirm = None,
         approval: ApprovalArg = None,
-        idempotency_key: IdempotencyKey = None,  # [tasks]
+        idempotency_key: IdempotencyKey = None,
         host: HostArg = LOCAL_HOST,
     ) -> ActionResult:
         arguments = on_host({"project": project, "services": services}, host)

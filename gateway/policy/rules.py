@@ -60,7 +60,7 @@ RULES: dict[str, str] = {
 }
 # Tools a `policy.confirm` entry may name (the confirmation flow itself is issue 12's).
 CONFIRMABLE_TOOLS = frozenset({"up", "down", "restart", "start", "stop", "deploy", "rollback"})
-# [approvals] Tools a `policy.approve` entry may name: they act only once a person approved the call.
+# Tools a `policy.approve` entry may name: they act only once a person approved the call.
 APPROVABLE_TOOLS = CONFIRMABLE_TOOLS
 _MIN_APPROVAL_TTL, _MAX_APPROVAL_TTL = 1.0, 7 * 24 * 3600.0
 
@@ -94,7 +94,6 @@ class StackRules(BaseModel):
         default=(),
         description="Engine volumes, networks, secrets and configs the stack may use though it did not create them",
     )
-    # [approvals]
     approve: tuple[str, ...] = Field(
         default=(), description="Tools that act on this stack only once a person approved the call (adds to policy's)"
     )
@@ -145,7 +144,6 @@ class Policy(BaseModel):
     reserved_ports: tuple[int, ...] = Field(
         default=(), description="Host ports no stack may publish (the gateway's and the panel's own)"
     )
-    # [approvals]
     approve: tuple[str, ...] = Field(
         default=(), description="Tools that act only once a person other than the caller approved the call"
     )
@@ -162,7 +160,7 @@ class Policy(BaseModel):
         return _approvable_tools(value)
 
     def needs_approval(self, tool: str, stack: str) -> bool:
-        """[approvals] True when ``tool`` on ``stack`` acts only once a person approved it (a stack adds to all)."""
+        """True when ``tool`` on ``stack`` acts only once a person approved it (a stack adds to all)."""
         rules = self.stacks.get(stack)
         return tool in self.approve or (rules is not None and tool in rules.approve)
 

@@ -150,7 +150,7 @@
     }
   }
 
-  // [approvals] The nav's badge follows the count each refreshed part carries.
+  // The nav's badge follows the count each refreshed part carries.
   function updateApprovalsBadge() {
     var badge = document.querySelector("[data-approvals-badge]");
     var count = dashboard && dashboard.querySelector("[data-pending-approvals]");
@@ -344,7 +344,7 @@
         });
         if (!asked) toast("bad", label + " \u2014 needs confirmation", errorText(payload, response));
       } else if (status === 409 && payload && payload.approval_required && payload.page) {
-        // [approvals] Nothing ran: another person decides, on the approval's page.
+        // Nothing ran: another person decides, on the approval's page.
         toast("pending", label + " \u2014 waits for a person's approval", null,
           { href: payload.page, text: "Open the approval" });
       } else {
@@ -360,7 +360,7 @@
     }
   }
 
-  // [approvals] A person's decision on a change that waits.
+  // A person's decision on a change that waits.
   function decide(button) {
     var id = button.dataset.approval;
     var decision = button.dataset.decide;
@@ -386,7 +386,7 @@
     });
   }
 
-  // [approvals] The person who asked sends their approved change again: it acts once.
+  // The person who asked sends their approved change again: it acts once.
   function runApproved(button) {
     var id = button.dataset.run;
     var key = "approval|" + id;

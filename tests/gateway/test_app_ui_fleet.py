@@ -1,4 +1,4 @@
-"""[fleet] The MCP App's stack view of another host's stack: its buttons act on that host, never on
+"""The MCP App's stack view of another host's stack: its buttons act on that host, never on
 a namesake of the gateway's own engine. Real Chromium, the official host bridge, a TLS engine."""
 
 from __future__ import annotations

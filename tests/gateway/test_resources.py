@@ -58,7 +58,7 @@ async def test_each_stack_compose_file_is_listed_and_reads_as_written(
 async def test_the_templates_are_listed(ops: ComposeOperations, mode: str) -> None:
     async with Client(build_server(ops), mode=mode) as client:
         templates = {t.uri_template: t for t in (await client.list_resource_templates()).resource_templates}
-    # [approvals] One approval, by its id (compose://approvals/{id}), beside the stacks' three.
+    # One approval, by its id (compose://approvals/{id}), beside the stacks' three.
     assert set(templates) == {COMPOSE_FILE_TEMPLATE, STATUS_TEMPLATE, LOGS_TEMPLATE, APPROVAL_TEMPLATE}
     assert templates[LOGS_TEMPLATE].mime_type == "text/plain"
     assert str(MAX_TAIL) in (templates[LOGS_TEMPLATE].description or "")

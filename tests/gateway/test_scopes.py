@@ -63,7 +63,7 @@ def test_a_host_narrowed_scope_covers_that_hosts_stack_only() -> None:
     assert edge.allows("up", "site", "edge")
     assert not edge.allows("up", "site")  # no host: the local one
     assert not edge.allows("up", "site", "lab")
-    # [fleet] A stack name alone is the local host's stack: a grant never reaches a namesake elsewhere.
+    # A stack name alone is the local host's stack: a grant never reaches a namesake elsewhere.
     plain = ScopeSet.parse(["compose:write:site"])
     assert plain.allows("up", "site") and plain.allows("up", "site", "local")
     assert not plain.allows("up", "site", "edge") and not plain.allows("ps", "site", "edge")
@@ -113,7 +113,7 @@ def test_a_set_keeps_no_scope_another_one_includes() -> None:
         "compose:read",
         "compose:write:site",
     ]
-    # [fleet] The same stack name on two hosts is two stacks: neither scope includes the other.
+    # The same stack name on two hosts is two stacks: neither scope includes the other.
     assert ScopeSet.parse(["compose:write:edge/site", "compose:write:site"]).strings() == [
         "compose:write:site",
         "compose:write:edge/site",

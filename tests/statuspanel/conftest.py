@@ -266,7 +266,7 @@ class MemoryBackend:
         self.metrics_data = CommandExecutionMetrics()
         self.state = {"shop": {"web": "running", "db": "running"}, "blog": {"app": "exited"}}
         self.confirm_tools: set[str] = set()  # the operator's policy.confirm, as the gateway would apply it
-        self.waiting: dict[str, ApprovalInfo] = {}  # [approvals] what the gateway would list
+        self.waiting: dict[str, ApprovalInfo] = {}  # what the gateway would list
         self.decided: list[tuple[str, bool, str]] = []  # (id, approved, person), in order
         self.sent_approvals: list[str | None] = []  # the approval each action carried, in order
 

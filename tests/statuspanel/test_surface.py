@@ -51,12 +51,12 @@ def test_importing_the_whole_panel_loads_no_gateway_module_that_gateway_api_does
 # sources. Legacy mode's operations load on first use only. A new module here is a decision.
 CLIENT_MODE_MODULES = {
     "gateway.api",
-    # [approvals] The panel shows the changes that wait for a person: their model and the id's grammar.
+    # The panel shows the changes that wait for a person: their model and the id's grammar.
     "gateway.approvals.records",
     "gateway.audit.context",
     "gateway.audit.digest",
     "gateway.audit.log",
-    # [oauth] The panel logs in the gateway's people: their document, password hashes and scopes.
+    # The panel logs in the gateway's people: their document, password hashes and scopes.
     "gateway.auth.documents",
     "gateway.auth.passwords",
     "gateway.auth.people",
@@ -71,7 +71,7 @@ CLIENT_MODE_MODULES = {
     "gateway.metrics",
     "gateway.models",
     "gateway.ratelimit",
-    # [secrets] In legacy mode the panel redacts what it resolved itself; in client mode it knows nothing.
+    # In legacy mode the panel redacts what it resolved itself; in client mode it knows nothing.
     "gateway.redact",
     "gateway.stacks",
     "gateway.statefiles",

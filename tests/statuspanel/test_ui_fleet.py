@@ -1,4 +1,4 @@
-"""[fleet] The panel of a gateway with several hosts, in a real Chromium: stacks grouped by host, each
+"""The panel of a gateway with several hosts, in a real Chromium: stacks grouped by host, each
 host's state, and a host that stops answering shown as such while the others' stacks stay.
 
 The gateway is a real ``compose-agent serve`` with a TLS host and an SSH host (tests/engines).

@@ -197,7 +197,7 @@ class TaskCalls:
         project = arguments.get("project") if isinstance(arguments.get("project"), str) else None
         host = arguments.get("host")
         if project is not None and isinstance(host, str) and host != "local":
-            project = f"{host}/{project}"  # [fleet] a task on another host names it: "edge/site"
+            project = f"{host}/{project}"  # a task on another host names it: "edge/site"
         record: KeyRecord | None = None
         if key is not None:
             claim = self.keys.claim(caller.owner, key, params.name, fingerprint(params.name, arguments), project)

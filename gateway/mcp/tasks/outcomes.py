@@ -88,7 +88,7 @@ def describe_ps(ps: PsResult) -> str:
 def engine_now_of(fleet: Fleet) -> EngineNow:
     """What ``ps`` shows of a stack now, as one line; never raises.
 
-    [fleet] A task on another host names its stack ``host/project`` (see :mod:`.calls`).
+    A task on another host names its stack ``host/project`` (see :mod:`.calls`).
     """
 
     async def engine_now(project: str | None) -> str:
