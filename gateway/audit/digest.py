@@ -7,7 +7,7 @@ for want of an intent line. Two things stop that:
 - :class:`RefusalDigest`: within one interval, the first refusal of each (caller, tool, reason)
   is written in full, and the repeats are counted; at the end of the interval each count becomes
   one ``summary`` line. An interval has room for a bounded number of distinct keys; refusals past
-  it are counted per caller under one key, so varying the reason does not buy more lines.
+  it are counted per caller and tool under one key, so varying the reason does not buy more lines.
 - :func:`free_bytes`: refusal lines are written only while the disk keeps ``reserve`` bytes free for
   intent and outcome lines, which are written whatever the reserve says, as long as the disk takes them.
 """
@@ -31,7 +31,7 @@ Clock = Callable[[], float]
 # (caller, control plane, tool, reason, on_behalf_of, approval): what makes two refusals "the same".
 # The approval is the (id, step) a refusal belongs to, if any: its summary stays in that approval's chain.
 RefusalKey = tuple[str, str, str, str, str | None, tuple[str, str] | None]
-# Refusals past the interval's room for keys, counted per caller under this tool and reason.
+# Refusals past the interval's room for keys, counted per caller and tool under this reason.
 OTHER = "(other)"
 MIB = 1024 * 1024
 
@@ -102,7 +102,7 @@ class RefusalDigest:
             counts[key] += 1
             return False
         if len(counts) >= self.max_keys:
-            overflow: RefusalKey = (key[0], key[1], OTHER, OTHER, None, None)
+            overflow: RefusalKey = (key[0], key[1], key[2], OTHER, None, None)
             counts[overflow] = counts.get(overflow, 0) + 1
             return False
         counts[key] = 0  # written in full: only what follows it is counted

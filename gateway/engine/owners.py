@@ -28,6 +28,9 @@ from .transport import EngineRefused
 __all__ = ["EngineOwners", "KINDS"]
 
 KINDS = ("volume", "network", "secret", "config", "container")
+# What `docker stack deploy` labels a stack's resources with (gateway.swarm.tasks.NAMESPACE_LABEL:
+# the engine package imports no swarm module).
+STACK_NAMESPACE_LABEL = "com.docker.stack.namespace"
 # A node that is not a swarm manager answers 503 for secrets and configs: it has none.
 _NOT_A_MANAGER = 503
 # Where the Engine API inspects each kind by name.
@@ -63,7 +66,8 @@ class EngineOwners:
         if named != name:
             # The engine also finds networks and containers by an id prefix: that is not this name.
             return None
-        return str(labels.get(PROJECT_LABEL) or "")
+        # A swarm stack's own networks, secrets and configs carry its namespace instead of a project.
+        return str(labels.get(PROJECT_LABEL) or labels.get(STACK_NAMESPACE_LABEL) or "")
 
     def projects(self) -> set[str]:
         """The compose projects on the engine: of every container (stopped ones too) and every volume.

@@ -105,7 +105,7 @@ def test_past_its_room_for_keys_an_interval_counts_each_callers_other_refusals_u
     written = [digest.admit(("agent", "compose_agent", "up", f"no stack 's{n}'", None, None)) for n in range(1000)]
     assert written.count(True) == 3
     summaries = {s.key: s.count for s in digest.flush()}
-    assert summaries == {("agent", "compose_agent", OTHER, OTHER, None, None): 997}
+    assert summaries == {("agent", "compose_agent", "up", OTHER, None, None): 997}
 
 
 def test_a_refusal_storm_leaves_a_line_per_key_and_a_summary_and_varied_reasons_buy_nothing(tmp_path: Path) -> None:

@@ -270,7 +270,10 @@ async def test_plan_on_a_three_node_swarm_says_what_a_deploy_changes(
     )
     plan = await ops3.planner.plan(name, compose_yaml=proposed)
     actions = {a.service: a for a in plan.actions}
-    assert {s: a.action for s, a in actions.items()} == {"new": "create", "old": "remove", "web": "recreate"}
+    assert {s: a.action for s, a in actions.items()} == {"new": "create", "old": "remove", "web": "recreate"}, (
+        plan.warnings,
+        plan.policy,
+    )
     assert actions["web"].reason == (
         "rolling update of its tasks: environment +EXTRA ~MODE; "
         "placement (no constraints, at most 1 per node) -> (no constraints, at most 2 per node); replicas 2 -> 3"

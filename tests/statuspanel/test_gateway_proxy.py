@@ -62,7 +62,7 @@ async def test_actions_logs_and_metrics_go_through_the_gateway(
         assert up.status_code == 200, up.text
         assert up.json()["ok"] is True
         ps = (await client.get(f"/api/v1/stacks/{name}")).json()
-        assert set(ps) == {"project", "services", "policy", "nodes"} and ps["policy"]["allowed"] is True
+        assert set(ps) == {"project", "host", "services", "policy", "nodes"} and ps["policy"]["allowed"] is True
         assert states(ps) == {"web": "running", "worker": "running"}
 
         stop = await client.post(f"/api/v1/stacks/{name}/stop", json={"services": ["worker"]})
