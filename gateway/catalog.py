@@ -69,6 +69,11 @@ class StackView:
         return self.stack.folder
 
     @property
+    def secret_names(self) -> tuple[str, ...]:
+        """The secrets the judged model takes from Vault (none when it was not judged)."""
+        return self.evaluation.secret_names if self.evaluation is not None else ()
+
+    @property
     def compose_file(self) -> Path | None:
         return self.stack.compose_file
 

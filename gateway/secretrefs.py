@@ -44,6 +44,7 @@ __all__ = [
     "Reference",
     "SecretUnavailable",
     "bind",
+    "bound",
     "changed_secrets",
     "check_names",
     "declared",
@@ -197,6 +198,18 @@ def bind(model: dict[str, Any], stand_ins: Mapping[str, str]) -> dict[str, Any]:
             "in a command, label or path it would be judged and shown as plain text"
         )  # fmt: skip
     return bound
+
+
+def bound(model: dict[str, Any], stand_ins: Mapping[str, str]) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The judged model with its placeholders bound (:func:`bind`), and the names of the secrets it
+    references (:func:`declared`).
+
+    Raises:
+        InvalidInput: a secret used anywhere but a service's ``environment`` values, or a malformed
+            ``x-compose-agent.secrets`` block.
+    """
+    model = bind(model, stand_ins)
+    return model, tuple(declared(model))
 
 
 def _uses(model: Mapping[str, Any], names: set[str]) -> dict[str, list[str]]:

@@ -27,14 +27,7 @@ from anyio import to_thread
 from ..audit import AuditLog, Intent
 from ..auth.stacksecrets import StackSecrets
 from ..catalog import StackCatalog, StackView
-from ..errors import (
-    AuditUnavailable,
-    GatewayError,
-    InvalidInput,
-    PolicyRefused,
-    PolicyViolation,
-    ShuttingDown,
-)
+from ..errors import AuditUnavailable, GatewayError, InvalidInput, PolicyRefused, PolicyViolation, ShuttingDown
 from ..metrics import CommandExecutionMetrics, ControlPlane
 from ..models import ActionResult
 from ..policy.guard import refusal
@@ -67,7 +60,7 @@ class Lifecycle:
         secrets: StackSecrets | None = None,
     ) -> None:
         self.catalog = catalog
-        # Where a stack's secrets come from at up (gateway.secretrefs); without Vault, a stack naming one is refused.
+        # Where a stack's secrets come from (gateway.secretrefs); without Vault, a stack naming one is refused at up.
         self.secrets = secrets or StackSecrets()
         # The judged models Compose runs, kept in the state dir (see gateway.compose.runfile).
         self.runs = runs
@@ -313,7 +306,10 @@ class Lifecycle:
             assert view.verdict is not None
             if not view.verdict.allowed:
                 raise refusal(stack.name, "up", view.verdict)
-            model, values = await self.secrets.prepare(stack.name, view.model)  # from Vault, before anything
+            # Secrets are read from Vault before anything runs (most stacks have none).
+            model, values = (
+                await self.secrets.prepare(stack.name, view.model) if view.secret_names else (view.model, {})
+            )
             run = await to_thread.run_sync(self.runs.write, stack.name, model, view.profiles)
             run = replace(run, env=values)
             if view.target.target == "swarm":

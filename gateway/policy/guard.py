@@ -39,7 +39,7 @@ from anyio import to_thread
 from ..compose.cli import ComposeCli
 from ..errors import ComposeFailed, GatewayError
 from ..models import Verdict
-from ..secretrefs import bind, check_names, declared, placeholders
+from ..secretrefs import EXTENSION_KEY, bound, check_names, placeholders
 from ..stacks import Stack
 from .findings import Context, OwnerLookup
 from .judge import Judgement, judge_model, judge_references
@@ -77,6 +77,7 @@ class Evaluation:
     reused: bool = False
     # The error that kept the stack from being judged at all (a mark's error verdict says it in one line).
     failure: GatewayError | None = None
+    secret_names: tuple[str, ...] = ()  # the secrets its model takes from Vault (gateway.secretrefs)
 
     @property
     def profiles(self) -> tuple[str, ...]:
@@ -232,8 +233,8 @@ class PolicyGuard:
         folder = stack.folder
         reading, context = await to_thread.run_sync(partial(self._read_in_context, stack, source, env_file))
 
-        def keep(judgement: Judgement, model: dict[str, Any]) -> Evaluation:
-            evaluation = Evaluation(judgement.verdict, model, reading, judgement.error_code)
+        def keep(judgement: Judgement, model: dict[str, Any], secret_names: tuple[str, ...] = ()) -> Evaluation:
+            evaluation = Evaluation(judgement.verdict, model, reading, judgement.error_code, secret_names=secret_names)
             if source is None:
                 self._remember(stack, reading, judgement, evaluation)
             return evaluation
@@ -243,7 +244,7 @@ class PolicyGuard:
             # Compose would read these files while loading: stop before it runs.
             return keep(early, {})
         # Secrets from Vault are judged where they go, never with their values (gateway.secretrefs).
-        stand_ins = placeholders(check_names(reading.secret_names))
+        stand_ins = placeholders(check_names(reading.secret_names)) if reading.secret_names else {}
         output = await cli.run(
             stack.name,
             ["config", "--format", "json"],
@@ -260,13 +261,14 @@ class PolicyGuard:
             raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
         if not isinstance(model, dict):
             raise GatewayError("docker compose config printed JSON that is not an object")
-        model = bind(model, stand_ins)
-        declared(model)  # a malformed reference is refused before anything is judged or run
-        extension = model.get("x-compose-agent")
+        extension = model.get(EXTENSION_KEY)
+        secret_names: tuple[str, ...] = ()
+        if stand_ins or (isinstance(extension, dict) and extension.get("secrets") is not None):
+            model, secret_names = bound(model, stand_ins)  # a malformed reference is refused here
         if isinstance(extension, dict) and extension.get("target") == "swarm":
             context = replace(context, swarm=True)
         judgement = await to_thread.run_sync(judge_model, reading, model, context)
-        return keep(judgement, model)
+        return keep(judgement, model, secret_names)
 
     async def current(self, stack: Stack, cli: ComposeCli) -> Evaluation:
         """The stack as its files are now: a verdict kept from before when nothing it depended on changed
