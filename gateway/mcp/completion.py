@@ -5,7 +5,9 @@ and ``service`` to that host's stacks and services.
 
 Completion answers for the gateway's own prompts and resource templates; any other reference gets
 an empty answer, as the protocol asks. Names are shown only to callers whose scope could list
-them: ``list_stacks`` for stacks, ``ps`` for services.
+them: ``list_stacks`` for hosts and stacks, ``ps`` for services; and to a token narrowed to some
+stacks (an OAuth person's grants), only the hosts, stacks and services ``list_stacks`` and ``ps``
+would show it.
 """
 
 from __future__ import annotations
@@ -82,10 +84,13 @@ def register_completion(mcp: MCPServer, ops: ComposeOperations, fleet: Fleet | N
         principal = current_principal()
         name, value = argument.name, argument.value
         chosen = (context.arguments if context else None) or {}
+        scopes = principal.scopes
         if name == "host" and principal.may_call("list_stacks"):
-            return _answer([host for host in hosts.names if host != LOCAL_HOST], value)
+            names = [host for host in hosts.names if host != LOCAL_HOST]
+            return _answer([host for host in names if scopes is None or scopes.reaches_host(host)], value)
+        host = chosen.get("host") if isinstance(ref, ResourceTemplateReference) else None
         try:
-            on = hosts.get(chosen.get("host")) if isinstance(ref, ResourceTemplateReference) else ops
+            on = hosts.get(host) if isinstance(ref, ResourceTemplateReference) else ops
         except GatewayError:
             return _empty()  # no such host: nothing to complete from
         if name == "project" and principal.may_call("list_stacks"):
@@ -94,12 +99,18 @@ def register_completion(mcp: MCPServer, ops: ComposeOperations, fleet: Fleet | N
                 HOST_COMPOSE_FILE_TEMPLATE,
             )
             stacks = await stack_names(on)
-            return _answer([n for n, external in stacks if not (folders_only and external)], value)
+            # A narrowed token completes only the stacks list_stacks shows it.
+            shown = [
+                n for n, external in stacks if not (folders_only and external) and principal.may_act("ps", n, host)
+            ]
+            return _answer(shown, value)
         if name == "service" and principal.may_call("ps"):
             project = chosen.get("project", "")
             try:
                 validate_project_name(project)
             except GatewayError:
                 return _empty()  # no project chosen yet: nothing to complete from
+            if not principal.may_act("ps", project, host):
+                return _empty()  # another stack's services are as much its business as its ps
             return _answer(await service_names(on, project), value)
         return _empty()

@@ -21,11 +21,11 @@ import docker
 import httpx2
 import pytest
 from mcp.types import TextContent
-from mcp_types import RequestParamsMeta
+from mcp_types import PromptReference, RequestParamsMeta
 
 from gateway.audit import on_behalf_of_meta
 from gateway.errors import ERROR_META_KEY, SCOPE_META_KEY
-from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, free_port
+from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory, free_port, random_name
 from tests.gateway.conftest import stop_process
 from tests.gateway.oauth_fixtures import PASSWORD, audit_lines, connect, run_users, start_oauth_gateway
 from tests.gateway.oauth_person import MemoryStorage, ScriptedPerson
@@ -157,6 +157,28 @@ async def test_the_persons_grants_decide_stack_by_stack(
         assert [line["on_behalf_of"] for line in claimed] == ["carol"]  # the token's person, not the claim
     finally:
         stop_process(oauth.gw.process)
+
+
+async def test_completion_names_only_the_stacks_and_services_the_persons_grants_show(
+    tmp_path: Path, stacks: StackFactory
+) -> None:
+    prefix = random_name("cmp")
+    mine = stacks.make(WEB_WORKER, name=prefix + "a", files=STACK_FILES)
+    theirs = stacks.make(WEB_WORKER, name=prefix + "b", files=STACK_FILES)
+    oauth = start_oauth_gateway(tmp_path, stacks.root, people={"dana": [f"compose:read:{mine}"]})
+    diagnose = PromptReference(type="ref/prompt", name="diagnose_stack")
+    triage = PromptReference(type="ref/prompt", name="triage_service")
+    try:
+        async with connect(oauth.url, ScriptedPerson("dana", PASSWORD)) as client:
+            projects = (await client.complete(diagnose, {"name": "project", "value": prefix})).completion
+            own = (await client.complete(triage, {"name": "service", "value": ""}, {"project": mine})).completion
+            other = (await client.complete(triage, {"name": "service", "value": ""}, {"project": theirs})).completion
+    finally:
+        stop_process(oauth.gw.process)
+    # Completion shows what list_stacks and ps would show her, and not a name more.
+    assert projects.values == [mine] and projects.total == 1
+    assert own.values == ["web", "worker"]
+    assert other.values == [] and other.total == 0
 
 
 async def test_on_2026_07_28_a_call_outside_the_scopes_is_a_403_naming_the_scope(
