@@ -14,6 +14,7 @@ import docker
 import pytest
 
 from gateway.approvals.records import ApprovalInfo
+from gateway.errors import IDEMPOTENCY_META_KEY
 from tests.conftest import STACK_FILES, WEB_WORKER, StackFactory
 from tests.gateway.approvals_fixtures import (
     PANEL_URL,
@@ -172,3 +173,36 @@ async def test_the_panel_approves_for_a_person_who_holds_compose_approve_and_for
         ("intent", "status_panel_token", "dave"),
         ("outcome", "status_panel_token", "dave"),
     ]
+
+
+async def test_the_approved_retry_may_keep_the_idempotency_key_of_the_call_that_waited(
+    tmp_path: Path, stacks: StackFactory, docker_client: docker.DockerClient
+) -> None:
+    site = stacks.make(WEB_WORKER, files=STACK_FILES)
+    oauth = served(tmp_path, stacks, {"approve": ["restart"]}, people={"bob": ["compose:approve"]})
+    key = {"idempotency_key": "restart-" + site}
+    try:
+        async with agent(oauth.url, oauth.gw.agent_token) as me:
+            assert not (await me.call_tool("up", {"project": site})).is_error
+            before = started_at(docker_client, site)
+            approval = approval_of(await me.call_tool("restart", {"project": site, **key}))
+        async with connect(oauth.url, ScriptedPerson("bob", PASSWORD)) as bob:
+            assert not (await bob.call_tool("approve", {"id": approval})).is_error
+        async with agent(oauth.url, oauth.gw.agent_token) as me:
+            ran = await me.call_tool("restart", {"project": site, "approval": approval, **key})
+            after = started_at(docker_client, site)
+            again = await me.call_tool("restart", {"project": site, "approval": approval, **key})
+    finally:
+        stop_process(oauth.gw.process)
+    # Waiting for the person gave the key back: the approved call with it runs once, its repeat replays.
+    assert not ran.is_error, text_of(ran)
+    assert (ran.meta or {})[IDEMPOTENCY_META_KEY]["call"] == "ran"
+    assert not again.is_error and (again.meta or {})[IDEMPOTENCY_META_KEY]["call"] == "replayed"
+    assert set(after) == set(before) == {"web", "worker"}
+    assert all(after[service] != before[service] for service in before)
+    assert started_at(docker_client, site) == after
+
+
+def started_at(docker_client: docker.DockerClient, project: str) -> dict[str, str]:
+    listed = docker_client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+    return {c.labels["com.docker.compose.service"]: c.attrs["State"]["StartedAt"] for c in listed}
