@@ -1,0 +1,114 @@
+"""The MCP App's stack view of a swarm stack: each task on its node, and the swarm's nodes.
+
+A real single-node swarm on the shared engine, the gateway's own ``ps`` and real Chromium with the
+official host bridge, as in test_app_ui.py (``MCP_APP_SCREENSHOTS`` saves a screenshot here too).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+from playwright.async_api import Browser, expect
+
+from gateway.mcp.dashboard import APP_URI
+from gateway.mcp.server import build_server
+from gateway.operations import ComposeOperations
+from tests.chromium import browser
+from tests.conftest import StackFactory
+from tests.gateway.mcp_tools import mcp_tools_modules
+from tests.gateway.swarm_fixtures import TWO_REPLICAS, remove_stack, swarm
+from tests.gateway.test_app_ui import ORIGIN, SHOTS, serve_harness
+
+__all__ = ["browser", "swarm"]  # the fixtures, imported for pytest
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.browser]
+
+
+async def test_the_stack_view_of_a_swarm_stack_shows_each_task_on_its_node_and_the_nodes(
+    ops: ComposeOperations, stacks: StackFactory, swarm: str, browser: Browser
+) -> None:
+    project = stacks.make(TWO_REPLICAS)
+    try:
+        async with Client(build_server(ops)) as client:
+            up = await client.call_tool("up", {"project": project, "wait": True})
+            assert not up.is_error, up.content
+            ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
+            html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+            result = await client.call_tool("ps", {"project": project})
+        data = result.structured_content or {}
+        (node,) = data["nodes"]
+        tasks = [s for s in data["services"] if s["state"] == "running"]
+        assert len(tasks) == 2 and {t["node"] for t in tasks} == {node["hostname"]}
+
+        async def host_call_tool(name: str, arguments: str) -> str:
+            raise AssertionError(f"the view called {name} {arguments} while only rendering")
+
+        context = await browser.new_context(viewport={"width": 1040, "height": 560})
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.route(f"{ORIGIN}/**", serve_harness(mcp_tools_modules()))
+        await page.expose_function("hostCallTool", host_call_tool)
+        await page.goto(f"{ORIGIN}/host.html")
+        await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
+        await page.evaluate(
+            "(args) => window.startApp(args)",
+            {
+                "html": html,
+                "tool": ps_tool.model_dump(mode="json", by_alias=True, exclude_none=True),
+                "toolInput": {"project": project},
+                "toolResult": result.model_dump(mode="json", by_alias=True, exclude_none=True),
+            },
+        )
+        view = page.frame_locator("#app")
+        await expect(view.get_by_test_id("stack-name")).to_have_text(project)
+        await expect(view.get_by_test_id("stack-count")).to_have_text(re.compile(r"^2/\d+ running$"))
+        for task in tasks:
+            await expect(view.get_by_test_id(f"node-{task['container']}")).to_have_text(node["hostname"])
+        # The swarm's node, its role and how many of the stack's tasks it runs.
+        await expect(view.get_by_test_id("nodes")).to_be_visible()
+        shown = view.get_by_test_id(f"node-{node['hostname']}")
+        await expect(shown).to_contain_text("leader")
+        await expect(view.get_by_test_id(f"tasks-{node['hostname']}")).to_have_text(f"{node['tasks']} tasks")
+        assert node["tasks"] == 2 and errors == []
+        if SHOTS:
+            await page.screenshot(path=str(Path(SHOTS) / "mcp-app-swarm.png"), full_page=True)
+        await context.close()
+    finally:
+        await anyio.to_thread.run_sync(remove_stack, project)
+
+
+async def test_a_compose_stack_shows_no_nodes(ops: ComposeOperations, browser: Browser) -> None:
+    # Rendering only: a Compose ps result carries no nodes, and the view shows none.
+    async with Client(build_server(ops)) as client:
+        ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
+        html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+    result = {
+        "content": [{"type": "text", "text": "{}"}],
+        "structuredContent": {"project": "shop", "host": "local", "services": [{"service": "web", "state": "running"}]},
+    }
+    context = await browser.new_context(viewport={"width": 1040, "height": 560})
+    page = await context.new_page()
+    await page.route(f"{ORIGIN}/**", serve_harness(mcp_tools_modules()))
+    await page.expose_function("hostCallTool", lambda name, arguments: json.dumps({"content": []}))
+    await page.goto(f"{ORIGIN}/host.html")
+    await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
+    await page.evaluate(
+        "(args) => window.startApp(args)",
+        {
+            "html": html,
+            "tool": ps_tool.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "toolInput": {"project": "shop"},
+            "toolResult": result,
+        },
+    )
+    view = page.frame_locator("#app")
+    await expect(view.get_by_test_id("state-web")).to_have_text("running")
+    await expect(view.get_by_test_id("nodes")).to_be_hidden()
+    assert await view.get_by_test_id("node-web").count() == 0
+    await context.close()
