@@ -84,3 +84,12 @@ def test_redaction_measures_the_redactor_on_a_logs_answer(tmp_path: Path) -> Non
     out = run_bench("redaction.py", "--megabytes", "0.05", "--repeat", "2", "--json", str(figures))
     assert "| secrets | forms | no secret in it |" in out
     assert [row["secrets"] for row in json.loads(figures.read_text())] == [0, 1, 5, 20, 100]
+
+
+def test_swarm_ops_measures_a_swarm_stack_beside_a_compose_one(tmp_path: Path) -> None:
+    # It holds the engine's swarm as the swarm tests do, and leaves it only if it made it.
+    figures = tmp_path / "swarm.json"
+    out = run_bench("swarm_ops.py", "--iterations", "2", "--json", str(figures), timeout=600)
+    for row in ("swarm: up --wait", "swarm: ps (2 tasks)", "swarm: restart (rolling", "swarm: down"):
+        assert row in out
+    assert len(json.loads(figures.read_text())["samples"]) == 12
