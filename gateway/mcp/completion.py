@@ -88,9 +88,10 @@ def register_completion(mcp: MCPServer, ops: ComposeOperations, fleet: Fleet | N
         if name == "host" and principal.may_call("list_stacks"):
             names = [host for host in hosts.names if host != LOCAL_HOST]
             return _answer([host for host in names if scopes is None or scopes.reaches_host(host)], value)
-        host = chosen.get("host") if isinstance(ref, ResourceTemplateReference) else None
+        remote = isinstance(ref, ResourceTemplateReference)  # a template names its host; a prompt is local
+        host = chosen.get("host") if remote else None
         try:
-            on = hosts.get(host) if isinstance(ref, ResourceTemplateReference) else ops
+            on = hosts.get(host) if remote else ops
         except GatewayError:
             return _empty()  # no such host: nothing to complete from
         if name == "project" and principal.may_call("list_stacks"):

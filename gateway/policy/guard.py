@@ -244,7 +244,7 @@ class PolicyGuard:
             # Compose would read these files while loading: stop before it runs.
             return keep(early, {})
         # Secrets from Vault are judged where they go, never with their values (gateway.secretrefs).
-        stand_ins = placeholders(check_names(reading.secret_names)) if reading.secret_names else {}
+        stand_ins = placeholders(check_names(reading.secret_names))
         output = await cli.run(
             stack.name,
             ["config", "--format", "json"],
@@ -261,10 +261,8 @@ class PolicyGuard:
             raise GatewayError(f"docker compose config printed something that is not JSON: {exc}") from exc
         if not isinstance(model, dict):
             raise GatewayError("docker compose config printed JSON that is not an object")
+        model, secret_names = bound(model, stand_ins)  # a malformed reference is refused here
         extension = model.get(EXTENSION_KEY)
-        secret_names: tuple[str, ...] = ()
-        if stand_ins or (isinstance(extension, dict) and extension.get("secrets") is not None):
-            model, secret_names = bound(model, stand_ins)  # a malformed reference is refused here
         if isinstance(extension, dict) and extension.get("target") == "swarm":
             context = replace(context, swarm=True)
         judgement = await to_thread.run_sync(judge_model, reading, model, context)

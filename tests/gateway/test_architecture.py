@@ -25,7 +25,7 @@ SUB_PACKAGES = sorted(p.name for p in GATEWAY.iterdir() if (p / "__init__.py").i
 DOCKER_API = {"docker"}
 MCP_SDK = {"mcp", "mcp_types"}
 # Modules of the core with no gateway dependencies beyond each other: the ground every package stands on.
-LEAVES = {"errors", "models", "metrics", "envparse", "backoff", "ratelimit", "stacks", "redact"}
+LEAVES = {"errors", "models", "metrics", "envparse", "backoff", "ratelimit", "stacks", "redact", "secretrefs"}
 MAX_LINES = 400
 
 
