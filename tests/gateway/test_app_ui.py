@@ -14,12 +14,14 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from playwright.async_api import Browser, Route, expect
+from mcp.types import Tool
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from gateway.mcp.dashboard import APP_MIME_TYPE, APP_URI, EXTENSION_ID
 from gateway.mcp.server import build_server
@@ -73,6 +75,40 @@ def serve_harness(modules: Path) -> Callable[[Route], Awaitable[None]]:
         await route.fulfill(status=404, body="not in the harness")
 
     return handle
+
+
+async def start_view(
+    browser: Browser,
+    *,
+    html: str,
+    tool: Tool,
+    tool_input: dict[str, Any],
+    tool_result: dict[str, Any],
+    call_tool: Callable[[str, str], Awaitable[str]],
+) -> tuple[BrowserContext, Page, list[str]]:
+    """The harness page in a context of its own, hosting the view of one ``ps`` result.
+
+    ``call_tool`` answers the view's tools/call (name, JSON arguments -> JSON result). Returns the
+    context (the caller closes it), the page and the page errors seen, a list that grows.
+    """
+    context = await browser.new_context(viewport={"width": 1040, "height": 560})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.route(f"{ORIGIN}/**", serve_harness(mcp_tools_modules()))
+    await page.expose_function("hostCallTool", call_tool)
+    await page.goto(f"{ORIGIN}/host.html")
+    await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
+    await page.evaluate(
+        "(args) => window.startApp(args)",
+        {
+            "html": html,
+            "tool": tool.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "toolInput": tool_input,
+            "toolResult": tool_result,
+        },
+    )
+    return context, page, errors
 
 
 @pytest.mark.docker
@@ -181,20 +217,13 @@ async def test_a_button_whose_call_waits_for_a_person_offers_the_approval_page_t
                     called = await client.call_tool(name, json.loads(arguments))
                     return json.dumps(called.model_dump(mode="json", by_alias=True, exclude_none=True))
 
-                context = await browser.new_context(viewport={"width": 1040, "height": 560})
-                page = await context.new_page()
-                await page.route(f"{ORIGIN}/**", serve_harness(mcp_tools_modules()))
-                await page.expose_function("hostCallTool", host_call_tool)
-                await page.goto(f"{ORIGIN}/host.html")
-                await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
-                await page.evaluate(
-                    "(args) => window.startApp(args)",
-                    {
-                        "html": html,
-                        "tool": ps_tool.model_dump(mode="json", by_alias=True, exclude_none=True),
-                        "toolInput": {"project": project},
-                        "toolResult": result.model_dump(mode="json", by_alias=True, exclude_none=True),
-                    },
+                context, page, _errors = await start_view(
+                    browser,
+                    html=html,
+                    tool=ps_tool,
+                    tool_input={"project": project},
+                    tool_result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    call_tool=host_call_tool,
                 )
                 view = page.frame_locator("#app")
                 await expect(view.get_by_test_id("state-worker")).to_have_text("running")

@@ -14,8 +14,7 @@ from playwright.async_api import Browser, expect
 from gateway.mcp.dashboard import APP_URI
 from gateway.mcp.server import build_server
 from tests.chromium import browser
-from tests.gateway.mcp_tools import mcp_tools_modules
-from tests.gateway.test_app_ui import ORIGIN, serve_harness
+from tests.gateway.test_app_ui import start_view
 from tests.gateway.test_fleet import PROJECT_LABEL, TICKER, FleetSetup, fleet_setup
 
 __all__ = ["browser", "fleet_setup"]  # the fixtures, imported for pytest
@@ -31,7 +30,6 @@ async def test_the_stack_view_of_a_remote_stack_acts_on_its_host(
     (fleet_setup.dirs["local"] / project).mkdir()
     (fleet_setup.dirs["local"] / project / "compose.yaml").write_text(TICKER.replace("{image}", fleet_setup.image))
     fleet_setup.projects.append(("local", project))
-    modules = mcp_tools_modules()
     async with Client(build_server(fleet_setup.fleet.local, fleet=fleet_setup.fleet)) as client:
         up = await client.call_tool("up", {"project": project, "host": "edge", "wait": True})
         assert not up.is_error, up.content
@@ -43,22 +41,13 @@ async def test_the_stack_view_of_a_remote_stack_acts_on_its_host(
             called = await client.call_tool(name, json.loads(arguments))
             return json.dumps(called.model_dump(mode="json", by_alias=True, exclude_none=True))
 
-        context = await browser.new_context(viewport={"width": 1040, "height": 560})
-        page = await context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        await page.route(f"{ORIGIN}/**", serve_harness(modules))
-        await page.expose_function("hostCallTool", host_call_tool)
-        await page.goto(f"{ORIGIN}/host.html")
-        await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
-        await page.evaluate(
-            "(args) => window.startApp(args)",
-            {
-                "html": html,
-                "tool": ps_tool.model_dump(mode="json", by_alias=True, exclude_none=True),
-                "toolInput": {"project": project, "host": "edge"},
-                "toolResult": result.model_dump(mode="json", by_alias=True, exclude_none=True),
-            },
+        context, page, errors = await start_view(
+            browser,
+            html=html,
+            tool=ps_tool,
+            tool_input={"project": project, "host": "edge"},
+            tool_result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
+            call_tool=host_call_tool,
         )
         view = page.frame_locator("#app")
         await expect(view.get_by_test_id("stack-name")).to_have_text(f"edge/{project}")

@@ -6,7 +6,6 @@ official host bridge, as in test_app_ui.py (``MCP_APP_SCREENSHOTS`` saves a scre
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -20,9 +19,8 @@ from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
 from tests.chromium import browser
 from tests.conftest import StackFactory
-from tests.gateway.mcp_tools import mcp_tools_modules
 from tests.gateway.swarm_fixtures import TWO_REPLICAS, remove_stack, swarm
-from tests.gateway.test_app_ui import ORIGIN, SHOTS, serve_harness
+from tests.gateway.test_app_ui import SHOTS, start_view
 
 __all__ = ["browser", "swarm"]  # the fixtures, imported for pytest
 
@@ -48,22 +46,13 @@ async def test_the_stack_view_of_a_swarm_stack_shows_each_task_on_its_node_and_t
         async def host_call_tool(name: str, arguments: str) -> str:
             raise AssertionError(f"the view called {name} {arguments} while only rendering")
 
-        context = await browser.new_context(viewport={"width": 1040, "height": 560})
-        page = await context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        await page.route(f"{ORIGIN}/**", serve_harness(mcp_tools_modules()))
-        await page.expose_function("hostCallTool", host_call_tool)
-        await page.goto(f"{ORIGIN}/host.html")
-        await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
-        await page.evaluate(
-            "(args) => window.startApp(args)",
-            {
-                "html": html,
-                "tool": ps_tool.model_dump(mode="json", by_alias=True, exclude_none=True),
-                "toolInput": {"project": project},
-                "toolResult": result.model_dump(mode="json", by_alias=True, exclude_none=True),
-            },
+        context, page, errors = await start_view(
+            browser,
+            html=html,
+            tool=ps_tool,
+            tool_input={"project": project},
+            tool_result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
+            call_tool=host_call_tool,
         )
         view = page.frame_locator("#app")
         await expect(view.get_by_test_id("stack-name")).to_have_text(project)
@@ -92,23 +81,15 @@ async def test_a_compose_stack_shows_no_nodes(ops: ComposeOperations, browser: B
         "content": [{"type": "text", "text": "{}"}],
         "structuredContent": {"project": "shop", "host": "local", "services": [{"service": "web", "state": "running"}]},
     }
-    context = await browser.new_context(viewport={"width": 1040, "height": 560})
-    page = await context.new_page()
-    await page.route(f"{ORIGIN}/**", serve_harness(mcp_tools_modules()))
-    await page.expose_function("hostCallTool", lambda name, arguments: json.dumps({"content": []}))
-    await page.goto(f"{ORIGIN}/host.html")
-    await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
-    await page.evaluate(
-        "(args) => window.startApp(args)",
-        {
-            "html": html,
-            "tool": ps_tool.model_dump(mode="json", by_alias=True, exclude_none=True),
-            "toolInput": {"project": "shop"},
-            "toolResult": result,
-        },
+
+    async def host_call_tool(name: str, arguments: str) -> str:
+        raise AssertionError(f"the view called {name} {arguments} while only rendering")
+
+    context, page, errors = await start_view(
+        browser, html=html, tool=ps_tool, tool_input={"project": "shop"}, tool_result=result, call_tool=host_call_tool
     )
     view = page.frame_locator("#app")
     await expect(view.get_by_test_id("state-web")).to_have_text("running")
     await expect(view.get_by_test_id("nodes")).to_be_hidden()
-    assert await view.get_by_test_id("node-web").count() == 0
+    assert await view.get_by_test_id("node-web").count() == 0 and errors == []
     await context.close()
