@@ -58,8 +58,16 @@ def health_of(project: str) -> str | None:
     """The health of the project's first container (None without a container, or without a healthcheck)."""
     client = docker.from_env()
     try:
-        found = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
-        return found[0].attrs["State"].get("Health", {}).get("Status") if found else None
+        listed = client.api.containers(all=True, filters={"label": f"com.docker.compose.project={project}"})
+        for summary in listed:
+            # A container listed may be gone by its inspect (docker-py's containers.list would raise):
+            # for this poll it is not there, and the next one looks again.
+            try:
+                state = client.api.inspect_container(summary["Id"])["State"]
+            except docker.errors.NotFound:
+                continue
+            return str(state.get("Health", {}).get("Status")) if "Health" in state else None
+        return None
     finally:
         client.close()
 
