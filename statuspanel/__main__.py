@@ -27,10 +27,11 @@ from gateway.api import (
 )
 
 from . import __version__
-from .backend import Backend, GatewayBackend, LegacyBackend
+from .backend import Backend, GatewayBackend
 from .client import GatewayClient
 from .credentials import Authenticator
 from .hosts import LOOPBACK_HOSTS, AllowedHosts
+from .legacy import LegacyBackend
 from .settings import ALLOWED_HOSTS_ENV, PanelSettings, load_panel_settings
 
 __all__ = ["main", "build_backend", "is_loopback", "allowed_hosts", "control_plane"]

@@ -1,7 +1,8 @@
 """Where the panel's operations run: the compose-agent over MCP, or in-process in legacy mode.
 
-Routes talk to a :class:`Backend` and never know which one they have. Both return the gateway's
-result models and raise :mod:`statuspanel.errors` only.
+Routes talk to a :class:`Backend` and never know which one they have: :class:`GatewayBackend`
+here, or :class:`statuspanel.legacy.LegacyBackend`. Both return the gateway's result models and
+raise :mod:`statuspanel.errors` only.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from gateway.api import (
     ActionResult,
     ApprovalInfo,
     CommandExecutionMetrics,
-    ConfirmationRequired,
     ControlPlane,
     DeployResult,
-    GatewayError,
     LogsResult,
     PlanResult,
     PsResult,
@@ -33,13 +32,13 @@ from gateway.api import (
 )
 
 from .client import GatewayClient
-from .errors import ActionFailed, BadRequest, ConfirmationNeeded, NotFound, PanelError, for_kind
+from .errors import ActionFailed
 from .tasks import TaskView
 
 if TYPE_CHECKING:  # importing the operations pulls in docker-py, which normal mode must not need
-    from gateway.api import AuditLog, ComposeOperations
+    pass
 
-__all__ = ["ActionCall", "Backend", "GatewayBackend", "LegacyBackend", "LogsCall", "RollbackCall", "merge_metrics"]
+__all__ = ["ActionCall", "Backend", "GatewayBackend", "LogsCall", "RollbackCall", "merge_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -319,127 +318,3 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ActionFailed("the compose-agent sent something other than a JSON object")
     return data
-
-
-# They belong to the compose-agent's tools: the panel running Compose itself has none.
-_NO_APPROVALS = "approvals wait at the compose-agent; a panel in legacy mode (COMPOSE_AGENT_ENABLED=false) has none"
-
-
-def translate(exc: GatewayError) -> PanelError:
-    """Map the gateway's error hierarchy onto HTTP-shaped panel errors, by the error's kind."""
-    if isinstance(exc, ConfirmationRequired):
-        return ConfirmationNeeded(str(exc), exc.token)
-    return for_kind(exc.kind, str(exc))
-
-
-class LegacyBackend:
-    """The same operations, run in this process with the Docker socket; counted as ``status_panel``."""
-
-    control_plane = ControlPlane.STATUS_PANEL
-    legacy = True
-    tasks = False
-
-    def __init__(
-        self, operations: ComposeOperations, *, audit: AuditLog | None = None, caller: str = "status_panel"
-    ) -> None:
-        self.operations = operations
-        self.audit = audit
-        self.caller = caller
-
-    @asynccontextmanager
-    async def lifespan(self) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            self.operations.close()
-            if self.audit is not None:
-                self.audit.close()
-
-    async def list_stacks(self) -> StackList:
-        try:
-            return await self.operations.list_stacks()
-        except GatewayError as exc:
-            raise translate(exc) from exc
-
-    async def ps(self, project: str, host: str | None = None) -> PsResult:
-        if host not in (None, "local"):
-            raise BadRequest(f"legacy mode runs on this host's engine only, not on '{host[:63]}'")
-        try:
-            return await self.operations.ps(project)
-        except GatewayError as exc:
-            raise translate(exc) from exc
-
-    async def logs(self, call: LogsCall) -> LogsResult:
-        try:
-            return await self.operations.logs(**call.arguments())
-        except GatewayError as exc:
-            raise translate(exc) from exc
-
-    async def action(self, call: ActionCall) -> ActionResult:
-        # No confirmation tokens here: policy.confirm governs the gateway's tools, and in legacy mode
-        # the panel's own dialog, which shows the plan, is the confirmation.
-        ops, action, arguments = self.operations, call.action, call.arguments()
-        caller, on_behalf_of = self.caller, call.on_behalf_of
-        try:
-            if action == "down":
-                return await ops.down(**arguments, caller=caller, on_behalf_of=on_behalf_of)
-            if action == "up":
-                return await ops.up(**arguments, caller=caller, on_behalf_of=on_behalf_of)
-            return await ops.service_action(action, **arguments, caller=caller, on_behalf_of=on_behalf_of)
-        except GatewayError as exc:
-            raise translate(exc) from exc
-
-    async def plan(self, project: str) -> PlanResult:
-        try:
-            return await self.operations.planner.plan(project)
-        except GatewayError as exc:
-            raise translate(exc) from exc
-
-    async def versions(self, project: str) -> VersionList:
-        try:
-            return await self.operations.planner.versions(project)
-        except GatewayError as exc:
-            raise translate(exc) from exc
-
-    async def rollback(self, call: RollbackCall) -> DeployResult:
-        try:
-            return await self.operations.deployer.rollback(
-                **call.arguments(), caller=self.caller, on_behalf_of=call.on_behalf_of
-            )
-        except GatewayError as exc:
-            raise translate(exc) from exc
-
-    async def approvals(self) -> list[ApprovalInfo]:
-        return []
-
-    async def approval(self, approval_id: str) -> ApprovalInfo:
-        raise NotFound(_NO_APPROVALS)
-
-    async def decide(self, approval_id: str, *, approve: bool, on_behalf_of: str) -> ApprovalInfo:
-        raise BadRequest(_NO_APPROVALS)
-
-    async def compose_agent_status(self) -> str:
-        return "disabled"
-
-    async def metrics(self) -> dict[str, Any]:
-        merged = merge_metrics(self.operations.metrics.snapshot())
-        merged["compose_agent_reachable"] = None
-        return merged
-
-    # In-process actions answer when they are done; there are no tasks to follow.
-
-    async def start_action(self, call: ActionCall) -> TaskView:
-        return _no_tasks()
-
-    async def start_rollback(self, call: RollbackCall) -> TaskView:
-        return _no_tasks()
-
-    async def task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
-        return _no_tasks()
-
-    async def cancel_task(self, task_id: str, on_behalf_of: str | None) -> TaskView:
-        return _no_tasks()
-
-
-def _no_tasks() -> TaskView:
-    raise NotFound("no tasks in legacy mode: the panel runs each action itself and answers when it is done")

@@ -16,10 +16,10 @@ from gateway.api import Action
 
 from . import __version__
 from .backend import ActionCall, LogsCall, RollbackCall
-from .client import classify_tool_result
 from .errors import ActionFailed, BadRequest, NotFound, PanelError
 from .state import ACTIONS, panel, person
 from .tasks import TaskView
+from .toolerrors import classify_tool_result
 from .validation import (
     json_body,
     validate_confirm,

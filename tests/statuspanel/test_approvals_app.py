@@ -19,9 +19,9 @@ from gateway.auth.documents import FileDocument
 from gateway.auth.people import PeopleAdmin
 from gateway.errors import APPROVAL_META_KEY, ERROR_META_KEY
 from statuspanel.app import create_app
-from statuspanel.client import classify_tool_result
 from statuspanel.credentials import Authenticator
 from statuspanel.errors import ApprovalNeeded
+from statuspanel.toolerrors import classify_tool_result
 from tests.statuspanel.conftest import APP_BASE, APP_TOKEN, MemoryBackend, bearer
 
 PASSWORD = "correct horse battery staple"
