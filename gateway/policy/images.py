@@ -97,9 +97,20 @@ def build(f: Findings, at: At, spec: Any) -> None:
         for entry in spec.get(key) or []:
             _cache(f, name, key, str(entry))
     for entry in spec.get("ssh") or []:
-        path = entry.get("path") if isinstance(entry, dict) else str(entry).partition("=")[2]
+        if isinstance(entry, dict):
+            ident, path = str(entry.get("id") or "default"), str(entry.get("path") or "")
+        else:
+            ident, _, path = str(entry).partition("=")
         if path:
-            f.file(name, "build ssh key", str(path))
+            f.file(name, "build ssh key", path)
+        else:
+            # Without a key file the build gets the agent at SSH_AUTH_SOCK, the keys of whoever runs Compose.
+            f.add(
+                "outside_files",
+                name,
+                f"build ssh {ident} hands the build the SSH agent of the gateway's environment; "
+                "give the build a key file inside the folder as a build secret instead",
+            )
     network = spec.get("network")
     if network == "host":
         f.add("host_namespaces", name, "build network host")
