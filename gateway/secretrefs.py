@@ -4,7 +4,7 @@ A stack writes, in the gateway's extension block::
 
     x-compose-agent:
       secrets:
-        DB_PASSWORD: "secret/apps/shop#db"     # KV v2: mount, path inside it, and a key
+        DB_PASSWORD: "secret/stacks/shop#db"     # KV v2: mount, path inside it, and a key
 
 How a value reaches the containers without ever being written to disk by the gateway:
 
@@ -79,7 +79,7 @@ _RESERVED = frozenset(
 _RESERVED_PREFIXES = ("COMPOSE_", "DOCKER_", "BUILDKIT_", "BUILDX_", "LD_", "SSH_", "SSL_", "XDG_", "LC_",
                       "VAULT_", "STATUS_PANEL_", "OTEL_", "GIT_")  # fmt: skip
 _HELP = (
-    f'write it as `{EXTENSION_KEY}: {{secrets: {{DB_PASSWORD: "secret/apps/shop#db"}}}}`: an upper-case variable '
+    f'write it as `{EXTENSION_KEY}: {{secrets: {{DB_PASSWORD: "secret/stacks/shop#db"}}}}`: an upper-case variable '
     "name, and a KV v2 reference mount/path#key (letters, digits, _ . -; segments start with a letter or digit)"
 )
 

@@ -127,6 +127,8 @@ class Findings:
             allow = f"a root in policy.allowed_bind_roots, or {allow}"
         elif rule == "unknown_key":
             allow = f"the key in policy.stacks.{self.stack}.allow_keys, or {allow}"
+        elif rule == "vault_paths":
+            allow = f"the path in policy.stacks.{self.stack}.secret_paths, or {allow}"
         elif rule.startswith("external_") or rule == "namespace":
             allow = f"the name in policy.stacks.{self.stack}.resources, or {allow}"
         violation = Violation(rule=rule, service=service, value=value, allow=allow)

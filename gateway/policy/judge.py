@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import GatewayError
 from ..models import Verdict, Violation
+from ..secretrefs import EXTENSION_KEY, declared
 from . import constraints
 from .allowlist import TABLE
 from .findings import At, Context, Findings, JudgeError
@@ -64,6 +65,7 @@ def judge_model(reading: Reading, model: Mapping[str, Any], context: Context) ->
     def run() -> None:
         _references(findings, reading)
         _Walk(findings).walk(model, _ROOT, None)
+        _vault_paths(findings, model)
 
     return _guarded(findings, run)
 
@@ -102,6 +104,24 @@ def _references(findings: Findings, reading: Reading) -> None:
             else:
                 findings.file(ref.service, ref.kind, str(path), ref.value)
     constraints.compose_env(findings, reading.dotenv_names)
+
+
+def _vault_paths(findings: Findings, model: Mapping[str, Any]) -> None:
+    """Each secret the stack takes from Vault, from a path the operator gives it (by default its own folder).
+
+    Whoever writes a compose file gets its secrets into a container of their own: without this, a
+    stack could read every secret the gateway's Vault token can, another stack's included.
+    """
+    allowed = findings.context.policy.secret_paths_of(findings.stack)
+    for name, ref in declared(model).items():
+        path = f"{ref.mount}/{ref.path}"
+        if not any(path == root or path.startswith(f"{root}/") for root in allowed):
+            findings.add(
+                "vault_paths",
+                None,
+                f"{EXTENSION_KEY}.secrets.{name} reads {path}, outside the Vault paths this stack may read "
+                f"({', '.join(allowed) or 'none'})",
+            )
 
 
 @dataclass

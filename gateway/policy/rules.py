@@ -24,6 +24,7 @@ __all__ = [
     "RULES",
     "CONFIRMABLE_TOOLS",
     "APPROVABLE_TOOLS",
+    "DEFAULT_SECRET_PATHS",
     "DEFAULT_SOCKETS",
     "Policy",
     "StackRules",
@@ -57,7 +58,10 @@ RULES: dict[str, str] = {
     "external_secrets": "secrets and configs the stack did not create: external, or named outside its namespace",
     "compose_env": "COMPOSE_* variables in the stack's .env that steer Compose itself (bake, remote includes...)",
     "ports": "publishing a host port the operator reserved (the gateway's, the panel's)",
+    "vault_paths": "Vault secrets outside the paths the operator gives the stack (policy.secret_paths)",
 }
+# Where a stack's x-compose-agent.secrets may point when the operator says nothing else: its own folder.
+DEFAULT_SECRET_PATHS = ("secret/stacks/{stack}",)
 # Tools a `policy.confirm` entry may name (the confirmation flow itself is issue 12's).
 CONFIRMABLE_TOOLS = frozenset({"up", "down", "restart", "start", "stop", "deploy", "rollback"})
 # Tools a `policy.approve` entry may name: they act only once a person approved the call.
@@ -70,6 +74,9 @@ _KEY_PATTERN = re.compile(r"[A-Za-z0-9_*-]+(?:\.[A-Za-z0-9_*-]+)*")
 # An engine resource name (volume, network, secret, config, container).
 _RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A Vault KV v2 mount and a path inside it, as secret references write them; {stack} for the stack's name.
+_SEGMENT = r"(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,127}|\{stack\})"
+_SECRET_PATH = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT}){{1,16}}")
 # Sockets that give whoever reaches them the container runtime, hence root on the host.
 DEFAULT_SOCKETS = (
     "/var/run/docker.sock",
@@ -97,11 +104,19 @@ class StackRules(BaseModel):
     approve: tuple[str, ...] = Field(
         default=(), description="Tools that act on this stack only once a person approved the call (adds to policy's)"
     )
+    secret_paths: tuple[str, ...] = Field(
+        default=(), description="More Vault paths (mount/path) this stack's secrets may come from (adds to policy's)"
+    )
 
     @field_validator("approve")
     @classmethod
     def _approvable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _approvable_tools(value)
+
+    @field_validator("secret_paths")
+    @classmethod
+    def _secret_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _vault_paths(value)
 
     @field_validator("allow_keys")
     @classmethod
@@ -147,6 +162,10 @@ class Policy(BaseModel):
     approve: tuple[str, ...] = Field(
         default=(), description="Tools that act only once a person other than the caller approved the call"
     )
+    secret_paths: tuple[str, ...] = Field(
+        default=DEFAULT_SECRET_PATHS,
+        description="Vault paths (mount/path, {stack} for the stack's name) under which stacks' secrets may lie",
+    )
     approval_ttl: float = Field(
         default=DEFAULT_APPROVAL_TTL,
         ge=_MIN_APPROVAL_TTL,
@@ -158,6 +177,17 @@ class Policy(BaseModel):
     @classmethod
     def _approvable(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _approvable_tools(value)
+
+    @field_validator("secret_paths")
+    @classmethod
+    def _secret_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _vault_paths(value)
+
+    def secret_paths_of(self, stack: str) -> tuple[str, ...]:
+        """The Vault paths (``mount/path``) under which ``stack``'s secret references may lie."""
+        rules = self.stacks.get(stack)
+        paths = self.secret_paths + (rules.secret_paths if rules is not None else ())
+        return tuple(dict.fromkeys(path.replace("{stack}", stack) for path in paths))
 
     def needs_approval(self, tool: str, stack: str) -> bool:
         """True when ``tool`` on ``stack`` acts only once a person approved it (a stack adds to all)."""
@@ -228,6 +258,16 @@ class Policy(BaseModel):
         """The engine resources the operator lets ``stack`` use though it did not create them."""
         rules = self.stacks.get(stack)
         return frozenset(rules.resources) if rules is not None else frozenset()
+
+
+def _vault_paths(value: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [path for path in value if not _SECRET_PATH.fullmatch(path)]
+    if bad:
+        raise ValueError(
+            f"secret_paths entries {', '.join(repr(p[:80]) for p in bad)} are not Vault paths like "
+            "secret/stacks/{stack}: a KV v2 mount, then a path inside it; segments of letters, digits, _ . -"
+        )
+    return value
 
 
 def _approvable_tools(value: tuple[str, ...]) -> tuple[str, ...]:

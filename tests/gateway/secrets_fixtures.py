@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,18 +22,34 @@ from gateway.audit import AuditLog
 from gateway.config import load_settings
 from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
+from gateway.policy.rules import Policy
 from gateway.redact import forms_of
-from tests.conftest import StackFactory
+from tests.conftest import StackFactory, random_name
 from tests.gateway.vault_fixtures import OpenBao
 
-__all__ = ["EXPECTED_LINES", "SECRET_STACK", "SecretStack", "leaks", "new_value", "sha", "vault_ops"]
+__all__ = [
+    "EXPECTED_LINES",
+    "SECRET_STACK",
+    "SecretStack",
+    "leaks",
+    "new_value",
+    "secret_stack",
+    "sha",
+    "vault_operations",
+    "vault_ops",
+]
 
-# Printed around the value: these words must still be there once the value is redacted.
-SECRET_STACK = """
+# Where the stack reads its secret: filled in per stack, so that the default policy lets it (see
+# SecretStack). A literal of its own, so the suite's scan of ordinary compose files sees the services alone.
+_SECRET_BLOCK = """
 x-compose-agent:
   secrets:
     DB_PASSWORD: "secret/apps/stack#db"
-services:
+"""
+# Printed around the value: these words must still be there once the value is redacted.
+SECRET_STACK = (
+    _SECRET_BLOCK
+    + """services:
   app:
     image: {image}
     init: true
@@ -66,6 +83,7 @@ secrets:
   db:
     environment: DB_PASSWORD
 """
+)
 
 # Lines the service prints, with the value gone: each must still be found, redacted, in the logs.
 EXPECTED_LINES = (
@@ -102,26 +120,43 @@ class SecretStack:
         return text.replace("{digest}", digests).replace("{image}", image)
 
 
+def secret_stack(value: str, rotated: str = "") -> SecretStack:
+    """A new stack's secret, at ``secret/stacks/<name>``: where the default policy lets a stack read."""
+    name = random_name("sec")
+    return SecretStack(name, f"stacks/{name}", value, rotated)
+
+
 def leaks(text: str, value: str) -> list[str]:
     """The forms of ``value`` found in ``text`` (none, if redaction held)."""
     return sorted(form for form in forms_of(value) if form in text)
 
 
-@pytest.fixture
-def vault_ops(stacks: StackFactory, openbao: OpenBao, tmp_path: Path) -> Iterator[ComposeOperations]:
-    """Operations whose stacks' secrets come from the OpenBao dev server (its root token)."""
+@contextmanager
+def vault_operations(
+    stacks: StackFactory, openbao: OpenBao, state: Path, policy: Policy | None = None
+) -> Iterator[ComposeOperations]:
+    """Operations whose stacks' secrets come from the OpenBao dev server (its root token), under ``policy``."""
     environ = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/root"),
-        "COMPOSE_AGENT_STATE_DIR": str(tmp_path / "state"),
+        "COMPOSE_AGENT_STATE_DIR": str(state / "state"),
         "VAULT_ADDRESS": openbao.address,
         "VAULT_TOKEN": openbao.root_token,
     }
-    settings = load_settings(environ, stacks_dir=stacks.root)
-    audit = AuditLog(tmp_path / "audit.log")
+    settings = load_settings(environ, stacks_dir=stacks.root, policy=policy)
+    audit = AuditLog(state / "audit.log")
     operations = ComposeOperations.from_settings(
         settings, plane=ControlPlane.COMPOSE_AGENT, audit=audit, environ=environ
     )
-    yield operations
-    operations.close()
-    audit.close()
+    try:
+        yield operations
+    finally:
+        operations.close()
+        audit.close()
+
+
+@pytest.fixture
+def vault_ops(stacks: StackFactory, openbao: OpenBao, tmp_path: Path) -> Iterator[ComposeOperations]:
+    """:func:`vault_operations` under the default policy."""
+    with vault_operations(stacks, openbao, tmp_path) as operations:
+        yield operations

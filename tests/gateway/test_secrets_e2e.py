@@ -21,9 +21,9 @@ from mcp import Client
 from mcp.types import CallToolResult, TextContent
 from playwright.async_api import Browser, expect
 
-from tests.conftest import StackFactory, free_port, random_name
+from tests.conftest import StackFactory, free_port
 from tests.gateway.approvals_fixtures import agent
-from tests.gateway.secrets_fixtures import EXPECTED_LINES, SecretStack, leaks, new_value, sha
+from tests.gateway.secrets_fixtures import EXPECTED_LINES, leaks, new_value, secret_stack, sha
 from tests.gateway.vault_fixtures import OpenBao, fresh_hash, openbao
 from tests.statuspanel.browser import browser, logged_in_page
 from tests.statuspanel.conftest import Gateway, _clean_env, poll, start_panel
@@ -103,7 +103,7 @@ async def _call(client: Client, seen: Seen, tool: str, **arguments: Any) -> Call
 async def test_no_tool_resource_prompt_log_or_page_holds_the_secret(
     stacks: StackFactory, openbao: OpenBao, tmp_path: Path, browser: Browser
 ) -> None:
-    secret = SecretStack(random_name("sec"), f"apps/{random_name('p')}", new_value(), new_value())
+    secret = secret_stack(new_value(), new_value())
     openbao.request("POST", f"secret/data/{secret.path}", {"data": {"db": secret.value}})
     name = stacks.make(secret.compose(stacks.image), name=secret.name)
     gateway = _gateway(stacks, tmp_path, openbao)
@@ -231,7 +231,7 @@ async def test_no_tool_resource_prompt_log_or_page_holds_the_secret(
 async def test_the_legacy_panel_redacts_what_it_ran_itself(
     stacks: StackFactory, openbao: OpenBao, tmp_path: Path
 ) -> None:
-    secret = SecretStack(random_name("sec"), f"apps/{random_name('p')}", new_value())
+    secret = secret_stack(new_value())
     openbao.request("POST", f"secret/data/{secret.path}", {"data": {"db": secret.value}})
     name = stacks.make(secret.compose(stacks.image), name=secret.name)
     env = _vault_env(openbao)

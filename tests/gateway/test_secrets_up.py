@@ -11,11 +11,20 @@ import pytest
 
 from gateway.compose.cli import ComposeCli
 from gateway.config import load_settings
-from gateway.errors import GatewayError, InvalidInput, SecretUnavailable
+from gateway.errors import GatewayError, InvalidInput, PolicyRefused, SecretUnavailable
 from gateway.metrics import ControlPlane
 from gateway.operations import ComposeOperations
+from gateway.policy.rules import Policy, StackRules
 from tests.conftest import StackFactory, free_port, random_name
-from tests.gateway.secrets_fixtures import EXPECTED_LINES, SecretStack, leaks, new_value, vault_ops
+from tests.gateway.secrets_fixtures import (
+    EXPECTED_LINES,
+    SecretStack,
+    leaks,
+    new_value,
+    secret_stack,
+    vault_operations,
+    vault_ops,
+)
 from tests.gateway.vault_fixtures import OpenBao, openbao
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -23,7 +32,7 @@ __all__ = ["openbao", "vault_ops"]
 
 
 def _stack(stacks: StackFactory, openbao: OpenBao, *, store: dict[str, str] | None = None) -> SecretStack:
-    secret = SecretStack(random_name("sec"), f"apps/{random_name('p')}", new_value())
+    secret = secret_stack(new_value())
     if store is not None:
         openbao.request("POST", f"secret/data/{secret.path}", {"data": store})
     stacks.make(secret.compose(stacks.image), name=secret.name)
@@ -38,7 +47,7 @@ async def _nothing_started(ops: ComposeOperations, name: str) -> None:
 async def test_up_hands_the_secret_to_the_service_and_keeps_it_off_disk(
     vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao, tmp_path: Path
 ) -> None:
-    secret = SecretStack(random_name("sec"), f"apps/{random_name('p')}", new_value())
+    secret = secret_stack(new_value())
     openbao.request("POST", f"secret/data/{secret.path}", {"data": {"db": secret.value}})
     name = stacks.make(secret.compose(stacks.image), name=secret.name)
     with anyio.fail_after(60):
@@ -106,7 +115,7 @@ async def test_a_value_that_cannot_be_a_secret_is_refused(
 async def test_a_value_that_is_not_a_string_is_refused(
     vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
 ) -> None:
-    secret = SecretStack(random_name("sec"), f"apps/{random_name('p')}", new_value())
+    secret = secret_stack(new_value())
     openbao.request("POST", f"secret/data/{secret.path}", {"data": {"db": {"nested": "x" * 20}}})
     stacks.make(secret.compose(stacks.image), name=secret.name)
     with pytest.raises(SecretUnavailable, match="is not a string in Vault"):
@@ -149,17 +158,46 @@ async def test_without_vault_a_stack_with_references_is_refused_saying_so(
         await ops.planner.plan(secret.name)
 
 
-async def test_a_reference_to_the_gateways_own_tokens_is_refused(
-    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao
+async def test_a_stack_reads_only_the_vault_paths_the_operator_gives_it(
+    vault_ops: ComposeOperations, stacks: StackFactory, openbao: OpenBao, tmp_path: Path
+) -> None:
+    # Another stack's secret, in that stack's own folder: the default policy gives each stack its own.
+    victim = secret_stack(new_value())
+    openbao.request("POST", f"secret/data/{victim.path}", {"data": {"db": victim.value}})
+    thief = SecretStack(random_name("thief"), victim.path, victim.value)
+    name = stacks.make(thief.compose(stacks.image), name=thief.name)
+    with pytest.raises(PolicyRefused) as caught:
+        await vault_ops.up(name)
+    message = str(caught.value)
+    assert "vault_paths" in message and f"secret/{victim.path}, outside the Vault paths" in message
+    assert f"secret/stacks/{name})" in message and f"policy.stacks.{name}.secret_paths" in message
+    assert not leaks(message, victim.value)
+    await _nothing_started(vault_ops, name)
+    listed = {stack.name: stack for stack in (await vault_ops.list_stacks()).stacks}
+    verdict = listed[name].policy
+    assert verdict is not None and verdict.rules == ["vault_paths"]
+
+    # The operator shares that path with this stack, and with nothing else.
+    shared = Policy(stacks={name: StackRules(secret_paths=(f"secret/{victim.path}",))})
+    with vault_operations(stacks, openbao, tmp_path / "shared", shared) as ops:
+        with anyio.fail_after(60):
+            assert (await ops.up(name, wait=True)).ok
+        assert [s.health for s in (await ops.ps(name)).services] == ["healthy"]
+
+
+async def test_a_reference_to_the_gateways_own_tokens_is_refused_even_where_the_operator_allows_any_path(
+    stacks: StackFactory, openbao: OpenBao, tmp_path: Path
 ) -> None:
     openbao.write_token("agent/dhijack/compose_agent_token", "the-gateways-own-token-123")
     for reference in ("secret/agent/dhijack/compose_agent_token#token", "secret/agent#token"):
         block = f'x-compose-agent:\n  secrets:\n    STOLEN: "{reference}"\n'
         name = stacks.make(block + 'services:\n  app:\n    image: {image}\n    environment: {X: "${STOLEN}"}\n')
-        with pytest.raises(SecretUnavailable, match="where the gateway keeps its own tokens") as caught:
-            await vault_ops.up(name)
-        assert "the-gateways-own-token" not in str(caught.value)
-        await _nothing_started(vault_ops, name)
+        anywhere = Policy(stacks={name: StackRules(allow=("vault_paths",))})
+        with vault_operations(stacks, openbao, tmp_path / name, anywhere) as ops:
+            with pytest.raises(SecretUnavailable, match="where the gateway keeps its own tokens") as caught:
+                await ops.up(name)
+            assert "the-gateways-own-token" not in str(caught.value)
+            await _nothing_started(ops, name)
 
 
 async def test_a_secret_in_a_command_is_refused_before_anything_runs(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 import gateway.policy.allowlist
 from gateway.policy.findings import Context, OwnerLookup, namespace_owner
@@ -348,3 +349,59 @@ def test_the_security_doc_explains_every_rule_and_every_deliberately_unknown_key
     for path, key in gateway.policy.allowlist.TABLE.items():
         if key.unknown:
             assert f"`{path.rsplit('.', 1)[-1]}`" in doc, f"docs/security.md does not name {path}"
+
+
+def vault(**references: str) -> dict[str, Any]:
+    return {**service(), "x-compose-agent": {"secrets": references}}
+
+
+def test_a_stack_takes_secrets_from_its_own_vault_folder_and_from_what_the_operator_shares() -> None:
+    own = {"A": f"secret/stacks/{STACK}#db", "B": f"secret/stacks/{STACK}/payments/api#key"}
+    foreign = {
+        "C": "secret/stacks/bank#db",  # another stack's folder
+        "D": f"secret/stacks/{STACK}x#db",  # a stack whose name starts with this one's
+        "E": f"kv/stacks/{STACK}#db",  # the same path on another mount
+        "F": "secret/stacks#db",  # the folder of every stack
+        "G": "secret/shared/smtp#password",
+    }
+    folder = Path("/nowhere")
+    assert judge(folder, vault(**own)).allowed
+    refused = judge(folder, vault(**own, **foreign)).verdict
+    assert refused.rules == ["vault_paths"]
+    assert sorted(v.value.split(" ")[0] for v in refused.violations) == [
+        f"x-compose-agent.secrets.{name}" for name in "CDEFG"
+    ]
+    [smtp] = [v for v in refused.violations if v.value.startswith("x-compose-agent.secrets.G ")]
+    assert smtp.value == (
+        "x-compose-agent.secrets.G reads secret/shared/smtp, outside the Vault paths this stack may read "
+        f"(secret/stacks/{STACK})"
+    )
+    assert (
+        smtp.allow == f'the path in policy.stacks.{STACK}.secret_paths, or "vault_paths" in policy.stacks.{STACK}.allow'
+    )
+
+    shared = Policy(stacks={STACK: StackRules(secret_paths=("secret/shared/smtp",))})
+    assert judge(folder, vault(**own, G=foreign["G"]), shared).allowed
+    assert judge(folder, vault(C=foreign["C"]), shared).verdict.rules == ["vault_paths"]
+    # The operator's own layout, with {stack}; and none at all.
+    layout = Policy(secret_paths=("kv/{stack}/prod", "kv/common"))
+    assert judge(folder, vault(A=f"kv/{STACK}/prod/db#pw", B="kv/common#ca"), layout).allowed
+    assert judge(folder, vault(A=f"secret/stacks/{STACK}#db"), layout).verdict.rules == ["vault_paths"]
+    assert judge(folder, vault(A=f"secret/stacks/{STACK}#db"), Policy(secret_paths=())).verdict.rules == ["vault_paths"]
+    # The whole rule, for a stack the operator trusts with every path the gateway's token reads.
+    assert judge(folder, vault(**foreign), Policy(stacks={STACK: StackRules(allow=("vault_paths",))})).allowed
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["secret", "/secret/x", "secret/../x", "secret/x/", "secret//x", "secret/x{stack}", "secret/{other}", "secret/x#k"],
+)
+def test_a_secret_path_of_the_policy_is_a_mount_and_a_path_inside_it(path: str) -> None:
+    with pytest.raises(ValidationError, match="not Vault paths like secret/stacks/{stack}"):
+        Policy(secret_paths=(path,))
+    with pytest.raises(ValidationError, match="not Vault paths"):
+        StackRules(secret_paths=(path,))
+    assert Policy(secret_paths=("secret/stacks/{stack}", "kv/a.b/c-d_e")).secret_paths_of("x") == (
+        "secret/stacks/x",
+        "kv/a.b/c-d_e",
+    )
