@@ -91,13 +91,49 @@ def _remove_project(project: str) -> None:
         client.close()
 
 
+def _remove_late_arrivals(projects: set[str]) -> None:
+    """Remove what an engine made for ``projects`` after their tests swept them.
+
+    A test that kills Compose mid-``up`` leaves the engine finishing a network (or container) it was
+    asked for: the create completes, and its event arrives, after the test's own sweep listed
+    nothing. By the end of the session every such create has completed. One listing of each kind,
+    matched by project label, finds them all.
+    """
+    import docker
+
+    client = docker.from_env()
+    try:
+        key = "com.docker.compose.project"
+        for container in client.api.containers(all=True, filters={"label": key}):
+            if container["Labels"].get(key) in projects:
+                client.api.remove_container(container["Id"], force=True, v=True)
+        for network in client.api.networks(filters={"label": key}):
+            if (network.get("Labels") or {}).get(key) in projects:
+                client.api.remove_network(network["Id"])
+        for volume in client.api.volumes(filters={"label": key}).get("Volumes") or []:
+            if (volume.get("Labels") or {}).get(key) in projects:
+                client.api.remove_volume(volume["Name"], force=True)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def swept_projects() -> Iterator[set[str]]:
+    """Every project a test's stacks tracked this session; swept once more when the session ends."""
+    projects: set[str] = set()
+    yield projects
+    if projects:
+        _remove_late_arrivals(projects)
+
+
 class StackFactory:
     """Writes stacks into a temporary stacks dir and tears every project down afterwards."""
 
-    def __init__(self, root: Path, image: str) -> None:
+    def __init__(self, root: Path, image: str, session: set[str] | None = None) -> None:
         self.root = root
         self.image = image
         self.projects: list[str] = []
+        self.session = session if session is not None else set()
 
     def make(self, compose_yaml: str, name: str | None = None, files: dict[str, str] | None = None) -> str:
         """Create a stack folder; ``{image}`` in the YAML becomes the busybox test image."""
@@ -113,6 +149,7 @@ class StackFactory:
 
     def track(self, project: str) -> None:
         self.projects.append(project)
+        self.session.add(project)
 
     def cleanup(self) -> None:
         # Every project is swept even when one fails; the first failure is reported afterwards.
@@ -127,10 +164,10 @@ class StackFactory:
 
 
 @pytest.fixture
-def stacks(tmp_path: Path, busybox_image: str) -> Iterator[StackFactory]:
+def stacks(tmp_path: Path, busybox_image: str, swept_projects: set[str]) -> Iterator[StackFactory]:
     root = tmp_path / "stacks"
     root.mkdir()
-    factory = StackFactory(root, busybox_image)
+    factory = StackFactory(root, busybox_image, swept_projects)
     yield factory
     factory.cleanup()
 

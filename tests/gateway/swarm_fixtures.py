@@ -100,6 +100,9 @@ def _release(client: Any) -> None:
             made = _MARKER.read_text().strip() if _MARKER.exists() else ""
             if made and made == _swarm_state(client).get("Cluster", {}).get("ID"):
                 subprocess.run(["docker", "swarm", "leave", "--force"], check=True, capture_output=True)
+                # The init made the bridge its tasks' gateways use, and leaving keeps it. Unchecked:
+                # a container of someone else's may still be on it.
+                subprocess.run(["docker", "network", "rm", "docker_gwbridge"], check=False, capture_output=True)
                 _MARKER.unlink()
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
