@@ -90,8 +90,11 @@ async def test_every_hostile_case_is_refused_by_every_tool_token_and_mode_and_no
                 volumes.append(resource)
     image_before = docker_client.images.get(stacks.image).id
     env = {"COMPOSE_AGENT_SELF_PROJECT": SELF_PROJECT}
-    served = start_gateway(tmp_path, stacks.root, env=env)
-    read_only = start_gateway(tmp_path, stacks.root, "--read-only", env=env)
+    # Refusals from a kept verdict answer in a few milliseconds, so four calls in flight can outrun the
+    # default 20 calls a second per token: the rate limit is not what this test is about.
+    unlimited = ("--token-rate", "100000")
+    served = start_gateway(tmp_path, stacks.root, *unlimited, env=env)
+    read_only = start_gateway(tmp_path, stacks.root, "--read-only", *unlimited, env=env)
     failures: list[str] = []
     try:
         async with (
