@@ -16,9 +16,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
-import hvac
-import hvac.exceptions
-import requests.exceptions
 
 from ..envparse import check_name
 from ..errors import ConfigError, VaultError
@@ -111,6 +108,10 @@ class VaultClient:
         self.path_prefix = "/".join(_checked("path prefix segment", p) for p in path_prefix.strip("/").split("/"))
         self.default_key = None if default_key is None else _checked("token key", default_key)
         self.timeout = timeout
+        # Imported here: hvac and requests take about 130 ms to import, which a gateway without Vault
+        # (stdio under uvx, say) would pay on every start.
+        import hvac
+
         # The token is passed explicitly so hvac never falls back to ~/.vault-token or the process env.
         self._client = hvac.Client(url=self.address, token=token, timeout=timeout)
 
@@ -301,12 +302,18 @@ class VaultClient:
         return await self._call_in(verb, self.mount, rel, func)
 
     async def _call_in(self, verb: str, mount: str, rel: str, func: Callable[[], T]) -> T:
+        import hvac.exceptions
+        import requests.exceptions
+
         try:
             return await anyio.to_thread.run_sync(func, abandon_on_cancel=True)
         except (requests.exceptions.RequestException, hvac.exceptions.VaultError) as exc:
             raise self._translate(exc, verb, f"{mount}/{rel}") from exc
 
     def _translate(self, exc: Exception, verb: str, path: str) -> VaultError:
+        import hvac.exceptions
+        import requests.exceptions
+
         where = f"Vault at {self.address}"
         if isinstance(exc, requests.exceptions.Timeout):
             return VaultError(f"{where} did not answer within {self.timeout:g}s to {verb} {path}")
