@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import anyio
 import httpx2
@@ -34,9 +34,6 @@ from gateway.api import (
 from .client import GatewayClient
 from .errors import ActionFailed
 from .tasks import TaskView
-
-if TYPE_CHECKING:  # importing the operations pulls in docker-py, which normal mode must not need
-    pass
 
 __all__ = ["ActionCall", "Backend", "GatewayBackend", "LogsCall", "RollbackCall", "merge_metrics"]
 

@@ -20,7 +20,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import Tool
+from mcp.types import CallToolResult, Tool
 from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from gateway.mcp.dashboard import APP_MIME_TYPE, APP_URI, EXTENSION_ID
@@ -83,7 +83,7 @@ async def start_view(
     html: str,
     tool: Tool,
     tool_input: dict[str, Any],
-    tool_result: dict[str, Any],
+    tool_result: CallToolResult | dict[str, Any],
     call_tool: Callable[[str, str], Awaitable[str]],
 ) -> tuple[BrowserContext, Page, list[str]]:
     """The harness page in a context of its own, hosting the view of one ``ps`` result.
@@ -99,16 +99,43 @@ async def start_view(
     await page.expose_function("hostCallTool", call_tool)
     await page.goto(f"{ORIGIN}/host.html")
     await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
-    await page.evaluate(
+    app_info = await page.evaluate(
         "(args) => window.startApp(args)",
         {
             "html": html,
-            "tool": tool.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "tool": wire(tool),
             "toolInput": tool_input,
-            "toolResult": tool_result,
+            "toolResult": tool_result if isinstance(tool_result, dict) else wire(tool_result),
         },
     )
+    assert app_info["name"] == "compose-agent-stack"
     return context, page, errors
+
+
+def wire(message: Tool | CallToolResult) -> dict[str, Any]:
+    """A tool or a result as JSON-RPC carries it."""
+    return message.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def ps_view(client: Client) -> tuple[Tool, str]:
+    """The ``ps`` tool as ``client`` lists it, and the view's HTML (the app resource)."""
+    ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
+    html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+    return ps_tool, html
+
+
+async def rendering_only(name: str, arguments: str) -> str:
+    """A host for a view that must only render: any tools/call it makes fails the test."""
+    raise AssertionError(f"the view called {name} {arguments} while only rendering")
+
+
+def forwarding(client: Client) -> Callable[[str, str], Awaitable[str]]:
+    """A host that passes the view's tools/call on to ``client`` (for :func:`start_view`)."""
+
+    async def call_tool(name: str, arguments: str) -> str:
+        return json.dumps(wire(await client.call_tool(name, json.loads(arguments))))
+
+    return call_tool
 
 
 @pytest.mark.docker
@@ -117,37 +144,20 @@ async def test_the_stack_view_renders_a_running_stack_and_its_buttons_call_the_t
     gateway: GatewayProcess, stacks: StackFactory, browser: Browser
 ) -> None:
     project = stacks.make(WEB_WORKER, files=STACK_FILES)
-    modules = mcp_tools_modules()
     async with httpx2.AsyncClient(headers=gateway.headers(), timeout=120) as http:
         async with Client(streamable_http_client(gateway.url, http_client=http)) as client:
             up = await client.call_tool("up", {"project": project, "wait": True})
             assert not up.is_error, up.content
-            ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
-            html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+            ps_tool, html = await ps_view(client)
             result = await client.call_tool("ps", {"project": project})
-
-            async def host_call_tool(name: str, arguments: str) -> str:
-                called = await client.call_tool(name, json.loads(arguments))
-                return json.dumps(called.model_dump(mode="json", by_alias=True, exclude_none=True))
-
-            context = await browser.new_context(viewport={"width": 1040, "height": 560})
-            page = await context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.route(f"{ORIGIN}/**", serve_harness(modules))
-            await page.expose_function("hostCallTool", host_call_tool)
-            await page.goto(f"{ORIGIN}/host.html")
-            await expect(page.get_by_test_id("harness-status")).to_have_text("ready")
-            app_info = await page.evaluate(
-                "(args) => window.startApp(args)",
-                {
-                    "html": html,
-                    "tool": ps_tool.model_dump(mode="json", by_alias=True, exclude_none=True),
-                    "toolInput": {"project": project},
-                    "toolResult": result.model_dump(mode="json", by_alias=True, exclude_none=True),
-                },
+            context, page, errors = await start_view(
+                browser,
+                html=html,
+                tool=ps_tool,
+                tool_input={"project": project},
+                tool_result=result,
+                call_tool=forwarding(client),
             )
-            assert app_info["name"] == "compose-agent-stack"
 
             view = page.frame_locator("#app")
             await expect(view.get_by_test_id("stack-name")).to_have_text(project)
@@ -209,21 +219,15 @@ async def test_a_button_whose_call_waits_for_a_person_offers_the_approval_page_t
         async with httpx2.AsyncClient(headers=gateway.headers(), timeout=120) as http:
             async with Client(streamable_http_client(gateway.url, http_client=http)) as client:
                 assert not (await client.call_tool("up", {"project": project, "wait": True})).is_error
-                ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
-                html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+                ps_tool, html = await ps_view(client)
                 result = await client.call_tool("ps", {"project": project})
-
-                async def host_call_tool(name: str, arguments: str) -> str:
-                    called = await client.call_tool(name, json.loads(arguments))
-                    return json.dumps(called.model_dump(mode="json", by_alias=True, exclude_none=True))
-
                 context, page, _errors = await start_view(
                     browser,
                     html=html,
                     tool=ps_tool,
                     tool_input={"project": project},
-                    tool_result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
-                    call_tool=host_call_tool,
+                    tool_result=result,
+                    call_tool=forwarding(client),
                 )
                 view = page.frame_locator("#app")
                 await expect(view.get_by_test_id("state-worker")).to_have_text("running")

@@ -3,7 +3,6 @@ a namesake of the gateway's own engine. Real Chromium, the official host bridge,
 
 from __future__ import annotations
 
-import json
 import re
 
 import docker
@@ -11,10 +10,9 @@ import pytest
 from mcp import Client
 from playwright.async_api import Browser, expect
 
-from gateway.mcp.dashboard import APP_URI
 from gateway.mcp.server import build_server
 from tests.chromium import browser
-from tests.gateway.test_app_ui import start_view
+from tests.gateway.test_app_ui import forwarding, ps_view, start_view
 from tests.gateway.test_fleet import PROJECT_LABEL, TICKER, FleetSetup, fleet_setup
 
 __all__ = ["browser", "fleet_setup"]  # the fixtures, imported for pytest
@@ -33,21 +31,15 @@ async def test_the_stack_view_of_a_remote_stack_acts_on_its_host(
     async with Client(build_server(fleet_setup.fleet.local, fleet=fleet_setup.fleet)) as client:
         up = await client.call_tool("up", {"project": project, "host": "edge", "wait": True})
         assert not up.is_error, up.content
-        ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
-        html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+        ps_tool, html = await ps_view(client)
         result = await client.call_tool("ps", {"project": project, "host": "edge"})
-
-        async def host_call_tool(name: str, arguments: str) -> str:
-            called = await client.call_tool(name, json.loads(arguments))
-            return json.dumps(called.model_dump(mode="json", by_alias=True, exclude_none=True))
-
         context, page, errors = await start_view(
             browser,
             html=html,
             tool=ps_tool,
             tool_input={"project": project, "host": "edge"},
-            tool_result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
-            call_tool=host_call_tool,
+            tool_result=result,
+            call_tool=forwarding(client),
         )
         view = page.frame_locator("#app")
         await expect(view.get_by_test_id("stack-name")).to_have_text(f"edge/{project}")

@@ -14,13 +14,12 @@ import pytest
 from mcp import Client
 from playwright.async_api import Browser, expect
 
-from gateway.mcp.dashboard import APP_URI
 from gateway.mcp.server import build_server
 from gateway.operations import ComposeOperations
 from tests.chromium import browser
 from tests.conftest import StackFactory
 from tests.gateway.swarm_fixtures import TWO_REPLICAS, remove_stack, swarm
-from tests.gateway.test_app_ui import SHOTS, start_view
+from tests.gateway.test_app_ui import SHOTS, ps_view, rendering_only, start_view
 
 __all__ = ["browser", "swarm"]  # the fixtures, imported for pytest
 
@@ -35,24 +34,20 @@ async def test_the_stack_view_of_a_swarm_stack_shows_each_task_on_its_node_and_t
         async with Client(build_server(ops)) as client:
             up = await client.call_tool("up", {"project": project, "wait": True})
             assert not up.is_error, up.content
-            ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
-            html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+            ps_tool, html = await ps_view(client)
             result = await client.call_tool("ps", {"project": project})
         data = result.structured_content or {}
         (node,) = data["nodes"]
         tasks = [s for s in data["services"] if s["state"] == "running"]
         assert len(tasks) == 2 and {t["node"] for t in tasks} == {node["hostname"]}
 
-        async def host_call_tool(name: str, arguments: str) -> str:
-            raise AssertionError(f"the view called {name} {arguments} while only rendering")
-
         context, page, errors = await start_view(
             browser,
             html=html,
             tool=ps_tool,
             tool_input={"project": project},
-            tool_result=result.model_dump(mode="json", by_alias=True, exclude_none=True),
-            call_tool=host_call_tool,
+            tool_result=result,
+            call_tool=rendering_only,
         )
         view = page.frame_locator("#app")
         await expect(view.get_by_test_id("stack-name")).to_have_text(project)
@@ -75,18 +70,14 @@ async def test_the_stack_view_of_a_swarm_stack_shows_each_task_on_its_node_and_t
 async def test_a_compose_stack_shows_no_nodes(ops: ComposeOperations, browser: Browser) -> None:
     # Rendering only: a Compose ps result carries no nodes, and the view shows none.
     async with Client(build_server(ops)) as client:
-        ps_tool = next(t for t in (await client.list_tools()).tools if t.name == "ps")
-        html = (await client.read_resource(APP_URI)).contents[0].text  # type: ignore[union-attr]
+        ps_tool, html = await ps_view(client)
     result = {
         "content": [{"type": "text", "text": "{}"}],
         "structuredContent": {"project": "shop", "host": "local", "services": [{"service": "web", "state": "running"}]},
     }
 
-    async def host_call_tool(name: str, arguments: str) -> str:
-        raise AssertionError(f"the view called {name} {arguments} while only rendering")
-
     context, page, errors = await start_view(
-        browser, html=html, tool=ps_tool, tool_input={"project": "shop"}, tool_result=result, call_tool=host_call_tool
+        browser, html=html, tool=ps_tool, tool_input={"project": "shop"}, tool_result=result, call_tool=rendering_only
     )
     view = page.frame_locator("#app")
     await expect(view.get_by_test_id("state-web")).to_have_text("running")
