@@ -91,7 +91,7 @@ class Engine29Proxy:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_unix_server(self._track, self.path)
+        self._server = await asyncio.start_unix_server(self._accept, self.path)
 
     def drop_connections(self) -> None:
         """End every connection in flight, event streams included, as an engine restart would; keep
@@ -129,11 +129,15 @@ class Engine29Proxy:
         await _close(writer)
         self._writers.discard(writer)
 
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Known from the moment it is accepted: a connection whose task is cancelled before it ever
+        # runs (by stop(), or drop_connections()) is still closed by stop(), not left to the GC.
+        self._writers.add(writer)
+        self._tasks.add(asyncio.get_running_loop().create_task(self._track(reader, writer)))
+
     async def _track(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
         try:
             await self._handle(reader, writer)
         except (*_GONE, asyncio.CancelledError):
